@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# matteflow set-up: installs everything the demo and the tests need. Idempotent: a second run does nothing
+# that is already done. Used by scripts/demo.sh and scripts/test.sh (the two README commands).
+#
+#   apt:   GStreamer 1.22 runtime + dev files and plugins, ffmpeg (test decoding), nginx + rtmp module
+#   PyPI:  onnxruntime 1.31.1 (its libonnxruntime.so is what matteflow loads), onnx + numpy (test fixtures)
+#          into .deps/ inside the project, so nothing system-wide is touched.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEPS="$ROOT/.deps"
+ORT_VERSION="${MATTEFLOW_ORT_VERSION:-1.31.1}"
+
+APT_PACKAGES=(libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  gstreamer1.0-tools pkg-config build-essential ffmpeg nginx libnginx-mod-rtmp python3 python3-pip curl)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { log "need root or sudo to install: ${missing[*]}"; exit 1; }
+    SUDO=sudo
+  fi
+  log "installing apt packages: ${missing[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  log "apt packages present"
+fi
+
+PY="$(command -v python3)"
+ORT_DIR="$DEPS/onnxruntime"
+if ! ls "$ORT_DIR"/onnxruntime/capi/libonnxruntime.so."$ORT_VERSION" >/dev/null 2>&1; then
+  log "installing onnxruntime==$ORT_VERSION from PyPI into $ORT_DIR"
+  rm -rf "$ORT_DIR.tmp" && mkdir -p "$DEPS"
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --target "$ORT_DIR.tmp" "onnxruntime==$ORT_VERSION"
+  rm -rf "$ORT_DIR" && mv "$ORT_DIR.tmp" "$ORT_DIR"
+else
+  log "onnxruntime $ORT_VERSION present"
+fi
+
+PYDEPS="$DEPS/py"
+if ! PYTHONPATH="$PYDEPS" "$PY" -c 'import onnx, numpy' >/dev/null 2>&1; then
+  log "installing onnx + numpy (test fixtures) into $PYDEPS"
+  rm -rf "$PYDEPS.tmp"
+  "$PY" -m pip install -q --disable-pip-version-check --target "$PYDEPS.tmp" "onnx==1.17.0" "numpy<2.3"
+  rm -rf "$PYDEPS" && mv "$PYDEPS.tmp" "$PYDEPS"
+else
+  log "onnx + numpy present"
+fi
+
+if ! command -v cargo >/dev/null; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; else
+    log "installing Rust (rustup, stable)"
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+log "ready (ORT: $(ls "$ORT_DIR"/onnxruntime/capi/libonnxruntime.so.* | head -1))"

@@ -1,0 +1,22 @@
+//! matteflow: video in (GStreamer), a segmentation/matting model per frame (ONNX Runtime), composite, video
+//! out (GStreamer). The modules follow the stages a frame passes through:
+//! [`source`] → [`preprocess`] → [`infer`] → [`postprocess`] → [`composite`] → [`sink`], assembled by
+//! [`pipeline`]; [`model`] holds manifests, [`config`] what the user asked for, [`runtime`] ONNX Runtime.
+
+pub mod composite;
+pub mod config;
+pub mod doctor;
+pub mod error;
+pub mod infer;
+pub mod model;
+pub mod pipeline;
+pub mod postprocess;
+pub mod preprocess;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod stats;
+
+pub use config::{BackgroundSpec, ConvertConfig, Format, OutputKind};
+pub use error::{Error, Result};
+pub use pipeline::{convert, open_segmenter, Progress, RunControl};

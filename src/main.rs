@@ -1,0 +1,425 @@
+//! The `matteflow` command line: a thin clap front end over the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use matteflow::config::{BackgroundSpec, ConvertConfig, Format, OutputKind};
+use matteflow::model::{self, Activation, ColorOrder, Layout, ManualSpec, ResizeMode};
+use matteflow::runtime::{DeviceChoice, ProviderOptions};
+
+#[derive(Parser)]
+#[command(name = "matteflow", version, about = "Separate people and objects from the background of video, in real time")]
+struct Cli {
+    /// More log output (-v info, -vv debug). RUST_LOG works too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Path to libonnxruntime.so (default: ORT_DYLIB_PATH, the set-up's .deps/, then Python site-packages)
+    #[arg(long, global = true, value_name = "PATH")]
+    ort_lib: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a video file: matte every frame and write alpha, composite, mask or side-by-side video
+    Convert(ConvertArgs),
+    /// Time each stage on an input and print milliseconds per frame and end-to-end fps
+    Bench(BenchArgs),
+    /// List the shipped model manifests and whether their files are present
+    Models,
+    /// Check GStreamer plugins, ONNX Runtime and its execution providers, CUDA
+    Doctor(ModelArgs),
+    /// Convert the shipped sample clip with the default model (the README's first command)
+    Demo {
+        /// Folder for the outputs
+        #[arg(short, long, default_value = "out")]
+        out_dir: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Model: a shipped name (see `matteflow models`), a manifest .toml, or an .onnx file
+    #[arg(short, long, default_value = model::DEFAULT_MODEL)]
+    model: String,
+    /// Manifest describing an .onnx given to --model
+    #[arg(long, value_name = "TOML")]
+    manifest: Option<PathBuf>,
+    /// Device: auto (CUDA when available, else CPU), cpu, cuda, cuda:N
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Inference threads (default: all cores)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// TensorRT: build fp16 engines
+    #[arg(long)]
+    trt_fp16: bool,
+    /// TensorRT: engine and timing cache folder
+    #[arg(long, value_name = "DIR")]
+    trt_cache: Option<PathBuf>,
+    /// Own model: input tensor name
+    #[arg(long, help_heading = "Own model (without a manifest)")]
+    input_name: Option<String>,
+    /// Own model: output tensor name
+    #[arg(long, help_heading = "Own model (without a manifest)")]
+    output_name: Option<String>,
+    /// Own model: input size HxW, e.g. 1024x1024
+    #[arg(long, value_parser = parse_size, help_heading = "Own model (without a manifest)")]
+    input_size: Option<[u32; 2]>,
+    /// Own model: nchw or nhwc
+    #[arg(long, value_parser = parse_layout, help_heading = "Own model (without a manifest)")]
+    layout: Option<Layout>,
+    /// Own model: rgb or bgr
+    #[arg(long, value_parser = parse_color, help_heading = "Own model (without a manifest)")]
+    color: Option<ColorOrder>,
+    /// Own model: pixel scale before mean/std (default 1/255)
+    #[arg(long, help_heading = "Own model (without a manifest)")]
+    scale: Option<f32>,
+    /// Own model: per-channel mean, e.g. 0.485,0.456,0.406
+    #[arg(long, value_parser = parse_triple, help_heading = "Own model (without a manifest)")]
+    mean: Option<[f32; 3]>,
+    /// Own model: per-channel std, e.g. 0.229,0.224,0.225
+    #[arg(long, value_parser = parse_triple, help_heading = "Own model (without a manifest)")]
+    std: Option<[f32; 3]>,
+    /// Own model: output activation: none (probability) or sigmoid (logits)
+    #[arg(long, value_parser = parse_activation, help_heading = "Own model (without a manifest)")]
+    activation: Option<Activation>,
+    /// Own model: aspect handling: stretch or letterbox
+    #[arg(long, value_parser = parse_resize, help_heading = "Own model (without a manifest)")]
+    resize: Option<ResizeMode>,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Input video: a file path or a URI (file://, http://, rtsp://)
+    input: String,
+    /// Output: .mov (ProRes 4444, alpha), .mkv (FFV1, alpha), .mp4 (H.264), .webm (VP9), or folder/ (PNG frames)
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// transparent | colour (green, blue, black, white, #RRGGBB) | image file | video file | blur[=radius]
+    #[arg(short, long)]
+    background: Option<BackgroundSpec>,
+    /// What the output shows (default: alpha for .mov/.mkv/PNG, composite otherwise)
+    #[arg(short = 'k', long, value_enum)]
+    output_kind: Option<OutputKind>,
+    /// Container/codec, when the output name does not say
+    #[arg(short, long, value_enum)]
+    format: Option<Format>,
+    /// Replace the output if it exists
+    #[arg(long)]
+    overwrite: bool,
+    /// Temporal smoothing of the mask, 0 (off) to 0.9
+    #[arg(long, default_value_t = 0.0)]
+    smooth: f32,
+    /// Keep the decodable frames of a truncated input instead of failing
+    #[arg(long)]
+    allow_short: bool,
+    /// Print per-stage timings at the end
+    #[arg(long)]
+    stats: bool,
+    /// Write the run's report as JSON to this file
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Input video
+    input: String,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output format to encode to (the file goes to a temporary folder)
+    #[arg(short, long, value_enum, default_value = "h264")]
+    format: Format,
+    #[arg(short = 'k', long, value_enum, default_value = "composite")]
+    output_kind: OutputKind,
+    #[arg(short, long, default_value = "green")]
+    background: BackgroundSpec,
+    /// Runs; the best is reported
+    #[arg(long, default_value_t = 2)]
+    runs: usize,
+}
+
+fn parse_size(s: &str) -> Result<[u32; 2], String> {
+    let (h, w) = s.split_once(['x', 'X']).ok_or("size is HxW, e.g. 1024x1024")?;
+    Ok([h.trim().parse().map_err(|_| "bad height")?, w.trim().parse().map_err(|_| "bad width")?])
+}
+fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s.split(',').map(|x| x.trim().parse::<f32>()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    v.try_into().map_err(|_| "three comma-separated numbers, e.g. 0.5,0.5,0.5".to_string())
+}
+fn parse_layout(s: &str) -> Result<Layout, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "nchw" => Ok(Layout::Nchw),
+        "nhwc" => Ok(Layout::Nhwc),
+        _ => Err("nchw or nhwc".into()),
+    }
+}
+fn parse_color(s: &str) -> Result<ColorOrder, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "rgb" => Ok(ColorOrder::Rgb),
+        "bgr" => Ok(ColorOrder::Bgr),
+        _ => Err("rgb or bgr".into()),
+    }
+}
+fn parse_activation(s: &str) -> Result<Activation, String> {
+    match s {
+        "none" => Ok(Activation::None),
+        "sigmoid" => Ok(Activation::Sigmoid),
+        _ => Err("none or sigmoid".into()),
+    }
+}
+fn parse_resize(s: &str) -> Result<ResizeMode, String> {
+    match s {
+        "stretch" => Ok(ResizeMode::Stretch),
+        "letterbox" => Ok(ResizeMode::Letterbox),
+        _ => Err("stretch or letterbox".into()),
+    }
+}
+
+impl ModelArgs {
+    fn manual(&self) -> ManualSpec {
+        ManualSpec {
+            input_name: self.input_name.clone(),
+            output_name: self.output_name.clone(),
+            layout: self.layout,
+            size: self.input_size,
+            color: self.color,
+            scale: self.scale,
+            mean: self.mean,
+            std: self.std,
+            activation: self.activation,
+            resize: self.resize,
+        }
+    }
+    fn provider_options(&self) -> ProviderOptions {
+        ProviderOptions { device: self.device, trt_fp16: self.trt_fp16, trt_cache_dir: self.trt_cache.clone(), threads: self.threads }
+    }
+    fn open(&self) -> anyhow::Result<matteflow::infer::OnnxSegmenter> {
+        let resolved = model::resolve(&self.model, self.manifest.as_deref(), &self.manual())?;
+        Ok(matteflow::open_segmenter(resolved, &self.provider_options())?)
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,ort=warn",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// Ctrl-C / SIGTERM set the flag; the pipeline stops at the next frame and removes its partial output.
+fn install_signal_handlers(rt: &tokio::runtime::Runtime, cancel: Arc<AtomicBool>) {
+    rt.spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            if cancel.swap(true, Ordering::SeqCst) {
+                eprintln!("matteflow: second interrupt, exiting now");
+                std::process::exit(130);
+            }
+            eprintln!("matteflow: interrupted, stopping…");
+        }
+    });
+}
+
+fn run_convert(a: &ConvertArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<matteflow::stats::Report> {
+    let segmenter = a.model.open()?;
+    let mut cfg = ConvertConfig::new(a.input.clone(), a.output.clone());
+    cfg.format = a.format;
+    cfg.kind = a.output_kind;
+    cfg.background = a.background.clone();
+    cfg.overwrite = a.overwrite;
+    cfg.smooth = a.smooth;
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} frames {per_sec} eta {eta}")
+                .unwrap(),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut last_line = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    let mut on_progress = |p: matteflow::Progress| {
+        if let Some(b) = &bar {
+            if let Some(t) = p.total {
+                b.set_length(t.max(p.frames));
+            }
+            b.set_position(p.frames);
+        } else if last_line.elapsed().as_secs() >= 5 {
+            last_line = std::time::Instant::now();
+            let fps = p.frames as f64 / started.elapsed().as_secs_f64();
+            match p.total {
+                Some(t) => eprintln!("matteflow: {}/{} frames, {:.1} fps", p.frames, t, fps),
+                None => eprintln!("matteflow: {} frames, {:.1} fps", p.frames, fps),
+            }
+        }
+    };
+    let ctl = matteflow::RunControl { cancel, progress: Some(&mut on_progress), allow_short: a.allow_short };
+    let r = matteflow::convert(&cfg, segmenter, ctl);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    Ok(r?)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
+    let cancel = Arc::new(AtomicBool::new(false));
+    install_signal_handlers(&rt, cancel.clone());
+    if let Err(e) = matteflow::runtime::init(cli.ort_lib.as_deref()) {
+        if !matches!(cli.cmd, Cmd::Models | Cmd::Doctor(_)) {
+            eprintln!("matteflow: {e}");
+            std::process::exit(2);
+        }
+    }
+    let code = match run(cli, cancel.clone()) {
+        Ok(()) => 0,
+        Err(e) => {
+            let interrupted = e.downcast_ref::<matteflow::Error>().is_some_and(|e| matches!(e, matteflow::Error::Interrupted(_)));
+            eprintln!("matteflow: {e:#}");
+            if interrupted { 130 } else { 1 }
+        }
+    };
+    drop(rt);
+    std::process::exit(code);
+}
+
+fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Convert(a) => {
+            let r = run_convert(&a, cancel)?;
+            if a.stats {
+                eprint!("{}", r.table());
+            }
+            if let Some(p) = &a.report {
+                std::fs::write(p, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", p.display()))?;
+            }
+            println!("{} ({} frames, {:.1} fps)", r.output, r.frames, r.fps());
+        }
+        Cmd::Bench(a) => bench(a, cancel)?,
+        Cmd::Models => {
+            for m in model::list() {
+                println!("{:<18} {:<22} {}", m.name, m.input, m.status);
+                println!("{:<18} {}", "", m.description);
+                println!("{:<18} licence: {}", "", m.licence);
+            }
+        }
+        Cmd::Doctor(m) => {
+            let mut bad = 0;
+            for c in matteflow::doctor::run(cli.ort_lib.as_deref(), &m.provider_options()) {
+                println!("{} {:<28} {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);
+                if !c.ok && (c.name == "ONNX Runtime" || c.name == "GStreamer" || c.name == "decode") {
+                    bad += 1;
+                }
+            }
+            if bad > 0 {
+                anyhow::bail!("{bad} required component(s) missing: run scripts/setup.sh");
+            }
+        }
+        Cmd::Demo { out_dir } => demo(&out_dir, cancel)?,
+    }
+    Ok(())
+}
+
+fn sample_clip() -> anyhow::Result<PathBuf> {
+    let candidates = [
+        PathBuf::from("assets/media/carphone_pristine.mp4"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/media/carphone_pristine.mp4"),
+    ];
+    candidates.into_iter().find(|p| p.is_file()).context("the sample clip assets/media/carphone_pristine.mp4 is missing")
+}
+
+fn demo(out_dir: &std::path::Path, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let clip = sample_clip()?;
+    let model = ModelArgs::try_parse_from_defaults();
+    for (name, kind, bg) in [
+        ("carphone_alpha.mov", OutputKind::Alpha, None),
+        ("carphone_composite.mp4", OutputKind::Composite, Some(BackgroundSpec::Blur(12))),
+        ("carphone_side_by_side.mp4", OutputKind::SideBySide, Some(BackgroundSpec::Colour([0, 177, 64]))),
+    ] {
+        let a = ConvertArgs {
+            input: clip.display().to_string(),
+            output: out_dir.join(name),
+            model: model.clone(),
+            background: bg,
+            output_kind: Some(kind),
+            format: None,
+            overwrite: true,
+            smooth: 0.0,
+            allow_short: false,
+            stats: false,
+            report: None,
+        };
+        let r = run_convert(&a, cancel.clone())?;
+        println!("{:<48} {} frames {}x{} at {:.1} fps ({} on {})", r.output, r.frames, r.width, r.height, r.fps(), r.model, r.provider);
+    }
+    Ok(())
+}
+
+impl ModelArgs {
+    fn try_parse_from_defaults() -> Self {
+        #[derive(Parser)]
+        struct P {
+            #[command(flatten)]
+            m: ModelArgs,
+        }
+        P::parse_from(["matteflow"]).m
+    }
+}
+
+fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("matteflow-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ext = match a.format {
+        Format::Prores => "x.mov",
+        Format::Png => "frames/",
+        Format::Ffv1 => "x.mkv",
+        Format::H264 => "x.mp4",
+        Format::Vp9 => "x.webm",
+    };
+    let mut best: Option<matteflow::stats::Report> = None;
+    for i in 0..a.runs.max(1) {
+        let segmenter = a.model.open()?;
+        let mut cfg = ConvertConfig::new(a.input.clone(), dir.join(ext));
+        cfg.format = Some(a.format);
+        cfg.kind = Some(a.output_kind);
+        cfg.background = Some(a.background.clone());
+        cfg.overwrite = true;
+        let r = matteflow::convert(&cfg, segmenter, matteflow::RunControl { cancel: cancel.clone(), progress: None, allow_short: false })?;
+        eprintln!("run {}: {:.1} fps", i + 1, r.fps());
+        if best.as_ref().is_none_or(|b| r.fps() > b.fps()) {
+            best = Some(r);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = best.unwrap();
+    let d = matteflow::pipeline::decode_only(&a.input)?;
+    println!("input {} ({}x{}), {} frames; output {} {:?}", a.input, r.width, r.height, r.frames, a.format.describe(), a.output_kind);
+    println!("decode alone (GStreamer → RGBA): {:.2} ms/frame ({:.1} fps)", d.as_secs_f64() * 1000.0 / r.frames as f64, r.frames as f64 / d.as_secs_f64());
+    print!("{}", r.table());
+    Ok(())
+}

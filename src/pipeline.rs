@@ -1,0 +1,520 @@
+//! The conversion pipeline: a file in, a matted file out. GStreamer decodes and encodes on its own threads;
+//! between them three threads of ours, joined by bounded channels so memory stays bounded and stages overlap:
+//!
+//! ```text
+//! uridecodebin ─ videoconvert ─ appsink ─▶ [pull] ─▶ (preprocess, infer, postprocess) ─▶ (composite, push)
+//!      │                                    bounded          bounded                        │
+//!      └──────────── audio ───────────────────────────────────────────────▶ mux ◀─ encoder ◀─ appsrc
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use crate::composite::{self, Background, Composite, CpuComposite};
+use crate::config::{ConvertConfig, Format};
+use crate::error::{Error, Result};
+use crate::infer::{LowResMask, OnnxSegmenter, Segmenter};
+use crate::model::ResolvedModel;
+use crate::postprocess::{CpuPostprocess, Postprocess, PostprocessConfig};
+use crate::preprocess::{CpuPreprocess, ModelInput, Preprocess};
+use crate::runtime::ProviderOptions;
+use crate::sink::{self, StagedOutput};
+use crate::source::{self, Frame, StreamInfo};
+use crate::stats::{Report, StageTimes};
+
+/// What the caller sees while a conversion runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub frames: u64,
+    /// Estimated from the container's duration and frame rate, when known.
+    pub total: Option<u64>,
+}
+
+/// Knobs for a conversion besides the config: cancellation and progress reporting.
+pub struct RunControl<'a> {
+    pub cancel: Arc<AtomicBool>,
+    pub progress: Option<&'a mut dyn FnMut(Progress)>,
+    /// Keep what was decoded when the input ends early (truncated files) instead of failing.
+    pub allow_short: bool,
+}
+
+impl Default for RunControl<'_> {
+    fn default() -> Self {
+        RunControl { cancel: Arc::new(AtomicBool::new(false)), progress: None, allow_short: false }
+    }
+}
+
+/// State the threads share.
+struct Shared {
+    stop: AtomicBool,
+    error: Mutex<Option<Error>>,
+    frames_out: AtomicU64,
+    duration_ns: AtomicU64,
+    last_end_ns: AtomicU64,
+    info: Mutex<Option<StreamInfo>>,
+    times: Mutex<StageTimes>,
+}
+
+impl Shared {
+    fn fail(&self, e: Error) {
+        let mut g = self.error.lock().unwrap();
+        if g.is_none() {
+            *g = Some(e);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Opens the model with the chosen providers. Separate so batch jobs can share one session later.
+pub fn open_segmenter(model: ResolvedModel, popts: &ProviderOptions) -> Result<OnnxSegmenter> {
+    OnnxSegmenter::open(model, popts)
+}
+
+/// Converts one input to one output. On any failure or cancellation the temporary output is removed and
+/// nothing is left at the destination.
+pub fn convert(
+    cfg: &ConvertConfig,
+    segmenter: OnnxSegmenter,
+    ctl: RunControl<'_>,
+) -> Result<Report> {
+    gst::init()?;
+    let (format, kind, bg_spec) = cfg.resolve()?;
+    let uri = source::input_uri(&cfg.input)?;
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&cfg.input), std::fs::canonicalize(&cfg.output)) {
+        if a == b {
+            return Err(Error::Output { path: cfg.output.clone(), reason: "is the input file; choose another name".into() });
+        }
+    }
+    let model_name = segmenter.model().manifest.name.clone();
+    let provider = segmenter.provider();
+    let manifest = segmenter.model().manifest.clone();
+    let background = Background::open(&bg_spec)?;
+    let staged = StagedOutput::prepare(&cfg.output, format, cfg.overwrite)?;
+    tracing::info!(
+        "converting {} → {} ({}, {:?}, background {}) with {} on {}",
+        cfg.input,
+        staged.final_path.display(),
+        format.describe(),
+        kind,
+        String::from(bg_spec.clone()),
+        model_name,
+        provider.name()
+    );
+
+    let pipeline = gst::Pipeline::new();
+    let decode = gst::ElementFactory::make("uridecodebin").property("uri", &uri).build()?;
+    pipeline.add(&decode)?;
+    let (video_head, appsink) = source::video_branch(&pipeline, cfg.queue.max(1) as u32)?;
+    let enc = sink::build(&pipeline, format, &staged.temp_path, 1 << 20)?;
+    let has_audio = Arc::new(AtomicBool::new(false));
+    let video_linked = Arc::new(AtomicBool::new(false));
+    {
+        let pipeline_weak = pipeline.downgrade();
+        let video_head = video_head.downgrade();
+        let audio_sink = enc.audio_sink.clone();
+        let has_audio = has_audio.clone();
+        let video_linked = video_linked.clone();
+        decode.connect_pad_added(move |_, pad| {
+            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+            let Some(name) = caps.structure(0).map(|s| s.name().to_string()) else { return };
+            let Some(pipeline) = pipeline_weak.upgrade() else { return };
+            if name.starts_with("video/") && !video_linked.load(Ordering::SeqCst) {
+                if let Some(head) = video_head.upgrade() {
+                    if pad.link(&head.static_pad("sink").unwrap()).is_ok() {
+                        video_linked.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+            if name.starts_with("audio/") {
+                if let Some(a) = audio_sink.as_ref().filter(|a| !a.is_linked()) {
+                    if pad.link(a).is_ok() {
+                        has_audio.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+            // Anything else (a second video, audio this format cannot carry, subtitles) is discarded.
+            if let Ok(fake) = gst::ElementFactory::make("fakesink").property("sync", false).property("async", false).build() {
+                let _ = pipeline.add(&fake);
+                let _ = fake.sync_state_with_parent();
+                let _ = pad.link(&fake.static_pad("sink").unwrap());
+            }
+        });
+    }
+    {
+        let video_linked = video_linked.clone();
+        let input = cfg.input.clone();
+        decode.connect("no-more-pads", false, move |args| {
+            if !video_linked.load(Ordering::SeqCst) {
+                let el = args[0].get::<gst::Element>().unwrap();
+                let msg = gst::message::Application::builder(
+                    gst::Structure::builder("matteflow-no-video").field("input", &input).build(),
+                )
+                .src(&el)
+                .build();
+                let _ = el.post_message(msg);
+            }
+            None
+        });
+    }
+
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        error: Mutex::new(None),
+        frames_out: AtomicU64::new(0),
+        duration_ns: AtomicU64::new(u64::MAX),
+        last_end_ns: AtomicU64::new(0),
+        info: Mutex::new(None),
+        times: Mutex::new(StageTimes::default()),
+    });
+    let start = Instant::now();
+    if pipeline.set_state(gst::State::Playing).is_err() {
+        // The bus says why; fall through to the loop below, which reads it.
+        shared.stop.store(true, Ordering::SeqCst);
+    }
+
+    let (tx_frames, rx_frames) = crossbeam_channel::bounded::<Frame>(cfg.queue.max(1));
+    let (tx_masked, rx_masked) = crossbeam_channel::bounded::<(Frame, Vec<u8>)>(cfg.queue.max(1));
+
+    // Thread 1: pull decoded frames.
+    let t_pull = {
+        let shared = shared.clone();
+        let appsink = appsink.clone();
+        std::thread::Builder::new().name("mf-pull".into()).spawn(move || {
+            let mut index = 0u64;
+            let mut wait = Duration::ZERO;
+            while !shared.stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                match source::pull_frame(&appsink, index, Duration::from_millis(100)) {
+                    Some(Ok(frame)) => {
+                        wait += t.elapsed();
+                        if index == 0 {
+                            if let Some(caps) = appsink.sink_pads().first().and_then(|p| p.current_caps()) {
+                                *shared.info.lock().unwrap() = source::stream_info(&caps);
+                            }
+                            if let Some(d) = appsink.query_duration::<gst::ClockTime>() {
+                                shared.duration_ns.store(d.nseconds(), Ordering::SeqCst);
+                            }
+                        }
+                        if let Some(p) = frame.pts {
+                            let end = p + frame.duration.unwrap_or(gst::ClockTime::ZERO);
+                            shared.last_end_ns.fetch_max(end.nseconds(), Ordering::SeqCst);
+                        }
+                        index += 1;
+                        if tx_frames.send(frame).is_err() {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        shared.fail(e);
+                        break;
+                    }
+                    None => {
+                        if appsink.is_eos() {
+                            break;
+                        }
+                    }
+                }
+            }
+            shared.times.lock().unwrap().decode_wait += wait;
+        })
+    }
+    .map_err(|e| Error::io("starting a thread", e))?;
+
+    // Thread 2: preprocess, infer, postprocess.
+    let t_infer = {
+        let shared = shared.clone();
+        let mut segmenter = segmenter;
+        let mut pre = CpuPreprocess::new(&manifest);
+        let mut post = CpuPostprocess::new(PostprocessConfig { smooth: cfg.smooth });
+        std::thread::Builder::new().name("mf-infer".into()).spawn(move || {
+            let mut input = ModelInput::default();
+            let mut mask = LowResMask::default();
+            let (mut tp, mut ti, mut tq) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+            for frame in rx_frames.iter() {
+                if shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let t0 = Instant::now();
+                let step = (|| -> Result<Vec<u8>> {
+                    pre.run(&frame.data, frame.width, frame.height, &mut input)?;
+                    let t1 = Instant::now();
+                    segmenter.run(&input, &mut mask)?;
+                    let t2 = Instant::now();
+                    let mut alpha = Vec::new();
+                    post.run(&mask, input.geometry.as_ref().unwrap(), frame.width, frame.height, &mut alpha)?;
+                    let t3 = Instant::now();
+                    tp += t1 - t0;
+                    ti += t2 - t1;
+                    tq += t3 - t2;
+                    Ok(alpha)
+                })();
+                match step {
+                    Ok(alpha) => {
+                        if tx_masked.send((frame, alpha)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        shared.fail(e);
+                        break;
+                    }
+                }
+            }
+            let mut t = shared.times.lock().unwrap();
+            t.preprocess += tp;
+            t.infer += ti;
+            t.postprocess += tq;
+        })
+    }
+    .map_err(|e| Error::io("starting a thread", e))?;
+
+    // Thread 3: composite and hand to the encoder.
+    let t_push = {
+        let shared = shared.clone();
+        let appsrc = enc.appsrc.clone();
+        let mut comp = CpuComposite::new(kind, background);
+        std::thread::Builder::new().name("mf-push".into()).spawn(move || {
+            let (mut tc, mut te) = (Duration::ZERO, Duration::ZERO);
+            let mut caps_set = false;
+            for (mut frame, alpha) in rx_masked.iter() {
+                if shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let t0 = Instant::now();
+                let (w, h) = (frame.width, frame.height);
+                let wider = match comp.run(&mut frame.data, w, h, &alpha) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        shared.fail(e);
+                        break;
+                    }
+                };
+                let t1 = Instant::now();
+                if !caps_set {
+                    let info = shared.info.lock().unwrap().unwrap_or(StreamInfo {
+                        width: w,
+                        height: h,
+                        fps: gst::Fraction::new(0, 1),
+                        par: gst::Fraction::new(1, 1),
+                    });
+                    let (ow, oh) = composite::output_size(kind, w, h);
+                    appsrc.set_caps(Some(
+                        &gst::Caps::builder("video/x-raw")
+                            .field("format", "RGBA")
+                            .field("width", ow as i32)
+                            .field("height", oh as i32)
+                            .field("framerate", info.fps)
+                            .field("pixel-aspect-ratio", info.par)
+                            .build(),
+                    ));
+                    appsrc.set_max_bytes(ow as u64 * oh as u64 * 4 * 3);
+                    caps_set = true;
+                }
+                let (pts, dur) = (frame.pts, frame.duration);
+                let mut buffer = match wider {
+                    Some(v) => gst::Buffer::from_mut_slice(v),
+                    None => frame.data.into_buffer(),
+                };
+                {
+                    let b = buffer.make_mut();
+                    b.set_pts(pts);
+                    b.set_dts(gst::ClockTime::NONE);
+                    b.set_duration(dur);
+                }
+                if appsrc.push_buffer(buffer).is_err() {
+                    // Flushing: the pipeline was stopped (error or cancel); the bus loop reports why.
+                    break;
+                }
+                shared.frames_out.fetch_add(1, Ordering::SeqCst);
+                te += t1.elapsed();
+                tc += t1 - t0;
+            }
+            if !shared.stop.load(Ordering::SeqCst) {
+                let _ = appsrc.end_of_stream();
+            }
+            let mut t = shared.times.lock().unwrap();
+            t.composite += tc;
+            t.encode_push += te;
+        })
+    }
+    .map_err(|e| Error::io("starting a thread", e))?;
+
+    // The bus loop: errors, end of stream, cancellation, progress.
+    let bus = pipeline.bus().expect("pipeline has a bus");
+    let mut missing_plugin: Option<String> = None;
+    let mut progress = ctl.progress;
+    let mut last_report = Instant::now();
+    let outcome: Result<()> = loop {
+        if ctl.cancel.load(Ordering::SeqCst) {
+            break Err(Error::Interrupted(format!(
+                "stopped after {} frames; the partial output was removed",
+                shared.frames_out.load(Ordering::SeqCst)
+            )));
+        }
+        if shared.stop.load(Ordering::SeqCst) && shared.error.lock().unwrap().is_some() {
+            break Err(shared.error.lock().unwrap().take().unwrap());
+        }
+        if let Some(p) = progress.as_mut() {
+            if last_report.elapsed() > Duration::from_millis(200) {
+                last_report = Instant::now();
+                p(progress_now(&shared));
+            }
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else { continue };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(()),
+            gst::MessageView::Error(err) => {
+                let from_decode = err.src().is_some_and(|s| s.has_as_ancestor(&decode) || s == decode.upcast_ref::<gst::Object>() || s == video_head.upcast_ref::<gst::Object>());
+                let e = if let (true, Some(codec)) = (from_decode, missing_plugin.clone()) {
+                    Error::MissingDecoder {
+                        path: cfg.input.clone(),
+                        codec,
+                        hint: "Install the GStreamer plugin packages (gstreamer1.0-plugins-bad, -ugly, gstreamer1.0-libav) \
+                               or convert the file to H.264/H.265/VP9 first; `matteflow doctor` lists what is installed."
+                            .into(),
+                    }
+                } else if from_decode {
+                    source::explain_decode_error(&cfg.input, &err)
+                } else {
+                    Error::Output {
+                        path: staged.final_path.clone(),
+                        reason: format!(
+                            "encoding failed in {}: {}{}",
+                            err.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                            err.error(),
+                            err.debug().map(|d| format!(" ({})", d.lines().last().unwrap_or(""))).unwrap_or_default()
+                        ),
+                    }
+                };
+                break Err(e);
+            }
+            gst::MessageView::Element(_) => {
+                if let Ok(m) = gstreamer_pbutils::MissingPluginMessage::parse(&msg) {
+                    missing_plugin = Some(m.description().to_string());
+                }
+            }
+            gst::MessageView::Application(a) => {
+                if a.structure().is_some_and(|s| s.name() == "matteflow-no-video") {
+                    break Err(Error::Input {
+                        path: cfg.input.clone(),
+                        reason: if missing_plugin.is_some() {
+                            format!("its video cannot be decoded: no plugin for {}", missing_plugin.clone().unwrap())
+                        } else {
+                            "has no video stream (audio only?)".into()
+                        },
+                    });
+                }
+            }
+            _ => {}
+        }
+    };
+
+    shared.stop.store(true, Ordering::SeqCst);
+    let _ = pipeline.set_state(gst::State::Null);
+    let _ = t_pull.join();
+    let _ = t_infer.join();
+    let _ = t_push.join();
+    outcome?;
+    if let Some(e) = shared.error.lock().unwrap().take() {
+        return Err(e);
+    }
+    let frames = shared.frames_out.load(Ordering::SeqCst);
+    if frames == 0 {
+        return Err(Error::Input { path: cfg.input.clone(), reason: "contains no video frames".into() });
+    }
+    let duration = shared.duration_ns.load(Ordering::SeqCst);
+    let last_end = shared.last_end_ns.load(Ordering::SeqCst);
+    if duration != u64::MAX && !ctl.allow_short && (last_end as f64) < duration as f64 * 0.9 - 1e9 {
+        return Err(Error::Input {
+            path: cfg.input.clone(),
+            reason: format!(
+                "is truncated or damaged: video stopped at {:.2} s but the file says it lasts {:.2} s. \
+                 Nothing was written; pass --allow-short to keep the frames that decode",
+                last_end as f64 / 1e9,
+                duration as f64 / 1e9
+            ),
+        });
+    }
+    if let Some(p) = progress.as_mut() {
+        p(progress_now(&shared));
+    }
+    let wall = start.elapsed();
+    let info = shared.info.lock().unwrap().unwrap_or(StreamInfo {
+        width: 0,
+        height: 0,
+        fps: gst::Fraction::new(0, 1),
+        par: gst::Fraction::new(1, 1),
+    });
+    let final_path = staged.commit()?;
+    if format == Format::Png {
+        tracing::info!("PNG frames are in {}", final_path.display());
+    }
+    let stages = *shared.times.lock().unwrap();
+    Ok(Report {
+        input: cfg.input.clone(),
+        output: final_path.display().to_string(),
+        frames,
+        width: info.width,
+        height: info.height,
+        fps_num: info.fps.numer(),
+        fps_den: info.fps.denom(),
+        model: model_name,
+        provider: provider.name().into(),
+        wall,
+        stages,
+        has_audio: has_audio.load(Ordering::SeqCst),
+    })
+}
+
+fn progress_now(shared: &Shared) -> Progress {
+    let frames = shared.frames_out.load(Ordering::SeqCst);
+    let d = shared.duration_ns.load(Ordering::SeqCst);
+    let total = shared.info.lock().unwrap().and_then(|i| {
+        (d != u64::MAX && i.fps.numer() > 0)
+            .then(|| (d as f64 / 1e9 * i.fps.numer() as f64 / i.fps.denom() as f64).round() as u64)
+    });
+    Progress { frames, total }
+}
+
+/// Decodes the whole input to RGBA and discards it: the decode stage's cost on its own (for `bench`).
+pub fn decode_only(input: &str) -> Result<Duration> {
+    gst::init()?;
+    let uri = source::input_uri(input)?;
+    let pipeline = gst::Pipeline::new();
+    let decode = gst::ElementFactory::make("uridecodebin").property("uri", &uri).build()?;
+    let convert = gst::ElementFactory::make("videoconvert").property("n-threads", 2u32).build()?;
+    let caps = gst::ElementFactory::make("capsfilter")
+        .property("caps", gst::Caps::builder("video/x-raw").field("format", "RGBA").build())
+        .build()?;
+    let fake = gst::ElementFactory::make("fakesink").property("sync", false).build()?;
+    pipeline.add_many([&decode, &convert, &caps, &fake])?;
+    gst::Element::link_many([&convert, &caps, &fake])?;
+    let conv_weak = convert.downgrade();
+    decode.connect_pad_added(move |_, pad| {
+        let video = Some(pad.current_caps().unwrap_or_else(|| pad.query_caps(None))).and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/"))).unwrap_or(false);
+        if let (true, Some(c)) = (video, conv_weak.upgrade()) {
+            let _ = pad.link(&c.static_pad("sink").unwrap());
+        }
+    });
+    let t = Instant::now();
+    pipeline.set_state(gst::State::Playing)?;
+    let bus = pipeline.bus().unwrap();
+    let r = loop {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_seconds(60)) else {
+            break Err(Error::Gst("decode timed out".into()));
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(t.elapsed()),
+            gst::MessageView::Error(e) => break Err(source::explain_decode_error(input, &e)),
+            _ => {}
+        }
+    };
+    let _ = pipeline.set_state(gst::State::Null);
+    r
+}

@@ -1,0 +1,231 @@
+//! ONNX Runtime: finding the shared library (ort's `load-dynamic`), loading it once, and choosing execution
+//! providers in the order TensorRT → CUDA → CPU. Which provider a session really got is recorded and logged.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+
+/// Execution providers a session may ask for, in preference order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    TensorRt,
+    Cuda,
+    Cpu,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::TensorRt => "TensorRT",
+            Provider::Cuda => "CUDA",
+            Provider::Cpu => "CPU",
+        }
+    }
+}
+
+/// Which devices the user allows (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(i32),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| format!("unknown device '{s}': use auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+static LOADED: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+static ENV: OnceLock<ort::environment::Environment> = OnceLock::new();
+
+/// The process-wide ONNX Runtime environment; [`init`] must have succeeded.
+pub fn environment() -> Result<&'static ort::environment::Environment> {
+    ENV.get().ok_or_else(|| Error::Runtime("ONNX Runtime is not loaded (call runtime::init first)".into()))
+}
+
+const LIB_NAME: &str = "libonnxruntime.so";
+
+/// Candidate paths for libonnxruntime, most specific first.
+pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
+    let mut c = Vec::new();
+    if let Some(p) = explicit {
+        c.push(p.to_path_buf());
+    }
+    for var in ["MATTEFLOW_ORT_LIB", "ORT_DYLIB_PATH"] {
+        if let Some(v) = std::env::var_os(var) {
+            c.push(PathBuf::from(v));
+        }
+    }
+    let mut roots = vec![PathBuf::from(".deps")];
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+        roots.push(exe_dir.join("../../.deps"));
+        roots.push(exe_dir.join("lib"));
+        roots.push(exe_dir.clone());
+    }
+    roots.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps"));
+    for r in roots {
+        for sub in ["onnxruntime/onnxruntime/capi", "onnxruntime-gpu/onnxruntime/capi", "ort", ""] {
+            c.extend(versioned_libs(&r.join(sub)));
+        }
+    }
+    // Any Python installation's onnxruntime / onnxruntime-gpu wheel.
+    if let Ok(out) = std::process::Command::new("python3")
+        .args(["-c", "import site,sys;print('\\n'.join(site.getsitepackages()+[site.getusersitepackages()]+sys.path))"])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+            c.extend(versioned_libs(&Path::new(line).join("onnxruntime/capi")));
+        }
+    }
+    for d in ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu"] {
+        c.extend(versioned_libs(Path::new(d)));
+    }
+    c
+}
+
+fn versioned_libs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(LIB_NAME)))
+        .collect();
+    v.sort();
+    v.reverse(); // newest version first
+    v
+}
+
+/// Loads ONNX Runtime once per process. Later calls return the first result.
+pub fn init(explicit: Option<&Path>) -> Result<PathBuf> {
+    LOADED
+        .get_or_init(|| {
+            let cands = candidates(explicit);
+            let mut tried = Vec::new();
+            for p in cands.iter().filter(|p| p.is_file()) {
+                match ort::init_from(p) {
+                    Ok(builder) => match builder.with_name("matteflow").build() {
+                        Ok(env) => {
+                            let _ = ENV.set(env);
+                            tracing::info!("ONNX Runtime loaded from {}", p.display());
+                            return Ok(p.clone());
+                        }
+                        Err(e) => tried.push(format!("{}: {e}", p.display())),
+                    },
+                    Err(e) => tried.push(format!("{}: {e}", p.display())),
+                }
+            }
+            if explicit.is_some_and(|p| !p.is_file()) {
+                tried.insert(0, format!("{}: no such file", explicit.unwrap().display()));
+            }
+            Err(format!(
+                "libonnxruntime.so (1.31 or newer) was not found{}. Install it with `scripts/setup.sh` (puts \
+                 onnxruntime 1.31.1 from PyPI into .deps/), or `pip install onnxruntime==1.31.1` (CPU) / \
+                 `pip install onnxruntime-gpu==1.31.1` (NVIDIA), or point --ort-lib / ORT_DYLIB_PATH at the library",
+                if tried.is_empty() { String::new() } else { format!(" (tried: {})", tried.join("; ")) }
+            ))
+        })
+        .clone()
+        .map_err(Error::Runtime)
+}
+
+/// Providers this ONNX Runtime build contains (whether they can start is only known when a session opens).
+pub fn compiled_providers() -> Vec<Provider> {
+    use ort::ep::ExecutionProvider;
+    let mut v = Vec::new();
+    if ort::ep::TensorRT::is_available().unwrap_or(false) {
+        v.push(Provider::TensorRt);
+    }
+    if ort::ep::CUDA::is_available().unwrap_or(false) {
+        v.push(Provider::Cuda);
+    }
+    v.push(Provider::Cpu);
+    v
+}
+
+/// Options for GPU providers (TensorRT caches and precision).
+#[derive(Debug, Clone, Default)]
+pub struct ProviderOptions {
+    pub device: DeviceChoice,
+    pub trt_fp16: bool,
+    pub trt_cache_dir: Option<PathBuf>,
+    pub threads: Option<usize>,
+}
+
+/// The providers to request for `opts.device`, in order.
+pub fn wanted(opts: &ProviderOptions) -> Vec<Provider> {
+    match opts.device {
+        DeviceChoice::Cpu => vec![Provider::Cpu],
+        DeviceChoice::Auto | DeviceChoice::Cuda(_) => vec![Provider::TensorRt, Provider::Cuda, Provider::Cpu],
+    }
+}
+
+/// Registers the first providers that work on `builder`; returns the one that will run the model and the reasons
+/// the better ones were skipped.
+pub fn register(
+    mut builder: ort::session::builder::SessionBuilder,
+    opts: &ProviderOptions,
+) -> ort::Result<(ort::session::builder::SessionBuilder, Provider, Vec<String>)> {
+    use ort::ep::{self, ExecutionProvider};
+    let mut skipped = Vec::new();
+    let device_id = match opts.device {
+        DeviceChoice::Cuda(n) => n,
+        _ => 0,
+    };
+    let mut chosen = Provider::Cpu;
+    for p in wanted(opts) {
+        match p {
+            Provider::TensorRt => {
+                if !ep::TensorRT::is_available()? {
+                    skipped.push("TensorRT: not in this ONNX Runtime build (needs onnxruntime-gpu)".into());
+                    continue;
+                }
+                let mut trt = ep::TensorRT::default().with_device_id(device_id).with_fp16(opts.trt_fp16);
+                if let Some(dir) = &opts.trt_cache_dir {
+                    let d = dir.display().to_string();
+                    trt = trt
+                        .with_engine_cache(true)
+                        .with_engine_cache_path(&d)
+                        .with_timing_cache(true)
+                        .with_timing_cache_path(&d);
+                }
+                match trt.register(&mut builder) {
+                    Ok(()) => {
+                        chosen = Provider::TensorRt;
+                        tracing::info!("TensorRT EP registered (first run builds the engine; this can take minutes)");
+                        // CUDA stays registered below as the fallback for nodes TensorRT does not take.
+                    }
+                    Err(e) => skipped.push(format!("TensorRT: {e}")),
+                }
+            }
+            Provider::Cuda => {
+                if !ep::CUDA::is_available()? {
+                    skipped.push("CUDA: not in this ONNX Runtime build (needs onnxruntime-gpu)".into());
+                    continue;
+                }
+                match ep::CUDA::default().with_device_id(device_id).register(&mut builder) {
+                    Ok(()) => {
+                        if chosen == Provider::Cpu {
+                            chosen = Provider::Cuda;
+                        }
+                    }
+                    Err(e) => skipped.push(format!("CUDA: {e}")),
+                }
+            }
+            Provider::Cpu => {}
+        }
+    }
+    Ok((builder, chosen, skipped))
+}
