@@ -8,7 +8,7 @@ pub enum Error {
     #[error("input {path}: {reason}")]
     Input { path: String, reason: String },
 
-    #[error("input {path} uses {codec}, which no installed GStreamer plugin can decode. {hint}")]
+    #[error("input {path} needs a {codec} (GStreamer's name for it), which no installed plugin provides. {hint}")]
     MissingDecoder { path: String, codec: String, hint: String },
 
     #[error("output {path}: {reason}")]

@@ -182,7 +182,10 @@ pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_by
             enc.set_property("deadline", 1i64);
             enc.set_property("cpu-used", 8i32);
             enc.set_property("row-mt", true);
-            enc.set_property_from_str("end-usage", "q");
+            // Without this, libvpx's alt-ref lookahead loses frames at the end of the stream (seen: 118 of 120).
+            enc.set_property("lag-in-frames", 0i32);
+            enc.set_property_from_str("end-usage", "cq");
+            enc.set_property("target-bitrate", 20_000_000i32); // a cap; quality comes from cq-level
             enc.set_property("cq-level", 30i32);
             chain.push(enc);
             (Some(make("webmmux")?), vec![make("audioconvert")?, make("audioresample")?, make("opusenc")?])

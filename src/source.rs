@@ -106,8 +106,15 @@ pub fn pull_frame(appsink: &gst_app::AppSink, index: u64, timeout: Duration) -> 
 fn frame_from_sample(sample: gst::Sample, index: u64) -> Result<Frame> {
     let caps = sample.caps().ok_or_else(|| Error::Gst("decoded sample without caps".into()))?;
     let info = gstreamer_video::VideoInfo::from_caps(caps).map_err(|e| Error::Gst(format!("bad video caps: {e}")))?;
+    // Timestamps become running time: containers with an edit list (most MP4s with B-frames) start their
+    // media timeline later than 0, and the output must present each frame when the input did.
+    let segment = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
     let mut buffer = sample.buffer_owned().ok_or_else(|| Error::Gst("decoded sample without buffer".into()))?;
     drop(sample);
+    if let Some(seg) = segment {
+        let pts = buffer.pts().and_then(|p| seg.to_running_time(p));
+        buffer.make_mut().set_pts(pts);
+    }
     let (w, h) = (info.width(), info.height());
     let stride = info.stride()[0] as usize;
     if stride != w as usize * 4 {
