@@ -1,0 +1,179 @@
+//! Shared helpers for the integration tests: run the real binary, make clips with GStreamer, decode outputs
+//! back with GStreamer, build known-answer ONNX models with the `onnx` Python package from set-up.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn sample(name: &str) -> PathBuf {
+    root().join("assets/media").join(name)
+}
+
+pub fn matteflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_matteflow")).args(args).output().expect("run matteflow")
+}
+
+/// Runs matteflow and insists it succeeded, showing its stderr otherwise.
+pub fn matteflow_ok(args: &[&str]) -> String {
+    let out = matteflow(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "matteflow {args:?} failed ({}): {stderr}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub struct Decoded {
+    /// Running-time presentation timestamp, ns.
+    pub pts: Option<u64>,
+    pub width: u32,
+    pub height: u32,
+    pub rgba: Vec<u8>,
+}
+
+/// Decodes every video frame of a file to RGBA with GStreamer.
+pub fn decode(path: &Path) -> Vec<Decoded> {
+    gst::init().unwrap();
+    let uri = gst::glib::filename_to_uri(std::fs::canonicalize(path).unwrap(), None).unwrap();
+    let p = gst::parse::launch(&format!(
+        "uridecodebin uri={uri} ! videoconvert ! video/x-raw,format=RGBA ! appsink name=s sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = p.by_name("s").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let mut frames = Vec::new();
+    while let Some(s) = sink.try_pull_sample(gst::ClockTime::from_seconds(20)) {
+        let caps = s.caps().unwrap();
+        let st = caps.structure(0).unwrap();
+        let (w, h) = (st.get::<i32>("width").unwrap() as u32, st.get::<i32>("height").unwrap() as u32);
+        let seg = s.segment().and_then(|g| g.downcast_ref::<gst::ClockTime>().cloned());
+        let b = s.buffer().unwrap();
+        let pts = b.pts().and_then(|t| seg.as_ref().map_or(Some(t), |g| g.to_running_time(t))).map(|t| t.nseconds());
+        let m = b.map_readable().unwrap();
+        let stride = m.len() / h as usize;
+        let mut rgba = Vec::with_capacity((w * h * 4) as usize);
+        for y in 0..h as usize {
+            rgba.extend_from_slice(&m[y * stride..y * stride + w as usize * 4]);
+        }
+        frames.push(Decoded { pts, width: w, height: h, rgba });
+    }
+    let bus = p.bus().unwrap();
+    while let Some(msg) = bus.pop() {
+        if let gst::MessageView::Error(e) = msg.view() {
+            panic!("decoding {} failed: {}", path.display(), e.error());
+        }
+    }
+    p.set_state(gst::State::Null).unwrap();
+    frames
+}
+
+/// Reads a PNG folder written by matteflow, in frame order.
+pub fn read_png_dir(dir: &Path) -> Vec<image::RgbaImage> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    names.iter().map(|p| image::open(p).unwrap().to_rgba8()).collect()
+}
+
+/// Writes RGBA frames losslessly (FFV1 in Matroska) at `fps`.
+pub fn write_lossless_clip(path: &Path, w: u32, h: u32, fps: i32, frames: &[Vec<u8>]) {
+    gst::init().unwrap();
+    let p = gst::parse::launch(&format!(
+        "appsrc name=src format=time ! videoconvert ! video/x-raw,format=BGRA ! avenc_ffv1 ! matroskamux ! filesink location={}",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = p.by_name("src").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    src.set_caps(Some(
+        &gst::Caps::builder("video/x-raw")
+            .field("format", "RGBA")
+            .field("width", w as i32)
+            .field("height", h as i32)
+            .field("framerate", gst::Fraction::new(fps, 1))
+            .build(),
+    ));
+    p.set_state(gst::State::Playing).unwrap();
+    let dur = gst::ClockTime::SECOND / fps as u64;
+    for (i, f) in frames.iter().enumerate() {
+        let mut b = gst::Buffer::from_slice(f.clone());
+        let bm = b.get_mut().unwrap();
+        bm.set_pts(dur * i as u64);
+        bm.set_duration(dur);
+        src.push_buffer(b).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    let bus = p.bus().unwrap();
+    match bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]) {
+        Some(m) if m.type_() == gst::MessageType::Eos => {}
+        other => panic!("writing {} failed: {other:?}", path.display()),
+    }
+    p.set_state(gst::State::Null).unwrap();
+}
+
+/// Encodes a test-pattern clip with gst-launch-style syntax (e.g. with audio) into `path`.
+pub fn gst_make(desc: &str) {
+    gst::init().unwrap();
+    let p = gst::parse::launch(desc).unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let bus = p.bus().unwrap();
+    match bus.timed_pop_filtered(gst::ClockTime::from_seconds(120), &[gst::MessageType::Eos, gst::MessageType::Error]) {
+        Some(m) if m.type_() == gst::MessageType::Eos => {}
+        other => panic!("{desc} failed: {other:?}"),
+    }
+    p.set_state(gst::State::Null).unwrap();
+}
+
+/// Builds the known-answer model (mask = input channel `ch`) at `h`×`w` and its manifest; returns the manifest.
+pub fn known_answer_model(dir: &Path, ch: usize, h: u32, w: u32, layout: &str, activation: &str, resize: &str) -> PathBuf {
+    let onnx = dir.join(format!("ka_{ch}_{h}x{w}_{layout}_{activation}.onnx"));
+    let py = root().join(".deps/py");
+    let out = Command::new("python3")
+        .env("PYTHONPATH", &py)
+        .arg(root().join("tests/fixtures/make_known_answer.py"))
+        .args([onnx.to_str().unwrap(), &ch.to_string(), &h.to_string(), &w.to_string(), layout, if activation == "sigmoid" { "logit" } else { "none" }])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "building the known-answer model failed (run scripts/setup.sh): {}", String::from_utf8_lossy(&out.stderr));
+    let manifest = onnx.with_extension("toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"name = "known-answer"
+file = "{}"
+[input]
+name = "pixels"
+layout = "{layout}"
+size = [{h}, {w}]
+scale = 0.00392156862745098
+resize = "{resize}"
+[output]
+name = "mask"
+activation = "{activation}"
+"#,
+            onnx.file_name().unwrap().to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    manifest
+}
+
+/// Output frame count, and no leftovers (partial files) in a folder.
+pub fn assert_no_partials(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!n.contains(".partial"), "partial output left behind: {n}");
+    }
+}
