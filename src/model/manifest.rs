@@ -12,6 +12,15 @@ pub enum Layout {
     Nhwc,
 }
 
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Nchw => "NCHW",
+            Layout::Nhwc => "NHWC",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ColorOrder {
@@ -122,7 +131,7 @@ pub struct Manifest {
 impl Manifest {
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
         let m: Manifest = toml::from_str(text)
-            .map_err(|e| Error::Manifest { path: origin.to_string(), reason: e.to_string() })?;
+            .map_err(|e| Error::Manifest { path: origin.to_string(), reason: toml_reason(text, &e) })?;
         m.check(origin)?;
         Ok(m)
     }
@@ -166,6 +175,20 @@ impl Manifest {
     }
 }
 
+/// "line L, column C: message" in one line (toml's own Display draws a multi-line caret diagram).
+pub fn toml_reason(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
 /// Describes a shape like `[1,3,1024,1024]` with `-1` shown as `?`.
 pub fn shape_str(shape: &[i64]) -> String {
     let dims: Vec<String> = shape.iter().map(|d| if *d < 0 { "?".into() } else { d.to_string() }).collect();
@@ -200,7 +223,7 @@ pub fn validate_io(
     }
     let [h, w] = m.input.size;
     let want = m.input_shape(h, w);
-    let describe = format!("{:?} {}", m.input.layout, shape_str(&want));
+    let describe = format!("{} {}", m.input.layout, shape_str(&want));
     if shape.len() != 4 {
         return mismatch(format!(
             "input '{}' has shape {} (rank {}) but the manifest describes {describe}",

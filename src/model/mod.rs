@@ -201,6 +201,7 @@ pub fn resolve(model: &str, manifest: Option<&Path>, flags: &ManualSpec) -> Resu
                 ),
             });
         };
+        check_sha256(&m, &source)?;
         flags.apply(&mut m);
         return Ok(ResolvedModel { manifest: m, manifest_origin: format!("models/{model}.toml"), source, inferred: false });
     }
@@ -236,6 +237,24 @@ pub fn resolve(model: &str, manifest: Option<&Path>, flags: &ManualSpec) -> Resu
         source: ModelSource::File(model_path.to_path_buf()),
         inferred: true,
     })
+}
+
+/// Checks a file against the manifest's sha256, when the manifest gives one.
+fn check_sha256(m: &Manifest, source: &ModelSource) -> Result<()> {
+    use sha2::Digest;
+    let (Some(want), ModelSource::File(p)) = (&m.sha256, source) else { return Ok(()) };
+    let bytes = std::fs::read(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+    let got = format!("{:x}", sha2::Sha256::digest(&bytes));
+    if !got.eq_ignore_ascii_case(want) {
+        return Err(Error::Model {
+            model: p.display().to_string(),
+            reason: format!(
+                "sha256 is {got} but manifest {} expects {want}: the file is damaged or a different model; re-download it",
+                m.name
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn check_model_file(p: &Path) -> Result<()> {
@@ -286,10 +305,14 @@ fn from_manifest_file(path: &Path, model_override: Option<&Path>, flags: &Manual
         }
     };
     check_model_file(&file)?;
+    let source = ModelSource::File(file);
+    if model_override.is_none() {
+        check_sha256(&m, &source)?;
+    }
     Ok(ResolvedModel {
         manifest: m,
         manifest_origin: path.display().to_string(),
-        source: ModelSource::File(file),
+        source,
         inferred: false,
     })
 }
@@ -315,7 +338,7 @@ pub fn list() -> Vec<ModelListing> {
             };
             let [h, w] = m.input.size;
             let input = format!(
-                "{} {:?} {}x{}{}",
+                "{} {} {}x{}{}",
                 m.input.name,
                 m.input.layout,
                 w,
@@ -355,5 +378,23 @@ mod tests {
     fn unknown_name_lists_the_shipped_ones() {
         let e = resolve("nope", None, &ManualSpec::default()).unwrap_err().to_string();
         assert!(e.contains("selfie") && e.contains("birefnet-general"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod sha_tests {
+    use super::*;
+
+    #[test]
+    fn damaged_model_file_is_caught_by_its_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = include_str!("../../models/selfie.toml").to_string();
+        text = text.replace("file = \"selfie_segmentation.onnx\"", "file = \"damaged.onnx\"");
+        std::fs::write(dir.path().join("m.toml"), text).unwrap();
+        let mut bytes = include_bytes!("../../models/selfie_segmentation.onnx").to_vec();
+        bytes[1000] ^= 0xff;
+        std::fs::write(dir.path().join("damaged.onnx"), bytes).unwrap();
+        let e = resolve(dir.path().join("m.toml").to_str().unwrap(), None, &ManualSpec::default()).unwrap_err().to_string();
+        assert!(e.contains("sha256") && e.contains("damaged.onnx"), "{e}");
     }
 }
