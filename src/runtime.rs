@@ -61,15 +61,17 @@ const LIB_NAME: &str = "libonnxruntime.so";
 
 /// Candidate paths for libonnxruntime, most specific first.
 pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
-    let mut c = Vec::new();
+    // A library the user named (flag or variable) is the only one tried: silently loading another would
+    // hide their mistake.
     if let Some(p) = explicit {
-        c.push(p.to_path_buf());
+        return vec![p.to_path_buf()];
     }
     for var in ["MATTEFLOW_ORT_LIB", "ORT_DYLIB_PATH"] {
-        if let Some(v) = std::env::var_os(var) {
-            c.push(PathBuf::from(v));
+        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            return vec![PathBuf::from(v)];
         }
     }
+    let mut c = Vec::new();
     let mut roots = vec![PathBuf::from(".deps")];
     if let Some(exe_dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
         roots.push(exe_dir.join("../../.deps"));
@@ -127,8 +129,10 @@ pub fn init(explicit: Option<&Path>) -> Result<PathBuf> {
                     Err(e) => tried.push(format!("{}: {e}", p.display())),
                 }
             }
-            if explicit.is_some_and(|p| !p.is_file()) {
-                tried.insert(0, format!("{}: no such file", explicit.unwrap().display()));
+            for p in cands.iter().filter(|p| !p.is_file()).take(1) {
+                if cands.len() == 1 {
+                    tried.insert(0, format!("{}: no such file", p.display()));
+                }
             }
             Err(format!(
                 "libonnxruntime.so (1.31 or newer) was not found{}. Install it with `scripts/setup.sh` (puts \
