@@ -39,6 +39,19 @@ pub enum ResizeMode {
     Letterbox,
 }
 
+/// How pixels are resampled to the model's size, matching what the model was trained with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    /// PIL-style bilinear: the triangle filter widened by the scale factor when shrinking, so every source
+    /// pixel contributes (PIL `Image.resize(BILINEAR)`, torchvision `Resize` on PIL images: BiRefNet).
+    #[default]
+    Antialias,
+    /// Plain bilinear sampling at pixel centres, edges replicated (OpenCV `INTER_LINEAR`, MediaPipe's
+    /// ImageToTensor, @imgly's tensorResizeBilinear).
+    Bilinear,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
@@ -70,6 +83,8 @@ pub struct InputSpec {
     pub std: [f32; 3],
     #[serde(default)]
     pub resize: ResizeMode,
+    #[serde(default)]
+    pub interpolation: Interpolation,
 }
 
 fn default_color() -> ColorOrder {

@@ -5,7 +5,7 @@ pub mod manifest;
 
 use std::path::{Path, PathBuf};
 
-pub use manifest::{Activation, ColorOrder, InputSpec, Layout, Manifest, OutputSpec, Provenance, ResizeMode};
+pub use manifest::{Activation, ColorOrder, InputSpec, Interpolation, Layout, Manifest, OutputSpec, Provenance, ResizeMode};
 
 use crate::error::{Error, Result};
 
@@ -226,6 +226,7 @@ pub fn resolve(model: &str, manifest: Option<&Path>, flags: &ManualSpec) -> Resu
             mean: [0.0; 3],
             std: [1.0; 3],
             resize: ResizeMode::Stretch,
+            interpolation: Interpolation::Antialias,
         },
         output: OutputSpec { name: String::new(), activation: Activation::None, channel: 0 },
         provenance: Provenance::default(),

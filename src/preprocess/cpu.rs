@@ -1,23 +1,25 @@
-//! CPU preprocessing: fast_image_resize (SIMD, PIL-like bilinear convolution, which antialiases when
-//! shrinking just as the reference Python pipelines' PIL/torchvision resizes do), then one pass that reorders
-//! and normalises into the tensor.
+//! CPU preprocessing. The frame is converted to f32 first and resized in f32 (fast_image_resize's SIMD
+//! convolution: PIL's antialiased bilinear, or plain bilinear sampling, as the manifest says), then
+//! normalised and laid out in one pass. Working in f32 keeps the tensor equal to the model's reference
+//! preprocessing computed without intermediate 8-bit rounding (tests/parity.rs checks ≤ 1e-5).
 
-use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::images::{TypedImage, TypedImageRef};
+use fast_image_resize::pixels::F32x3;
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 
 use super::{Geometry, ModelInput, Preprocess};
 use crate::error::{Error, Result};
-use crate::model::{ColorOrder, Layout, Manifest, ResizeMode};
+use crate::model::{ColorOrder, Interpolation, Layout, Manifest, ResizeMode};
 
 pub struct CpuPreprocess {
     manifest: Manifest,
     resizer: Resizer,
-    resized: Vec<u8>,
-    scratch: Vec<u8>,
+    frame_f32: Vec<F32x3>,
 }
 
 impl CpuPreprocess {
     pub fn new(manifest: &Manifest) -> Self {
-        CpuPreprocess { manifest: manifest.clone(), resizer: Resizer::new(), resized: Vec::new(), scratch: Vec::new() }
+        CpuPreprocess { manifest: manifest.clone(), resizer: Resizer::new(), frame_f32: Vec::new() }
     }
 }
 
@@ -37,30 +39,23 @@ impl Preprocess for CpuPreprocess {
             ResizeMode::Stretch => Geometry::stretch(mw, mh),
             ResizeMode::Letterbox => Geometry::letterbox(mw, mh, width, height),
         };
-        let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).use_alpha(false);
-        let src = ImageRef::new(width, height, rgba, PixelType::U8x4).map_err(resize_err)?;
-
-        // Resize the frame into the content box (the whole input unless letterboxing).
-        self.scratch.resize((geo.content_w * geo.content_h * 4) as usize, 0);
-        let mut dst = Image::from_slice_u8(geo.content_w, geo.content_h, &mut self.scratch, PixelType::U8x4)
-            .map_err(resize_err)?;
-        self.resizer.resize(&src, &mut dst, &opts).map_err(resize_err)?;
-
-        let resized: &[u8] = if geo.content_w == mw && geo.content_h == mh {
-            &self.scratch
-        } else {
-            // Pad with black around the content box.
-            self.resized.clear();
-            self.resized.resize((mw * mh * 4) as usize, 0);
-            let row = (geo.content_w * 4) as usize;
-            for y in 0..geo.content_h as usize {
-                let d = ((y + geo.content_y as usize) * mw as usize + geo.content_x as usize) * 4;
-                self.resized[d..d + row].copy_from_slice(&self.scratch[y * row..(y + 1) * row]);
-            }
-            &self.resized
+        let alg = match inp.interpolation {
+            Interpolation::Antialias => ResizeAlg::Convolution(FilterType::Bilinear),
+            Interpolation::Bilinear => ResizeAlg::Interpolation(FilterType::Bilinear),
         };
+        let opts = ResizeOptions::new().resize_alg(alg);
 
-        // value = (pixel * scale - mean) / std, folded into one multiply-add per element.
+        self.frame_f32.clear();
+        self.frame_f32.extend(rgba.chunks_exact(4).map(|p| F32x3::new([p[0] as f32, p[1] as f32, p[2] as f32])));
+        let src = TypedImageRef::new(width, height, &self.frame_f32).map_err(resize_err)?;
+        let mut dst = TypedImage::<F32x3>::new(geo.content_w, geo.content_h);
+        if (geo.content_w, geo.content_h) == (width, height) {
+            dst.pixels_mut().copy_from_slice(&self.frame_f32);
+        } else {
+            self.resizer.resize_typed(&src, &mut dst, &opts).map_err(resize_err)?;
+        }
+
+        // value = (pixel * scale - mean) / std per channel, as one multiply-add; padding is black (0).
         let order: [usize; 3] = match inp.color {
             ColorOrder::Rgb => [0, 1, 2],
             ColorOrder::Bgr => [2, 1, 0],
@@ -68,23 +63,28 @@ impl Preprocess for CpuPreprocess {
         let mul: [f32; 3] = std::array::from_fn(|c| inp.scale / inp.std[c]);
         let add: [f32; 3] = std::array::from_fn(|c| -inp.mean[c] / inp.std[c]);
         let plane = (mw * mh) as usize;
+        out.data.clear();
         out.data.resize(plane * 3, 0.0);
-        match inp.layout {
-            Layout::Nchw => {
-                let (r, rest) = out.data.split_at_mut(plane);
-                let (g, b) = rest.split_at_mut(plane);
-                let planes = [r, g, b];
-                for (i, px) in resized.chunks_exact(4).enumerate() {
-                    for c in 0..3 {
-                        planes[c][i] = px[order[c]] as f32 * mul[c] + add[c];
+        let pad: [f32; 3] = add;
+        let (cx, cy, cw) = (geo.content_x as usize, geo.content_y as usize, geo.content_w as usize);
+        let content = dst.pixels();
+        for y in 0..mh as usize {
+            for x in 0..mw as usize {
+                let inside = x >= cx && x < cx + cw && y >= cy && y < cy + geo.content_h as usize;
+                let v: [f32; 3] = if inside {
+                    let p = content[(y - cy) * cw + (x - cx)].0;
+                    std::array::from_fn(|c| p[order[c]] * mul[c] + add[c])
+                } else {
+                    pad
+                };
+                let i = y * mw as usize + x;
+                match inp.layout {
+                    Layout::Nchw => {
+                        out.data[i] = v[0];
+                        out.data[plane + i] = v[1];
+                        out.data[2 * plane + i] = v[2];
                     }
-                }
-            }
-            Layout::Nhwc => {
-                for (o, px) in out.data.chunks_exact_mut(3).zip(resized.chunks_exact(4)) {
-                    for c in 0..3 {
-                        o[c] = px[order[c]] as f32 * mul[c] + add[c];
-                    }
+                    Layout::Nhwc => out.data[i * 3..i * 3 + 3].copy_from_slice(&v),
                 }
             }
         }
