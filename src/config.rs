@@ -167,7 +167,10 @@ pub struct ConvertConfig {
     pub kind: Option<OutputKind>,
     pub background: Option<BackgroundSpec>,
     pub overwrite: bool,
-    pub smooth: f32,
+    /// Mask refinements: temporal smoothing, threshold, guided filter, feather.
+    pub post: crate::postprocess::PostprocessConfig,
+    /// Estimate the subject's true colour at soft edges so the old background does not show as a halo.
+    pub fg_estimate: bool,
     /// Frames held between stages (decode → infer → composite → encode).
     pub queue: usize,
 }
@@ -181,7 +184,8 @@ impl ConvertConfig {
             kind: None,
             background: None,
             overwrite: false,
-            smooth: 0.0,
+            post: Default::default(),
+            fg_estimate: false,
             queue: 4,
         }
     }

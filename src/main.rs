@@ -115,9 +115,8 @@ struct ConvertArgs {
     /// Replace the output if it exists
     #[arg(long)]
     overwrite: bool,
-    /// Temporal smoothing of the mask, 0 (off) to 0.9
-    #[arg(long, default_value_t = 0.0)]
-    smooth: f32,
+    #[command(flatten)]
+    quality: QualityArgs,
     /// Keep the decodable frames of a truncated input instead of failing
     #[arg(long)]
     allow_short: bool,
@@ -127,6 +126,49 @@ struct ConvertArgs {
     /// Write the run's report as JSON to this file
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Default)]
+struct QualityArgs {
+    /// Temporal smoothing: weight of the previous mask where the picture is still (0 = off, 0.6 is a good start)
+    #[arg(long, default_value_t = 0.0, help_heading = "Matte quality")]
+    smooth: f32,
+    /// Picture change (0..1) at which smoothing stops, so moving edges do not lag
+    #[arg(long, default_value_t = 0.06, help_heading = "Matte quality")]
+    motion_threshold: f32,
+    /// Remap alpha: LO:HI, values ≤ LO become transparent, ≥ HI opaque (e.g. 0.1:0.9)
+    #[arg(long, value_parser = parse_threshold, help_heading = "Matte quality")]
+    threshold: Option<(f32, f32)>,
+    /// Refine the mask's edges against the full-resolution frame (guided filter)
+    #[arg(long, help_heading = "Matte quality")]
+    refine: bool,
+    /// Feather the edge by this many pixels
+    #[arg(long, default_value_t = 0, help_heading = "Matte quality")]
+    feather: u32,
+    /// Estimate the subject's colour at soft edges (no halo of the old background)
+    #[arg(long, help_heading = "Matte quality")]
+    fg_estimate: bool,
+}
+
+impl QualityArgs {
+    fn post(&self) -> matteflow::postprocess::PostprocessConfig {
+        matteflow::postprocess::PostprocessConfig {
+            smooth: self.smooth,
+            motion_threshold: self.motion_threshold,
+            threshold: self.threshold,
+            refine: self.refine,
+            feather: self.feather,
+        }
+    }
+}
+
+fn parse_threshold(s: &str) -> Result<(f32, f32), String> {
+    let (a, b) = s.split_once(':').ok_or("threshold is LO:HI, e.g. 0.1:0.9")?;
+    let (a, b): (f32, f32) = (a.parse().map_err(|_| "bad LO")?, b.parse().map_err(|_| "bad HI")?);
+    if !(0.0..1.0).contains(&a) || !(a < b && b <= 1.0) {
+        return Err("need 0 ≤ LO < HI ≤ 1".into());
+    }
+    Ok((a, b))
 }
 
 #[derive(Args)]
@@ -247,7 +289,8 @@ fn run_convert(a: &ConvertArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<matte
     cfg.kind = a.output_kind;
     cfg.background = a.background.clone();
     cfg.overwrite = a.overwrite;
-    cfg.smooth = a.smooth;
+    cfg.post = a.quality.post();
+    cfg.fg_estimate = a.quality.fg_estimate;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -369,7 +412,7 @@ fn demo(out_dir: &std::path::Path, cancel: Arc<AtomicBool>) -> anyhow::Result<()
             output_kind: Some(kind),
             format: None,
             overwrite: true,
-            smooth: 0.0,
+            quality: QualityArgs { motion_threshold: 0.06, ..Default::default() },
             allow_short: false,
             stats: false,
             report: None,

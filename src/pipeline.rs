@@ -19,7 +19,7 @@ use crate::config::{ConvertConfig, Format};
 use crate::error::{Error, Result};
 use crate::infer::{LowResMask, OnnxSegmenter, Segmenter};
 use crate::model::ResolvedModel;
-use crate::postprocess::{CpuPostprocess, Postprocess, PostprocessConfig};
+use crate::postprocess::{CpuPostprocess, Postprocess};
 use crate::preprocess::{CpuPreprocess, ModelInput, Preprocess};
 use crate::runtime::ProviderOptions;
 use crate::sink::{self, StagedOutput};
@@ -231,7 +231,7 @@ pub fn convert(
         let shared = shared.clone();
         let mut segmenter = segmenter;
         let mut pre = CpuPreprocess::new(&manifest);
-        let mut post = CpuPostprocess::new(PostprocessConfig { smooth: cfg.smooth });
+        let mut post = CpuPostprocess::for_manifest(cfg.post, &manifest);
         std::thread::Builder::new().name("mf-infer".into()).spawn(move || {
             let mut input = ModelInput::default();
             let mut mask = LowResMask::default();
@@ -247,7 +247,7 @@ pub fn convert(
                     segmenter.run(&input, &mut mask)?;
                     let t2 = Instant::now();
                     let mut alpha = Vec::new();
-                    post.run(&mask, input.geometry.as_ref().unwrap(), frame.width, frame.height, &mut alpha)?;
+                    post.run(&frame.data, &input, &mask, frame.width, frame.height, &mut alpha)?;
                     let t3 = Instant::now();
                     tp += t1 - t0;
                     ti += t2 - t1;
@@ -279,6 +279,7 @@ pub fn convert(
         let shared = shared.clone();
         let appsrc = enc.appsrc.clone();
         let mut comp = CpuComposite::new(kind, background);
+        comp.set_foreground_estimation(cfg.fg_estimate);
         std::thread::Builder::new().name("mf-push".into()).spawn(move || {
             let (mut tc, mut te) = (Duration::ZERO, Duration::ZERO);
             let mut caps_set = false;

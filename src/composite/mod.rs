@@ -44,11 +44,35 @@ pub trait Composite: Send {
 pub struct CpuComposite {
     kind: OutputKind,
     background: Background,
+    fg_estimate: bool,
 }
 
 impl CpuComposite {
     pub fn new(kind: OutputKind, background: Background) -> Self {
-        CpuComposite { kind, background }
+        CpuComposite { kind, background, fg_estimate: false }
+    }
+
+    /// Replace the colour of partly transparent pixels by the estimated foreground colour (blur fusion), so
+    /// the old background does not tint the edges over a new one.
+    pub fn set_foreground_estimation(&mut self, on: bool) {
+        self.fg_estimate = on;
+    }
+}
+
+/// Rewrites the RGB of `frame` with the estimated foreground colour where 0 < alpha < 1.
+pub fn apply_foreground_estimation(frame: &mut [u8], w: u32, h: u32, alpha: &[u8]) {
+    let n = (w * h) as usize;
+    let a: Vec<f32> = alpha.iter().map(|v| *v as f32 / 255.0).collect();
+    let img: Vec<f32> = frame.chunks_exact(4).flat_map(|p| [p[0] as f32 / 255.0, p[1] as f32 / 255.0, p[2] as f32 / 255.0]).collect();
+    // Radii as BiRefNet's refine_foreground uses at 1024², scaled to the frame.
+    let s = (w.max(h) as f32 / 1024.0).max(0.1);
+    let f = crate::postprocess::filters::estimate_foreground(&img, &a, w as usize, h as usize, (90.0 * s) as usize + 1, (6.0 * s) as usize + 1);
+    for k in 0..n {
+        if alpha[k] > 0 && alpha[k] < 255 {
+            for c in 0..3 {
+                frame[k * 4 + c] = (f[k * 3 + c] * 255.0 + 0.5) as u8;
+            }
+        }
     }
 }
 
@@ -58,6 +82,10 @@ impl Composite for CpuComposite {
     }
 
     fn run(&mut self, frame: &mut [u8], w: u32, h: u32, alpha: &[u8]) -> Result<Option<Vec<u8>>> {
+        let original = (self.fg_estimate && self.kind == OutputKind::SideBySide).then(|| frame.to_vec());
+        if self.fg_estimate && self.kind != OutputKind::Mask {
+            apply_foreground_estimation(frame, w, h, alpha);
+        }
         match self.kind {
             OutputKind::Alpha => {
                 for (px, &a) in frame.chunks_exact_mut(4).zip(alpha) {
@@ -85,8 +113,9 @@ impl Composite for CpuComposite {
             OutputKind::SideBySide => {
                 let row = (w * 4) as usize;
                 let mut out = vec![0u8; row * 2 * h as usize];
+                let left: &[u8] = original.as_deref().unwrap_or(frame);
                 for y in 0..h as usize {
-                    out[y * 2 * row..y * 2 * row + row].copy_from_slice(&frame[y * row..(y + 1) * row]);
+                    out[y * 2 * row..y * 2 * row + row].copy_from_slice(&left[y * row..(y + 1) * row]);
                 }
                 match self.background.frame(frame, w, h)? {
                     Some(bg) => blend_into(frame, bg, alpha),
