@@ -7,6 +7,7 @@ pub mod composite;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod eval;
 pub mod infer;
 pub mod model;
 pub mod pipeline;

@@ -34,6 +34,18 @@ enum Cmd {
     Models,
     /// Check GStreamer plugins, ONNX Runtime and its execution providers, CUDA
     Doctor(ModelArgs),
+    /// Measure matte quality (alpha error, composite error, flicker, lag) of settings side by side on
+    /// synthetic scenes with known alpha; writes a table (markdown, JSON) and a plot (SVG)
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Folder for eval.md, eval.json and eval.svg
+        #[arg(short, long, default_value = "out/eval")]
+        out_dir: PathBuf,
+        /// Frames per scene
+        #[arg(long, default_value_t = 40)]
+        frames: usize,
+    },
     /// Convert the shipped sample clip with the default model (the README's first command)
     Demo {
         /// Folder for the outputs
@@ -134,7 +146,7 @@ struct QualityArgs {
     #[arg(long, default_value_t = 0.0, help_heading = "Matte quality")]
     smooth: f32,
     /// Picture change (0..1) at which smoothing stops, so moving edges do not lag
-    #[arg(long, default_value_t = 0.06, help_heading = "Matte quality")]
+    #[arg(long, default_value_t = 0.03, help_heading = "Matte quality")]
     motion_threshold: f32,
     /// Remap alpha: LO:HI, values ≤ LO become transparent, ≥ HI opaque (e.g. 0.1:0.9)
     #[arg(long, value_parser = parse_threshold, help_heading = "Matte quality")]
@@ -383,6 +395,21 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
         Cmd::Demo { out_dir } => demo(&out_dir, cancel)?,
+        Cmd::Eval { model, out_dir, frames } => {
+            let mut seg = model.open()?;
+            let person = sample_clip()?;
+            let street = person.with_file_name("bikes.mp4");
+            let scenes = matteflow::eval::build_scenes(&mut seg, &person, &street, frames.max(8))?;
+            let results = matteflow::eval::evaluate(&mut seg, &scenes, &matteflow::eval::default_settings())?;
+            let name = seg.model().manifest.name.clone();
+            let table = matteflow::eval::table(&name, &results);
+            std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+            std::fs::write(out_dir.join("eval.md"), &table)?;
+            std::fs::write(out_dir.join("eval.json"), serde_json::to_string_pretty(&results)?)?;
+            std::fs::write(out_dir.join("eval.svg"), matteflow::eval::flicker_svg(&results))?;
+            print!("{table}");
+            println!("\nwrote {}/eval.md, eval.json, eval.svg", out_dir.display());
+        }
     }
     Ok(())
 }
@@ -412,7 +439,7 @@ fn demo(out_dir: &std::path::Path, cancel: Arc<AtomicBool>) -> anyhow::Result<()
             output_kind: Some(kind),
             format: None,
             overwrite: true,
-            quality: QualityArgs { motion_threshold: 0.06, ..Default::default() },
+            quality: QualityArgs { motion_threshold: 0.03, ..Default::default() },
             allow_short: false,
             stats: false,
             report: None,

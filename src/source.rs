@@ -232,3 +232,42 @@ impl Drop for LoopingVideo {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
 }
+
+/// Decodes up to `max` frames of a file into packed RGBA (for evaluation and tools, not the streaming path).
+pub fn decode_frames(path: &Path, max: usize) -> Result<Vec<(u32, u32, Vec<u8>)>> {
+    gst::init()?;
+    let uri = input_uri(&path.display().to_string())?;
+    let pipeline = gst::Pipeline::new();
+    let dec = gst::ElementFactory::make("uridecodebin").property("uri", &uri).build()?;
+    pipeline.add(&dec)?;
+    let (head, appsink) = video_branch(&pipeline, 4)?;
+    let head_weak = head.downgrade();
+    dec.connect_pad_added(move |_, pad| {
+        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+        let video = caps.structure(0).is_some_and(|s| s.name().starts_with("video/"));
+        if let (true, Some(h)) = (video, head_weak.upgrade()) {
+            let _ = pad.link(&h.static_pad("sink").unwrap());
+        }
+    });
+    pipeline.set_state(gst::State::Playing)?;
+    let mut out = Vec::new();
+    while out.len() < max {
+        match pull_frame(&appsink, out.len() as u64, Duration::from_secs(10)) {
+            Some(Ok(f)) => out.push((f.width, f.height, f.data.to_vec())),
+            Some(Err(e)) => {
+                let _ = pipeline.set_state(gst::State::Null);
+                return Err(e);
+            }
+            None => break,
+        }
+    }
+    let bus = pipeline.bus().unwrap();
+    while let Some(msg) = bus.pop() {
+        if let gst::MessageView::Error(e) = msg.view() {
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(explain_decode_error(&path.display().to_string(), &e));
+        }
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    Ok(out)
+}

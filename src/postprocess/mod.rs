@@ -32,7 +32,7 @@ pub struct PostprocessConfig {
 
 impl Default for PostprocessConfig {
     fn default() -> Self {
-        PostprocessConfig { smooth: 0.0, motion_threshold: 0.06, threshold: None, refine: false, feather: 0 }
+        PostprocessConfig { smooth: 0.0, motion_threshold: 0.03, threshold: None, refine: false, feather: 0 }
     }
 }
 
@@ -51,7 +51,9 @@ pub trait Postprocess: Send {
     fn name(&self) -> &'static str;
 }
 
-/// Per-pixel input change between two model inputs, in pixel units (0..1), at the mask's resolution.
+/// Per-pixel picture change between two model inputs, in pixel units (0..1), at the mask's resolution.
+/// The signed difference is averaged over a 5×5 neighbourhood before taking its size, so sensor and
+/// compression noise (which averages out) does not count as motion while a moving edge (which does not) does.
 fn motion_map(cur: &ModelInput, prev: &[f32], std_over_scale: [f32; 3], mask: &LowResMask) -> Option<Vec<f32>> {
     let geo = cur.geometry?;
     if prev.len() != cur.data.len() {
@@ -61,18 +63,22 @@ fn motion_map(cur: &ModelInput, prev: &[f32], std_over_scale: [f32; 3], mask: &L
     let plane = mw * mh;
     let nhwc = cur.shape[3] == 3;
     let mut d = vec![0f32; plane];
-    for (k, v) in d.iter_mut().enumerate() {
-        let mut s = 0f32;
-        for c in 0..3 {
+    let mut diff = vec![0f32; plane];
+    let mut avg = Vec::new();
+    for c in 0..3 {
+        for (k, v) in diff.iter_mut().enumerate() {
             let i = if nhwc { k * 3 + c } else { c * plane + k };
-            s += (cur.data[i] - prev[i]).abs() * std_over_scale[c];
+            *v = (cur.data[i] - prev[i]) * std_over_scale[c] / 255.0;
         }
-        *v = s / 3.0 / 255.0;
+        filters::box_mean(&diff, mw, mh, 2, &mut avg);
+        for (o, a) in d.iter_mut().zip(&avg) {
+            *o += a.abs() / 3.0;
+        }
     }
-    // Spread by a pixel so an edge that moves is covered on both sides.
+    // Spread so an edge that moves is covered on both sides.
     let mut spread = Vec::new();
-    filters::box_mean(&d, mw, mh, 1, &mut spread);
-    let spread: Vec<f32> = spread.iter().zip(&d).map(|(a, b)| (3.0 * a).max(*b)).collect();
+    filters::box_mean(&d, mw, mh, 2, &mut spread);
+    let spread: Vec<f32> = spread.iter().zip(&d).map(|(a, b)| (2.0 * a).max(*b)).collect();
     let (w, h) = (mask.width as usize, mask.height as usize);
     if (w, h) == (mw, mh) {
         return Some(spread);
@@ -180,7 +186,7 @@ impl Postprocess for CpuPostprocess {
             let (lw, lh) = ((frame_w / f).max(1), (frame_h / f).max(1));
             let gl = self.resize(&guide, frame_w, frame_h, lw, lh, None)?;
             let pl = self.resize(&a, frame_w, frame_h, lw, lh, None)?;
-            let (ca, cb) = filters::guided_coefficients(&gl, &pl, lw as usize, lh as usize, 4, 1e-3);
+            let (ca, cb) = filters::guided_coefficients(&gl, &pl, lw as usize, lh as usize, 4, 1e-2);
             let fa = self.resize(&ca, lw, lh, frame_w, frame_h, None)?;
             let fb = self.resize(&cb, lw, lh, frame_w, frame_h, None)?;
             for k in 0..fw * fh {
@@ -243,7 +249,7 @@ mod tests {
         let mut p = CpuPostprocess::new(cfg, [255.0; 3]);
         let mut a = Vec::new();
         p.run(&[0; 16], &input(0.0), &LowResMask { data: vec![0.0; 4], width: 2, height: 2 }, 2, 2, &mut a).unwrap();
-        // Every pixel changed by 0.5 (far above the 0.06 threshold): the new mask is taken as is.
+        // Every pixel changed by 0.5 (far above the 0.03 threshold): the new mask is taken as is.
         p.run(&[0; 16], &input(0.5), &LowResMask { data: vec![1.0; 4], width: 2, height: 2 }, 2, 2, &mut a).unwrap();
         assert_eq!(a, vec![255; 4]);
     }
