@@ -48,3 +48,49 @@ fn smoothing_halves_flicker_without_lag_and_fg_estimation_lowers_composite_error
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<polyline").count(), r.len());
 }
+
+#[test]
+fn recurrent_state_is_carried_from_frame_to_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let onnx = d.join("rec.onnx");
+    let out = std::process::Command::new("python3")
+        .env("PYTHONPATH", root().join(".deps/py"))
+        .arg(root().join("tests/fixtures/make_recurrent.py"))
+        .args([onnx.to_str().unwrap(), "16", "16"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        d.join("rec.toml"),
+        "name='rec'\nfile='rec.onnx'\n[input]\nname='pixels'\nlayout='NCHW'\nsize=[16,16]\n[output]\nname='mask'\n\
+         [[recurrent]]\ninput='r1i'\noutput='r1o'\n[[constants]]\nname='ratio'\nvalue=[0.5]\n",
+    )
+    .unwrap();
+    // Red channel alternates 255, 0, 255, 0… ; mask_t = 0.5·R_t + 0.5·mask_{t-1}.
+    let frames: Vec<Vec<u8>> = (0..6).map(|t| [if t % 2 == 0 { 255 } else { 0 }, 0, 0, 255].repeat(32 * 32)).collect();
+    let clip = d.join("alt.mkv");
+    write_lossless_clip(&clip, 32, 32, 10, &frames);
+    let masks = d.join("m/");
+    matteflow_ok(&["convert", clip.to_str().unwrap(), "-o", masks.to_str().unwrap(), "-k", "mask", "--model", d.join("rec.toml").to_str().unwrap()]);
+    let got: Vec<u8> = read_png_dir(&masks).iter().map(|m| m.get_pixel(16, 16)[0]).collect();
+    let mut s = 0f32;
+    let want: Vec<u8> = (0..6)
+        .map(|t| {
+            s = 0.5 * if t % 2 == 0 { 1.0 } else { 0.0 } + 0.5 * s;
+            (s * 255.0 + 0.5) as u8
+        })
+        .collect();
+    assert_eq!(got, want, "state not carried (per-frame would give 128, 0, 128, …)");
+
+    // A manifest naming a state the model lacks is refused with both names.
+    std::fs::write(
+        d.join("bad.toml"),
+        "name='rec'\nfile='rec.onnx'\n[input]\nname='pixels'\nlayout='NCHW'\nsize=[16,16]\n[output]\nname='mask'\n\
+         [[recurrent]]\ninput='r9i'\noutput='r9o'\n[[constants]]\nname='ratio'\nvalue=[0.5]\n",
+    )
+    .unwrap();
+    let o = matteflow(&["convert", clip.to_str().unwrap(), "-o", d.join("x/").to_str().unwrap(), "--model", d.join("bad.toml").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr_of(&o).contains("'r9o' → 'r9i'"), "{}", stderr_of(&o));
+}

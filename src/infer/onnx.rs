@@ -14,6 +14,8 @@ pub struct OnnxSegmenter {
     session: Session,
     model: ResolvedModel,
     provider: Provider,
+    /// Recurrent state per `manifest.recurrent` entry: (shape, values).
+    states: Vec<(Vec<i64>, Vec<f32>)>,
 }
 
 fn dtype_name(t: Option<ort::value::TensorElementType>) -> String {
@@ -82,11 +84,24 @@ impl OnnxSegmenter {
             infer_manifest(&mut model, &model_name, &inputs, &outputs)?;
         }
         manifest::validate_io(&model.manifest, &model_name, &model.manifest_origin, &inputs, &outputs)?;
-        Ok(OnnxSegmenter { session, model, provider })
+        let states = model
+            .manifest
+            .recurrent
+            .iter()
+            .map(|r| (r.initial_shape.clone(), vec![0f32; r.initial_shape.iter().product::<i64>().max(0) as usize]))
+            .collect();
+        Ok(OnnxSegmenter { session, model, provider, states })
     }
 
     pub fn model(&self) -> &ResolvedModel {
         &self.model
+    }
+
+    /// Forgets recurrent state (a new clip starts).
+    pub fn reset(&mut self) {
+        for (r, st) in self.model.manifest.recurrent.iter().zip(self.states.iter_mut()) {
+            *st = (r.initial_shape.clone(), vec![0f32; r.initial_shape.iter().product::<i64>().max(0) as usize]);
+        }
     }
 }
 
@@ -136,7 +151,26 @@ impl Segmenter for OnnxSegmenter {
         let m = &self.model.manifest;
         let rt = |e: ort::Error| Error::Runtime(format!("running {}: {e}", m.name));
         let tensor = TensorRef::from_array_view((input.shape, input.data.as_slice())).map_err(rt)?;
-        let outputs = self.session.run(ort::inputs![m.input.name.as_str() => tensor]).map_err(rt)?;
+        let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
+            vec![(m.input.name.as_str().into(), tensor.into())];
+        for (r, (shape, data)) in m.recurrent.iter().zip(&self.states) {
+            let t = TensorRef::from_array_view((shape.clone(), data.as_slice())).map_err(rt)?;
+            feeds.push((r.input.as_str().into(), t.into()));
+        }
+        for c in &m.constants {
+            let shape = c.shape.clone().unwrap_or_else(|| vec![c.value.len() as i64]);
+            let t = TensorRef::from_array_view((shape, c.value.as_slice())).map_err(rt)?;
+            feeds.push((c.name.as_str().into(), t.into()));
+        }
+        let outputs = self.session.run(feeds).map_err(rt)?;
+        let mut new_states = Vec::with_capacity(m.recurrent.len());
+        for r in &m.recurrent {
+            let v = outputs
+                .get(&r.output)
+                .ok_or_else(|| Error::Runtime(format!("model {} produced no state output '{}'", m.name, r.output)))?;
+            let (shape, data) = v.try_extract_tensor::<f32>().map_err(rt)?;
+            new_states.push((shape.to_vec(), data.to_vec()));
+        }
         let value = outputs
             .get(&m.output.name)
             .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
@@ -173,6 +207,10 @@ impl Segmenter for OnnxSegmenter {
             out.data.extend(data.iter().skip(ch).step_by(c).map(|v| f(*v)));
         } else {
             out.data.extend(data[ch * h * w..(ch + 1) * h * w].iter().map(|v| f(*v)));
+        }
+        drop(outputs);
+        if !new_states.is_empty() {
+            self.states = new_states;
         }
         Ok(())
     }

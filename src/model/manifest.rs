@@ -111,6 +111,31 @@ pub struct OutputSpec {
     pub channel: usize,
 }
 
+/// A recurrent state (RVM-style): the model's output `output` is fed back as `input` on the next frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecurrentSpec {
+    pub input: String,
+    pub output: String,
+    /// Shape of the zero state fed on the first frame (RVM accepts [1,1,1,1]).
+    #[serde(default = "default_state_shape")]
+    pub initial_shape: Vec<i64>,
+}
+
+fn default_state_shape() -> Vec<i64> {
+    vec![1, 1, 1, 1]
+}
+
+/// An input that takes the same value every frame (RVM's `downsample_ratio`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConstantSpec {
+    pub name: String,
+    pub value: Vec<f32>,
+    #[serde(default)]
+    pub shape: Option<Vec<i64>>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Provenance {
@@ -139,6 +164,12 @@ pub struct Manifest {
     pub sha256: Option<String>,
     pub input: InputSpec,
     pub output: OutputSpec,
+    /// Recurrent states carried from frame to frame.
+    #[serde(default)]
+    pub recurrent: Vec<RecurrentSpec>,
+    /// Inputs with a fixed value.
+    #[serde(default)]
+    pub constants: Vec<ConstantSpec>,
     #[serde(default)]
     pub provenance: Provenance,
 }
@@ -268,6 +299,19 @@ pub fn validate_io(
             m.input.name,
             shape_str(shape)
         ));
+    }
+    for r in &m.recurrent {
+        if !inputs.iter().any(|(n, _, _)| *n == r.input) || !outputs.iter().any(|(n, _)| *n == r.output) {
+            return mismatch(format!(
+                "recurrent state '{}' → '{}' is not an input/output pair of the model",
+                r.output, r.input
+            ));
+        }
+    }
+    for c in &m.constants {
+        if !inputs.iter().any(|(n, _, _)| *n == c.name) {
+            return mismatch(format!("constant input '{}' is not an input of the model", c.name));
+        }
     }
     if !outputs.iter().any(|(n, _)| *n == m.output.name) {
         let have = names(outputs.iter().map(|(n, _)| n.as_str()).collect());

@@ -20,6 +20,7 @@ pub const BUILTIN_MANIFESTS: &[(&str, &str)] = &[
     ("birefnet-matting", include_str!("../../models/birefnet-matting.toml")),
     ("rmbg-2.0", include_str!("../../models/rmbg-2.0.toml")),
     ("isnet", include_str!("../../models/isnet.toml")),
+    ("rvm-mobilenetv3", include_str!("../../models/rvm-mobilenetv3.toml")),
 ];
 
 /// Small models compiled into the binary so the default job works from anywhere.
@@ -229,6 +230,8 @@ pub fn resolve(model: &str, manifest: Option<&Path>, flags: &ManualSpec) -> Resu
             interpolation: Interpolation::Antialias,
         },
         output: OutputSpec { name: String::new(), activation: Activation::None, channel: 0 },
+        recurrent: Vec::new(),
+        constants: Vec::new(),
         provenance: Provenance::default(),
     };
     flags.apply(&mut m);
