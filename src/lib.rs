@@ -4,6 +4,7 @@
 //! [`pipeline`]; [`model`] holds manifests, [`config`] what the user asked for, [`runtime`] ONNX Runtime.
 
 pub mod composite;
+pub mod batch;
 pub mod config;
 pub mod doctor;
 pub mod error;

@@ -28,6 +28,8 @@ struct Cli {
 enum Cmd {
     /// Convert a video file: matte every frame and write alpha, composite, mask or side-by-side video
     Convert(ConvertArgs),
+    /// Convert folders of footage: mirrors the tree, skips finished outputs, several files at once, reports
+    Batch(BatchArgs),
     /// Time each stage on an input and print milliseconds per frame and end-to-end fps
     Bench(BenchArgs),
     /// List the shipped model manifests and whether their files are present
@@ -181,6 +183,60 @@ fn parse_threshold(s: &str) -> Result<(f32, f32), String> {
         return Err("need 0 ≤ LO < HI ≤ 1".into());
     }
     Ok((a, b))
+}
+
+#[derive(Args)]
+struct BatchArgs {
+    /// Input files and folders (folders are walked; video files are picked by extension)
+    inputs: Vec<PathBuf>,
+    /// Output folder (the input tree is mirrored inside it)
+    #[arg(short, long)]
+    output: PathBuf,
+    /// A file listing inputs, one per line
+    #[arg(long, value_name = "FILE")]
+    list: Option<PathBuf>,
+    /// Glob pattern of inputs, e.g. 'footage/**/*.mov' (repeatable)
+    #[arg(long = "glob", value_name = "PATTERN")]
+    globs: Vec<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output format for every file
+    #[arg(short, long, value_enum, default_value = "prores")]
+    format: Format,
+    #[arg(short = 'k', long, value_enum)]
+    output_kind: Option<OutputKind>,
+    #[arg(short, long)]
+    background: Option<BackgroundSpec>,
+    #[command(flatten)]
+    quality: QualityArgs,
+    /// Files converted at once (default: 1 per 2 cores, at least 1; they share one loaded model)
+    #[arg(short, long)]
+    jobs: Option<usize>,
+    /// Redo outputs even when their completion record says they are done
+    #[arg(long)]
+    overwrite: bool,
+    /// List what would be done, convert nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Convert only shard INDEX of COUNT (INDEX/COUNT, from 0). Read from JOB_COMPLETION_INDEX +
+    /// MATTEFLOW_SHARD_COUNT (Kubernetes) or SLURM_ARRAY_TASK_ID/COUNT (Slurm) when not given
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Write the per-file report as JSON (default: OUTPUT/matteflow-report.json)
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
+    /// Write the per-file report as CSV (default: OUTPUT/matteflow-report.csv)
+    #[arg(long, value_name = "FILE")]
+    report_csv: Option<PathBuf>,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or("shard is INDEX/COUNT, e.g. 0/4")?;
+    let (i, n): (usize, usize) = (i.parse().map_err(|_| "bad INDEX")?, n.parse().map_err(|_| "bad COUNT")?);
+    if n == 0 || i >= n {
+        return Err(format!("shard {i}/{n}: need 0 ≤ INDEX < COUNT"));
+    }
+    Ok((i, n))
 }
 
 #[derive(Args)]
@@ -375,6 +431,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             println!("{} ({} frames, {:.1} fps)", r.output, r.frames, r.fps());
         }
         Cmd::Bench(a) => bench(a, cancel)?,
+        Cmd::Batch(a) => return batch(a, cancel),
         Cmd::Models => {
             for m in model::list() {
                 println!("{:<18} {:<22} {}", m.name, m.input, m.status);
@@ -491,5 +548,130 @@ fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     println!("input {} ({}x{}), {} frames; output {} {:?}", a.input, r.width, r.height, r.frames, a.format.describe(), a.output_kind);
     println!("decode alone (GStreamer → RGBA): {:.2} ms/frame ({:.1} fps)", d.as_secs_f64() * 1000.0 / r.frames as f64, r.frames as f64 / d.as_secs_f64());
     print!("{}", r.table());
+    Ok(())
+}
+
+struct BatchUi {
+    multi: Option<indicatif::MultiProgress>,
+    overall: Option<indicatif::ProgressBar>,
+    bars: Vec<Option<indicatif::ProgressBar>>,
+    total: usize,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+impl matteflow::batch::BatchObserver for BatchUi {
+    fn started(&self, w: usize, job: &matteflow::batch::Job) {
+        if let Some(b) = &self.bars[w] {
+            b.reset();
+            b.set_length(0);
+            b.set_message(job.rel.display().to_string());
+        }
+    }
+    fn progress(&self, w: usize, p: matteflow::Progress) {
+        if let Some(b) = &self.bars[w] {
+            if let Some(t) = p.total {
+                b.set_length(t.max(p.frames));
+            }
+            b.set_position(p.frames);
+        }
+    }
+    fn finished(&self, _w: usize, r: &matteflow::batch::FileReport) {
+        let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        let line = match r.status {
+            matteflow::batch::Status::Done => format!("[{n}/{}] done    {} ({} frames, {:.1} fps)", self.total, r.output, r.frames, r.fps),
+            matteflow::batch::Status::Skipped => format!("[{n}/{}] skipped {} (complete)", self.total, r.output),
+            matteflow::batch::Status::Failed => format!("[{n}/{}] FAILED  {}: {}", self.total, r.input, r.error),
+            _ => format!("[{n}/{}] {:?} {}", self.total, r.status, r.input),
+        };
+        match (&self.multi, &self.overall) {
+            (Some(m), Some(o)) => {
+                o.inc(1);
+                let _ = m.println(line);
+            }
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
+fn batch(a: BatchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
+    use matteflow::batch::{self, BatchConfig, Status};
+    let shard = match a.shard {
+        Some(s) => Some(s),
+        None => batch::shard_from_env()?,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cfg = BatchConfig {
+        inputs: a.inputs.clone(),
+        list: a.list.clone(),
+        globs: a.globs.clone(),
+        out_dir: a.output.clone(),
+        format: a.format,
+        kind: a.output_kind,
+        background: a.background.clone(),
+        post: a.quality.post(),
+        fg_estimate: a.quality.fg_estimate,
+        overwrite: a.overwrite,
+        jobs: a.jobs.unwrap_or((cores / 2).max(1)),
+        shard,
+    };
+    if cfg.inputs.is_empty() && cfg.list.is_none() && cfg.globs.is_empty() {
+        anyhow::bail!("no inputs: give files, folders, --list FILE or --glob PATTERN");
+    }
+    let plan = batch::plan(&cfg)?;
+    if let Some((i, n)) = shard {
+        eprintln!("matteflow: shard {i}/{n}: {} of {} inputs", plan.jobs.len(), plan.jobs.len() + plan.other_shards);
+    }
+    if a.dry_run {
+        for j in &plan.jobs {
+            println!("convert {} -> {}", j.input.display(), j.output.display());
+        }
+        for p in &plan.ignored {
+            println!("ignore  {} (not a video file name)", p.display());
+        }
+        return Ok(());
+    }
+    if plan.jobs.is_empty() {
+        anyhow::bail!("no video files found in the inputs ({} other files ignored)", plan.ignored.len());
+    }
+    std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("creating {}", cfg.out_dir.display()))?;
+    let segmenter = a.model.open()?;
+    let tty = std::io::stderr().is_terminal();
+    let workers = cfg.jobs.max(1).min(plan.jobs.len());
+    let (multi, overall, bars) = if tty {
+        let m = indicatif::MultiProgress::new();
+        let o = m.add(indicatif::ProgressBar::new(plan.jobs.len() as u64));
+        o.set_style(indicatif::ProgressStyle::with_template("files {bar:30} {pos}/{len} elapsed {elapsed} eta {eta}").unwrap());
+        let bars = (0..workers)
+            .map(|_| {
+                let b = m.add(indicatif::ProgressBar::new(0));
+                b.set_style(indicatif::ProgressStyle::with_template("  {bar:30} {pos}/{len} {per_sec} {msg}").unwrap());
+                Some(b)
+            })
+            .collect();
+        (Some(m), Some(o), bars)
+    } else {
+        (None, None, vec![None; workers])
+    };
+    let ui = BatchUi { multi, overall, bars, total: plan.jobs.len(), done: Default::default() };
+    let t = std::time::Instant::now();
+    let reports = batch::run(&cfg, &plan, &segmenter, cancel.clone(), &ui);
+    let wall = t.elapsed().as_secs_f64();
+    if let Some(m) = &ui.multi {
+        let _ = m.clear();
+    }
+    let json = a.report_json.clone().unwrap_or_else(|| cfg.out_dir.join("matteflow-report.json"));
+    let csv = a.report_csv.clone().unwrap_or_else(|| cfg.out_dir.join("matteflow-report.csv"));
+    batch::write_reports(&reports, Some(&json), Some(&csv))?;
+    eprint!("{}", batch::summary(&reports, wall));
+    eprintln!("report: {} and {}", json.display(), csv.display());
+    let failed = reports.iter().filter(|r| r.status == Status::Failed).count();
+    if cancel.load(Ordering::SeqCst) {
+        eprintln!("matteflow: interrupted; finished files are kept, unfinished ones removed: run the same command to resume");
+        std::process::exit(130);
+    }
+    if failed > 0 {
+        eprintln!("matteflow: {failed} of {} files failed (see the report)", reports.len());
+        std::process::exit(3);
+    }
     Ok(())
 }

@@ -11,7 +11,8 @@ use crate::preprocess::ModelInput;
 use crate::runtime::{self, Provider, ProviderOptions};
 
 pub struct OnnxSegmenter {
-    session: Session,
+    /// Shared by every handle (`share()`): one model in memory, however many files are in flight.
+    session: std::sync::Arc<std::sync::Mutex<Session>>,
     model: ResolvedModel,
     provider: Provider,
     /// Recurrent state per `manifest.recurrent` entry: (shape, values).
@@ -90,11 +91,25 @@ impl OnnxSegmenter {
             .iter()
             .map(|r| (r.initial_shape.clone(), vec![0f32; r.initial_shape.iter().product::<i64>().max(0) as usize]))
             .collect();
-        Ok(OnnxSegmenter { session, model, provider, states })
+        Ok(OnnxSegmenter { session: std::sync::Arc::new(std::sync::Mutex::new(session)), model, provider, states })
     }
 
     pub fn model(&self) -> &ResolvedModel {
         &self.model
+    }
+
+    /// Another handle on the same session, with its own (fresh) recurrent state: for converting several
+    /// files at once with one loaded model.
+    pub fn share(&self) -> OnnxSegmenter {
+        let mut h = OnnxSegmenter {
+            session: self.session.clone(),
+            model: self.model.clone(),
+            provider: self.provider,
+            states: Vec::new(),
+        };
+        h.states = self.states.clone();
+        h.reset();
+        h
     }
 
     /// Forgets recurrent state (a new clip starts).
@@ -162,7 +177,8 @@ impl Segmenter for OnnxSegmenter {
             let t = TensorRef::from_array_view((shape, c.value.as_slice())).map_err(rt)?;
             feeds.push((c.name.as_str().into(), t.into()));
         }
-        let outputs = self.session.run(feeds).map_err(rt)?;
+        let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned by an earlier panic".into()))?;
+        let outputs = session.run(feeds).map_err(rt)?;
         let mut new_states = Vec::with_capacity(m.recurrent.len());
         for r in &m.recurrent {
             let v = outputs
@@ -209,6 +225,7 @@ impl Segmenter for OnnxSegmenter {
             out.data.extend(data[ch * h * w..(ch + 1) * h * w].iter().map(|v| f(*v)));
         }
         drop(outputs);
+        drop(session);
         if !new_states.is_empty() {
             self.states = new_states;
         }
