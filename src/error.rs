@@ -26,6 +26,9 @@ pub enum Error {
     #[error("ONNX Runtime: {0}")]
     Runtime(String),
 
+    #[error("CUDA: {0}")]
+    Cuda(String),
+
     #[error("GStreamer: {0}")]
     Gst(String),
 

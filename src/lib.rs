@@ -6,6 +6,7 @@
 pub mod composite;
 pub mod batch;
 pub mod config;
+pub mod cuda;
 pub mod doctor;
 pub mod error;
 pub mod eval;

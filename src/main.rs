@@ -48,6 +48,15 @@ enum Cmd {
         #[arg(long, default_value_t = 40)]
         frames: usize,
     },
+    /// Compile the CUDA kernels (no GPU needed) and, on a GPU, check each against the CPU stage and time both
+    GpuCheck {
+        /// Only compile the kernels to PTX (what CI runs)
+        #[arg(long)]
+        compile_only: bool,
+        /// Timed repetitions per case
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// Convert the shipped sample clip with the default model (the README's first command)
     Demo {
         /// Folder for the outputs
@@ -452,6 +461,30 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
         Cmd::Demo { out_dir } => demo(&out_dir, cancel)?,
+        Cmd::GpuCheck { compile_only, runs } => {
+            for arch in ["compute_80", "compute_90"] {
+                let ptx = matteflow::cuda::compile(arch)?;
+                let text = ptx.to_src();
+                let entries: Vec<&str> = matteflow::cuda::KERNEL_NAMES.iter().copied().filter(|k| text.contains(&format!(".entry {k}("))).collect();
+                println!("PTX compiled for {arch}: {} bytes, kernels: {}", text.len(), entries.join(", "));
+                anyhow::ensure!(entries.len() == matteflow::cuda::KERNEL_NAMES.len(), "kernels missing from the PTX");
+            }
+            if compile_only {
+                return Ok(());
+            }
+            if !matteflow::cuda::driver_present() {
+                println!("no CUDA driver on this machine: kernels compiled, not run (CPU stages are used)");
+                return Ok(());
+            }
+            let results = matteflow::cuda::selftest::run(runs.max(3))?;
+            println!("| case | max error | tolerance | ok | GPU ms | CPU ms |\n|---|---|---|---|---|---|");
+            let mut bad = 0;
+            for r in &results {
+                println!("| {} | {:.3e} | {:.3e} | {} | {:.3} | {:.2} |", r.name, r.max_error, r.tolerance, if r.ok() { "yes" } else { "NO" }, r.gpu_ms, r.cpu_ms);
+                bad += (!r.ok()) as usize;
+            }
+            anyhow::ensure!(bad == 0, "{bad} kernel(s) disagree with the CPU beyond tolerance");
+        }
         Cmd::Eval { model, out_dir, frames } => {
             let mut seg = model.open()?;
             let person = sample_clip()?;

@@ -86,6 +86,27 @@ fn motion_map(cur: &ModelInput, prev: &[f32], std_over_scale: [f32; 3], mask: &L
     Some((0..w * h).map(|k| spread[((k / w) * mh / h) * mw + (k % w) * mw / w]).collect())
 }
 
+/// Motion-aware exponential smoothing of `m` (the current mask, `mask`'s size) towards `prev_mask`.
+#[allow(clippy::too_many_arguments)]
+pub fn temporal_blend(
+    input: &ModelInput,
+    prev_input: &[f32],
+    std_over_scale: [f32; 3],
+    smooth: f32,
+    threshold: f32,
+    prev_mask: &[f32],
+    mask: &LowResMask,
+    m: &mut [f32],
+) {
+    let thr = threshold.max(1e-4);
+    let motion = motion_map(input, prev_input, std_over_scale, mask);
+    for k in 0..m.len() {
+        let still = motion.as_ref().map_or(1.0, |d| (1.0 - d[k] / thr).clamp(0.0, 1.0));
+        let w = smooth * still;
+        m[k] = w * prev_mask[k] + (1.0 - w) * m[k];
+    }
+}
+
 pub struct CpuPostprocess {
     cfg: PostprocessConfig,
     std_over_scale: [f32; 3],
@@ -148,13 +169,7 @@ impl Postprocess for CpuPostprocess {
         let s = self.cfg.smooth.clamp(0.0, 0.95);
         let mut m = mask.data.clone();
         if s > 0.0 && self.prev.len() == n {
-            let thr = self.cfg.motion_threshold.max(1e-4);
-            let motion = motion_map(input, &self.prev_input, self.std_over_scale, mask);
-            for k in 0..n {
-                let still = motion.as_ref().map_or(1.0, |d| (1.0 - d[k] / thr).clamp(0.0, 1.0));
-                let w = s * still;
-                m[k] = w * self.prev[k] + (1.0 - w) * m[k];
-            }
+            temporal_blend(input, &self.prev_input, self.std_over_scale, s, self.cfg.motion_threshold, &self.prev, mask, &mut m);
         }
         if s > 0.0 {
             self.prev.clone_from(&m);

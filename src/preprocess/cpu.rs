@@ -33,6 +33,18 @@ impl Preprocess for CpuPreprocess {
     }
 
     fn run(&mut self, rgba: &[u8], width: u32, height: u32, out: &mut ModelInput) -> Result<()> {
+        let mut frame = std::mem::take(&mut self.frame_f32);
+        frame.clear();
+        frame.extend(rgba.chunks_exact(4).map(|p| F32x3::new([p[0] as f32, p[1] as f32, p[2] as f32])));
+        let r = self.run_rgb_f32(&frame, width, height, out);
+        self.frame_f32 = frame;
+        r
+    }
+}
+
+impl CpuPreprocess {
+    /// The same preprocessing from an RGB frame already in f32 (0..255), e.g. converted from YUV.
+    pub fn run_rgb_f32(&mut self, frame: &[F32x3], width: u32, height: u32, out: &mut ModelInput) -> Result<()> {
         let inp = &self.manifest.input;
         let (mw, mh) = self.manifest.model_size_for(width, height);
         let geo = match inp.resize {
@@ -45,12 +57,10 @@ impl Preprocess for CpuPreprocess {
         };
         let opts = ResizeOptions::new().resize_alg(alg);
 
-        self.frame_f32.clear();
-        self.frame_f32.extend(rgba.chunks_exact(4).map(|p| F32x3::new([p[0] as f32, p[1] as f32, p[2] as f32])));
-        let src = TypedImageRef::new(width, height, &self.frame_f32).map_err(resize_err)?;
+        let src = TypedImageRef::new(width, height, frame).map_err(resize_err)?;
         let mut dst = TypedImage::<F32x3>::new(geo.content_w, geo.content_h);
         if (geo.content_w, geo.content_h) == (width, height) {
-            dst.pixels_mut().copy_from_slice(&self.frame_f32);
+            dst.pixels_mut().copy_from_slice(&frame[..(width * height) as usize]);
         } else {
             self.resizer.resize_typed(&src, &mut dst, &opts).map_err(resize_err)?;
         }

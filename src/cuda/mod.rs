@@ -1,0 +1,208 @@
+//! The CUDA side of the stages: kernels (kernels.cu, compiled at run time by NVRTC) for preprocess (RGBA or
+//! NV12 → tensor, fused), mask upsampling, compositing and motion-aware temporal blending. Every entry point
+//! checks that the driver and NVRTC can be loaded first, so machines without a GPU get an error value (and
+//! the CPU path), never a panic.
+
+pub mod selftest;
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+
+use crate::error::{Error, Result};
+use crate::model::{ColorOrder, Interpolation, Layout, Manifest};
+use crate::preprocess::Geometry;
+
+/// The kernel source, as compiled.
+pub const KERNELS: &str = include_str!("kernels.cu");
+pub const KERNEL_NAMES: &[&str] = &["preprocess", "upsample_mask", "composite", "motion_diff", "motion_blend"];
+
+fn err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Cuda(format!("{what}: {e}"))
+}
+
+/// Whether NVRTC can be loaded (no GPU needed).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only probes whether the shared library can be opened.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Whether a CUDA driver can be loaded.
+pub fn driver_present() -> bool {
+    // SAFETY: as above.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Compiles the kernels to PTX for `arch` (e.g. "compute_90"). Works without a GPU.
+pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
+    if !nvrtc_present() {
+        return Err(Error::Cuda(
+            "NVRTC (libnvrtc.so.13) not found: install the CUDA 13 toolkit or `pip install nvidia-cuda-nvrtc==13.0.88` \
+             and add its lib folder to LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), name: Some("matteflow_kernels.cu".into()), ..Default::default() };
+    cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(|e| err("kernel compilation", e))
+}
+
+/// A GPU with the kernels loaded.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    f_pre: CudaFunction,
+    f_up: CudaFunction,
+    f_comp: CudaFunction,
+    f_mdiff: CudaFunction,
+    f_mblend: CudaFunction,
+}
+
+fn grid(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: ((n as u32).div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Source frame layout on the device.
+#[derive(Debug, Clone, Copy)]
+pub enum FrameFormat {
+    Rgba { pitch: usize },
+    /// NV12 with Y rows of `pitch` bytes, the UV plane at `uv_offset`; `bt709` picks the matrix.
+    Nv12 { pitch: usize, uv_offset: usize, bt709: bool },
+}
+
+impl Gpu {
+    /// Opens device `ordinal`, compiles and loads the kernels. Errors (never panics) without a GPU.
+    pub fn open(ordinal: usize) -> Result<Gpu> {
+        if !driver_present() {
+            return Err(Error::Cuda("no CUDA driver (libcuda.so) on this machine".into()));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| err("device open", e))?;
+        let (major, minor) = (
+            ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(|e| err("query", e))?,
+            ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(|e| err("query", e))?,
+        );
+        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let ptx = compile(arch)?;
+        let module = ctx.load_module(ptx).map_err(|e| err("module load", e))?;
+        let f = |n: &str| module.load_function(n).map_err(|e| err("function load", e));
+        Ok(Gpu {
+            stream: ctx.default_stream(),
+            f_pre: f("preprocess")?,
+            f_up: f("upsample_mask")?,
+            f_comp: f("composite")?,
+            f_mdiff: f("motion_diff")?,
+            f_mblend: f("motion_blend")?,
+            _module: module,
+            ctx,
+        })
+    }
+
+    /// Fused preprocess: device frame → device tensor laid out as the manifest says.
+    #[allow(clippy::too_many_arguments)]
+    pub fn preprocess(
+        &self,
+        frame: &CudaSlice<u8>,
+        format: FrameFormat,
+        w: u32,
+        h: u32,
+        m: &Manifest,
+        geo: &Geometry,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let i = &m.input;
+        let (fmt, pitch, uv, matrix) = match format {
+            FrameFormat::Rgba { pitch } => (0i32, pitch as i32, 0i32, 0i32),
+            FrameFormat::Nv12 { pitch, uv_offset, bt709 } => (1, pitch as i32, uv_offset as i32, bt709 as i32),
+        };
+        let mul: [f32; 3] = std::array::from_fn(|c| i.scale / i.std[c]);
+        let add: [f32; 3] = std::array::from_fn(|c| -i.mean[c] / i.std[c]);
+        let (ww, hh) = (w as i32, h as i32);
+        let (mw, mh) = (geo.model_w as i32, geo.model_h as i32);
+        let (cx, cy, cw, ch) = (geo.content_x as i32, geo.content_y as i32, geo.content_w as i32, geo.content_h as i32);
+        let aa = (i.interpolation == Interpolation::Antialias) as i32;
+        let nchw = (i.layout == Layout::Nchw) as i32;
+        let bgr = (i.color == ColorOrder::Bgr) as i32;
+        let mut b = self.stream.launch_builder(&self.f_pre);
+        b.arg(frame).arg(&fmt).arg(&ww).arg(&hh).arg(&pitch).arg(&uv).arg(&matrix).arg(out);
+        b.arg(&mw).arg(&mh).arg(&cx).arg(&cy).arg(&cw).arg(&ch).arg(&aa).arg(&nchw).arg(&bgr);
+        b.arg(&mul[0]).arg(&mul[1]).arg(&mul[2]).arg(&add[0]).arg(&add[1]).arg(&add[2]);
+        // SAFETY: argument list matches the kernel's signature; buffers are sized by the caller.
+        unsafe { b.launch(grid((mw * mh) as usize)) }.map_err(|e| err("preprocess launch", e))?;
+        Ok(())
+    }
+
+    /// Mask (crop box in mask pixels) → frame-sized alpha.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upsample_mask(
+        &self,
+        mask: &CudaSlice<f32>,
+        mw: u32,
+        mh: u32,
+        crop: (f32, f32, f32, f32),
+        alpha: &mut CudaSlice<u8>,
+        w: u32,
+        h: u32,
+    ) -> Result<()> {
+        let (mw, mh, w, h) = (mw as i32, mh as i32, w as i32, h as i32);
+        let mut b = self.stream.launch_builder(&self.f_up);
+        b.arg(mask).arg(&mw).arg(&mh).arg(&crop.0).arg(&crop.1).arg(&crop.2).arg(&crop.3).arg(alpha).arg(&w).arg(&h);
+        // SAFETY: as above.
+        unsafe { b.launch(grid((w * h) as usize)) }.map_err(|e| err("upsample launch", e))?;
+        Ok(())
+    }
+
+    /// kind 0 alpha, 1 composite over `bg` (or `colour`), 2 mask; in place on the RGBA frame.
+    pub fn composite(
+        &self,
+        frame: &mut CudaSlice<u8>,
+        alpha: &CudaSlice<u8>,
+        bg: Option<&CudaSlice<u8>>,
+        n: usize,
+        kind: i32,
+        colour: [u8; 3],
+    ) -> Result<()> {
+        let ni = n as i32;
+        let (r, g, bl) = (colour[0] as i32, colour[1] as i32, colour[2] as i32);
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&self.f_comp);
+        b.arg(frame).arg(alpha);
+        match bg {
+            Some(s) => b.arg(s),
+            None => b.arg(&null),
+        };
+        b.arg(&ni).arg(&kind).arg(&r).arg(&g).arg(&bl);
+        // SAFETY: as above; a null background pointer is handled in the kernel.
+        unsafe { b.launch(grid(n)) }.map_err(|e| err("composite launch", e))?;
+        Ok(())
+    }
+
+    /// Motion-aware temporal blend of `mask` with `prev_mask` (both mw × mh, the model's size), using the
+    /// change between the model inputs `cur` and `prev`. `scratch` holds mw·mh floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn temporal_blend(
+        &self,
+        cur: &CudaSlice<f32>,
+        prev: &CudaSlice<f32>,
+        nchw: bool,
+        std_over_scale: [f32; 3],
+        smooth: f32,
+        threshold: f32,
+        prev_mask: &CudaSlice<f32>,
+        mask: &mut CudaSlice<f32>,
+        scratch: &mut CudaSlice<f32>,
+        mw: u32,
+        mh: u32,
+    ) -> Result<()> {
+        let (w, h, n) = (mw as i32, mh as i32, (mw * mh) as usize);
+        let nchw = nchw as i32;
+        let mut b = self.stream.launch_builder(&self.f_mdiff);
+        b.arg(cur).arg(prev).arg(&w).arg(&h).arg(&nchw).arg(&std_over_scale[0]).arg(&std_over_scale[1]).arg(&std_over_scale[2]).arg(&mut *scratch);
+        // SAFETY: as above.
+        unsafe { b.launch(grid(n)) }.map_err(|e| err("motion launch", e))?;
+        let mut b = self.stream.launch_builder(&self.f_mblend);
+        b.arg(&*scratch).arg(&w).arg(&h).arg(&smooth).arg(&threshold).arg(prev_mask).arg(mask);
+        // SAFETY: as above.
+        unsafe { b.launch(grid(n)) }.map_err(|e| err("blend launch", e))?;
+        Ok(())
+    }
+}

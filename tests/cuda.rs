@@ -1,0 +1,71 @@
+//! CUDA without a GPU: the kernels compile (NVRTC from PyPI, set up by scripts/setup.sh), and asking for a
+//! GPU on a machine without one falls back to the CPU with no panic.
+
+mod common;
+use common::*;
+
+fn nvrtc_lib_dir() -> std::path::PathBuf {
+    root().join(".deps/nvrtc/nvidia/cu13/lib")
+}
+
+#[test]
+fn kernels_compile_to_ptx_without_a_gpu() {
+    assert!(nvrtc_lib_dir().join("libnvrtc.so.13").exists(), "run scripts/setup.sh (installs nvidia-cuda-nvrtc)");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["gpu-check", "--compile-only"])
+        .env("LD_LIBRARY_PATH", nvrtc_lib_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", stderr_of(&out));
+    for arch in ["compute_80", "compute_90"] {
+        let line = stdout.lines().find(|l| l.contains(arch)).unwrap_or_else(|| panic!("no {arch}: {stdout}"));
+        for k in ["preprocess", "upsample_mask", "composite", "motion_diff", "motion_blend"] {
+            assert!(line.contains(k), "{k} missing for {arch}: {line}");
+        }
+    }
+}
+
+#[test]
+fn missing_nvrtc_is_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["gpu-check", "--compile-only"])
+        .env("LD_LIBRARY_PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("NVRTC") && err.contains("nvidia-cuda-nvrtc"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn asking_for_cuda_without_a_gpu_runs_on_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let out = matteflow(&[
+        "-v",
+        "convert",
+        sample("carphone_pristine.mp4").to_str().unwrap(),
+        "-o",
+        dir.path().join("o.mp4").to_str().unwrap(),
+        "--device",
+        "cuda",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"));
+    assert!(err.contains("CUDA: not in this ONNX Runtime build"), "says why CUDA is not used: {err}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["provider"], "CPU");
+    // And the kernel self-test says there is nothing to run on, without failing.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["gpu-check"])
+        .env("LD_LIBRARY_PATH", nvrtc_lib_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no CUDA driver on this machine"));
+}
