@@ -410,7 +410,7 @@ fn main() {
     let cancel = Arc::new(AtomicBool::new(false));
     install_signal_handlers(&rt, cancel.clone());
     if let Err(e) = matteflow::runtime::init(cli.ort_lib.as_deref()) {
-        if !matches!(cli.cmd, Cmd::Models | Cmd::Doctor(_)) {
+        if !matches!(cli.cmd, Cmd::Models | Cmd::Doctor(_) | Cmd::GpuCheck { .. }) {
             eprintln!("matteflow: {e}");
             std::process::exit(2);
         }

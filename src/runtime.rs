@@ -114,7 +114,9 @@ fn versioned_libs(dir: &Path) -> Vec<PathBuf> {
 pub fn init(explicit: Option<&Path>) -> Result<PathBuf> {
     LOADED
         .get_or_init(|| {
-            let cands = candidates(explicit);
+            let mut cands = candidates(explicit);
+            let mut seen = std::collections::HashSet::new();
+            cands.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
             let mut tried = Vec::new();
             for p in cands.iter().filter(|p| p.is_file()) {
                 match ort::init_from(p) {
