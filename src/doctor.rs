@@ -25,14 +25,17 @@ pub fn run(ort_lib: Option<&std::path::Path>, popts: &ProviderOptions) -> Vec<Ch
         Err(e) => out.push(check("GStreamer", false, format!("cannot initialise: {e}"))),
     }
     let has = |e: &str| gst::ElementFactory::find(e).is_some();
-    let decode: Vec<&str> = ["uridecodebin", "videoconvert", "appsink", "appsrc", "avdec_h264", "qtdemux", "matroskademux"]
+    let mut decode: Vec<&str> = ["uridecodebin", "videoconvert", "appsink", "appsrc", "qtdemux", "matroskademux"]
         .into_iter()
         .filter(|e| !has(e))
         .collect();
+    if !has("avdec_h264") && !has("nvh264dec") {
+        decode.push("an H.264 decoder (avdec_h264 from gstreamer1.0-libav, or nvh264dec)");
+    }
     out.push(check(
         "decode",
         decode.is_empty(),
-        if decode.is_empty() { "uridecodebin, avdec_h264, qtdemux, matroskademux present".to_string() } else { format!("missing {}", decode.join(", ")) },
+        if decode.is_empty() { "uridecodebin, qtdemux, matroskademux and an H.264 decoder present".to_string() } else { format!("missing {}", decode.join(", ")) },
     ));
     for f in [Format::Prores, Format::Ffv1, Format::Png, Format::H264, Format::Vp9] {
         let missing: Vec<String> = sink::required_elements(f)

@@ -123,6 +123,31 @@ impl Drop for StagedOutput {
     }
 }
 
+/// The audio elements for a container; empty (audio dropped, with a warning) when one is not installed, so
+/// video-only work never fails for want of an audio encoder.
+fn audio_chain(names: &[&str], raw_format: Option<&str>) -> Vec<gst::Element> {
+    let mut v = Vec::new();
+    for n in names {
+        match make(n) {
+            Ok(e) => v.push(e),
+            Err(e) => {
+                tracing::warn!("audio will not be carried: {e}");
+                return Vec::new();
+            }
+        }
+    }
+    if let Some(f) = raw_format {
+        match gst::ElementFactory::make("capsfilter")
+            .property("caps", gst::Caps::builder("audio/x-raw").field("format", f).build())
+            .build()
+        {
+            Ok(c) => v.push(c),
+            Err(_) => return Vec::new(),
+        }
+    }
+    v
+}
+
 /// The encoding half of the pipeline.
 pub struct EncodeBranch {
     pub appsrc: gst_app::AppSrc,
@@ -153,16 +178,13 @@ pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_by
             let enc = make("avenc_prores_ks")?;
             enc.set_property_from_str("profile", "4444");
             chain.push(enc);
-            let conv = make("audioconvert")?;
-            let f = gst::ElementFactory::make("capsfilter")
-                .property("caps", gst::Caps::builder("audio/x-raw").field("format", "S16LE").build())
-                .build()?;
-            (Some(make("qtmux")?), vec![conv, f])
+            let audio = audio_chain(&["audioconvert"], Some("S16LE"));
+            (Some(make("qtmux")?), audio)
         }
         Format::Ffv1 => {
             chain.push(caps("BGRA")?);
             chain.push(make("avenc_ffv1")?);
-            (Some(make("matroskamux")?), vec![make("audioconvert")?, make("flacenc")?])
+            (Some(make("matroskamux")?), audio_chain(&["audioconvert", "flacenc"], None))
         }
         Format::H264 => {
             chain.push(caps("I420")?);
@@ -171,10 +193,7 @@ pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_by
             enc.set_property_from_str("pass", "quant");
             enc.set_property("quantizer", 20u32);
             chain.push(enc);
-            (
-                Some(make("mp4mux")?),
-                vec![make("audioconvert")?, make("audioresample")?, make("avenc_aac")?],
-            )
+            (Some(make("mp4mux")?), audio_chain(&["audioconvert", "audioresample", "avenc_aac"], None))
         }
         Format::Vp9 => {
             chain.push(caps("I420")?);
@@ -188,7 +207,7 @@ pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_by
             enc.set_property("target-bitrate", 20_000_000i32); // a cap; quality comes from cq-level
             enc.set_property("cq-level", 30i32);
             chain.push(enc);
-            (Some(make("webmmux")?), vec![make("audioconvert")?, make("audioresample")?, make("opusenc")?])
+            (Some(make("webmmux")?), audio_chain(&["audioconvert", "audioresample", "opusenc"], None))
         }
         Format::Png => {
             chain.push(caps("RGBA")?);
