@@ -171,6 +171,9 @@ pub struct ConvertConfig {
     pub post: crate::postprocess::PostprocessConfig,
     /// Estimate the subject's true colour at soft edges so the old background does not show as a halo.
     pub fg_estimate: bool,
+    /// Run preprocess, mask upsampling and compositing on the GPU, with the model's input and output in
+    /// device memory (needs the CUDA provider).
+    pub cuda_stages: bool,
     /// Frames held between stages (decode → infer → composite → encode).
     pub queue: usize,
 }
@@ -186,6 +189,7 @@ impl ConvertConfig {
             overwrite: false,
             post: Default::default(),
             fg_estimate: false,
+            cuda_stages: false,
             queue: 4,
         }
     }

@@ -171,6 +171,10 @@ struct QualityArgs {
     /// Estimate the subject's colour at soft edges (no halo of the old background)
     #[arg(long, help_heading = "Matte quality")]
     fg_estimate: bool,
+    /// Run preprocess, mask upsampling and compositing on the GPU with the model's tensors in device memory
+    /// (CUDA provider; colour or transparent backgrounds; experimental)
+    #[arg(long)]
+    cuda_stages: bool,
 }
 
 impl QualityArgs {
@@ -264,6 +268,9 @@ struct BenchArgs {
     /// Runs; the best is reported
     #[arg(long, default_value_t = 2)]
     runs: usize,
+    /// Use the GPU stages (see convert --cuda-stages)
+    #[arg(long)]
+    cuda_stages: bool,
 }
 
 fn parse_size(s: &str) -> Result<[u32; 2], String> {
@@ -368,6 +375,7 @@ fn run_convert(a: &ConvertArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<matte
     cfg.overwrite = a.overwrite;
     cfg.post = a.quality.post();
     cfg.fg_estimate = a.quality.fg_estimate;
+    cfg.cuda_stages = a.quality.cuda_stages;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -569,6 +577,7 @@ fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         cfg.kind = Some(a.output_kind);
         cfg.background = Some(a.background.clone());
         cfg.overwrite = true;
+        cfg.cuda_stages = a.cuda_stages;
         let r = matteflow::convert(&cfg, segmenter, matteflow::RunControl { cancel: cancel.clone(), progress: None, allow_short: false })?;
         eprintln!("run {}: {:.1} fps", i + 1, r.fps());
         if best.as_ref().is_none_or(|b| r.fps() > b.fps()) {

@@ -179,7 +179,7 @@ pub fn convert(
     }
 
     let (tx_frames, rx_frames) = crossbeam_channel::bounded::<Frame>(cfg.queue.max(1));
-    let (tx_masked, rx_masked) = crossbeam_channel::bounded::<(Frame, Vec<u8>)>(cfg.queue.max(1));
+    let (tx_masked, rx_masked) = crossbeam_channel::bounded::<(Frame, Option<Vec<u8>>)>(cfg.queue.max(1));
 
     // Thread 1: pull decoded frames.
     let t_pull = {
@@ -232,7 +232,24 @@ pub fn convert(
         let mut segmenter = segmenter;
         let mut pre = CpuPreprocess::new(&manifest);
         let mut post = CpuPostprocess::for_manifest(cfg.post, &manifest);
+        let cuda_stages = cfg.cuda_stages;
+        let (kind_g, bg_g, manifest_g) = (kind, bg_spec.clone(), manifest.clone());
         std::thread::Builder::new().name("mf-infer".into()).spawn(move || {
+            // The GPU path lives on this thread: its IO binding must not move between threads.
+            let mut gpu = if cuda_stages {
+                match crate::cuda::stages::GpuStages::new(0, &manifest_g, kind_g, &bg_g) {
+                    Ok(g) => {
+                        tracing::info!("preprocess, mask upsampling and compositing run on the GPU (IO binding)");
+                        Some(g)
+                    }
+                    Err(e) => {
+                        shared.fail(e);
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
             let mut input = ModelInput::default();
             let mut mask = LowResMask::default();
             let (mut tp, mut ti, mut tq) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -241,6 +258,25 @@ pub fn convert(
                     break;
                 }
                 let t0 = Instant::now();
+                if let Some(g) = gpu.as_mut() {
+                    let (w, h) = (frame.width, frame.height);
+                    let mut frame = frame;
+                    match g.process(&mut segmenter, &mut frame.data, w, h) {
+                        Ok(t) => {
+                            tp += t.preprocess;
+                            ti += t.infer;
+                            tq += t.post_composite;
+                            if tx_masked.send((frame, None)).is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            shared.fail(e);
+                            break;
+                        }
+                    }
+                }
                 let step = (|| -> Result<Vec<u8>> {
                     pre.run(&frame.data, frame.width, frame.height, &mut input)?;
                     let t1 = Instant::now();
@@ -256,7 +292,7 @@ pub fn convert(
                 })();
                 match step {
                     Ok(alpha) => {
-                        if tx_masked.send((frame, alpha)).is_err() {
+                        if tx_masked.send((frame, Some(alpha))).is_err() {
                             break;
                         }
                     }
@@ -289,8 +325,8 @@ pub fn convert(
                 }
                 let t0 = Instant::now();
                 let (w, h) = (frame.width, frame.height);
-                let wider = match comp.run(&mut frame.data, w, h, &alpha) {
-                    Ok(v) => v,
+                let wider = match alpha.as_ref().map(|a| comp.run(&mut frame.data, w, h, a)).transpose() {
+                    Ok(v) => v.flatten(),
                     Err(e) => {
                         shared.fail(e);
                         break;

@@ -105,8 +105,10 @@ __global__ void preprocess(const unsigned char* src, int fmt, int w, int h, int 
 }
 
 // Low-resolution mask (a crop box of it) → frame-sized 8-bit alpha, bilinear with the CPU's windows.
+// sigmoid != 0 applies the logistic function to each mask value first (models that return logits), and
+// values are clamped to [0, 1] before interpolation, as on the CPU.
 __global__ void upsample_mask(const float* mask, int mw, int mh, float bx, float by, float bw, float bh,
-                              unsigned char* alpha, int w, int h) {
+                              unsigned char* alpha, int w, int h, int sigmoid) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= w * h) return;
     int x = idx % w, y = idx / w;
@@ -123,7 +125,9 @@ __global__ void upsample_mask(const float* mask, int mw, int mh, float bx, float
         for (int xx = x0; xx < x1; ++xx) {
             float wx = tri(((float)xx + 0.5f - cxf) / fx);
             if (wx == 0.f) continue;
-            row += wx * mask[(size_t)yy * mw + xx];
+            float mv = mask[(size_t)yy * mw + xx];
+            if (sigmoid) mv = 1.0f / (1.0f + expf(-mv));
+            row += wx * fminf(fmaxf(mv, 0.0f), 1.0f);
             wsum_x += wx;
         }
         acc += wy * row / wsum_x;

@@ -4,6 +4,7 @@
 //! the CPU path), never a panic.
 
 pub mod selftest;
+pub mod stages;
 
 use std::sync::Arc;
 
@@ -143,9 +144,29 @@ impl Gpu {
         w: u32,
         h: u32,
     ) -> Result<()> {
+        use cudarc::driver::DevicePtr;
+        let (ptr, _sync) = mask.device_ptr(&self.stream);
+        self.upsample_mask_raw(ptr, mw, mh, crop, alpha, w, h, false)
+    }
+
+    /// As `upsample_mask`, from a raw device pointer (e.g. ONNX Runtime's output buffer), optionally applying
+    /// the sigmoid.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upsample_mask_raw(
+        &self,
+        mask: u64,
+        mw: u32,
+        mh: u32,
+        crop: (f32, f32, f32, f32),
+        alpha: &mut CudaSlice<u8>,
+        w: u32,
+        h: u32,
+        sigmoid: bool,
+    ) -> Result<()> {
         let (mw, mh, w, h) = (mw as i32, mh as i32, w as i32, h as i32);
+        let sig = sigmoid as i32;
         let mut b = self.stream.launch_builder(&self.f_up);
-        b.arg(mask).arg(&mw).arg(&mh).arg(&crop.0).arg(&crop.1).arg(&crop.2).arg(&crop.3).arg(alpha).arg(&w).arg(&h);
+        b.arg(&mask).arg(&mw).arg(&mh).arg(&crop.0).arg(&crop.1).arg(&crop.2).arg(&crop.3).arg(alpha).arg(&w).arg(&h).arg(&sig);
         // SAFETY: as above.
         unsafe { b.launch(grid((w * h) as usize)) }.map_err(|e| err("upsample launch", e))?;
         Ok(())

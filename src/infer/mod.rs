@@ -3,7 +3,7 @@
 
 mod onnx;
 
-pub use onnx::OnnxSegmenter;
+pub use onnx::{DeviceIo, DeviceMask, OnnxSegmenter};
 
 use crate::error::Result;
 use crate::preprocess::ModelInput;

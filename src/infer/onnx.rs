@@ -10,6 +10,22 @@ use crate::model::{manifest, Activation, Layout, ModelSource, ResolvedModel};
 use crate::preprocess::ModelInput;
 use crate::runtime::{self, Provider, ProviderOptions};
 
+/// The model's output left on the GPU by a device run (IO binding): a device pointer, valid until the next run.
+pub struct DeviceMask {
+    pub ptr: u64,
+    pub width: u32,
+    pub height: u32,
+    pub sigmoid: bool,
+}
+
+/// IO binding state for device runs: the binding and the output buffer ONNX Runtime allocated on the GPU.
+/// Not `Send`: create it on the thread that runs the model.
+#[derive(Default)]
+pub struct DeviceIo {
+    binding: Option<ort::session::IoBinding>,
+    output: Option<ort::value::Tensor<f32>>,
+}
+
 pub struct OnnxSegmenter {
     /// Shared by every handle (`share()`): one model in memory, however many files are in flight.
     session: std::sync::Arc<std::sync::Mutex<Session>>,
@@ -91,7 +107,12 @@ impl OnnxSegmenter {
             .iter()
             .map(|r| (r.initial_shape.clone(), vec![0f32; r.initial_shape.iter().product::<i64>().max(0) as usize]))
             .collect();
-        Ok(OnnxSegmenter { session: std::sync::Arc::new(std::sync::Mutex::new(session)), model, provider, states })
+        Ok(OnnxSegmenter {
+            session: std::sync::Arc::new(std::sync::Mutex::new(session)),
+            model,
+            provider,
+            states,
+        })
     }
 
     pub fn model(&self) -> &ResolvedModel {
@@ -110,6 +131,49 @@ impl OnnxSegmenter {
         h.states = self.states.clone();
         h.reset();
         h
+    }
+
+    /// Runs the model on a tensor already on the GPU (`input`: device pointer to f32 values of `shape`) with
+    /// IO binding: no host copy in or out. The mask stays on the GPU (see [`DeviceMask`]). CUDA provider only;
+    /// single-channel outputs and models without recurrent state.
+    pub fn run_device(&mut self, io: &mut DeviceIo, input: u64, shape: [i64; 4], device_id: i32) -> Result<DeviceMask> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        use ort::value::TensorRefMut;
+        let m = self.model.manifest.clone();
+        let rt = |e: ort::Error| Error::Runtime(format!("device run of {}: {e}", m.name));
+        if self.provider != Provider::Cuda && self.provider != Provider::TensorRt {
+            return Err(Error::Runtime(format!("device runs need the CUDA provider; {} runs on {}", m.name, self.provider.name())));
+        }
+        if !m.recurrent.is_empty() || !m.constants.is_empty() {
+            return Err(Error::Runtime("device runs do not carry recurrent state yet; use the CPU stages".into()));
+        }
+        let mem = MemoryInfo::new(AllocationDevice::CUDA, device_id, AllocatorType::Device, MemoryType::Default).map_err(rt)?;
+        let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned".into()))?;
+        if io.binding.is_none() {
+            let mut b = session.create_binding().map_err(rt)?;
+            b.bind_output_to_device(m.output.name.as_str(), &mem).map_err(rt)?;
+            io.binding = Some(b);
+        }
+        let binding = io.binding.as_mut().unwrap();
+        // SAFETY: `input` points to shape.product() f32 values on device `device_id`, alive for this call.
+        let tensor = unsafe { TensorRefMut::<f32>::from_raw(mem, input as *mut _, ort::value::Shape::new(shape)) }.map_err(rt)?;
+        binding.bind_input(m.input.name.as_str(), &tensor).map_err(rt)?;
+        let mut outputs = session.run_binding(binding).map_err(rt)?;
+        let value = outputs
+            .remove(&m.output.name)
+            .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
+        drop(outputs);
+        let t = value.downcast::<ort::value::TensorValueType<f32>>().map_err(rt)?;
+        let dims: Vec<i64> = t.shape().to_vec();
+        let (h, w) = match dims.as_slice() {
+            [1, 1, h, w] | [1, h, w, 1] | [1, h, w] | [h, w] => (*h, *w),
+            _ => return Err(Error::Runtime(format!("device runs need a single-channel output; '{}' is {dims:?}", m.output.name))),
+        };
+        let ptr = t.data_ptr() as u64;
+        let out = DeviceMask { ptr, width: w as u32, height: h as u32, sigmoid: m.output.activation == Activation::Sigmoid };
+        io.output = Some(t);
+        binding.synchronize_outputs().map_err(rt)?;
+        Ok(out)
     }
 
     /// Forgets recurrent state (a new clip starts).
