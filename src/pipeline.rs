@@ -105,6 +105,14 @@ pub fn convert(
         provider.name()
     );
 
+    // CUDA for the GPU stages is initialised here, before GStreamer's decoders start.
+    let gpu = if cfg.cuda_stages {
+        crate::cuda::stages::GpuStages::supports(kind, &bg_spec, &manifest)
+            .map_err(|w| Error::Cuda(format!("--cuda-stages does not handle {w} yet; run without it")))?;
+        Some(crate::cuda::stages::GpuStages::open_gpu(0)?)
+    } else {
+        None
+    };
     let pipeline = gst::Pipeline::new();
     let decode = gst::ElementFactory::make("uridecodebin").property("uri", &uri).build()?;
     pipeline.add(&decode)?;
@@ -232,12 +240,12 @@ pub fn convert(
         let mut segmenter = segmenter;
         let mut pre = CpuPreprocess::new(&manifest);
         let mut post = CpuPostprocess::for_manifest(cfg.post, &manifest);
-        let cuda_stages = cfg.cuda_stages;
+        let opened_gpu = gpu;
         let (kind_g, bg_g, manifest_g) = (kind, bg_spec.clone(), manifest.clone());
         std::thread::Builder::new().name("mf-infer".into()).spawn(move || {
             // The GPU path lives on this thread: its IO binding must not move between threads.
-            let mut gpu = if cuda_stages {
-                match crate::cuda::stages::GpuStages::new(0, &manifest_g, kind_g, &bg_g) {
+            let mut gpu = if let Some(opened) = opened_gpu {
+                match crate::cuda::stages::GpuStages::new(opened, 0, &manifest_g, kind_g, &bg_g) {
                     Ok(g) => {
                         tracing::info!("preprocess, mask upsampling and compositing run on the GPU (IO binding)");
                         Some(g)

@@ -52,9 +52,18 @@ impl GpuStages {
         Ok(())
     }
 
-    pub fn new(device_id: usize, manifest: &Manifest, kind: OutputKind, bg: &BackgroundSpec) -> Result<Self> {
+    /// Opens the GPU and compiles the kernels. Call this before the GStreamer pipeline starts: initialising
+    /// CUDA while GStreamer's nvcodec decoder initialises its own context was seen to hang (H200, 1.22).
+    pub fn open_gpu(device_id: usize) -> Result<Gpu> {
+        Gpu::open(device_id).map_err(|e| match e {
+            Error::Cuda(m) => Error::Cuda(format!("{m}; --cuda-stages needs an NVIDIA GPU: run without it to use the CPU stages")),
+            other => other,
+        })
+    }
+
+    /// The stages on an opened GPU; create them on the thread that will run them (IO binding is per thread).
+    pub fn new(gpu: Gpu, device_id: usize, manifest: &Manifest, kind: OutputKind, bg: &BackgroundSpec) -> Result<Self> {
         GpuStages::supports(kind, bg, manifest).map_err(|w| Error::Cuda(format!("the GPU stages do not handle {w} yet")))?;
-        let gpu = Gpu::open(device_id).map_err(|e| Error::Cuda(format!("{e}; --cuda-stages needs an NVIDIA GPU: run without it to use the CPU stages")))?;
         let (k, colour) = match (kind, bg) {
             (OutputKind::Alpha, _) => (0, [0; 3]),
             (OutputKind::Mask, _) => (2, [0; 3]),
