@@ -171,8 +171,8 @@ struct QualityArgs {
     /// Estimate the subject's colour at soft edges (no halo of the old background)
     #[arg(long, help_heading = "Matte quality")]
     fg_estimate: bool,
-    /// Run preprocess, mask upsampling and compositing on the GPU with the model's tensors in device memory
-    /// (CUDA provider; colour or transparent backgrounds; experimental)
+    /// Unfinished: run preprocess, mask upsampling and compositing on the GPU with the model's tensors in device
+    /// memory (CUDA provider). Stalls with nvcodec decoding on the H200; needs MATTEFLOW_EXPERIMENTAL_CUDA_STAGES=1
     #[arg(long)]
     cuda_stages: bool,
 }

@@ -106,6 +106,13 @@ pub fn convert(
     );
 
     // CUDA for the GPU stages is initialised here, before GStreamer's decoders start.
+    if cfg.cuda_stages && std::env::var_os("MATTEFLOW_EXPERIMENTAL_CUDA_STAGES").is_none() {
+        return Err(Error::Cuda(
+            "--cuda-stages is unfinished: on the H200 with nvcodec decoding it stalls at the first frame \
+             (2026-11-28). Run without it; to debug it, set MATTEFLOW_EXPERIMENTAL_CUDA_STAGES=1"
+                .into(),
+        ));
+    }
     let gpu = if cfg.cuda_stages {
         crate::cuda::stages::GpuStages::supports(kind, &bg_spec, &manifest)
             .map_err(|w| Error::Cuda(format!("--cuda-stages does not handle {w} yet; run without it")))?;
@@ -462,6 +469,18 @@ pub fn convert(
 
     shared.stop.store(true, Ordering::SeqCst);
     let _ = pipeline.set_state(gst::State::Null);
+    // Wait for the stage threads, but never forever: a thread stuck in a driver call must not turn an error or
+    // a Ctrl-C into a hang. Abandoned threads die with the process; the staged output is removed on return.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while [&t_pull, &t_infer, &t_push].iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stuck = [&t_pull, &t_infer, &t_push].iter().filter(|t| !t.is_finished()).count();
+    if stuck > 0 {
+        tracing::warn!("{stuck} stage thread(s) did not stop within 10 s; abandoning them");
+        outcome?;
+        return Err(Error::Runtime(format!("{stuck} stage thread(s) stopped responding; the partial output was removed")));
+    }
     let _ = t_pull.join();
     let _ = t_infer.join();
     let _ = t_push.join();
