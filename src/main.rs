@@ -326,7 +326,7 @@ impl ModelArgs {
         }
     }
     fn provider_options(&self) -> ProviderOptions {
-        ProviderOptions { device: self.device, trt_fp16: self.trt_fp16, trt_cache_dir: self.trt_cache.clone(), threads: self.threads }
+        ProviderOptions { device: self.device, trt_fp16: self.trt_fp16, trt_cache_dir: self.trt_cache.clone(), threads: self.threads, trt_profile: None }
     }
     fn open(&self) -> anyhow::Result<matteflow::infer::OnnxSegmenter> {
         let resolved = model::resolve(&self.model, self.manifest.as_deref(), &self.manual())?;

@@ -168,6 +168,20 @@ pub struct ProviderOptions {
     pub trt_fp16: bool,
     pub trt_cache_dir: Option<PathBuf>,
     pub threads: Option<usize>,
+    /// TensorRT optimisation profile for dynamic inputs: (min, opt, max) in TensorRT's
+    /// "name:1x3x64x64" syntax. Filled from the manifest when the model is dynamic.
+    pub trt_profile: Option<(String, String, String)>,
+}
+
+/// The TensorRT profile for a dynamic model: sizes from one multiple up to twice the manifest's size.
+pub fn trt_profile_for(m: &crate::model::Manifest) -> Option<(String, String, String)> {
+    let k = m.input.dynamic_multiple? as i64;
+    let [h, w] = m.input.size;
+    let shape = |hh: i64, ww: i64| {
+        let s = m.input_shape(hh as u32, ww as u32);
+        format!("{}:{}x{}x{}x{}", m.input.name, s[0], s[1], s[2], s[3])
+    };
+    Some((shape(k, k), shape(h as i64, w as i64), shape(2 * h as i64, 2 * w as i64)))
 }
 
 /// The providers to request for `opts.device`, in order.
@@ -199,6 +213,10 @@ pub fn register(
                     continue;
                 }
                 let mut trt = ep::TensorRT::default().with_device_id(device_id).with_fp16(opts.trt_fp16);
+                if let Some((min, opt, max)) = &opts.trt_profile {
+                    trt = trt.with_profile_min_shapes(min).with_profile_opt_shapes(opt).with_profile_max_shapes(max);
+                    tracing::info!("TensorRT profile: min {min}, opt {opt}, max {max}");
+                }
                 if let Some(dir) = &opts.trt_cache_dir {
                     let d = dir.display().to_string();
                     trt = trt

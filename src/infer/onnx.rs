@@ -62,7 +62,11 @@ impl OnnxSegmenter {
                 .map_err(ort::Error::<()>::from)?
                 .with_intra_threads(threads)
                 .map_err(ort::Error::<()>::from)?;
-            let (mut b, provider, skipped) = runtime::register(b, opts)?;
+            let mut opts = opts.clone();
+            if opts.trt_profile.is_none() {
+                opts.trt_profile = runtime::trt_profile_for(&model.manifest);
+            }
+            let (mut b, provider, skipped) = runtime::register(b, &opts)?;
             let s = match &model.source {
                 ModelSource::File(p) => b.commit_from_file(p)?,
                 ModelSource::Embedded(bytes) => b.commit_from_memory(bytes)?,

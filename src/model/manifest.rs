@@ -342,6 +342,16 @@ mod tests {
     }
 
     #[test]
+    fn dynamic_models_get_a_tensorrt_profile() {
+        let m = crate::model::builtin("birefnet-dynamic").unwrap();
+        let (min, opt, max) = crate::runtime::trt_profile_for(&m).unwrap();
+        assert_eq!(min, "input_image:1x3x64x64");
+        assert_eq!(opt, "input_image:1x3x1024x1024");
+        assert_eq!(max, "input_image:1x3x2048x2048");
+        assert!(crate::runtime::trt_profile_for(&selfie()).is_none());
+    }
+
+    #[test]
     fn validate_names_both_sides_on_mismatch() {
         let m = selfie();
         let err = validate_io(
