@@ -58,6 +58,17 @@ fn asking_for_cuda_without_a_gpu_runs_on_cpu() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("panicked"));
     assert!(err.contains("CUDA: not in this ONNX Runtime build"), "says why CUDA is not used: {err}");
+    // Without -v too: asking for CUDA and not getting it is a warning.
+    let quiet = matteflow(&[
+        "convert",
+        sample("carphone_pristine.mp4").to_str().unwrap(),
+        "-o",
+        dir.path().join("o2.mp4").to_str().unwrap(),
+        "--device",
+        "cuda",
+    ]);
+    assert!(quiet.status.success());
+    assert!(stderr_of(&quiet).contains("--device cuda was asked for, but the model runs on the CPU"), "{}", stderr_of(&quiet));
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(r["provider"], "CPU");
     // And the kernel self-test says there is nothing to run on, without failing.

@@ -85,6 +85,9 @@ impl OnnxSegmenter {
         for s in &skipped {
             tracing::info!("execution provider skipped: {s}");
         }
+        if matches!(opts.device, runtime::DeviceChoice::Cuda(_)) && provider == Provider::Cpu {
+            tracing::warn!("--device cuda was asked for, but the model runs on the CPU: {}", skipped.join("; "));
+        }
         tracing::info!("model {} runs on {} ({} threads)", model.manifest.name, provider.name(), threads);
 
         let inputs: Vec<(String, Vec<i64>, String)> = session
