@@ -134,8 +134,7 @@ pub fn convert(
         let has_audio = has_audio.clone();
         let video_linked = video_linked.clone();
         decode.connect_pad_added(move |_, pad| {
-            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-            let Some(name) = caps.structure(0).map(|s| s.name().to_string()) else { return };
+            let Some(name) = source::pad_media_type(pad) else { return };
             let Some(pipeline) = pipeline_weak.upgrade() else { return };
             if name.starts_with("video/") && !video_linked.load(Ordering::SeqCst) {
                 if let Some(head) = video_head.upgrade() {
@@ -559,13 +558,7 @@ pub fn decode_only(input: &str) -> Result<Duration> {
     let fake = gst::ElementFactory::make("fakesink").property("sync", false).build()?;
     pipeline.add_many([&decode, &convert, &caps, &fake])?;
     gst::Element::link_many([&convert, &caps, &fake])?;
-    let conv_weak = convert.downgrade();
-    decode.connect_pad_added(move |_, pad| {
-        let video = Some(pad.current_caps().unwrap_or_else(|| pad.query_caps(None))).and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/"))).unwrap_or(false);
-        if let (true, Some(c)) = (video, conv_weak.upgrade()) {
-            let _ = pad.link(&c.static_pad("sink").unwrap());
-        }
-    });
+    source::link_video_pads(&decode, &convert);
     let t = Instant::now();
     pipeline.set_state(gst::State::Playing)?;
     let bus = pipeline.bus().unwrap();

@@ -83,6 +83,26 @@ fn first_line(s: &str) -> &str {
     s.lines().last().unwrap_or(s)
 }
 
+/// The media type ("video/x-raw", "audio/x-raw", …) of a pad decodebin just exposed.
+pub fn pad_media_type(pad: &gst::Pad) -> Option<String> {
+    let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+    caps.structure(0).map(|s| s.name().to_string())
+}
+
+/// Links the first video pad `dec` (uridecodebin) exposes to `head`'s sink pad; other pads stay unlinked.
+pub fn link_video_pads(dec: &gst::Element, head: &gst::Element) {
+    let head = head.downgrade();
+    dec.connect_pad_added(move |_, pad| {
+        let video = pad_media_type(pad).is_some_and(|t| t.starts_with("video/"));
+        if let (true, Some(h)) = (video, head.upgrade()) {
+            let sink = h.static_pad("sink").unwrap();
+            if !sink.is_linked() {
+                let _ = pad.link(&sink);
+            }
+        }
+    });
+}
+
 /// The video branch: videoconvert ! RGBA ! appsink, added to `pipeline` and returned unlinked at its head.
 pub fn video_branch(pipeline: &gst::Pipeline, max_buffers: u32) -> Result<(gst::Element, gst_app::AppSink)> {
     let convert = gst::ElementFactory::make("videoconvert").property("n-threads", 2u32).build()?;
@@ -178,18 +198,7 @@ impl LoopingVideo {
             .build();
         pipeline.add_many([&dec, &conv, &scale, appsink.upcast_ref()])?;
         gst::Element::link_many([&conv, &scale, appsink.upcast_ref()])?;
-        let conv_weak = conv.downgrade();
-        dec.connect_pad_added(move |_, pad| {
-            let is_video = Some(pad.current_caps().unwrap_or_else(|| pad.query_caps(None)))
-                .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
-                .unwrap_or(false);
-            if let (true, Some(conv)) = (is_video, conv_weak.upgrade()) {
-                let sink = conv.static_pad("sink").unwrap();
-                if !sink.is_linked() {
-                    let _ = pad.link(&sink);
-                }
-            }
-        });
+        link_video_pads(&dec, &conv);
         pipeline.set_state(gst::State::Playing)?;
         Ok(LoopingVideo { pipeline, appsink, path: path.to_path_buf() })
     }
@@ -241,14 +250,7 @@ pub fn decode_frames(path: &Path, max: usize) -> Result<Vec<(u32, u32, Vec<u8>)>
     let dec = gst::ElementFactory::make("uridecodebin").property("uri", &uri).build()?;
     pipeline.add(&dec)?;
     let (head, appsink) = video_branch(&pipeline, 4)?;
-    let head_weak = head.downgrade();
-    dec.connect_pad_added(move |_, pad| {
-        let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let video = caps.structure(0).is_some_and(|s| s.name().starts_with("video/"));
-        if let (true, Some(h)) = (video, head_weak.upgrade()) {
-            let _ = pad.link(&h.static_pad("sink").unwrap());
-        }
-    });
+    link_video_pads(&dec, &head);
     pipeline.set_state(gst::State::Playing)?;
     let mut out = Vec::new();
     while out.len() < max {

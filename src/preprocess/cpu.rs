@@ -15,11 +15,13 @@ pub struct CpuPreprocess {
     manifest: Manifest,
     resizer: Resizer,
     frame_f32: Vec<F32x3>,
+    /// The resized content box, kept between frames (1024² × 3 f32 is 12 MB).
+    resized: Vec<F32x3>,
 }
 
 impl CpuPreprocess {
     pub fn new(manifest: &Manifest) -> Self {
-        CpuPreprocess { manifest: manifest.clone(), resizer: Resizer::new(), frame_f32: Vec::new() }
+        CpuPreprocess { manifest: manifest.clone(), resizer: Resizer::new(), frame_f32: Vec::new(), resized: Vec::new() }
     }
 }
 
@@ -57,13 +59,15 @@ impl CpuPreprocess {
         };
         let opts = ResizeOptions::new().resize_alg(alg);
 
-        let src = TypedImageRef::new(width, height, frame).map_err(resize_err)?;
-        let mut dst = TypedImage::<F32x3>::new(geo.content_w, geo.content_h);
-        if (geo.content_w, geo.content_h) == (width, height) {
-            dst.pixels_mut().copy_from_slice(&frame[..(width * height) as usize]);
+        let content: &[F32x3] = if (geo.content_w, geo.content_h) == (width, height) {
+            &frame[..(width * height) as usize]
         } else {
+            let src = TypedImageRef::new(width, height, frame).map_err(resize_err)?;
+            self.resized.resize((geo.content_w * geo.content_h) as usize, F32x3::default());
+            let mut dst = TypedImage::from_pixels_slice(geo.content_w, geo.content_h, &mut self.resized).map_err(resize_err)?;
             self.resizer.resize_typed(&src, &mut dst, &opts).map_err(resize_err)?;
-        }
+            &self.resized
+        };
 
         // value = (pixel * scale - mean) / std per channel, as one multiply-add; padding is black (0).
         let order: [usize; 3] = match inp.color {
@@ -77,7 +81,6 @@ impl CpuPreprocess {
         out.data.resize(plane * 3, 0.0);
         let pad: [f32; 3] = add;
         let (cx, cy, cw) = (geo.content_x as usize, geo.content_y as usize, geo.content_w as usize);
-        let content = dst.pixels();
         for y in 0..mh as usize {
             for x in 0..mw as usize {
                 let inside = x >= cx && x < cx + cw && y >= cy && y < cy + geo.content_h as usize;
