@@ -215,8 +215,10 @@ impl LoopingVideo {
 
     /// Copies the next frame (packed RGBA) into `out`.
     pub fn next_frame(&mut self, out: &mut Vec<u8>) -> Result<()> {
-        for _attempt in 0..3 {
-            if let Some(s) = self.appsink.try_pull_sample(gst::ClockTime::from_seconds(10)) {
+        // Wait in short steps so a broken file is reported as soon as its error is posted, not after the
+        // whole wait (up to 30 s, a slow decoder's first frame included).
+        for _attempt in 0..300 {
+            if let Some(s) = self.appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
                 let buf = s.buffer().ok_or_else(|| Error::Gst("background sample without buffer".into()))?;
                 let map = buf.map_readable().map_err(|e| Error::Gst(e.to_string()))?;
                 out.clear();
