@@ -14,7 +14,20 @@ fi
 M=./target/release/matteflow
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); commit $(git rev-parse --short HEAD)"
 run() { echo; echo "== $*"; $M bench "$CLIP" "$@"; }
+# `scripts/bench.sh batch` runs only the batched-inference comparison at the end.
+if [ "${1:-}" != batch ]; then
 run --model selfie -f h264 -k composite -b green
 run --model selfie -f h264 -k composite -b blur
 run --model selfie -f prores -k alpha -b transparent
 run --model selfie-landscape -f h264 -k composite -b green
+fi
+
+# Batched inference (--batch N): the selfie model rewritten with a dynamic batch dimension (the shipped file has a
+# fixed batch of 1), one frame per call against 4 consecutive frames per call.
+DYN=target/bench/selfie_dynamic_batch
+if [ ! -s "$DYN.onnx" ]; then
+  PYTHONPATH=.deps/py python3 tests/fixtures/make_dynamic_batch.py models/selfie_segmentation.onnx "$DYN.onnx"
+  sed -e 's/^name = "selfie"/name = "selfie-dynamic-batch"/' -e "s|^file = .*|file = \"$(basename "$DYN").onnx\"|" \
+    -e '/^sha256/d' -e '/^notice/d' models/selfie.toml > "$DYN.toml"
+fi
+for b in 1 4; do run --model "$DYN.toml" -f h264 -k composite -b green --batch $b --runs 3; done

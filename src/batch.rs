@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{BackgroundSpec, ConvertConfig, Format, OutputKind};
 use crate::error::{Error, Result};
-use crate::infer::{OnnxSegmenter, Segmenter};
+use crate::infer::{BatchClient, BatchServer, OnnxSegmenter, Segmenter, BATCH_WINDOW, DEFAULT_GPU_BATCH};
 use crate::pipeline::{self, Progress, RunControl};
 use crate::postprocess::PostprocessConfig;
 
@@ -40,6 +40,9 @@ pub struct BatchConfig {
     pub fg_estimate: bool,
     pub overwrite: bool,
     pub jobs: usize,
+    /// Frames per inference call (None: 1 on the CPU, [`DEFAULT_GPU_BATCH`] on a GPU). With several jobs the
+    /// frames of concurrent files share calls; with one job, consecutive frames of the file do.
+    pub batch: Option<usize>,
     /// (index, count): this process converts only the inputs whose hash falls in its shard.
     pub shard: Option<(usize, usize)>,
 }
@@ -324,10 +327,28 @@ pub fn run(
     let queue: Mutex<VecDeque<(usize, Job)>> = Mutex::new(plan.jobs.iter().cloned().enumerate().collect());
     let results: Mutex<Vec<(usize, FileReport)>> = Mutex::new(Vec::new());
     let workers = cfg.jobs.max(1).min(plan.jobs.len().max(1));
+    let gpu = segmenter.provider() != crate::runtime::Provider::Cpu;
+    let requested = cfg.batch.unwrap_or(if gpu { DEFAULT_GPU_BATCH } else { 1 });
+    // Several files at once: one batching thread gathers their frames. One file: its own consecutive frames.
+    let server = if workers > 1 && requested > 1 {
+        match BatchServer::start(segmenter.share(), requested, cfg.batch.is_some(), BATCH_WINDOW) {
+            Ok(s) if s.size() > 1 => Some(s),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!("batching disabled: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // Settled (and any fallback said) once here, not once per file.
+    let per_file_batch = if workers == 1 { segmenter.share().configure_batch(requested, cfg.batch.is_some()) } else { 1 };
     std::thread::scope(|s| {
         for w in 0..workers {
             let (queue, results, cancel) = (&queue, &results, cancel.clone());
             let (model, device, settings) = (model.clone(), device.clone(), settings.clone());
+            let server = server.as_ref();
             s.spawn(move || loop {
                 let Some((i, job)) = queue.lock().unwrap().pop_front() else { break };
                 let mut rep = FileReport {
@@ -351,7 +372,8 @@ pub fn run(
                 } else {
                     observer.started(w, &job);
                     let t = Instant::now();
-                    match convert_one(cfg, &job, segmenter.share(), cancel.clone(), &settings, w, observer) {
+                    let batcher = server.map(BatchServer::client);
+                    match convert_one(cfg, &job, segmenter.share(), batcher, per_file_batch, cancel.clone(), &settings, w, observer) {
                         Ok((frames, dur)) => {
                             rep.status = Status::Done;
                             rep.frames = frames;
@@ -371,6 +393,15 @@ pub fn run(
             });
         }
     });
+    if let Some(st) = server.map(|s| s.stats()).filter(|st| st.calls > 0) {
+        tracing::info!(
+            "batched inference: {} frames in {} calls ({:.2} frames per call, at most {})",
+            st.frames,
+            st.calls,
+            st.frames as f64 / st.calls as f64,
+            st.largest
+        );
+    }
     let mut r = results.into_inner().unwrap();
     r.sort_by_key(|(i, _)| *i);
     r.into_iter().map(|(_, r)| r).collect()
@@ -380,6 +411,8 @@ fn convert_one(
     cfg: &BatchConfig,
     job: &Job,
     seg: OnnxSegmenter,
+    batcher: Option<BatchClient>,
+    batch: usize,
     cancel: Arc<AtomicBool>,
     settings: &str,
     worker: usize,
@@ -398,9 +431,14 @@ fn convert_one(
     c.overwrite = true;
     c.post = cfg.post;
     c.fg_estimate = cfg.fg_estimate;
+    c.batch = batch;
     let (input_size, input_mtime_ns) = input_stamp(&job.input);
     let mut on_progress = |p: Progress| observer.progress(worker, p);
-    let report = pipeline::convert(&c, seg, RunControl { cancel, progress: Some(&mut on_progress), allow_short: false })?;
+    let ctl = RunControl { cancel, progress: Some(&mut on_progress), allow_short: false };
+    let report = match batcher {
+        Some(b) => pipeline::convert_shared(&c, seg, b, ctl)?,
+        None => pipeline::convert(&c, seg, ctl)?,
+    };
     let duration_s = if report.fps_num > 0 {
         report.frames as f64 * report.fps_den as f64 / report.fps_num as f64
     } else {

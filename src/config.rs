@@ -176,6 +176,8 @@ pub struct ConvertConfig {
     pub cuda_stages: bool,
     /// Frames held between stages (decode → infer → composite → encode).
     pub queue: usize,
+    /// Consecutive frames run in one inference call (1: one at a time). Output is the same either way.
+    pub batch: usize,
 }
 
 impl ConvertConfig {
@@ -191,6 +193,7 @@ impl ConvertConfig {
             fg_estimate: false,
             cuda_stages: false,
             queue: 4,
+            batch: 1,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod error;
 pub mod eval;
 pub mod infer;
+pub mod live;
 pub mod model;
 pub mod pipeline;
 pub mod postprocess;

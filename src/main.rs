@@ -11,6 +11,8 @@ use matteflow::config::{BackgroundSpec, ConvertConfig, Format, OutputKind};
 use matteflow::model::{self, Activation, ColorOrder, Layout, ManualSpec, ResizeMode};
 use matteflow::runtime::{DeviceChoice, ProviderOptions};
 
+mod cli_live;
+
 #[derive(Parser)]
 #[command(name = "matteflow", version, about = "Separate people and objects from the background of video, in real time")]
 struct Cli {
@@ -28,6 +30,10 @@ struct Cli {
 enum Cmd {
     /// Convert a video file: matte every frame and write alpha, composite, mask or side-by-side video
     Convert(ConvertArgs),
+    /// Matte a live source (webcam, stream, test pattern) to RTMP, a virtual camera, the screen and recordings at once
+    Live(cli_live::LiveArgs),
+    /// Run a pipeline file (pipelines/*.toml): a live job or a file conversion, with overrides
+    Run(cli_live::RunArgs),
     /// Convert folders of footage: mirrors the tree, skips finished outputs, several files at once, reports
     Batch(BatchArgs),
     /// Time each stage on an input and print milliseconds per frame and end-to-end fps
@@ -57,6 +63,30 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// Time the model alone on the GPU: host tensors vs IO binding on device buffers, batch sizes, GPU memory,
+    /// achieved TFLOP/s; the device result is checked against the host result
+    GpuBench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Batch sizes for the device path (more than 1 needs a model with a dynamic batch dimension)
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        batch: Vec<usize>,
+        /// Timed runs per configuration (median and min are reported)
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// The model's GFLOP per frame, to report achieved TFLOP/s
+        #[arg(long)]
+        gflop: Option<f64>,
+        /// Skip the host-tensor path
+        #[arg(long)]
+        device_only: bool,
+        /// Write the rows as JSON here
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Give up (and print every thread's state) after this many seconds
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Convert the shipped sample clip with the default model (the README's first command)
     Demo {
         /// Folder for the outputs
@@ -85,6 +115,16 @@ struct ModelArgs {
     /// TensorRT: engine and timing cache folder
     #[arg(long, value_name = "DIR")]
     trt_cache: Option<PathBuf>,
+    /// CUDA, experimental: ONNX Runtime's CUDA graph capture (with --cuda-stages or gpu-bench; fixed input size).
+    /// No speed-up measured on the H200 yet, and a wrong first mask with IS-Net (docs/BENCHMARKS.md)
+    #[arg(long)]
+    cuda_graph: bool,
+    /// CUDA: prefer NHWC convolution kernels
+    #[arg(long)]
+    cuda_nhwc: bool,
+    /// Write ONNX Runtime's per-node profile (JSON) with this file prefix
+    #[arg(long, value_name = "PREFIX")]
+    ort_profile: Option<PathBuf>,
     /// Own model: input tensor name
     #[arg(long, help_heading = "Own model (without a manifest)")]
     input_name: Option<String>,
@@ -149,6 +189,19 @@ struct ConvertArgs {
     /// Write the run's report as JSON to this file
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Consecutive frames per inference call (needs a model with a dynamic batch dimension; the output is the
+    /// same for any value). Pays off on GPUs; on CPUs 1 is as fast
+    #[arg(long, default_value_t = 1, value_parser = parse_batch, value_name = "N")]
+    batch: usize,
+}
+
+fn parse_batch(s: &str) -> Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|_| format!("'{s}' is not a whole number of frames per inference call (1 to 64)"))?;
+    match n {
+        0 => Err("0 frames per inference call runs nothing: use 1 (one frame per call) up to 64".into()),
+        1..=64 => Ok(n),
+        _ => Err(format!("{n} frames per call would hold {n} frames' tensors in memory at once: use at most 64")),
+    }
 }
 
 #[derive(Args, Clone, Default)]
@@ -171,8 +224,8 @@ struct QualityArgs {
     /// Estimate the subject's colour at soft edges (no halo of the old background)
     #[arg(long, help_heading = "Matte quality")]
     fg_estimate: bool,
-    /// Unfinished: run preprocess, mask upsampling and compositing on the GPU with the model's tensors in device
-    /// memory (CUDA provider). Stalls with nvcodec decoding on the H200; needs MATTEFLOW_EXPERIMENTAL_CUDA_STAGES=1
+    /// Run preprocess, mask upsampling and compositing on the GPU, with the model's input and output in device
+    /// memory (IO binding; CUDA provider, colour or transparent backgrounds)
     #[arg(long)]
     cuda_stages: bool,
 }
@@ -225,6 +278,10 @@ struct BatchArgs {
     /// Files converted at once (default: 1 per 2 cores, at least 1; they share one loaded model)
     #[arg(short, long)]
     jobs: Option<usize>,
+    /// Frames per inference call: with --jobs > 1 frames of concurrent files share a call, with one job
+    /// consecutive frames do (default: 1 on the CPU, 4 on a GPU; needs a model with a dynamic batch dimension)
+    #[arg(long, value_parser = parse_batch, value_name = "N")]
+    batch: Option<usize>,
     /// Redo outputs even when their completion record says they are done
     #[arg(long)]
     overwrite: bool,
@@ -271,6 +328,9 @@ struct BenchArgs {
     /// Use the GPU stages (see convert --cuda-stages)
     #[arg(long)]
     cuda_stages: bool,
+    /// Consecutive frames per inference call (see convert --batch)
+    #[arg(long, default_value_t = 1, value_parser = parse_batch, value_name = "N")]
+    batch: usize,
 }
 
 fn parse_size(s: &str) -> Result<[u32; 2], String> {
@@ -326,7 +386,16 @@ impl ModelArgs {
         }
     }
     fn provider_options(&self) -> ProviderOptions {
-        ProviderOptions { device: self.device, trt_fp16: self.trt_fp16, trt_cache_dir: self.trt_cache.clone(), threads: self.threads, trt_profile: None }
+        ProviderOptions {
+            device: self.device,
+            trt_fp16: self.trt_fp16,
+            trt_cache_dir: self.trt_cache.clone(),
+            threads: self.threads,
+            trt_profile: None,
+            cuda_graph: self.cuda_graph,
+            cuda_nhwc: self.cuda_nhwc,
+            profile: self.ort_profile.clone(),
+        }
     }
     fn open(&self) -> anyhow::Result<matteflow::infer::OnnxSegmenter> {
         let resolved = model::resolve(&self.model, self.manifest.as_deref(), &self.manual())?;
@@ -376,6 +445,7 @@ fn run_convert(a: &ConvertArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<matte
     cfg.post = a.quality.post();
     cfg.fg_estimate = a.quality.fg_estimate;
     cfg.cuda_stages = a.quality.cuda_stages;
+    cfg.batch = a.batch;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -424,7 +494,7 @@ fn main() {
     let cancel = Arc::new(AtomicBool::new(false));
     install_signal_handlers(&rt, cancel.clone());
     if let Err(e) = matteflow::runtime::init(cli.ort_lib.as_deref()) {
-        if !matches!(cli.cmd, Cmd::Models | Cmd::Doctor(_) | Cmd::GpuCheck { .. }) {
+        if !matches!(cli.cmd, Cmd::Models | Cmd::Doctor(_) | Cmd::GpuCheck { .. } | Cmd::GpuBench { .. }) {
             eprintln!("matteflow: {e}");
             std::process::exit(2);
         }
@@ -454,6 +524,8 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             println!("{} ({} frames, {:.1} fps)", r.output, r.frames, r.fps());
         }
         Cmd::Bench(a) => bench(a, cancel)?,
+        Cmd::Live(a) => cli_live::live(a, cancel)?,
+        Cmd::Run(a) => cli_live::run_file(a, cancel)?,
         Cmd::Batch(a) => return batch(a, cancel),
         Cmd::Models => {
             for m in model::list() {
@@ -498,6 +570,36 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 bad += (!r.ok()) as usize;
             }
             anyhow::ensure!(bad == 0, "{bad} kernel(s) disagree with the CPU beyond tolerance");
+        }
+        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout } => {
+            let _dog = matteflow::cuda::bench::Watchdog::start("gpu-bench", timeout);
+            // The CUDA context first (current on this thread), so memory in use is measured from before the model.
+            let _gpu = matteflow::cuda::Gpu::open(0)?;
+            let mem0 = matteflow::cuda::bench::gpu_mem_used_mib();
+            let t = std::time::Instant::now();
+            let mut seg = model.open()?;
+            anyhow::ensure!(
+                matteflow::infer::Segmenter::provider(&seg) != matteflow::runtime::Provider::Cpu,
+                "the model opened on the CPU provider; gpu-bench needs CUDA (see `matteflow doctor`)"
+            );
+            let name = seg.model().manifest.name.clone();
+            println!("model {name} on {}: session opened in {:.1} s; GPU memory in use {mem0:.0} MiB before it", matteflow::infer::Segmenter::provider(&seg).name(), t.elapsed().as_secs_f64());
+            let o = matteflow::cuda::bench::BenchOptions {
+                runs: runs.max(3),
+                warmup: 5,
+                batches: batch,
+                gflop_per_frame: gflop,
+                device_id: 0,
+                host_path: !device_only,
+            };
+            let rows = matteflow::cuda::bench::run(&mut seg, &o)?;
+            print!("{}", matteflow::cuda::bench::table(&name, &rows));
+            if model.ort_profile.is_some() {
+                println!("ONNX Runtime profile: {}", seg.end_profiling()?);
+            }
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&rows)?).with_context(|| format!("writing {}", p.display()))?;
+            }
         }
         Cmd::Eval { model, out_dir, frames } => {
             let mut seg = model.open()?;
@@ -547,6 +649,7 @@ fn demo(out_dir: &std::path::Path, cancel: Arc<AtomicBool>) -> anyhow::Result<()
             allow_short: false,
             stats: false,
             report: None,
+            batch: 1,
         };
         let r = run_convert(&a, cancel.clone())?;
         println!("{:<48} {} frames {}x{} at {:.1} fps ({} on {})", r.output, r.frames, r.width, r.height, r.fps(), r.model, r.provider);
@@ -584,6 +687,7 @@ fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         cfg.background = Some(a.background.clone());
         cfg.overwrite = true;
         cfg.cuda_stages = a.cuda_stages;
+        cfg.batch = a.batch;
         let r = matteflow::convert(&cfg, segmenter, matteflow::RunControl { cancel: cancel.clone(), progress: None, allow_short: false })?;
         eprintln!("run {}: {:.1} fps", i + 1, r.fps());
         if best.as_ref().is_none_or(|b| r.fps() > b.fps()) {
@@ -660,6 +764,7 @@ fn batch(a: BatchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         fg_estimate: a.quality.fg_estimate,
         overwrite: a.overwrite,
         jobs: a.jobs.unwrap_or((cores / 2).max(1)),
+        batch: a.batch,
         shard,
     };
     if cfg.inputs.is_empty() && cfg.list.is_none() && cfg.globs.is_empty() {

@@ -17,7 +17,7 @@ use gstreamer::prelude::*;
 use crate::composite::{self, Background, Composite, CpuComposite};
 use crate::config::{ConvertConfig, Format};
 use crate::error::{Error, Result};
-use crate::infer::{LowResMask, OnnxSegmenter, Segmenter};
+use crate::infer::{BatchClient, LowResMask, OnnxSegmenter, Segmenter};
 use crate::model::ResolvedModel;
 use crate::postprocess::{CpuPostprocess, Postprocess};
 use crate::preprocess::{CpuPreprocess, ModelInput, Preprocess};
@@ -81,6 +81,21 @@ pub fn convert(
     segmenter: OnnxSegmenter,
     ctl: RunControl<'_>,
 ) -> Result<Report> {
+    convert_with(cfg, segmenter, None, ctl)
+}
+
+/// [`convert`], with inference done by a batching thread shared with other conversions
+/// ([`crate::infer::BatchServer`]); `segmenter` only describes the model.
+pub fn convert_shared(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: BatchClient, ctl: RunControl<'_>) -> Result<Report> {
+    convert_with(cfg, segmenter, Some(batcher), ctl)
+}
+
+fn convert_with(
+    cfg: &ConvertConfig,
+    mut segmenter: OnnxSegmenter,
+    batcher: Option<BatchClient>,
+    ctl: RunControl<'_>,
+) -> Result<Report> {
     gst::init()?;
     let (format, kind, bg_spec) = cfg.resolve()?;
     let uri = source::input_uri(&cfg.input)?;
@@ -106,13 +121,6 @@ pub fn convert(
     );
 
     // CUDA for the GPU stages is initialised here, before GStreamer's decoders start.
-    if cfg.cuda_stages && std::env::var_os("MATTEFLOW_EXPERIMENTAL_CUDA_STAGES").is_none() {
-        return Err(Error::Cuda(
-            "--cuda-stages is unfinished: on the H200 with nvcodec decoding it stalls at the first frame \
-             (2026-11-28). Run without it; to debug it, set MATTEFLOW_EXPERIMENTAL_CUDA_STAGES=1"
-                .into(),
-        ));
-    }
     let gpu = if cfg.cuda_stages {
         crate::cuda::stages::GpuStages::supports(kind, &bg_spec, &manifest)
             .map_err(|w| Error::Cuda(format!("--cuda-stages does not handle {w} yet; run without it")))?;
@@ -240,6 +248,19 @@ pub fn convert(
     }
     .map_err(|e| Error::io("starting a thread", e))?;
 
+    // Frames per inference call: up to `batch` consecutive frames (the GPU stages run one at a time; a shared
+    // batching thread gathers across files instead).
+    let batch = if batcher.is_some() {
+        1
+    } else if cfg.cuda_stages {
+        if cfg.batch > 1 {
+            tracing::warn!("--batch {} is not used with --cuda-stages yet: one frame per call", cfg.batch);
+        }
+        1
+    } else {
+        segmenter.configure_batch(cfg.batch, true)
+    };
+
     // Thread 2: preprocess, infer, postprocess.
     let t_infer = {
         let shared = shared.clone();
@@ -264,14 +285,15 @@ pub fn convert(
             } else {
                 None
             };
-            let mut input = ModelInput::default();
-            let mut mask = LowResMask::default();
+            let mut inputs: Vec<ModelInput> = vec![ModelInput::default(); batch];
+            let mut masks: Vec<LowResMask> = vec![LowResMask::default(); batch];
+            let mut pending: Vec<Frame> = Vec::with_capacity(batch);
             let (mut tp, mut ti, mut tq) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-            for frame in rx_frames.iter() {
+            let mut calls = 0u64;
+            while let Ok(frame) = rx_frames.recv() {
                 if shared.stop.load(Ordering::SeqCst) {
                     break;
                 }
-                let t0 = Instant::now();
                 if let Some(g) = gpu.as_mut() {
                     let (w, h) = (frame.width, frame.height);
                     let mut frame = frame;
@@ -291,22 +313,45 @@ pub fn convert(
                         }
                     }
                 }
-                let step = (|| -> Result<Vec<u8>> {
-                    pre.run(&frame.data, frame.width, frame.height, &mut input)?;
+                // Up to `batch` consecutive frames; a short last batch at the end of the stream.
+                pending.push(frame);
+                while pending.len() < batch {
+                    match rx_frames.recv() {
+                        Ok(f) => pending.push(f),
+                        Err(_) => break,
+                    }
+                }
+                let k = pending.len();
+                let step = (|| -> Result<Vec<Vec<u8>>> {
+                    let t0 = Instant::now();
+                    for (f, input) in pending.iter().zip(inputs.iter_mut()) {
+                        pre.run(&f.data, f.width, f.height, input)?;
+                    }
                     let t1 = Instant::now();
-                    segmenter.run(&input, &mut mask)?;
+                    match &batcher {
+                        Some(b) => b.run(&mut inputs[0], &mut masks[0])?,
+                        None => {
+                            let refs: Vec<&ModelInput> = inputs[..k].iter().collect();
+                            segmenter.run_batch(&refs, &mut masks[..k])?;
+                        }
+                    }
+                    calls += 1;
                     let t2 = Instant::now();
-                    let mut alpha = Vec::new();
-                    post.run(&frame.data, &input, &mask, frame.width, frame.height, &mut alpha)?;
+                    let mut alphas = Vec::with_capacity(k);
+                    for ((f, input), mask) in pending.iter().zip(&inputs).zip(&masks) {
+                        let mut alpha = Vec::new();
+                        post.run(&f.data, input, mask, f.width, f.height, &mut alpha)?;
+                        alphas.push(alpha);
+                    }
                     let t3 = Instant::now();
                     tp += t1 - t0;
                     ti += t2 - t1;
                     tq += t3 - t2;
-                    Ok(alpha)
+                    Ok(alphas)
                 })();
                 match step {
-                    Ok(alpha) => {
-                        if tx_masked.send((frame, Some(alpha))).is_err() {
+                    Ok(alphas) => {
+                        if pending.drain(..).zip(alphas).any(|(f, a)| tx_masked.send((f, Some(a))).is_err()) {
                             break;
                         }
                     }
@@ -320,6 +365,7 @@ pub fn convert(
             t.preprocess += tp;
             t.infer += ti;
             t.postprocess += tq;
+            t.infer_calls += calls;
         })
     }
     .map_err(|e| Error::io("starting a thread", e))?;
@@ -401,7 +447,25 @@ pub fn convert(
     let mut missing_plugin: Option<String> = None;
     let mut progress = ctl.progress;
     let mut last_report = Instant::now();
+    // A pipeline that stops producing frames without an error or end of stream (seen with a truncated MP4
+    // whose demuxer paused) must not hang the run: after this long without a frame it fails.
+    let stall_limit = Duration::from_secs(if cfg.input.contains("://") { 60 } else { 20 });
+    let mut last_progress = (0u64, Instant::now());
     let outcome: Result<()> = loop {
+        let done = shared.frames_out.load(Ordering::SeqCst);
+        if done != last_progress.0 {
+            last_progress = (done, Instant::now());
+        } else if last_progress.1.elapsed() > stall_limit {
+            break Err(Error::Input {
+                path: cfg.input.clone(),
+                reason: format!(
+                    "is truncated or damaged, or its source stopped: no frame came through for {} s{}. Nothing was \
+                     written",
+                    stall_limit.as_secs(),
+                    if done > 0 { format!(" (after {done} frames)") } else { String::new() }
+                ),
+            });
+        }
         if ctl.cancel.load(Ordering::SeqCst) {
             break Err(Error::Interrupted(format!(
                 "stopped after {} frames; the partial output was removed",

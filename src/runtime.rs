@@ -171,6 +171,13 @@ pub struct ProviderOptions {
     /// TensorRT optimisation profile for dynamic inputs: (min, opt, max) in TensorRT's
     /// "name:1x3x64x64" syntax. Filled from the manifest when the model is dynamic.
     pub trt_profile: Option<(String, String, String)>,
+    /// CUDA EP: capture the model in a CUDA graph and replay it (needs IO binding with fixed input and output
+    /// addresses, i.e. the GPU frame path, and every node on the GPU; one input shape per session).
+    pub cuda_graph: bool,
+    /// CUDA EP: prefer NHWC kernels (tensor-core friendly convolutions, fewer layout transposes).
+    pub cuda_nhwc: bool,
+    /// ONNX Runtime session profiling: per-node times written to a JSON file with this prefix.
+    pub profile: Option<PathBuf>,
 }
 
 /// The TensorRT profile for a dynamic model: sizes from one multiple up to twice the manifest's size.
@@ -205,6 +212,9 @@ pub fn register(
         _ => 0,
     };
     let mut chosen = Provider::Cpu;
+    if let Some(prefix) = &opts.profile {
+        builder = builder.with_profiling(prefix).map_err(ort::Error::<()>::from)?;
+    }
     for p in wanted(opts) {
         match p {
             Provider::TensorRt => {
@@ -239,7 +249,14 @@ pub fn register(
                     skipped.push("CUDA: not in this ONNX Runtime build (needs onnxruntime-gpu)".into());
                     continue;
                 }
-                match ep::CUDA::default().with_device_id(device_id).register(&mut builder) {
+                let mut cuda = ep::CUDA::default().with_device_id(device_id);
+                if opts.cuda_graph {
+                    cuda = cuda.with_cuda_graph(true);
+                }
+                if opts.cuda_nhwc {
+                    cuda = cuda.with_prefer_nhwc(true);
+                }
+                match cuda.register(&mut builder) {
                     Ok(()) => {
                         if chosen == Provider::Cpu {
                             chosen = Provider::Cuda;

@@ -164,6 +164,15 @@ pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_by
         // Hold about three frames: stages overlap, memory stays bounded.
         .max_bytes(frame_bytes * 3)
         .build();
+    pipeline.add(&appsrc)?;
+    let (head, audio_sink) = encoder_chain(pipeline, format, location)?;
+    appsrc.link(&head)?;
+    Ok(EncodeBranch { appsrc, audio_sink })
+}
+
+/// Builds videoconvert → encoder → mux → file for `format` inside `pipeline` and returns its head (to link
+/// raw video to) and, when the container carries audio, the pad an audio stream links to.
+pub fn encoder_chain(pipeline: &gst::Pipeline, format: Format, location: &Path) -> Result<(gst::Element, Option<gst::Pad>)> {
     let convert = gst::ElementFactory::make("videoconvert").property("n-threads", 2u32).build()?;
     let caps = |fmt: &str| -> Result<gst::Element> {
         Ok(gst::ElementFactory::make("capsfilter")
@@ -171,7 +180,7 @@ pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_by
             .build()?)
     };
     let loc = location.display().to_string();
-    let mut chain: Vec<gst::Element> = vec![appsrc.clone().upcast(), convert];
+    let mut chain: Vec<gst::Element> = vec![convert];
     let (mux, audio_enc): (Option<gst::Element>, Vec<gst::Element>) = match format {
         Format::Prores => {
             chain.push(caps("A444_10LE")?);
@@ -260,5 +269,5 @@ pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_by
             });
         }
     }
-    Ok(EncodeBranch { appsrc, audio_sink })
+    Ok((chain[0].clone(), audio_sink))
 }

@@ -12,6 +12,8 @@ pub struct StageTimes {
     pub composite: Duration,
     /// Time spent handing frames to the encoder (blocks when the encoder is the slowest stage).
     pub encode_push: Duration,
+    /// Inference calls made by the CPU-stage path (fewer than frames when frames are batched).
+    pub infer_calls: u64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -58,6 +60,9 @@ impl Report {
             ("encode push", s.encode_push),
         ] {
             t += &format!("{:<14}{:>10.2}\n", name, ms(d, n));
+        }
+        if s.infer_calls > 0 && s.infer_calls < n {
+            t += &format!("{:<14}{:>10.2}\n", "frames/call", n as f64 / s.infer_calls as f64);
         }
         t += &format!(
             "end to end: {} frames {}x{} in {:.2} s = {:.1} fps ({} on {})\n",

@@ -80,3 +80,32 @@ fn asking_for_cuda_without_a_gpu_runs_on_cpu() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("no CUDA driver on this machine"));
 }
+
+#[test]
+fn gpu_paths_without_a_gpu_are_clear_errors() {
+    // gpu-bench: no driver, no panic, says what is missing.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["gpu-bench", "--batch", "1,4", "--cuda-graph"])
+        .env("LD_LIBRARY_PATH", nvrtc_lib_dir())
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no CUDA driver"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // --cuda-stages is no longer behind an environment variable: without a GPU it says why it cannot run.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["convert", sample("carphone_pristine.mp4").to_str().unwrap(), "-o"])
+        .arg(dir.path().join("o.mp4"))
+        .args(["-b", "green", "--cuda-stages"])
+        .env("LD_LIBRARY_PATH", nvrtc_lib_dir())
+        .env_remove("MATTEFLOW_EXPERIMENTAL_CUDA_STAGES")
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("--cuda-stages needs an NVIDIA GPU"), "{err}");
+    assert!(!err.contains("unfinished") && !err.contains("panicked"), "{err}");
+    assert!(!dir.path().join("o.mp4").exists(), "no output left behind");
+}

@@ -3,6 +3,7 @@
 //! checks that the driver and NVRTC can be loaded first, so machines without a GPU get an error value (and
 //! the CPU path), never a panic.
 
+pub mod bench;
 pub mod selftest;
 pub mod stages;
 
@@ -110,6 +111,24 @@ impl Gpu {
         geo: &Geometry,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        use cudarc::driver::DevicePtr;
+        let (ptr, _sync) = out.device_ptr(&self.stream);
+        self.preprocess_raw(frame, format, w, h, m, geo, ptr)
+    }
+
+    /// As `preprocess`, into a raw device pointer (e.g. ONNX Runtime's bound input tensor, or one frame of a
+    /// batch tensor); the caller guarantees it holds model_w · model_h · 3 f32 values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn preprocess_raw(
+        &self,
+        frame: &CudaSlice<u8>,
+        format: FrameFormat,
+        w: u32,
+        h: u32,
+        m: &Manifest,
+        geo: &Geometry,
+        out: u64,
+    ) -> Result<()> {
         let i = &m.input;
         let (fmt, pitch, uv, matrix) = match format {
             FrameFormat::Rgba { pitch } => (0i32, pitch as i32, 0i32, 0i32),
@@ -124,7 +143,7 @@ impl Gpu {
         let nchw = (i.layout == Layout::Nchw) as i32;
         let bgr = (i.color == ColorOrder::Bgr) as i32;
         let mut b = self.stream.launch_builder(&self.f_pre);
-        b.arg(frame).arg(&fmt).arg(&ww).arg(&hh).arg(&pitch).arg(&uv).arg(&matrix).arg(out);
+        b.arg(frame).arg(&fmt).arg(&ww).arg(&hh).arg(&pitch).arg(&uv).arg(&matrix).arg(&out);
         b.arg(&mw).arg(&mh).arg(&cx).arg(&cy).arg(&cw).arg(&ch).arg(&aa).arg(&nchw).arg(&bgr);
         b.arg(&mul[0]).arg(&mul[1]).arg(&mul[2]).arg(&add[0]).arg(&add[1]).arg(&add[2]);
         // SAFETY: argument list matches the kernel's signature; buffers are sized by the caller.

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaSlice, DevicePtr};
+use cudarc::driver::CudaSlice;
 
 use super::{FrameFormat, Gpu};
 use crate::config::{BackgroundSpec, OutputKind};
@@ -21,7 +21,6 @@ pub struct GpuStages {
     colour: [u8; 3],
     io: DeviceIo,
     frame: Option<CudaSlice<u8>>,
-    tensor: Option<CudaSlice<f32>>,
     alpha: Option<CudaSlice<u8>>,
 }
 
@@ -78,7 +77,6 @@ impl GpuStages {
             colour,
             io: DeviceIo::default(),
             frame: None,
-            tensor: None,
             alpha: None,
         })
     }
@@ -99,19 +97,13 @@ impl GpuStages {
             ResizeMode::Stretch => Geometry::stretch(mw, mh),
             ResizeMode::Letterbox => Geometry::letterbox(mw, mh, w, h),
         };
-        let len = (mw * mh * 3) as usize;
-        if self.tensor.as_ref().is_none_or(|t| t.len() != len) {
-            self.tensor = Some(st.alloc_zeros::<f32>(len).map_err(|x| e("alloc", x))?);
-        }
-        let tensor = self.tensor.as_mut().unwrap();
-        self.gpu.preprocess(frame, FrameFormat::Rgba { pitch: (w * 4) as usize }, w, h, &self.manifest, &geo, tensor)?;
+        // The model input lives in a buffer ONNX Runtime allocated and bound (IO binding); the kernel writes it.
+        let input = seg.device_input(&mut self.io, self.manifest.input_shape(mh, mw), self.device_id)?;
+        self.gpu.preprocess_raw(frame, FrameFormat::Rgba { pitch: (w * 4) as usize }, w, h, &self.manifest, &geo, input)?;
+        // ONNX Runtime runs on its own stream: the tensor must be complete before it starts.
         st.synchronize().map_err(|x| e("sync", x))?;
         let t1 = Instant::now();
-        let ptr = {
-            let (p, _sync) = tensor.device_ptr(&st);
-            p
-        };
-        let mask = seg.run_device(&mut self.io, ptr, self.manifest.input_shape(mh, mw), self.device_id)?;
+        let mask = seg.run_device(&mut self.io)?;
         let t2 = Instant::now();
         let sx = mask.width as f32 / geo.model_w as f32;
         let sy = mask.height as f32 / geo.model_h as f32;

@@ -4,27 +4,15 @@
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::TensorRef;
 
+use super::batched::{self, BatchPlan};
 use super::{LowResMask, Segmenter};
 use crate::error::{Error, Result};
-use crate::model::{manifest, Activation, Layout, ModelSource, ResolvedModel};
+use crate::model::{manifest, Layout, ModelSource, ResolvedModel};
 use crate::preprocess::ModelInput;
 use crate::runtime::{self, Provider, ProviderOptions};
 
-/// The model's output left on the GPU by a device run (IO binding): a device pointer, valid until the next run.
-pub struct DeviceMask {
-    pub ptr: u64,
-    pub width: u32,
-    pub height: u32,
-    pub sigmoid: bool,
-}
-
-/// IO binding state for device runs: the binding and the output buffer ONNX Runtime allocated on the GPU.
-/// Not `Send`: create it on the thread that runs the model.
-#[derive(Default)]
-pub struct DeviceIo {
-    binding: Option<ort::session::IoBinding>,
-    output: Option<ort::value::Tensor<f32>>,
-}
+mod device;
+pub use device::{DeviceIo, DeviceMask};
 
 pub struct OnnxSegmenter {
     /// Shared by every handle (`share()`): one model in memory, however many files are in flight.
@@ -33,6 +21,12 @@ pub struct OnnxSegmenter {
     provider: Provider,
     /// Recurrent state per `manifest.recurrent` entry: (shape, values).
     states: Vec<(Vec<i64>, Vec<f32>)>,
+    /// The model input's declared batch dimension (≤ 0: dynamic).
+    declared_batch: i64,
+    /// Batched calls are padded with zero frames to this many (0: no padding); see `configure_batch`.
+    pad_batch_to: usize,
+    /// Reused buffer for stacked batch tensors.
+    stack: Vec<f32>,
 }
 
 fn dtype_name(t: Option<ort::value::TensorElementType>) -> String {
@@ -108,6 +102,7 @@ impl OnnxSegmenter {
             infer_manifest(&mut model, &model_name, &inputs, &outputs)?;
         }
         manifest::validate_io(&model.manifest, &model_name, &model.manifest_origin, &inputs, &outputs)?;
+        let declared_batch = inputs.iter().find(|i| i.0 == model.manifest.input.name).and_then(|i| i.1.first().copied()).unwrap_or(1);
         let states = model
             .manifest
             .recurrent
@@ -119,11 +114,38 @@ impl OnnxSegmenter {
             model,
             provider,
             states,
+            declared_batch,
+            pad_batch_to: 0,
+            stack: Vec::new(),
         })
     }
 
     pub fn model(&self) -> &ResolvedModel {
         &self.model
+    }
+
+    /// Settles how many frames one call of [`Segmenter::run_batch`] takes, given `--batch requested`, and says
+    /// once why that differs from the request (a fixed batch-1 model, recurrent state); `explicit`: the user
+    /// asked for this size (a warning) rather than it being the device's default (info).
+    pub fn configure_batch(&mut self, requested: usize, explicit: bool) -> usize {
+        let plan: BatchPlan = batched::plan(&self.model.manifest, self.declared_batch, requested, self.provider);
+        if let Some(note) = &plan.note {
+            if explicit {
+                tracing::warn!("{note}");
+            } else {
+                tracing::info!("{note}");
+            }
+        }
+        if plan.size > 1 || plan.pad_to > 1 {
+            tracing::info!(
+                "model {} runs up to {} frames per inference call{}",
+                self.model.manifest.name,
+                plan.size,
+                if plan.pad_to > 0 { format!(" (padded to {} so results do not depend on the batch)", plan.pad_to) } else { String::new() }
+            );
+        }
+        self.pad_batch_to = plan.pad_to;
+        plan.size
     }
 
     /// Another handle on the same session, with its own (fresh) recurrent state: for converting several
@@ -134,53 +156,13 @@ impl OnnxSegmenter {
             model: self.model.clone(),
             provider: self.provider,
             states: Vec::new(),
+            declared_batch: self.declared_batch,
+            pad_batch_to: self.pad_batch_to,
+            stack: Vec::new(),
         };
         h.states = self.states.clone();
         h.reset();
         h
-    }
-
-    /// Runs the model on a tensor already on the GPU (`input`: device pointer to f32 values of `shape`) with
-    /// IO binding: no host copy in or out. The mask stays on the GPU (see [`DeviceMask`]). CUDA provider only;
-    /// single-channel outputs and models without recurrent state.
-    pub fn run_device(&mut self, io: &mut DeviceIo, input: u64, shape: [i64; 4], device_id: i32) -> Result<DeviceMask> {
-        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-        use ort::value::TensorRefMut;
-        let m = self.model.manifest.clone();
-        let rt = |e: ort::Error| Error::Runtime(format!("device run of {}: {e}", m.name));
-        if self.provider != Provider::Cuda && self.provider != Provider::TensorRt {
-            return Err(Error::Runtime(format!("device runs need the CUDA provider; {} runs on {}", m.name, self.provider.name())));
-        }
-        if !m.recurrent.is_empty() || !m.constants.is_empty() {
-            return Err(Error::Runtime("device runs do not carry recurrent state yet; use the CPU stages".into()));
-        }
-        let mem = MemoryInfo::new(AllocationDevice::CUDA, device_id, AllocatorType::Device, MemoryType::Default).map_err(rt)?;
-        let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned".into()))?;
-        if io.binding.is_none() {
-            let mut b = session.create_binding().map_err(rt)?;
-            b.bind_output_to_device(m.output.name.as_str(), &mem).map_err(rt)?;
-            io.binding = Some(b);
-        }
-        let binding = io.binding.as_mut().unwrap();
-        // SAFETY: `input` points to shape.product() f32 values on device `device_id`, alive for this call.
-        let tensor = unsafe { TensorRefMut::<f32>::from_raw(mem, input as *mut _, ort::value::Shape::new(shape)) }.map_err(rt)?;
-        binding.bind_input(m.input.name.as_str(), &tensor).map_err(rt)?;
-        let mut outputs = session.run_binding(binding).map_err(rt)?;
-        let value = outputs
-            .remove(&m.output.name)
-            .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
-        drop(outputs);
-        let t = value.downcast::<ort::value::TensorValueType<f32>>().map_err(rt)?;
-        let dims: Vec<i64> = t.shape().to_vec();
-        let (h, w) = match dims.as_slice() {
-            [1, 1, h, w] | [1, h, w, 1] | [1, h, w] | [h, w] => (*h, *w),
-            _ => return Err(Error::Runtime(format!("device runs need a single-channel output; '{}' is {dims:?}", m.output.name))),
-        };
-        let ptr = t.data_ptr() as u64;
-        let out = DeviceMask { ptr, width: w as u32, height: h as u32, sigmoid: m.output.activation == Activation::Sigmoid };
-        io.output = Some(t);
-        binding.synchronize_outputs().map_err(rt)?;
-        Ok(out)
     }
 
     /// Forgets recurrent state (a new clip starts).
@@ -263,43 +245,48 @@ impl Segmenter for OnnxSegmenter {
             .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
         let (shape, data) = value.try_extract_tensor::<f32>().map_err(rt)?;
         let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
-        // Work out (channels, height, width, channel-last?) from the output's shape.
-        let (c, h, w, last) = match dims.as_slice() {
-            [1, a, b, d] if *d <= 4 && *a > 4 => (*d, *a, *b, true),
-            [1, c, h, w] => (*c, *h, *w, false),
-            [1, h, w] | [h, w] => (1, *h, *w, false),
-            _ => {
-                return Err(Error::Runtime(format!(
-                    "output '{}' of {} has shape {:?}; expected [1,1,H,W], [1,H,W,1], [1,H,W] or [H,W]",
-                    m.output.name, m.name, dims
-                )))
-            }
-        };
-        let ch = m.output.channel;
-        if ch >= c {
-            return Err(Error::Runtime(format!(
-                "manifest asks for output channel {ch} but '{}' has {c}",
-                m.output.name
-            )));
-        }
-        out.width = w as u32;
-        out.height = h as u32;
-        out.data.clear();
-        let sigmoid = m.output.activation == Activation::Sigmoid;
-        let f = |v: f32| {
-            let p = if sigmoid { 1.0 / (1.0 + (-v).exp()) } else { v };
-            p.clamp(0.0, 1.0)
-        };
-        if last {
-            out.data.extend(data.iter().skip(ch).step_by(c).map(|v| f(*v)));
-        } else {
-            out.data.extend(data[ch * h * w..(ch + 1) * h * w].iter().map(|v| f(*v)));
-        }
+        batched::split(m, &dims, data, 1, std::slice::from_mut(out))?;
         drop(outputs);
         drop(session);
         if !new_states.is_empty() {
             self.states = new_states;
         }
         Ok(())
+    }
+
+    fn run_batch(&mut self, inputs: &[&ModelInput], outs: &mut [LowResMask]) -> Result<()> {
+        let total = inputs.len().max(self.pad_batch_to);
+        if total <= 1 {
+            return match (inputs.first(), outs.first_mut()) {
+                (Some(i), Some(o)) => self.run(i, o),
+                _ => Ok(()),
+            };
+        }
+        let m = &self.model.manifest;
+        if !m.recurrent.is_empty() {
+            return Err(Error::Runtime(format!(
+                "model {} carries recurrent state from frame to frame: its frames cannot share an inference call (use --batch 1)",
+                m.name
+            )));
+        }
+        let rt = |e: ort::Error| Error::Runtime(format!("running {} on a batch of {total}: {e}", m.name));
+        let shape = batched::stack(inputs, total, &mut self.stack)?;
+        let tensor = TensorRef::from_array_view((shape, self.stack.as_slice())).map_err(rt)?;
+        let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
+            vec![(m.input.name.as_str().into(), tensor.into())];
+        for c in &m.constants {
+            let shape = c.shape.clone().unwrap_or_else(|| vec![c.value.len() as i64]);
+            let t = TensorRef::from_array_view((shape, c.value.as_slice())).map_err(rt)?;
+            feeds.push((c.name.as_str().into(), t.into()));
+        }
+        let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned by an earlier panic".into()))?;
+        let outputs = session.run(feeds).map_err(rt)?;
+        let value = outputs
+            .get(&m.output.name)
+            .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
+        let (oshape, data) = value.try_extract_tensor::<f32>().map_err(rt)?;
+        let dims: Vec<usize> = oshape.iter().map(|d| *d as usize).collect();
+        let n = inputs.len().min(outs.len());
+        batched::split(m, &dims, data, total, &mut outs[..n])
     }
 }

@@ -282,7 +282,8 @@ pub fn validate_io(
     let chan_axis = if m.input.layout == Layout::Nchw { 1 } else { 3 };
     for (axis, (&got, &exp)) in shape.iter().zip(want.iter()).enumerate() {
         let spatial = axis != 0 && axis != chan_axis;
-        let ok = got < 0 || got == exp || (spatial && dynamic);
+        // Any batch: how many frames go in one call is settled when the session opens (infer/batched.rs).
+        let ok = got < 0 || got == exp || axis == 0 || (spatial && dynamic);
         if !ok {
             return mismatch(format!(
                 "input '{}' has shape {} but the manifest describes {describe}{}",

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The GPU benchmark of docs/BENCHMARKS.md, side by side on one machine: BiRefNet (random weights, built from
+# the official repository and exported there; never part of this repository) and IS-Net, in PyTorch eager /
+# torch.compile (scripts/gpu_bench_peers.py), in ONNX Runtime's CUDA EP with host tensors and with IO binding
+# on device buffers (`matteflow gpu-bench`: batch 1 and N, CUDA graphs, NHWC, per-node profile), and end to end
+# through matteflow on a 1080p file (`matteflow bench`, CPU stages and --cuda-stages).
+#
+#   scripts/gpu-bench.sh STEP...      steps: env peers-l peers-t mf-general mf-lite mf-isnet
+#
+# Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
+# GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
+# fp16 export onnxconverter-common wheels in $WHEELS. Exports go to $MODELS. Each step is bounded by
+# `timeout -s KILL`; logs and JSON go to $OUT/STEP.log and $OUT/STEP.tgz.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KIT=${KIT:-/tmp/kit/root}
+MODELS=${MODELS:-/tmp/models}
+OUT=${OUT:-$ROOT/out/gpu-bench}
+CLIP=${CLIP:-$KIT/files/bikes_1080p.mp4}
+ISNET=${ISNET:-$KIT/files/isnet-medium.onnx}
+BIREFNET_REPO=${BIREFNET_REPO:-$ROOT/.gpu/birefnet}
+WHEELS=${WHEELS:-$ROOT/.gpu/whl}
+RUNS=${RUNS:-20}
+mkdir -p "$OUT" "$MODELS"
+# The peers steps need only Python; the matteflow steps need the bundle.
+# shellcheck disable=SC1091
+[ -f "$KIT/files/bundle/env.sh" ] && . "$KIT/files/bundle/env.sh"
+export ORT_DYLIB_PATH=$KIT/ort/libonnxruntime.so.1.31.1 PYTHONUNBUFFERED=1
+export MATTEFLOW_EXPERIMENTAL_CUDA_STAGES=1   # older binaries still ask for it
+
+T() { # T SECONDS CMD...: run bounded, say how it ended
+  local s=$1; shift
+  echo "+ $*"
+  local t0=$SECONDS
+  timeout -s KILL "$s" "$@"
+  echo "[rc $? after $((SECONDS - t0)) s]"
+}
+
+gpu_bench() { # LABEL ONNX MANIFEST GFLOP ARGS...: model-only timing
+  local label=$1 onnx=$2 man=$3 gflop=$4; shift 4
+  local gf=(); [ "$gflop" != 0 ] && gf=(--gflop "$gflop")
+  T 240 matteflow gpu-bench --device cuda --model "$onnx" --manifest "$man" --runs "$RUNS" "${gf[@]}" \
+    --timeout 230 --json "$W/gb-$label.json" "$@"
+}
+
+profile() { # LABEL ONNX MANIFEST: ONNX Runtime per-node profile of 5 device runs, summarised
+  local label=$1 onnx=$2 man=$3
+  T 180 matteflow gpu-bench --device cuda --model "$onnx" --manifest "$man" --runs 5 --device-only \
+    --timeout 170 --ort-profile "$W/prof-$label"
+  local f
+  f=$(ls -t "$W"/prof-"$label"*.json 2>/dev/null | head -1)
+  [ -n "$f" ] && python3 "$ROOT/scripts/ort_profile_summary.py" "$f" --json "$W/profsum-$label.json" && rm -f "$f"
+}
+
+e2e() { # LABEL ONNX MANIFEST ARGS...: 1080p file conversion, GPU memory and load sampled alongside
+  local label=$1 onnx=$2 man=$3; shift 3
+  nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$W/smi-$label.csv" &
+  local smi=$!
+  T 120 matteflow bench "$CLIP" --device cuda --model "$onnx" --manifest "$man" -f h264 -k composite -b green --runs 1 "$@"
+  kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
+  awk -F', ' '{ if ($1 > m) m = $1; u += $2; n++ } END { if (n) printf "GPU memory peak %d MiB, mean utilisation %.0f%% (%d samples)\n", m, u / n, n }' "$W/smi-$label.csv"
+}
+
+step() {
+  case "$1" in
+    env)
+      nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+      T 60 matteflow doctor --device cuda
+      ;;
+    peers-l | peers-t)
+      local v=swin_v1_l extra=()
+      [ "$1" = peers-t ] && v=swin_v1_t && extra=(--compile --batch 8)
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+      T 560 python3 "$ROOT/scripts/gpu_bench_peers.py" --repo "$BIREFNET_REPO" --variant "$v" --models "$MODELS" \
+        --out "$W" --runs "$RUNS" --export --fp16 "${extra[@]}"
+      ls -la "$MODELS"
+      ;;
+    mf-general | mf-lite)
+      local name=birefnet-general g=2362 batches=1,2,4,8
+      [ "$1" = mf-lite ] && name=birefnet-lite g=469 batches=1,2,4,8,16
+      local man="$ROOT/models/$name.toml"
+      gpu_bench "$name-fp32" "$MODELS/$name.onnx" "$man" $g --batch 1
+      gpu_bench "$name-fp16" "$MODELS/$name-fp16.onnx" "$man" $g --batch $batches
+      gpu_bench "$name-fp16-graph" "$MODELS/$name-fp16.onnx" "$man" $g --batch 1 --device-only --cuda-graph
+      gpu_bench "$name-fp16-nhwc" "$MODELS/$name-fp16.onnx" "$man" $g --batch 1,4 --device-only --cuda-nhwc
+      profile "$name-fp16" "$MODELS/$name-fp16.onnx" "$man"
+      e2e "$name-fp16-cpu-stages" "$MODELS/$name-fp16.onnx" "$man"
+      e2e "$name-fp16-cuda-stages" "$MODELS/$name-fp16.onnx" "$man" --cuda-stages
+      ;;
+    export-[lt]*)
+      # export-l1 / export-t8 …: one export (Swin-L or Swin-T, fixed batch N, 1 = the plain file name) + fp16
+      local v=swin_v1_l b=${1#export-?}
+      [ "${1:7:1}" = t ] && v=swin_v1_t
+      local eb=(); [ "$b" != 1 ] && eb=(--export-batch "$b")
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+      T 240 python3 "$ROOT/scripts/gpu_bench_peers.py" --repo "$BIREFNET_REPO" --variant $v --models "$MODELS" \
+        --out "$W" --skip-eager --export --fp16 "${eb[@]}" 2>&1 | grep -v "will be truncated\|warnings.warn\|_guards.py\|_modules\['"
+      ;;
+    batch-export)
+      # Fixed-batch exports (the dynamic-batch export falls back to batch 1: the Swin window code guards batch ≤ 2)
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+      T 200 python3 "$ROOT/scripts/gpu_bench_peers.py" --repo "$BIREFNET_REPO" --variant swin_v1_l --models "$MODELS" \
+        --out "$W" --skip-eager --export --fp16 --export-batch 4
+      T 150 python3 "$ROOT/scripts/gpu_bench_peers.py" --repo "$BIREFNET_REPO" --variant swin_v1_t --models "$MODELS" \
+        --out "$W" --skip-eager --export --fp16 --export-batch 8
+      ;;
+    mf-batch)
+      gpu_bench birefnet-general-fp16-b4 "$MODELS/birefnet-general-b4-fp16.onnx" "$ROOT/models/birefnet-general.toml" 2362 --batch 4 --device-only
+      gpu_bench birefnet-lite-fp16-b8 "$MODELS/birefnet-lite-b8-fp16.onnx" "$ROOT/models/birefnet-lite.toml" 469 --batch 8 --device-only
+      ;;
+    mf-graph)
+      # CUDA graphs (fixed input/output addresses through IO binding): model alone and end to end
+      for n in birefnet-lite birefnet-general; do
+        gpu_bench "$n-fp16-graph" "$MODELS/$n-fp16.onnx" "$ROOT/models/$n.toml" "$([ $n = birefnet-lite ] && echo 469 || echo 2362)" \
+          --batch 1 --device-only --cuda-graph
+        e2e "$n-fp16-cuda-stages-graph" "$MODELS/$n-fp16.onnx" "$ROOT/models/$n.toml" --cuda-stages --cuda-graph
+      done
+      gpu_bench isnet-graph "$ISNET" "$ROOT/models/isnet.toml" 0 --batch 1 --device-only --cuda-graph
+      e2e isnet-cuda-stages-graph "$ISNET" "$ROOT/models/isnet.toml" --cuda-stages --cuda-graph
+      ;;
+    mf-isnet)
+      local man="$ROOT/models/isnet.toml"
+      gpu_bench isnet "$ISNET" "$man" 0 --batch 1
+      gpu_bench isnet-graph "$ISNET" "$man" 0 --batch 1 --device-only --cuda-graph
+      profile isnet "$ISNET" "$man"
+      e2e isnet-cpu-stages "$ISNET" "$man"
+      e2e isnet-cuda-stages "$ISNET" "$man" --cuda-stages
+      ;;
+    *) echo "unknown step $1"; return 2 ;;
+  esac
+}
+
+for s in "$@"; do
+  W=$(mktemp -d /tmp/gb-"$s"-XXXX)
+  echo "=== step $s ($(date -u +%H:%M:%S)) ==="
+  step "$s" 2>&1 | tee "$OUT/$s.log"
+  rm -f "$W"/*.onnx
+  tar -C "$W" -czf "$OUT/$s.tgz" .
+done

@@ -1,0 +1,202 @@
+//! `matteflow gpu-bench`: model-only latency and throughput on the GPU, the way the GPU frame path runs the
+//! model (IO binding on device buffers), next to the host-tensor path the CPU stages use. Fresh random input
+//! for every check; the device result is compared with the host result on the same input.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::infer::{DeviceIo, LowResMask, OnnxSegmenter, Segmenter};
+use crate::preprocess::ModelInput;
+
+/// One measured configuration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRow {
+    pub path: String,
+    pub batch: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub per_frame_ms: f64,
+    pub fps: f64,
+    /// Achieved TFLOP/s when the model's GFLOP per frame is known.
+    pub tflops: Option<f64>,
+    /// Device-wide GPU memory in use after this configuration ran (MiB).
+    pub gpu_mem_mib: f64,
+    pub note: String,
+}
+
+pub struct BenchOptions {
+    pub runs: usize,
+    pub warmup: usize,
+    pub batches: Vec<usize>,
+    pub gflop_per_frame: Option<f64>,
+    pub device_id: i32,
+    pub host_path: bool,
+}
+
+pub fn gpu_mem_used_mib() -> f64 {
+    cudarc::driver::result::mem_get_info().map(|(free, total)| (total - free) as f64 / 1048576.0).unwrap_or(f64::NAN)
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+fn stats(mut t: Vec<Duration>) -> (f64, f64) {
+    t.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (ms(t[t.len() / 2]), ms(t[0]))
+}
+
+fn row(path: &str, batch: usize, (median, min): (f64, f64), o: &BenchOptions, note: String) -> BenchRow {
+    let per = median / batch as f64;
+    BenchRow {
+        path: path.into(),
+        batch,
+        median_ms: median,
+        min_ms: min,
+        per_frame_ms: per,
+        fps: 1000.0 / per,
+        tflops: o.gflop_per_frame.map(|g| g / per),
+        gpu_mem_mib: gpu_mem_used_mib(),
+        note,
+    }
+}
+
+/// Times `seg` (opened on the CUDA provider) as configured. The CUDA context must be current on this thread
+/// (open a [`super::Gpu`] first).
+pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
+    let m = seg.model().manifest.clone();
+    let [h, w] = m.input.size;
+    let shape1 = m.input_shape(h, w);
+    let frame_len: usize = shape1.iter().product::<i64>() as usize;
+    let mut rows = Vec::new();
+
+    // Host tensors: what the pipeline does without --cuda-stages (copy in, run, copy out, sigmoid on the CPU).
+    let input = ModelInput { data: random(frame_len, 7), shape: shape1, geometry: None };
+    let mut host_mask = LowResMask::default();
+    seg.run(&input, &mut host_mask)?;
+    if o.host_path {
+        let mut t = Vec::new();
+        for i in 0..o.warmup + o.runs {
+            let t0 = Instant::now();
+            seg.run(&input, &mut host_mask)?;
+            if i >= o.warmup {
+                t.push(t0.elapsed());
+            }
+        }
+        seg.run(&input, &mut host_mask)?;
+        rows.push(row("ORT CUDA EP, host tensors (session.run)", 1, stats(t), o, "includes copies and the CPU sigmoid".into()));
+    }
+
+    // Device buffers with IO binding, batch by batch.
+    let declared = seg.declared_batch();
+    for &b in &o.batches {
+        if b > 1 && declared > 0 && declared as usize != b {
+            tracing::warn!("batch {b} skipped: the model's batch dimension is fixed at {declared}");
+            continue;
+        }
+        let mut io = DeviceIo::default();
+        let mut shape = shape1;
+        shape[0] = b as i64;
+        let ptr = seg.device_input(&mut io, shape, o.device_id)?;
+        let mut host = random(frame_len * b, 11 + b as u64);
+        // Frame 0 is the host-path input, for the correctness check below.
+        host[..frame_len].copy_from_slice(&input.data);
+        // SAFETY: `ptr` holds frame_len · b f32 values on the current device (allocated by ONNX Runtime).
+        unsafe { cudarc::driver::result::memcpy_htod_sync(ptr, &host) }.map_err(|e| Error::Cuda(format!("upload: {e}")))?;
+        let mut t = Vec::new();
+        let mut mask = seg.run_device(&mut io)?;
+        // Check frame 0 against the host run.
+        let n = (mask.width * mask.height) as usize;
+        let mut got = vec![0f32; n];
+        // SAFETY: the mask holds `batch` frames of n f32 values.
+        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut got, mask.frame(0)) }.map_err(|e| Error::Cuda(format!("download: {e}")))?;
+        let max_err = got
+            .iter()
+            .zip(&host_mask.data)
+            .map(|(g, h)| {
+                let p = if mask.sigmoid { 1.0 / (1.0 + (-g).exp()) } else { *g };
+                (p.clamp(0.0, 1.0) - h).abs()
+            })
+            .fold(0f32, f32::max);
+        if host_mask.data.len() != n {
+            return Err(Error::Runtime(format!("device mask has {n} values, host mask {}", host_mask.data.len())));
+        }
+        for i in 0..o.warmup + o.runs {
+            let t0 = Instant::now();
+            mask = seg.run_device(&mut io)?;
+            if i >= o.warmup {
+                t.push(t0.elapsed());
+            }
+        }
+        let _ = mask;
+        rows.push(row("ORT CUDA EP, IO binding on device buffers", b, stats(t), o, format!("max |device − host| of frame 0: {max_err:.2e}")));
+    }
+    Ok(rows)
+}
+
+/// The rows as a markdown table.
+pub fn table(model: &str, rows: &[BenchRow]) -> String {
+    let mut s = String::from("| model | path | batch | median ms | min ms | ms/frame | frames/s | TFLOP/s | GPU MiB | note |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        s += &format!(
+            "| {model} | {} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {:.0} | {} |\n",
+            r.path,
+            r.batch,
+            r.median_ms,
+            r.min_ms,
+            r.per_frame_ms,
+            r.fps,
+            r.tflops.map_or("–".into(), |t| format!("{t:.1}")),
+            r.gpu_mem_mib,
+            r.note
+        );
+    }
+    s
+}
+
+/// Ends the process with a report of every thread's state when `what` has not finished after `secs`: a hang
+/// on the GPU machine then says where it is instead of using up the device time. Drop the guard when done.
+pub struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Watchdog {
+    pub fn start(what: &str, secs: u64) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let what = what.to_string();
+        let _ = std::thread::Builder::new().name("mf-watchdog".into()).spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs)) {
+                eprintln!("watchdog: '{what}' did not finish in {secs} s; threads:");
+                if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
+                    for t in rd.flatten() {
+                        let p = t.path();
+                        let rd = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+                        let stat = rd("stat");
+                        let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("?").to_string();
+                        eprintln!("  {} {:<16} state {} wchan {}", t.file_name().to_string_lossy(), rd("comm").trim(), state, rd("wchan").trim());
+                        for l in rd("stack").lines().take(6) {
+                            eprintln!("      {l}");
+                        }
+                    }
+                }
+                std::process::exit(3);
+            }
+        });
+        Watchdog(Some(tx))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Device runs (IO binding): the model's input and output stay in GPU memory, so the GPU frame path goes
+//! decode → preprocess kernel → ONNX Runtime → upsample/composite kernels with no host copy of the tensor or
+//! the mask.
+//!
+//! The input tensor is allocated by ONNX Runtime's own CUDA allocator and bound once; our preprocess kernel
+//! writes into it before each run. Binding a tensor made with `TensorRefMut::from_raw` instead (what the first
+//! version did) deadlocks: ort treats such a tensor as borrowed, so `IoBinding::bind_input` clones it through
+//! a cached "identity" session, and that session's own `bind_input` clones the (again borrowed) source while
+//! ort's lock on the identity-session cache is held — a second lock of the same mutex on the same thread.
+//! That was the `--cuda-stages` stall at the first frame (H200, 2026-11-28). An owned tensor is never cloned.
+//!
+//! The output is bound to a device tensor of the shape the first run produced, so after that run the input
+//! and output addresses never change (what ONNX Runtime's CUDA graphs need).
+
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::IoBinding;
+use ort::value::Tensor;
+
+use super::OnnxSegmenter;
+use crate::error::{Error, Result};
+use crate::model::Activation;
+use crate::runtime::Provider;
+
+/// The model's output left on the GPU by a device run: a device pointer to `batch` masks of `height` ×
+/// `width` f32 values (logits when `sigmoid`), valid until the next run.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceMask {
+    pub ptr: u64,
+    pub width: u32,
+    pub height: u32,
+    pub batch: u32,
+    pub sigmoid: bool,
+}
+
+impl DeviceMask {
+    /// Device pointer to frame `i`'s mask.
+    pub fn frame(&self, i: usize) -> u64 {
+        self.ptr + (i * self.width as usize * self.height as usize * 4) as u64
+    }
+}
+
+/// IO binding state for device runs: the binding, ONNX Runtime's CUDA allocator, and the bound input and
+/// output tensors (allocated by it). Not `Send`: create it on the thread that runs the model.
+#[derive(Default)]
+pub struct DeviceIo {
+    binding: Option<IoBinding>,
+    allocator: Option<Allocator>,
+    input: Option<Tensor<f32>>,
+    input_shape: [i64; 4],
+    /// The bound output tensor once its shape is known (fixed address).
+    output: Option<Tensor<f32>>,
+    /// ONNX Runtime's own output buffer of the first run (before the output was bound), kept until the next.
+    first_output: Option<Tensor<f32>>,
+    output_bound: bool,
+}
+
+impl DeviceIo {
+    /// The input tensor's shape (all zero before [`OnnxSegmenter::device_input`]).
+    pub fn input_shape(&self) -> [i64; 4] {
+        self.input_shape
+    }
+}
+
+fn rt(name: &str) -> impl Fn(ort::Error) -> Error + '_ {
+    move |e| Error::Runtime(format!("device run of {name}: {e}"))
+}
+
+impl OnnxSegmenter {
+    /// The device buffer the model reads its input from, for an input of `shape` (f32 values laid out as the
+    /// manifest says): allocated by ONNX Runtime on GPU `device_id` and bound to the session on first use or
+    /// when the shape changes. Write the tensor there (on any stream, synchronised before [`Self::run_device`]).
+    pub fn device_input(&mut self, io: &mut DeviceIo, shape: [i64; 4], device_id: i32) -> Result<u64> {
+        let m = self.model.manifest.clone();
+        let rt = rt(&m.name);
+        if self.provider != Provider::Cuda && self.provider != Provider::TensorRt {
+            return Err(Error::Runtime(format!(
+                "device runs need the CUDA provider; {} runs on {}",
+                m.name,
+                self.provider.name()
+            )));
+        }
+        if !m.recurrent.is_empty() || !m.constants.is_empty() {
+            return Err(Error::Runtime("device runs do not carry recurrent state or constant inputs yet; use the CPU stages".into()));
+        }
+        if io.input.is_some() && io.input_shape == shape {
+            return Ok(io.input.as_mut().unwrap().data_ptr_mut() as u64);
+        }
+        let session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned".into()))?;
+        if io.allocator.is_none() {
+            let mem = MemoryInfo::new(AllocationDevice::CUDA, device_id, AllocatorType::Device, MemoryType::Default).map_err(&rt)?;
+            io.allocator = Some(Allocator::new(&session, mem).map_err(&rt)?);
+        }
+        if io.binding.is_none() {
+            io.binding = Some(session.create_binding().map_err(&rt)?);
+        }
+        let alloc = io.allocator.as_ref().unwrap();
+        let binding = io.binding.as_mut().unwrap();
+        let mut input = Tensor::<f32>::new(alloc, shape.map(|d| d as usize)).map_err(&rt)?;
+        // An owned tensor: ort binds it as is (no clone), so later kernel writes into it are what the model reads.
+        binding.bind_input(m.input.name.as_str(), &input).map_err(&rt)?;
+        // The output: a tensor of its declared shape (batch as the input's) bound now, so the addresses are fixed
+        // from the first run (CUDA graphs need that); a model with other dynamic output dimensions gets its
+        // output sized by the first run instead.
+        let declared: Option<Vec<i64>> = session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == m.output.name)
+            .and_then(|o| o.dtype().tensor_shape().map(|s| s.to_vec()));
+        let fixed = declared
+            .map(|mut d| {
+                if let Some(b) = d.first_mut().filter(|b| **b <= 0) {
+                    *b = shape[0];
+                }
+                d
+            })
+            .filter(|d| !d.is_empty() && d.iter().all(|x| *x > 0));
+        io.first_output = None;
+        match fixed {
+            Some(dims) => {
+                let mut out = Tensor::<f32>::new(alloc, dims.iter().map(|d| *d as usize).collect::<Vec<_>>()).map_err(&rt)?;
+                binding.bind_output(m.output.name.as_str(), &mut out).map_err(&rt)?;
+                io.output = Some(out);
+                io.output_bound = true;
+            }
+            None => {
+                let mem = MemoryInfo::new(AllocationDevice::CUDA, device_id, AllocatorType::Device, MemoryType::Default).map_err(&rt)?;
+                binding.bind_output_to_device(m.output.name.as_str(), &mem).map_err(&rt)?;
+                io.output = None;
+                io.output_bound = false;
+            }
+        }
+        io.input_shape = shape;
+        let ptr = input.data_ptr_mut() as u64;
+        io.input = Some(input);
+        Ok(ptr)
+    }
+
+    /// Runs the model on the bound device input (see [`Self::device_input`]). Returns when the output is
+    /// complete (ONNX Runtime synchronises its stream); the mask stays on the GPU. CUDA provider only;
+    /// single-channel outputs.
+    pub fn run_device(&mut self, io: &mut DeviceIo) -> Result<DeviceMask> {
+        let m = self.model.manifest.clone();
+        let rt = rt(&m.name);
+        let (Some(binding), Some(_)) = (io.binding.as_mut(), io.input.as_ref()) else {
+            return Err(Error::Runtime("run_device before device_input".into()));
+        };
+        let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned".into()))?;
+        let mut outputs = session.run_binding(binding).map_err(&rt)?;
+        let value = outputs
+            .remove(&m.output.name)
+            .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
+        drop(outputs);
+        let t = value.downcast::<ort::value::TensorValueType<f32>>().map_err(&rt)?;
+        let dims: Vec<i64> = t.shape().to_vec();
+        let batch = io.input_shape[0];
+        let (h, w) = match dims.as_slice() {
+            [b, 1, h, w] | [b, h, w, 1] | [b, h, w] if *b == batch => (*h, *w),
+            [h, w] if batch == 1 => (*h, *w),
+            _ => {
+                return Err(Error::Runtime(format!(
+                    "device runs need a single-channel output per frame; '{}' is {dims:?} for a batch of {batch}",
+                    m.output.name
+                )))
+            }
+        };
+        let ptr = t.data_ptr() as u64;
+        let out = DeviceMask {
+            ptr,
+            width: w as u32,
+            height: h as u32,
+            batch: batch as u32,
+            sigmoid: m.output.activation == Activation::Sigmoid,
+        };
+        if io.output_bound {
+            // The first run's buffer (if any) was valid until this run.
+            io.first_output = None;
+        } else {
+            // Keep this run's buffer alive for the caller until the next run, and bind a tensor of this shape
+            // for the next runs: fixed addresses from then on.
+            let alloc = io.allocator.as_ref().unwrap();
+            let mut fixed = Tensor::<f32>::new(alloc, dims.iter().map(|d| *d as usize).collect::<Vec<_>>()).map_err(&rt)?;
+            binding.bind_output(m.output.name.as_str(), &mut fixed).map_err(&rt)?;
+            io.first_output = Some(t);
+            io.output = Some(fixed);
+            io.output_bound = true;
+        }
+        Ok(out)
+    }
+}
+
+impl OnnxSegmenter {
+    /// The model input's declared batch dimension (≤ 0: dynamic, any batch size runs).
+    pub fn declared_batch(&self) -> i64 {
+        self.declared_batch
+    }
+
+    /// Ends ONNX Runtime's session profiling (enabled with `ProviderOptions::profile`) and returns the JSON
+    /// file it wrote.
+    pub fn end_profiling(&self) -> Result<String> {
+        let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned".into()))?;
+        session.end_profiling().map_err(|e| Error::Runtime(format!("ending the profile: {e}")))
+    }
+}

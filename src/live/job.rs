@@ -1,0 +1,313 @@
+//! Pipeline files: a whole job (input, model, matte settings, outputs, encoder, control endpoint) in TOML, run
+//! with `matteflow run FILE`. Mistakes are reported with the line, column and field. Any value can be
+//! overridden from the command line with `--set section.key=value`.
+//!
+//! ```toml
+//! [input]
+//! source = "/dev/video0"      # testsrc[:pattern] | /dev/videoN | rtsp://… | rtmp://… | srt://… | a file
+//! width = 1280
+//! height = 720
+//! fps = 30
+//!
+//! [model]
+//! name = "selfie"             # shipped name, manifest .toml, or .onnx (+ manifest)
+//!
+//! [matte]
+//! background = "blur=20"
+//! smooth = 0.5
+//!
+//! [[output]]
+//! target = "v4l2:/dev/video10"
+//! ```
+//!
+//! A job whose input is a file and whose only output is a file runs as a conversion (as fast as possible,
+//! every frame matted) unless `mode = "live"`; everything else runs live.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Capture, ControlConfig, InputSpec, LiveConfig, OutputOptions, OutputSpec};
+use crate::config::{BackgroundSpec, ConvertConfig, OutputKind};
+use crate::error::{Error, Result};
+use crate::postprocess::PostprocessConfig;
+use crate::runtime::{DeviceChoice, ProviderOptions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Live,
+    Convert,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSection {
+    pub source: InputSpec,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    pub name: String,
+    pub manifest: Option<PathBuf>,
+    /// auto, cpu, cuda, cuda:N
+    pub device: String,
+    pub threads: Option<usize>,
+    pub trt_fp16: bool,
+    pub trt_cache: Option<PathBuf>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            name: crate::model::DEFAULT_MODEL.into(),
+            manifest: None,
+            device: "auto".into(),
+            threads: None,
+            trt_fp16: false,
+            trt_cache: None,
+        }
+    }
+}
+
+impl ModelSection {
+    pub fn provider_options(&self) -> Result<ProviderOptions> {
+        let device: DeviceChoice = self.device.parse().map_err(|e: String| Error::config(format!("[model] device: {e}")))?;
+        Ok(ProviderOptions {
+            device,
+            trt_fp16: self.trt_fp16,
+            trt_cache_dir: self.trt_cache.clone(),
+            threads: self.threads,
+            ..Default::default()
+        })
+    }
+
+    /// Loads the model with this section's device settings.
+    pub fn open(&self, name: &str) -> Result<crate::infer::OnnxSegmenter> {
+        let manifest = if name == self.name { self.manifest.as_deref() } else { None };
+        let resolved = crate::model::resolve(name, manifest, &Default::default())?;
+        crate::pipeline::open_segmenter(resolved, &self.provider_options()?)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MatteSection {
+    pub background: Option<BackgroundSpec>,
+    /// Output kind for conversions (alpha, composite, mask, side-by-side).
+    pub kind: Option<OutputKind>,
+    pub smooth: f32,
+    pub motion_threshold: f32,
+    pub threshold: Option<(f32, f32)>,
+    pub refine: bool,
+    pub feather: u32,
+    pub fg_estimate: bool,
+    pub infer_every: u32,
+    pub budget_ms: u32,
+    /// Testing aid: add this many ms to every inference.
+    pub simulate_slow_model_ms: u32,
+}
+
+impl Default for MatteSection {
+    fn default() -> Self {
+        MatteSection {
+            background: None,
+            kind: None,
+            smooth: 0.5,
+            motion_threshold: 0.03,
+            threshold: None,
+            refine: false,
+            feather: 0,
+            fg_estimate: false,
+            infer_every: 1,
+            budget_ms: 40,
+            simulate_slow_model_ms: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    pub target: OutputSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSection {
+    /// Statistics line every N seconds (0 = only at exit).
+    pub stats_interval_s: u32,
+    pub max_frames: Option<u64>,
+    pub duration_s: Option<f64>,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection { stats_interval_s: 5, max_frames: None, duration_s: None }
+    }
+}
+
+/// A whole job, as written in a pipeline file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    pub mode: Option<Mode>,
+    pub input: InputSection,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub matte: MatteSection,
+    #[serde(default, rename = "output")]
+    pub outputs: Vec<OutputSection>,
+    #[serde(default)]
+    pub encode: OutputOptions,
+    pub control: Option<ControlConfig>,
+    #[serde(default)]
+    pub run: RunSection,
+}
+
+/// What a job file turns into.
+pub enum Job {
+    Live(Box<LiveConfig>),
+    Convert(Box<ConvertConfig>),
+}
+
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut t = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::config(format!("--set {key}: '{p}' is not a section")))?;
+    }
+    t.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+impl JobFile {
+    /// Parses a pipeline file, then applies `--set key=value` overrides (values are TOML; bare words are
+    /// taken as strings).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<JobFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Manifest {
+            path: path.display().to_string(),
+            reason: format!("cannot read the pipeline file: {e}"),
+        })?;
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    pub fn parse(text: &str, name: &str, overrides: &[String]) -> Result<JobFile> {
+        let perr = |e: toml::de::Error| Error::Manifest { path: name.to_string(), reason: e.to_string().trim_end().replace('\n', " ") };
+        // First as written, so mistakes in the file come with their line and column.
+        let job: JobFile = toml::from_str(text).map_err(perr)?;
+        if overrides.is_empty() {
+            return Ok(job);
+        }
+        let mut table: toml::Table = toml::from_str(text).map_err(perr)?;
+        for o in overrides {
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| Error::config(format!("--set {o}: write section.key=value, e.g. matte.smooth=0.7")))?;
+            let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(v.to_string()));
+            set_path(&mut table, k.trim(), value)?;
+        }
+        table.try_into().map_err(|e: toml::de::Error| Error::Manifest {
+            path: name.to_string(),
+            reason: format!("after the --set overrides: {}", e.to_string().trim_end().replace('\n', " ")),
+        })
+    }
+
+    fn post(&self) -> PostprocessConfig {
+        PostprocessConfig {
+            smooth: self.matte.smooth,
+            motion_threshold: self.matte.motion_threshold,
+            threshold: self.matte.threshold,
+            refine: self.matte.refine,
+            feather: self.matte.feather,
+        }
+    }
+
+    /// Decides live or conversion and builds that configuration.
+    pub fn into_job(self) -> Result<Job> {
+        let outputs: Vec<OutputSpec> = self.outputs.iter().map(|o| o.target.clone()).collect();
+        let file_in = matches!(self.input.source, InputSpec::File(_));
+        let all_files = !outputs.is_empty() && outputs.iter().all(|o| matches!(o, OutputSpec::Record(_)));
+        let mode = self.mode.unwrap_or(if file_in && all_files && outputs.len() == 1 { Mode::Convert } else { Mode::Live });
+        match mode {
+            Mode::Convert => {
+                let InputSpec::File(input) = &self.input.source else {
+                    return Err(Error::config("mode = \"convert\" needs a file as [input] source; use mode = \"live\" for streams and cameras"));
+                };
+                let [OutputSpec::Record(out)] = outputs.as_slice() else {
+                    return Err(Error::config("mode = \"convert\" writes exactly one [[output]] file; for several, write one pipeline file per output"));
+                };
+                let mut c = ConvertConfig::new(input.clone(), out.clone());
+                c.background = self.matte.background.clone();
+                c.kind = self.matte.kind;
+                c.overwrite = self.encode.overwrite;
+                c.post = self.post();
+                c.fg_estimate = self.matte.fg_estimate;
+                Ok(Job::Convert(Box::new(c)))
+            }
+            Mode::Live => {
+                let mut c = LiveConfig::new(self.input.source.clone(), outputs);
+                c.capture = Capture { width: self.input.width, height: self.input.height, fps: self.input.fps };
+                c.output_options = self.encode.clone();
+                if let Some(b) = &self.matte.background {
+                    c.background = b.clone();
+                }
+                c.post = self.post();
+                c.infer_every = self.matte.infer_every;
+                c.budget_ms = self.matte.budget_ms;
+                c.simulate_slow_model_ms = self.matte.simulate_slow_model_ms;
+                c.control = self.control.clone();
+                c.stats_interval_s = self.run.stats_interval_s;
+                c.max_frames = self.run.max_frames;
+                c.duration_s = self.run.duration_s;
+                c.validate()?;
+                Ok(Job::Live(Box::new(c)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASIC: &str = "[input]\nsource = \"testsrc\"\nwidth = 320\n\n[[output]]\ntarget = \"rtmp://127.0.0.1/live/x\"\n";
+
+    #[test]
+    fn parses_and_overrides() {
+        let j = JobFile::parse(BASIC, "t.toml", &[]).unwrap();
+        assert_eq!(j.input.width, Some(320));
+        assert_eq!(j.matte.infer_every, 1);
+        let j = JobFile::parse(BASIC, "t.toml", &["matte.infer_every=3".into(), "input.source=testsrc:ball".into()]).unwrap();
+        assert_eq!(j.matte.infer_every, 3);
+        assert_eq!(j.input.source, InputSpec::TestPattern("ball".into()));
+        assert!(matches!(j.into_job().unwrap(), Job::Live(_)));
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let e = JobFile::parse("[input]\nsource = \"testsrc\"\nwidht = 3\n", "bad.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("line 3") && e.contains("widht"), "{e}");
+        let e = JobFile::parse("[input]\nsource = \"testsrc\"\n[[output]]\ntarget = \"ftp://x\"\n", "o.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("line 4") && e.contains("rtmp://"), "{e}");
+        let e = JobFile::parse(BASIC, "t.toml", &["matte.smooth=lots".into()]).unwrap_err().to_string();
+        assert!(e.contains("--set") && e.contains("smooth"), "{e}");
+    }
+
+    #[test]
+    fn file_to_file_is_a_conversion() {
+        let t = "[input]\nsource = \"Cargo.toml\"\n[[output]]\ntarget = \"out.mov\"\n";
+        assert!(matches!(JobFile::parse(t, "c.toml", &[]).unwrap().into_job().unwrap(), Job::Convert(_)));
+    }
+}
