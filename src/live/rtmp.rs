@@ -140,7 +140,11 @@ pub(crate) fn spawn_feeder(
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) else {
-                    if sink.is_eos() {
+                    // An appsink that has not started yet answers at once and calls itself at end of stream:
+                    // only believe it once the output pipeline is running (this thread starts before it is).
+                    if sink.current_state() < gst::State::Paused {
+                        std::thread::sleep(Duration::from_millis(20));
+                    } else if sink.is_eos() {
                         break;
                     }
                     continue;
