@@ -174,6 +174,9 @@ pub struct ConvertConfig {
     /// Run preprocess, mask upsampling and compositing on the GPU, with the model's input and output in
     /// device memory (needs the CUDA provider).
     pub cuda_stages: bool,
+    /// With `cuda_stages`: keep decoded frames in CUDA memory when GStreamer's nvcodec can (else decode to
+    /// system memory and upload).
+    pub cuda_decode: bool,
     /// Frames held between stages (decode → infer → composite → encode).
     pub queue: usize,
     /// Consecutive frames run in one inference call (1: one at a time). Output is the same either way.
@@ -192,6 +195,7 @@ impl ConvertConfig {
             post: Default::default(),
             fg_estimate: false,
             cuda_stages: false,
+            cuda_decode: true,
             queue: 4,
             batch: 1,
         }

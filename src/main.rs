@@ -62,6 +62,12 @@ enum Cmd {
         /// Timed repetitions per case
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// Also decode this clip into CUDA memory (nvcodec) and check the kernels on the decoder's own buffers
+        #[arg(long, value_name = "CLIP")]
+        decode: Option<String>,
+        /// Frames of --decode to check
+        #[arg(long, default_value_t = 120)]
+        frames: usize,
     },
     /// Time the model alone on the GPU: host tensors vs IO binding on device buffers, batch sizes, GPU memory,
     /// achieved TFLOP/s; the device result is checked against the host result
@@ -228,6 +234,10 @@ struct QualityArgs {
     /// memory (IO binding; CUDA provider, colour or transparent backgrounds)
     #[arg(long)]
     cuda_stages: bool,
+    /// With --cuda-stages: decode into system memory and upload each frame, even where GStreamer's nvcodec could
+    /// leave decoded frames in CUDA memory
+    #[arg(long)]
+    host_decode: bool,
 }
 
 impl QualityArgs {
@@ -328,6 +338,9 @@ struct BenchArgs {
     /// Use the GPU stages (see convert --cuda-stages)
     #[arg(long)]
     cuda_stages: bool,
+    /// With --cuda-stages: decode to system memory and upload (see convert --host-decode)
+    #[arg(long)]
+    host_decode: bool,
     /// Consecutive frames per inference call (see convert --batch)
     #[arg(long, default_value_t = 1, value_parser = parse_batch, value_name = "N")]
     batch: usize,
@@ -445,6 +458,7 @@ fn run_convert(a: &ConvertArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<matte
     cfg.post = a.quality.post();
     cfg.fg_estimate = a.quality.fg_estimate;
     cfg.cuda_stages = a.quality.cuda_stages;
+    cfg.cuda_decode = !a.quality.host_decode;
     cfg.batch = a.batch;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
@@ -547,7 +561,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
         Cmd::Demo { out_dir } => demo(&out_dir, cancel)?,
-        Cmd::GpuCheck { compile_only, runs } => {
+        Cmd::GpuCheck { compile_only, runs, decode, frames } => {
             for arch in ["compute_80", "compute_90"] {
                 let ptx = matteflow::cuda::compile(arch)?;
                 let text = ptx.to_src();
@@ -568,6 +582,18 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             for r in &results {
                 println!("| {} | {:.3e} | {:.3e} | {} | {:.3} | {:.2} |", r.name, r.max_error, r.tolerance, if r.ok() { "yes" } else { "NO" }, r.gpu_ms, r.cpu_ms);
                 bad += (!r.ok()) as usize;
+            }
+            if let Some(clip) = decode {
+                let uri = matteflow::source::input_uri(&clip)?;
+                let d = matteflow::cuda::selftest::decode_check(&uri, frames)?;
+                println!(
+                    "decoded {} frames of {clip} into CUDA memory ({}x{}, pitch {}) via {}: {:.1} fps with both kernels",
+                    d.frames, d.width, d.height, d.pitch, d.path, d.fps
+                );
+                for r in &d.cases {
+                    println!("| {} | {:.3e} | {:.3e} | {} | {:.3} | – |", r.name, r.max_error, r.tolerance, if r.ok() { "yes" } else { "NO" }, r.gpu_ms);
+                    bad += (!r.ok()) as usize;
+                }
             }
             anyhow::ensure!(bad == 0, "{bad} kernel(s) disagree with the CPU beyond tolerance");
         }
@@ -687,6 +713,7 @@ fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         cfg.background = Some(a.background.clone());
         cfg.overwrite = true;
         cfg.cuda_stages = a.cuda_stages;
+        cfg.cuda_decode = !a.host_decode;
         cfg.batch = a.batch;
         let r = matteflow::convert(&cfg, segmenter, matteflow::RunControl { cancel: cancel.clone(), progress: None, allow_short: false })?;
         eprintln!("run {}: {:.1} fps", i + 1, r.fps());

@@ -129,9 +129,32 @@ fn convert_with(
         None
     };
     let pipeline = gst::Pipeline::new();
+    // With the GPU stages, decoded frames stay in CUDA memory when GStreamer's nvcodec can give them in our
+    // context; otherwise they are decoded to system memory and uploaded.
+    let device_decode = match (&gpu, cfg.cuda_decode) {
+        (Some(g), true) => match crate::cuda::gst_cuda::GstCuda::new(g) {
+            Ok(c) => {
+                c.attach(&pipeline);
+                tracing::info!("decoded frames stay on the GPU (CUDA memory, NV12)");
+                Some(c)
+            }
+            Err(e) => {
+                tracing::info!("{e}; frames are decoded to system memory and uploaded");
+                None
+            }
+        },
+        _ => None,
+    };
     let decode = gst::ElementFactory::make("uridecodebin").property("uri", &uri).build()?;
     pipeline.add(&decode)?;
-    let (video_head, appsink) = source::video_branch(&pipeline, cfg.queue.max(1) as u32)?;
+    let (video_head, appsink) = if device_decode.is_some() {
+        let sink = crate::cuda::gst_cuda::device_appsink(cfg.queue.max(1) as u32);
+        pipeline.add(&sink)?;
+        (sink.clone().upcast::<gst::Element>(), sink)
+    } else {
+        source::video_branch(&pipeline, cfg.queue.max(1) as u32)?
+    };
+    let on_device = device_decode.is_some();
     let enc = sink::build(&pipeline, format, &staged.temp_path, 1 << 20)?;
     let has_audio = Arc::new(AtomicBool::new(false));
     let video_linked = Arc::new(AtomicBool::new(false));
@@ -146,7 +169,20 @@ fn convert_with(
             let Some(pipeline) = pipeline_weak.upgrade() else { return };
             if name.starts_with("video/") && !video_linked.load(Ordering::SeqCst) {
                 if let Some(head) = video_head.upgrade() {
-                    if pad.link(&head.static_pad("sink").unwrap()).is_ok() {
+                    // Device decoding: a decoder that can give CUDA memory feeds the appsink directly, any
+                    // other goes through videoconvert ! cudaupload.
+                    let sink_pad = if on_device {
+                        match crate::cuda::gst_cuda::device_sink_pad(&pipeline, pad, &head) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                tracing::warn!("cannot link the decoder for the GPU: {e}");
+                                return;
+                            }
+                        }
+                    } else {
+                        head.static_pad("sink").unwrap()
+                    };
+                    if pad.link(&sink_pad).is_ok() {
                         video_linked.store(true, Ordering::SeqCst);
                         return;
                     }
@@ -212,7 +248,12 @@ fn convert_with(
             let mut wait = Duration::ZERO;
             while !shared.stop.load(Ordering::SeqCst) {
                 let t = Instant::now();
-                match source::pull_frame(&appsink, index, Duration::from_millis(100)) {
+                let pulled = if on_device {
+                    source::pull_cuda_frame(&appsink, index, Duration::from_millis(100))
+                } else {
+                    source::pull_frame(&appsink, index, Duration::from_millis(100))
+                };
+                match pulled {
                     Some(Ok(frame)) => {
                         wait += t.elapsed();
                         if index == 0 {
@@ -297,7 +338,11 @@ fn convert_with(
                 if let Some(g) = gpu.as_mut() {
                     let (w, h) = (frame.width, frame.height);
                     let mut frame = frame;
-                    match g.process(&mut segmenter, &mut frame.data, w, h) {
+                    let done = match frame.cuda.take() {
+                        Some(c) => g.process_nv12(&mut segmenter, &c, &mut frame.data),
+                        None => g.process(&mut segmenter, &mut frame.data, w, h),
+                    };
+                    match done {
                         Ok(t) => {
                             tp += t.preprocess;
                             ti += t.infer;

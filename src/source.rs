@@ -22,6 +22,9 @@ pub struct Frame {
     pub width: u32,
     pub height: u32,
     pub data: gst::buffer::MappedBuffer<gst::buffer::Writable>,
+    /// The decoded frame still in CUDA memory (NV12), when decoding stays on the GPU; `data` is then only
+    /// the place for the finished frame.
+    pub cuda: Option<crate::cuda::gst_cuda::CudaFrame>,
 }
 
 /// Video format of the decoded stream.
@@ -123,6 +126,32 @@ pub fn pull_frame(appsink: &gst_app::AppSink, index: u64, timeout: Duration) -> 
     Some(frame_from_sample(sample, index))
 }
 
+/// Pulls the next frame decoded into CUDA memory (the device appsink of `cuda::gst_cuda`).
+pub fn pull_cuda_frame(appsink: &gst_app::AppSink, index: u64, timeout: Duration) -> Option<Result<Frame>> {
+    let sample = appsink.try_pull_sample(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))?;
+    Some(cuda_frame_from_sample(sample, index))
+}
+
+fn cuda_frame_from_sample(sample: gst::Sample, index: u64) -> Result<Frame> {
+    if crate::cuda::gst_cuda::CudaFrame::full_range(&sample) {
+        return Err(Error::Gst("full-range video cannot be converted on the GPU yet: run with --host-decode".into()));
+    }
+    let cuda = crate::cuda::gst_cuda::CudaFrame::map(&sample)?;
+    let segment = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
+    let src = sample.buffer().ok_or_else(|| Error::Gst("decoded sample without buffer".into()))?;
+    let pts = match segment {
+        Some(seg) => src.pts().and_then(|p| seg.to_running_time(p)),
+        None => src.pts(),
+    };
+    let duration = src.duration();
+    let (w, h) = (cuda.width, cuda.height);
+    let data = gst::Buffer::with_size((w * h * 4) as usize)
+        .map_err(|e| Error::Gst(format!("cannot allocate a frame: {e}")))?
+        .into_mapped_buffer_writable()
+        .map_err(|_| Error::Gst("cannot map a frame".into()))?;
+    Ok(Frame { index, pts, duration, width: w, height: h, data, cuda: Some(cuda) })
+}
+
 fn frame_from_sample(sample: gst::Sample, index: u64) -> Result<Frame> {
     let caps = sample.caps().ok_or_else(|| Error::Gst("decoded sample without caps".into()))?;
     let info = gstreamer_video::VideoInfo::from_caps(caps).map_err(|e| Error::Gst(format!("bad video caps: {e}")))?;
@@ -157,7 +186,7 @@ fn frame_from_sample(sample: gst::Sample, index: u64) -> Result<Frame> {
     let duration = buffer.duration();
     buffer.make_mut();
     let data = buffer.into_mapped_buffer_writable().map_err(|_| Error::Gst("cannot map decoded frame".into()))?;
-    Ok(Frame { index, pts, duration, width: w, height: h, data })
+    Ok(Frame { index, pts, duration, width: w, height: h, data, cuda: None })
 }
 
 pub fn stream_info(caps: &gst::CapsRef) -> Option<StreamInfo> {

@@ -40,6 +40,23 @@ __device__ __forceinline__ void fetch_rgb(const unsigned char* src, int fmt, int
     }
 }
 
+// NV12 (as NVDEC decodes into CUDA memory: pitched rows, UV plane at uv_off) → packed RGBA, alpha 255, the
+// same conversion as `preprocess` reads (fetch_rgb), rounded to the nearest level. The frame the composite works
+// on when decoding stays on the GPU.
+__global__ void nv12_to_rgba(const unsigned char* src, int w, int h, int pitch, int uv_off, int matrix,
+                             unsigned char* out) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= w * h) return;
+    int x = idx % w, y = idx / w;
+    float rgb[3];
+    fetch_rgb(src, 1, pitch, uv_off, matrix, x, y, rgb);
+    unsigned char* p = out + (size_t)idx * 4;
+    p[0] = (unsigned char)__float2int_rn(rgb[0]);
+    p[1] = (unsigned char)__float2int_rn(rgb[1]);
+    p[2] = (unsigned char)__float2int_rn(rgb[2]);
+    p[3] = 255;
+}
+
 // Sampling window of output index i over an input of n pixels, exactly as the CPU resizer builds it:
 // centre (i + 0.5)·scale, triangle filter widened by max(scale, 1) when antialiasing, weights normalised.
 __device__ __forceinline__ void window(int i, float scale, int n, int antialias, int* lo, int* hi, float* fs,

@@ -4,6 +4,7 @@
 //! the CPU path), never a panic.
 
 pub mod bench;
+pub mod gst_cuda;
 pub mod selftest;
 pub mod stages;
 
@@ -17,7 +18,7 @@ use crate::preprocess::Geometry;
 
 /// The kernel source, as compiled.
 pub const KERNELS: &str = include_str!("kernels.cu");
-pub const KERNEL_NAMES: &[&str] = &["preprocess", "upsample_mask", "composite", "motion_diff", "motion_blend"];
+pub const KERNEL_NAMES: &[&str] = &["preprocess", "nv12_to_rgba", "upsample_mask", "composite", "motion_diff", "motion_blend"];
 
 fn err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Cuda(format!("{what}: {e}"))
@@ -54,6 +55,7 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     f_pre: CudaFunction,
+    f_nv12: CudaFunction,
     f_up: CudaFunction,
     f_comp: CudaFunction,
     f_mdiff: CudaFunction,
@@ -90,6 +92,7 @@ impl Gpu {
         Ok(Gpu {
             stream: ctx.default_stream(),
             f_pre: f("preprocess")?,
+            f_nv12: f("nv12_to_rgba")?,
             f_up: f("upsample_mask")?,
             f_comp: f("composite")?,
             f_mdiff: f("motion_diff")?,
@@ -129,6 +132,25 @@ impl Gpu {
         geo: &Geometry,
         out: u64,
     ) -> Result<()> {
+        use cudarc::driver::DevicePtr;
+        let (src, _sync) = frame.device_ptr(&self.stream);
+        self.preprocess_ptr(src, format, w, h, m, geo, out)
+    }
+
+    /// As `preprocess_raw`, from a raw device pointer to the frame (e.g. a GStreamer CUDA memory buffer the
+    /// decoder filled); the caller guarantees it holds the frame in `format` and stays alive until the stream
+    /// has run the kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn preprocess_ptr(
+        &self,
+        frame: u64,
+        format: FrameFormat,
+        w: u32,
+        h: u32,
+        m: &Manifest,
+        geo: &Geometry,
+        out: u64,
+    ) -> Result<()> {
         let i = &m.input;
         let (fmt, pitch, uv, matrix) = match format {
             FrameFormat::Rgba { pitch } => (0i32, pitch as i32, 0i32, 0i32),
@@ -143,11 +165,22 @@ impl Gpu {
         let nchw = (i.layout == Layout::Nchw) as i32;
         let bgr = (i.color == ColorOrder::Bgr) as i32;
         let mut b = self.stream.launch_builder(&self.f_pre);
-        b.arg(frame).arg(&fmt).arg(&ww).arg(&hh).arg(&pitch).arg(&uv).arg(&matrix).arg(&out);
+        b.arg(&frame).arg(&fmt).arg(&ww).arg(&hh).arg(&pitch).arg(&uv).arg(&matrix).arg(&out);
         b.arg(&mw).arg(&mh).arg(&cx).arg(&cy).arg(&cw).arg(&ch).arg(&aa).arg(&nchw).arg(&bgr);
         b.arg(&mul[0]).arg(&mul[1]).arg(&mul[2]).arg(&add[0]).arg(&add[1]).arg(&add[2]);
         // SAFETY: argument list matches the kernel's signature; buffers are sized by the caller.
         unsafe { b.launch(grid((mw * mh) as usize)) }.map_err(|e| err("preprocess launch", e))?;
+        Ok(())
+    }
+
+    /// NV12 frame at device address `src` (Y rows of `pitch` bytes, UV plane at `uv_offset`) → packed RGBA.
+    #[allow(clippy::too_many_arguments)]
+    pub fn nv12_to_rgba(&self, src: u64, w: u32, h: u32, pitch: usize, uv_offset: usize, bt709: bool, out: &mut CudaSlice<u8>) -> Result<()> {
+        let (ww, hh, p, uv, mx) = (w as i32, h as i32, pitch as i32, uv_offset as i32, bt709 as i32);
+        let mut b = self.stream.launch_builder(&self.f_nv12);
+        b.arg(&src).arg(&ww).arg(&hh).arg(&p).arg(&uv).arg(&mx).arg(out);
+        // SAFETY: argument list matches the kernel; `src` holds an NV12 frame of this geometry, `out` w·h·4 bytes.
+        unsafe { b.launch(grid((w * h) as usize)) }.map_err(|e| err("nv12_to_rgba launch", e))?;
         Ok(())
     }
 

@@ -88,6 +88,20 @@ pub fn nv12_to_rgb_f32(y: &[u8], uv: &[u8], w: usize, h: usize, bt709: bool) -> 
     out
 }
 
+/// CPU reference of the `nv12_to_rgba` kernel: NV12 with Y rows of `pitch` bytes and the UV plane at
+/// `uv_offset` (as GStreamer lays it out) → packed RGBA, each channel rounded half to even, alpha 255.
+pub fn nv12_to_rgba_u8(src: &[u8], w: usize, h: usize, pitch: usize, uv_offset: usize, bt709: bool) -> Vec<u8> {
+    let y: Vec<u8> = (0..h).flat_map(|r| src[r * pitch..r * pitch + w].iter().copied()).collect();
+    let uv: Vec<u8> = (0..h.div_ceil(2)).flat_map(|r| src[uv_offset + r * pitch..uv_offset + r * pitch + w].iter().copied()).collect();
+    nv12_to_rgb_f32(&y, &uv, w, h, bt709)
+        .iter()
+        .flat_map(|p| {
+            let p = p.0;
+            [p[0].round_ties_even() as u8, p[1].round_ties_even() as u8, p[2].round_ties_even() as u8, 255]
+        })
+        .collect()
+}
+
 fn geometry(m: &Manifest, w: u32, h: u32) -> Geometry {
     let (mw, mh) = m.model_size_for(w, h);
     match m.input.resize {
@@ -157,6 +171,31 @@ pub fn run(runs: usize) -> Result<Vec<CaseResult>> {
             gpu_ms,
             cpu_ms,
         });
+    }
+
+    // NV12 → RGBA (the frame compositing works on when decoding stays on the GPU), pitched as NVDEC's
+    // buffers are: exact up to rounding (≤ 1 level).
+    for (w, h, pitch) in [(1920u32, 1080u32, 2048usize), (1280, 720, 1280)] {
+        let uv_off = pitch * h as usize;
+        let src = rng.u8s(uv_off + pitch * (h as usize).div_ceil(2));
+        let mut want = Vec::new();
+        let cpu_ms = time(runs.min(5), || {
+            want = nv12_to_rgba_u8(&src, w as usize, h as usize, pitch, uv_off, true);
+            Ok(())
+        })?;
+        let d_src = st.clone_htod(&src).map_err(|x| e("upload", x))?;
+        let mut d_out: CudaSlice<u8> = st.alloc_zeros((w * h * 4) as usize).map_err(|x| e("alloc", x))?;
+        let gpu_ms = {
+            use cudarc::driver::DevicePtr;
+            let (ptr, _g) = d_src.device_ptr(&st);
+            time(runs, || {
+                gpu.nv12_to_rgba(ptr, w, h, pitch, uv_off, true, &mut d_out)?;
+                st.synchronize().map_err(|x| e("sync", x))
+            })?
+        };
+        let got = st.clone_dtoh(&d_out).map_err(|x| e("download", x))?;
+        let err = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap_or(255) as f64 / 255.0;
+        results.push(CaseResult { name: format!("NV12 → RGBA {w}x{h} (pitch {pitch})"), max_error: err, tolerance: 1.0 / 255.0, gpu_ms, cpu_ms });
     }
 
     // Mask upsampling 1024² → 1080p, and 256² → 720p letterboxed (8-bit alpha, ≤ 1 level).
@@ -275,4 +314,138 @@ pub fn run(runs: usize) -> Result<Vec<CaseResult>> {
         });
     }
     Ok(results)
+}
+
+/// What `decode_check` saw.
+pub struct DecodeCheck {
+    /// The decoder elements in the pipeline and whether frames were uploaded (a software decoder).
+    pub path: String,
+    pub frames: usize,
+    pub width: u32,
+    pub height: u32,
+    pub pitch: usize,
+    /// Frames per second from the first frame to the last (decode into CUDA memory and the two kernels).
+    pub fps: f64,
+    pub cases: Vec<CaseResult>,
+}
+
+/// Decodes `uri` into CUDA memory in our context (nvcodec) and checks, on up to `max_frames` real frames, that
+/// the kernels read the decoder's buffers where they are: NV12 → RGBA and NV12 → BiRefNet tensor straight from
+/// the device pointer, against the CPU implementation run on a host copy of the same planes.
+pub fn decode_check(uri: &str, max_frames: usize) -> Result<DecodeCheck> {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    let gpu = Gpu::open(0)?;
+    let gcuda = super::gst_cuda::GstCuda::new(&gpu)?;
+    let (pipeline, sink) = super::gst_cuda::decode_pipeline(&gcuda, uri, 4)?;
+    pipeline.set_state(gst::State::Playing).map_err(|x| e("decode pipeline", x))?;
+    let st = gpu.stream.clone();
+    let m = model::builtin("birefnet-general").unwrap();
+    let (mut rgba_err, mut pre_err) = (0f64, 0f64);
+    let (mut frames, mut dims, mut t_first) = (0usize, (0u32, 0u32, 0usize), None);
+    let mut gpu_ms = 0f64;
+    let mut cpu = CpuPreprocess::new(&m);
+    let mut want = ModelInput::default();
+    let outcome = (|| -> Result<()> {
+        while frames < max_frames {
+            let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(20)) else {
+                if sink.is_eos() && frames > 0 {
+                    return Ok(());
+                }
+                let bus_err = pipeline.bus().and_then(|b| b.pop_filtered(&[gst::MessageType::Error]));
+                return Err(Error::Gst(match bus_err.as_ref().map(|m| m.view()) {
+                    Some(gst::MessageView::Error(er)) => format!("decoding into CUDA memory: {} ({:?})", er.error(), er.debug()),
+                    _ => "no frame decoded into CUDA memory within 20 s".into(),
+                }));
+            };
+            let f = super::gst_cuda::CudaFrame::map(&sample)?;
+            t_first.get_or_insert_with(Instant::now);
+            let (w, h) = (f.width, f.height);
+            dims = (w, h, f.pitch);
+            let t = Instant::now();
+            let mut d_rgba: CudaSlice<u8> = st.alloc_zeros((w * h * 4) as usize).map_err(|x| e("alloc", x))?;
+            gpu.nv12_to_rgba(f.ptr, w, h, f.pitch, f.uv_offset, f.bt709, &mut d_rgba)?;
+            let geo = geometry(&m, w, h);
+            let d_in: CudaSlice<f32> = st.alloc_zeros((geo.model_w * geo.model_h * 3) as usize).map_err(|x| e("alloc", x))?;
+            {
+                use cudarc::driver::DevicePtr;
+                let (p, _g) = d_in.device_ptr(&st);
+                gpu.preprocess_ptr(f.ptr, FrameFormat::Nv12 { pitch: f.pitch, uv_offset: f.uv_offset, bt709: f.bt709 }, w, h, &m, &geo, p)?;
+            }
+            st.synchronize().map_err(|x| e("sync", x))?;
+            gpu_ms += t.elapsed().as_secs_f64() * 1000.0;
+            // Every 10th frame (and the first) against the CPU on a host copy of the planes.
+            if frames % 10 == 0 {
+                let mut host = vec![0u8; f.uv_offset + f.pitch * (h as usize).div_ceil(2)];
+                // SAFETY: the mapped CUDA buffer holds at least the Y plane and the UV plane at uv_offset.
+                unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut host, f.ptr) }.map_err(|x| e("download", x))?;
+                let want_rgba = nv12_to_rgba_u8(&host, w as usize, h as usize, f.pitch, f.uv_offset, f.bt709);
+                let got = st.clone_dtoh(&d_rgba).map_err(|x| e("download", x))?;
+                let d = got.iter().zip(&want_rgba).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap_or(255) as f64 / 255.0;
+                rgba_err = rgba_err.max(d);
+                let y: Vec<u8> = (0..h as usize).flat_map(|r| host[r * f.pitch..r * f.pitch + w as usize].iter().copied()).collect();
+                let uv: Vec<u8> = (0..(h as usize).div_ceil(2))
+                    .flat_map(|r| host[f.uv_offset + r * f.pitch..f.uv_offset + r * f.pitch + w as usize].iter().copied())
+                    .collect();
+                let rgb = nv12_to_rgb_f32(&y, &uv, w as usize, h as usize, f.bt709);
+                cpu.run_rgb_f32(&rgb, w, h, &mut want)?;
+                let got = st.clone_dtoh(&d_in).map_err(|x| e("download", x))?;
+                pre_err = pre_err.max(max_diff(&got, &want.data));
+            }
+            frames += 1;
+        }
+        Ok(())
+    })();
+    let elapsed = t_first.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+    let mut path = Vec::new();
+    if let Ok(it) = pipeline.iterate_recurse().into_iter().collect::<std::result::Result<Vec<_>, _>>() {
+        for el in it {
+            let f = el.factory().map(|f| f.name().to_string()).unwrap_or_default();
+            if f.contains("dec") && f != "uridecodebin" && f != "decodebin" || f == "cudaupload" {
+                path.push(f);
+            }
+        }
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    outcome?;
+    let n = frames.max(1) as f64;
+    Ok(DecodeCheck {
+        path: path.join(" + "),
+        frames,
+        width: dims.0,
+        height: dims.1,
+        pitch: dims.2,
+        fps: if elapsed > 0.0 { (frames.saturating_sub(1)) as f64 / elapsed } else { 0.0 },
+        cases: vec![
+            CaseResult { name: "decoded NV12 (CUDA memory) → RGBA, device pointer".into(), max_error: rgba_err, tolerance: 1.0 / 255.0, gpu_ms: gpu_ms / n, cpu_ms: 0.0 },
+            CaseResult { name: "decoded NV12 (CUDA memory) → BiRefNet tensor, device pointer".into(), max_error: pre_err, tolerance: 1e-5, gpu_ms: gpu_ms / n, cpu_ms: 0.0 },
+        ],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nv12_to_rgba_u8;
+
+    /// The CPU reference of the NV12 kernel: white, black and BT.709 red, with row padding (pitch) that must be
+    /// ignored.
+    #[test]
+    fn nv12_reference_reads_pitched_planes() {
+        let (w, h, pitch) = (4usize, 2usize, 8usize);
+        let mut src = vec![0xEEu8; pitch * h + pitch]; // padding filled with junk
+        // Left half white (Y 235, neutral chroma), right half red (Y 63, U 102, V 240).
+        for r in 0..h {
+            src[r * pitch..r * pitch + 4].copy_from_slice(&[235, 235, 63, 63]);
+        }
+        let uv = pitch * h;
+        src[uv..uv + 4].copy_from_slice(&[128, 128, 102, 240]);
+        let out = nv12_to_rgba_u8(&src, w, h, pitch, uv, true);
+        assert_eq!(out.len(), w * h * 4);
+        assert_eq!(&out[0..4], &[255, 255, 255, 255]);
+        assert_eq!(&out[8..12], &[255, 1, 0, 255]);
+        assert_eq!(&out[16..20], &[255, 255, 255, 255], "second row");
+        // Black.
+        let black = nv12_to_rgba_u8(&[16, 16, 128, 128], 2, 1, 2, 2, false);
+        assert_eq!(black, vec![0, 0, 0, 255, 0, 0, 0, 255]);
+    }
 }

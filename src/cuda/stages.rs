@@ -1,6 +1,7 @@
 //! The GPU frame path (`--cuda-stages`): upload the decoded frame once, then preprocess (fused kernel) →
 //! ONNX Runtime with IO binding (input and output stay in device memory) → mask upsample (with the sigmoid) →
-//! composite, all on the GPU; one download of the finished frame for the encoder.
+//! composite, all on the GPU; one download of the finished frame for the encoder. With nvcodec, the frame
+//! arrives already in CUDA memory as NV12 (`process_nv12`, see gst_cuda.rs) and there is no upload at all.
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,46 @@ impl GpuStages {
             frame: None,
             alpha: None,
         })
+    }
+
+    /// Mattes one NV12 frame that the decoder left in CUDA memory, writing the finished RGBA frame to `out`
+    /// (w·h·4 bytes): NV12 → model tensor (fused kernel, straight from the decoder's buffer) and NV12 → RGBA for
+    /// the composite, both on the GPU; the only copy is the finished frame's download for the encoder.
+    pub fn process_nv12(&mut self, seg: &mut OnnxSegmenter, src: &super::gst_cuda::CudaFrame, out: &mut [u8]) -> Result<GpuTimes> {
+        let st = self.gpu.stream.clone();
+        let t0 = Instant::now();
+        let (w, h) = (src.width, src.height);
+        let n = (w * h) as usize;
+        if out.len() != n * 4 {
+            return Err(Error::Cuda(format!("output buffer of {} bytes for a {w}x{h} frame", out.len())));
+        }
+        if self.frame.as_ref().is_none_or(|f| f.len() != n * 4) {
+            self.frame = Some(st.alloc_zeros::<u8>(n * 4).map_err(|x| e("alloc", x))?);
+            self.alpha = Some(st.alloc_zeros::<u8>(n).map_err(|x| e("alloc", x))?);
+        }
+        let (mw, mh) = self.manifest.model_size_for(w, h);
+        let geo = match self.manifest.input.resize {
+            ResizeMode::Stretch => Geometry::stretch(mw, mh),
+            ResizeMode::Letterbox => Geometry::letterbox(mw, mh, w, h),
+        };
+        let input = seg.device_input(&mut self.io, self.manifest.input_shape(mh, mw), self.device_id)?;
+        let fmt = FrameFormat::Nv12 { pitch: src.pitch, uv_offset: src.uv_offset, bt709: src.bt709 };
+        self.gpu.preprocess_ptr(src.ptr, fmt, w, h, &self.manifest, &geo, input)?;
+        let frame = self.frame.as_mut().unwrap();
+        self.gpu.nv12_to_rgba(src.ptr, w, h, src.pitch, src.uv_offset, src.bt709, frame)?;
+        st.synchronize().map_err(|x| e("sync", x))?;
+        let t1 = Instant::now();
+        let mask = seg.run_device(&mut self.io)?;
+        let t2 = Instant::now();
+        let sx = mask.width as f32 / geo.model_w as f32;
+        let sy = mask.height as f32 / geo.model_h as f32;
+        let crop = (geo.content_x as f32 * sx, geo.content_y as f32 * sy, geo.content_w as f32 * sx, geo.content_h as f32 * sy);
+        let alpha = self.alpha.as_mut().unwrap();
+        self.gpu.upsample_mask_raw(mask.ptr, mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?;
+        self.gpu.composite(frame, alpha, None, n, self.kind, self.colour)?;
+        st.memcpy_dtoh(frame, out).map_err(|x| e("download", x))?;
+        st.synchronize().map_err(|x| e("sync", x))?;
+        Ok(GpuTimes { preprocess: t1 - t0, infer: t2 - t1, post_composite: t2.elapsed() })
     }
 
     /// Mattes one RGBA frame in place.
