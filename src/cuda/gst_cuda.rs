@@ -214,7 +214,7 @@ impl CudaFrame {
         Ok(CudaFrame {
             ptr: map.data as u64 + offsets[0] as u64,
             pitch: strides[0] as usize,
-            uv_offset: (offsets[1] - offsets[0]) as usize,
+            uv_offset: offsets[1] - offsets[0],
             bt709,
             width: info.width(),
             height: info.height(),
