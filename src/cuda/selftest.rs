@@ -335,6 +335,7 @@ pub struct DecodeCheck {
 pub fn decode_check(uri: &str, max_frames: usize) -> Result<DecodeCheck> {
     use gstreamer as gst;
     use gstreamer::prelude::*;
+    gst::init().map_err(|x| e("GStreamer init", x))?;
     let gpu = Gpu::open(0)?;
     let gcuda = super::gst_cuda::GstCuda::new(&gpu)?;
     let (pipeline, sink) = super::gst_cuda::decode_pipeline(&gcuda, uri, 4)?;
