@@ -289,18 +289,9 @@ fn convert_with(
     }
     .map_err(|e| Error::io("starting a thread", e))?;
 
-    // Frames per inference call: up to `batch` consecutive frames (the GPU stages run one at a time; a shared
-    // batching thread gathers across files instead).
-    let batch = if batcher.is_some() {
-        1
-    } else if cfg.cuda_stages {
-        if cfg.batch > 1 {
-            tracing::warn!("--batch {} is not used with --cuda-stages yet: one frame per call", cfg.batch);
-        }
-        1
-    } else {
-        segmenter.configure_batch(cfg.batch, true)
-    };
+    // Frames per inference call: up to `batch` consecutive frames (or a shared batching thread gathers across
+    // files instead).
+    let batch = if batcher.is_some() { 1 } else { segmenter.configure_batch(cfg.batch, true) };
 
     // Thread 2: preprocess, infer, postprocess.
     let t_infer = {
@@ -336,22 +327,37 @@ fn convert_with(
                     break;
                 }
                 if let Some(g) = gpu.as_mut() {
-                    let (w, h) = (frame.width, frame.height);
-                    let mut frame = frame;
-                    let done = match frame.cuda.take() {
-                        Some(c) => g.process_nv12(&mut segmenter, &c, &mut frame.data),
-                        None => g.process(&mut segmenter, &mut frame.data, w, h),
-                    };
-                    match done {
-                        Ok(t) => {
+                    // Up to `batch` consecutive frames per call; frames of one call share a size (a resolution
+                    // change mid-stream splits the group).
+                    pending.push(frame);
+                    while pending.len() < batch {
+                        match rx_frames.recv() {
+                            Ok(f) => pending.push(f),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut result = Ok(());
+                    while !pending.is_empty() && result.is_ok() {
+                        let size = (pending[0].width, pending[0].height);
+                        let split = pending.iter().position(|f| (f.width, f.height) != size).unwrap_or(pending.len());
+                        let mut group: Vec<Frame> = pending.drain(..split).collect();
+                        result = g.process_batch(&mut segmenter, &mut group, batch).map(|t| {
                             tp += t.preprocess;
                             ti += t.infer;
                             tq += t.post_composite;
-                            if tx_masked.send((frame, None)).is_err() {
-                                break;
+                            calls += 1;
+                            group
+                        }).and_then(|group| {
+                            if group.into_iter().any(|f| tx_masked.send((f, None)).is_err()) {
+                                Err(Error::Interrupted("stopped".into()))
+                            } else {
+                                Ok(())
                             }
-                            continue;
-                        }
+                        });
+                    }
+                    match result {
+                        Ok(()) => continue,
+                        Err(Error::Interrupted(_)) => break,
                         Err(e) => {
                             shared.fail(e);
                             break;

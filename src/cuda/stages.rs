@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::infer::{DeviceIo, OnnxSegmenter};
 use crate::model::{Manifest, ResizeMode};
 use crate::preprocess::Geometry;
+use crate::source::Frame;
 
 pub struct GpuStages {
     gpu: Gpu,
@@ -21,7 +22,8 @@ pub struct GpuStages {
     kind: i32,
     colour: [u8; 3],
     io: DeviceIo,
-    frame: Option<CudaSlice<u8>>,
+    /// One device frame per batch slot (RGBA, the composite's canvas).
+    frames: Vec<CudaSlice<u8>>,
     alpha: Option<CudaSlice<u8>>,
 }
 
@@ -77,24 +79,33 @@ impl GpuStages {
             kind: k,
             colour,
             io: DeviceIo::default(),
-            frame: None,
+            frames: Vec::new(),
             alpha: None,
         })
     }
 
-    /// Mattes one NV12 frame that the decoder left in CUDA memory, writing the finished RGBA frame to `out`
-    /// (w·h·4 bytes): NV12 → model tensor (fused kernel, straight from the decoder's buffer) and NV12 → RGBA for
-    /// the composite, both on the GPU; the only copy is the finished frame's download for the encoder.
-    pub fn process_nv12(&mut self, seg: &mut OnnxSegmenter, src: &super::gst_cuda::CudaFrame, out: &mut [u8]) -> Result<GpuTimes> {
+    /// Mattes up to `batch` consecutive frames with one inference call, each either an RGBA frame in host
+    /// memory (`data`, uploaded once) or an NV12 frame the decoder left in CUDA memory (`cuda`, read by device
+    /// pointer, nothing uploaded). The finished RGBA frames are written to each frame's `data`. The model input
+    /// is always `batch` frames (a short last group leaves the spare slots as they were; their masks are not
+    /// used), so the bound shapes never change. Frames of one call must share a size.
+    pub fn process_batch(&mut self, seg: &mut OnnxSegmenter, frames: &mut [Frame], batch: usize) -> Result<GpuTimes> {
         let st = self.gpu.stream.clone();
         let t0 = Instant::now();
-        let (w, h) = (src.width, src.height);
-        let n = (w * h) as usize;
-        if out.len() != n * 4 {
-            return Err(Error::Cuda(format!("output buffer of {} bytes for a {w}x{h} frame", out.len())));
+        let k = frames.len();
+        if k == 0 || k > batch {
+            return Err(Error::Cuda(format!("{k} frames for a batch of {batch}")));
         }
-        if self.frame.as_ref().is_none_or(|f| f.len() != n * 4) {
-            self.frame = Some(st.alloc_zeros::<u8>(n * 4).map_err(|x| e("alloc", x))?);
+        let (w, h) = (frames[0].width, frames[0].height);
+        if frames.iter().any(|f| (f.width, f.height) != (w, h)) {
+            return Err(Error::Cuda("frames of one inference call differ in size".into()));
+        }
+        let n = (w * h) as usize;
+        if self.frames.len() < k || self.frames.first().is_some_and(|f| f.len() != n * 4) {
+            self.frames.clear();
+            for _ in 0..batch {
+                self.frames.push(st.alloc_zeros::<u8>(n * 4).map_err(|x| e("alloc", x))?);
+            }
             self.alpha = Some(st.alloc_zeros::<u8>(n).map_err(|x| e("alloc", x))?);
         }
         let (mw, mh) = self.manifest.model_size_for(w, h);
@@ -102,57 +113,49 @@ impl GpuStages {
             ResizeMode::Stretch => Geometry::stretch(mw, mh),
             ResizeMode::Letterbox => Geometry::letterbox(mw, mh, w, h),
         };
-        let input = seg.device_input(&mut self.io, self.manifest.input_shape(mh, mw), self.device_id)?;
-        let fmt = FrameFormat::Nv12 { pitch: src.pitch, uv_offset: src.uv_offset, bt709: src.bt709 };
-        self.gpu.preprocess_ptr(src.ptr, fmt, w, h, &self.manifest, &geo, input)?;
-        let frame = self.frame.as_mut().unwrap();
-        self.gpu.nv12_to_rgba(src.ptr, w, h, src.pitch, src.uv_offset, src.bt709, frame)?;
-        st.synchronize().map_err(|x| e("sync", x))?;
-        let t1 = Instant::now();
-        let mask = seg.run_device(&mut self.io)?;
-        let t2 = Instant::now();
-        let sx = mask.width as f32 / geo.model_w as f32;
-        let sy = mask.height as f32 / geo.model_h as f32;
-        let crop = (geo.content_x as f32 * sx, geo.content_y as f32 * sy, geo.content_w as f32 * sx, geo.content_h as f32 * sy);
-        let alpha = self.alpha.as_mut().unwrap();
-        self.gpu.upsample_mask_raw(mask.ptr, mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?;
-        self.gpu.composite(frame, alpha, None, n, self.kind, self.colour)?;
-        st.memcpy_dtoh(frame, out).map_err(|x| e("download", x))?;
-        st.synchronize().map_err(|x| e("sync", x))?;
-        Ok(GpuTimes { preprocess: t1 - t0, infer: t2 - t1, post_composite: t2.elapsed() })
-    }
-
-    /// Mattes one RGBA frame in place.
-    pub fn process(&mut self, seg: &mut OnnxSegmenter, rgba: &mut [u8], w: u32, h: u32) -> Result<GpuTimes> {
-        let st = self.gpu.stream.clone();
-        let t0 = Instant::now();
-        let n = (w * h) as usize;
-        if self.frame.as_ref().is_none_or(|f| f.len() != rgba.len()) {
-            self.frame = Some(st.alloc_zeros::<u8>(rgba.len()).map_err(|x| e("alloc", x))?);
-            self.alpha = Some(st.alloc_zeros::<u8>(n).map_err(|x| e("alloc", x))?);
+        let mut shape = self.manifest.input_shape(mh, mw);
+        shape[0] = batch as i64;
+        // The model input lives in a buffer ONNX Runtime allocated and bound (IO binding); the kernel writes
+        // each frame's slice of it.
+        let input = seg.device_input(&mut self.io, shape, self.device_id)?;
+        let per_frame = (mw * mh * 3) as u64 * 4;
+        for (i, f) in frames.iter_mut().enumerate() {
+            let slot = input + i as u64 * per_frame;
+            let dframe = &mut self.frames[i];
+            match f.cuda.as_ref() {
+                Some(c) => {
+                    let fmt = FrameFormat::Nv12 { pitch: c.pitch, uv_offset: c.uv_offset, bt709: c.bt709 };
+                    self.gpu.preprocess_ptr(c.ptr, fmt, w, h, &self.manifest, &geo, slot)?;
+                    self.gpu.nv12_to_rgba(c.ptr, w, h, c.pitch, c.uv_offset, c.bt709, dframe)?;
+                }
+                None => {
+                    if f.data.len() != n * 4 {
+                        return Err(Error::Cuda(format!("frame of {} bytes for {w}x{h} RGBA", f.data.len())));
+                    }
+                    st.memcpy_htod(&f.data[..], dframe).map_err(|x| e("upload", x))?;
+                    self.gpu.preprocess_raw(dframe, FrameFormat::Rgba { pitch: (w * 4) as usize }, w, h, &self.manifest, &geo, slot)?;
+                }
+            }
         }
-        let frame = self.frame.as_mut().unwrap();
-        st.memcpy_htod(rgba, frame).map_err(|x| e("upload", x))?;
-        let (mw, mh) = self.manifest.model_size_for(w, h);
-        let geo = match self.manifest.input.resize {
-            ResizeMode::Stretch => Geometry::stretch(mw, mh),
-            ResizeMode::Letterbox => Geometry::letterbox(mw, mh, w, h),
-        };
-        // The model input lives in a buffer ONNX Runtime allocated and bound (IO binding); the kernel writes it.
-        let input = seg.device_input(&mut self.io, self.manifest.input_shape(mh, mw), self.device_id)?;
-        self.gpu.preprocess_raw(frame, FrameFormat::Rgba { pitch: (w * 4) as usize }, w, h, &self.manifest, &geo, input)?;
         // ONNX Runtime runs on its own stream: the tensor must be complete before it starts.
         st.synchronize().map_err(|x| e("sync", x))?;
+        // The decoder's buffers can go back to its pool now.
+        for f in frames.iter_mut() {
+            f.cuda = None;
+        }
         let t1 = Instant::now();
         let mask = seg.run_device(&mut self.io)?;
         let t2 = Instant::now();
         let sx = mask.width as f32 / geo.model_w as f32;
         let sy = mask.height as f32 / geo.model_h as f32;
         let crop = (geo.content_x as f32 * sx, geo.content_y as f32 * sy, geo.content_w as f32 * sx, geo.content_h as f32 * sy);
-        let alpha = self.alpha.as_mut().unwrap();
-        self.gpu.upsample_mask_raw(mask.ptr, mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?;
-        self.gpu.composite(frame, alpha, None, n, self.kind, self.colour)?;
-        st.memcpy_dtoh(frame, rgba).map_err(|x| e("download", x))?;
+        for (i, f) in frames.iter_mut().enumerate() {
+            let alpha = self.alpha.as_mut().unwrap();
+            self.gpu.upsample_mask_raw(mask.frame(i), mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?;
+            let dframe = &mut self.frames[i];
+            self.gpu.composite(dframe, alpha, None, n, self.kind, self.colour)?;
+            st.memcpy_dtoh(dframe, &mut f.data[..]).map_err(|x| e("download", x))?;
+        }
         st.synchronize().map_err(|x| e("sync", x))?;
         Ok(GpuTimes { preprocess: t1 - t0, infer: t2 - t1, post_composite: t2.elapsed() })
     }
