@@ -45,6 +45,10 @@ pub struct BatchConfig {
     pub batch: Option<usize>,
     /// (index, count): this process converts only the inputs whose hash falls in its shard.
     pub shard: Option<(usize, usize)>,
+    /// Each file through the GPU stages (see `ConvertConfig::cuda_stages`); frames are then batched per file.
+    pub cuda_stages: bool,
+    /// With `cuda_stages`: decoded frames stay in CUDA memory where nvcodec can.
+    pub cuda_decode: bool,
 }
 
 /// One input and where its output goes.
@@ -330,7 +334,8 @@ pub fn run(
     let gpu = segmenter.provider() != crate::runtime::Provider::Cpu;
     let requested = cfg.batch.unwrap_or(if gpu { DEFAULT_GPU_BATCH } else { 1 });
     // Several files at once: one batching thread gathers their frames. One file: its own consecutive frames.
-    let server = if workers > 1 && requested > 1 {
+    // (The GPU stages batch each file's own frames on the device.)
+    let server = if workers > 1 && requested > 1 && !cfg.cuda_stages {
         match BatchServer::start(segmenter.share(), requested, cfg.batch.is_some(), BATCH_WINDOW) {
             Ok(s) if s.size() > 1 => Some(s),
             Ok(_) => None,
@@ -343,7 +348,11 @@ pub fn run(
         None
     };
     // Settled (and any fallback said) once here, not once per file.
-    let per_file_batch = if workers == 1 { segmenter.share().configure_batch(requested, cfg.batch.is_some()) } else { 1 };
+    let per_file_batch = if workers == 1 || cfg.cuda_stages {
+        segmenter.share().configure_batch(requested, cfg.batch.is_some())
+    } else {
+        1
+    };
     std::thread::scope(|s| {
         for w in 0..workers {
             let (queue, results, cancel) = (&queue, &results, cancel.clone());
@@ -432,6 +441,8 @@ fn convert_one(
     c.post = cfg.post;
     c.fg_estimate = cfg.fg_estimate;
     c.batch = batch;
+    c.cuda_stages = cfg.cuda_stages;
+    c.cuda_decode = cfg.cuda_decode;
     let (input_size, input_mtime_ns) = input_stamp(&job.input);
     let mut on_progress = |p: Progress| observer.progress(worker, p);
     let ctl = RunControl { cancel, progress: Some(&mut on_progress), allow_short: false };

@@ -793,6 +793,8 @@ fn batch(a: BatchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         jobs: a.jobs.unwrap_or((cores / 2).max(1)),
         batch: a.batch,
         shard,
+        cuda_stages: a.quality.cuda_stages,
+        cuda_decode: !a.quality.host_decode,
     };
     if cfg.inputs.is_empty() && cfg.list.is_none() && cfg.globs.is_empty() {
         anyhow::bail!("no inputs: give files, folders, --list FILE or --glob PATTERN");
