@@ -5,7 +5,8 @@
 # on device buffers (`matteflow gpu-bench`: batch 1 and N, CUDA graphs, NHWC, per-node profile), and end to end
 # through matteflow on a 1080p file (`matteflow bench`, CPU stages and --cuda-stages).
 #
-#   scripts/gpu-bench.sh STEP...      steps: env peers-l peers-t mf-general mf-lite mf-isnet
+#   scripts/gpu-bench.sh STEP...      steps: env peers-l peers-t mf-general mf-lite mf-isnet export-t8 mf-batch
+#                                     decode-check e2e-decode batch-lite
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -17,6 +18,7 @@ KIT=${KIT:-/tmp/kit/root}
 MODELS=${MODELS:-/tmp/models}
 OUT=${OUT:-$ROOT/out/gpu-bench}
 CLIP=${CLIP:-$KIT/files/bikes_1080p.mp4}
+RAWCLIP=${RAWCLIP:-$KIT/files/raw_320.mkv}   # raw video in Matroska: no decoder, so the cudaupload branch
 ISNET=${ISNET:-$KIT/files/isnet-medium.onnx}
 BIREFNET_REPO=${BIREFNET_REPO:-$ROOT/.gpu/birefnet}
 WHEELS=${WHEELS:-$ROOT/.gpu/whl}
@@ -125,6 +127,43 @@ step() {
       profile isnet "$ISNET" "$man"
       e2e isnet-cpu-stages "$ISNET" "$man"
       e2e isnet-cuda-stages "$ISNET" "$man" --cuda-stages
+      ;;
+    decode-check)
+      # Decoded frames in CUDA memory: nvh264dec straight into our context, and raw video through cudaupload;
+      # the kernels on the decoder's own buffers against the CPU.
+      T 90 matteflow -v gpu-check --runs 5 --decode "$CLIP" --frames 150
+      [ -f "$RAWCLIP" ] && T 60 matteflow -v gpu-check --runs 3 --decode "$RAWCLIP" --frames 30
+      ;;
+    e2e-decode)
+      # The same conversion with decoded frames left in CUDA memory (default) and decoded to system memory +
+      # uploaded (--host-decode); lite also in batches of 8 when the fixed-batch-8 export is there.
+      e2e isnet-cuda-decode "$ISNET" "$ROOT/models/isnet.toml" --cuda-stages
+      e2e isnet-host-decode "$ISNET" "$ROOT/models/isnet.toml" --cuda-stages --host-decode
+      e2e lite-cuda-decode "$MODELS/birefnet-lite-fp16.onnx" "$ROOT/models/birefnet-lite.toml" --cuda-stages
+      e2e lite-host-decode "$MODELS/birefnet-lite-fp16.onnx" "$ROOT/models/birefnet-lite.toml" --cuda-stages --host-decode
+      [ -f "$MODELS/birefnet-lite-b8-fp16.onnx" ] &&
+        e2e lite-b8-cuda-decode "$MODELS/birefnet-lite-b8-fp16.onnx" "$ROOT/models/birefnet-lite.toml" --cuda-stages --batch 8
+      ;;
+    batch-lite)
+      # Issue 5's GPU number: `matteflow batch` over a folder of the shipped clips (COPIES copies of each) with
+      # BiRefNet lite fp16, files/hour and frames/s from its report.
+      local dir=/tmp/batch-in out
+      rm -rf "$dir" && mkdir -p "$dir"
+      for i in $(seq 1 "${COPIES:-4}"); do for c in "$ROOT"/assets/media/*.mp4; do cp "$c" "$dir/$(basename "$c" .mp4)-$i.mp4"; done; done
+      for args in "--jobs 1" "--jobs 2" "--jobs 2 --batch 8 B8"; do
+        local model="$MODELS/birefnet-lite-fp16.onnx" a=($args) label=${args// /}
+        if [ "${a[-1]}" = B8 ]; then unset 'a[-1]'; model="$MODELS/birefnet-lite-b8-fp16.onnx"; [ -f "$model" ] || continue; fi
+        out=/tmp/batch-out-$label && rm -rf "$out"
+        local t0=$SECONDS
+        T 300 matteflow batch "$dir" -o "$out" -f h264 -k composite -b green --device cuda --cuda-stages \
+          --model "$model" --manifest "$ROOT/models/birefnet-lite.toml" "${a[@]}" --report-json "$W/batch-$label.json"
+        python3 - "$W/batch-$label.json" $((SECONDS - t0)) <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); wall = float(sys.argv[2])
+done = [x for x in r if x["status"] == "done"]; frames = sum(x["frames"] for x in done)
+print(f"{len(done)}/{len(r)} files, {frames} frames in {wall:.0f} s: {len(done) * 3600 / wall:.0f} files/hour, {frames / wall:.1f} frames/s")
+PY
+      done
       ;;
     *) echo "unknown step $1"; return 2 ;;
   esac
