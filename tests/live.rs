@@ -560,3 +560,96 @@ fn shipped_pipeline_files_parse_and_run() {
     let err = stderr_of(&out);
     assert!(!out.status.success() && err.contains("bad.toml") && err.contains("line 5") && err.contains("smoth"), "{err}");
 }
+
+/// Spawns a `gst-launch-1.0` pipeline (a camera, a stream server), killed by the caller.
+fn gst_launch(args: &str) -> Child {
+    Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(args.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gst-launch-1.0")
+}
+
+#[test]
+fn srt_input_is_matted_and_latency_is_measured_on_every_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = known_answer(dir.path());
+    let port = free_port();
+    // An SRT listener sending MPEG-TS, as an encoder box or OBS would (7 TS packets per SRT packet).
+    let mut server = gst_launch(&format!(
+        "videotestsrc is-live=true pattern=smpte ! video/x-raw,width={W},height={H},framerate=30/1 ! x264enc \
+         tune=zerolatency speed-preset=ultrafast key-int-max=15 ! h264parse ! mpegtsmux alignment=7 ! srtsink \
+         uri=srt://:{port} wait-for-connection=false"
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
+    let rec = dir.path().join("rec.mkv");
+    let rep = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["live", "--input", &format!("srt://127.0.0.1:{port}"), "--model", manifest.to_str().unwrap()])
+        .args(["--background", "green", "--smooth", "0", "--output", rec.to_str().unwrap(), "--max-frames", "60"])
+        .args(["--report", rep.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let frames = check_recording(&rec, 55);
+    let last = &frames.last().unwrap().rgba;
+    assert!(close(px(last, W, CYAN_X, BAR_Y), GREEN_BG, 14), "cyan bar: {:?}", px(last, W, CYAN_X, BAR_Y));
+    assert!(close(px(last, W, YELLOW_X, BAR_Y), YELLOW, 24), "yellow bar: {:?}", px(last, W, YELLOW_X, BAR_Y));
+    // Glass-to-glass is measured from arrival for (nearly) every frame of a network stream, not only for the
+    // ones that came later than the first.
+    let g2g = &report(&rep)["summary"]["glass_to_glass"];
+    assert!(g2g["count"].as_u64().unwrap() >= 50, "latency measured on too few frames: {g2g}");
+    assert!(g2g["p95"].as_f64().unwrap() < 1000.0, "{g2g}");
+}
+
+#[test]
+fn file_served_over_http_is_played_at_its_own_frame_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = known_answer(dir.path());
+    // 90 frames (3 s at 30 fps) of colour bars, served by a plain HTTP server.
+    let clip = dir.path().join("bars.mkv");
+    let mut enc = gst_launch(&format!(
+        "videotestsrc num-buffers=90 pattern=smpte ! video/x-raw,width={W},height={H},framerate=30/1 ! x264enc \
+         speed-preset=ultrafast ! h264parse ! matroskamux ! filesink location={}",
+        clip.display()
+    ));
+    assert!(enc.wait().unwrap().success());
+    let port = free_port();
+    let mut http = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory", dir.path().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "HTTP server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rec = dir.path().join("rec.mkv");
+    let rep = dir.path().join("report.json");
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["live", "--input", &format!("http://127.0.0.1:{port}/bars.mkv"), "--model", manifest.to_str().unwrap()])
+        .args(["--background", "green", "--smooth", "0", "--output", rec.to_str().unwrap(), "--report", rep.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let _ = http.kill();
+    let _ = http.wait();
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    // Not raced through: a file that is not live is paced like a camera, so (nearly) all of its frames are
+    // matted and it takes about as long as it lasts.
+    assert!(took >= Duration::from_millis(2500), "3 s of video took {took:?}: not paced");
+    let r = report(&rep);
+    let n = r["summary"]["output"].as_u64().unwrap();
+    assert!((80..=90).contains(&n), "{n} of 90 frames came out: {err}");
+    let frames = check_recording(&rec, 80);
+    let last = &frames.last().unwrap().rgba;
+    assert!(close(px(last, W, CYAN_X, BAR_Y), GREEN_BG, 14), "cyan bar: {:?}", px(last, W, CYAN_X, BAR_Y));
+}

@@ -207,9 +207,16 @@ pub fn build(spec: &InputSpec, cap: Capture) -> Result<LiveInput> {
             let uri = if is_file { crate::source::input_uri(uri)? } else { uri.clone() };
             let dec = make("uridecodebin")?;
             dec.set_property("uri", &uri);
-            // Network sources: keep their jitter buffers short, this is live.
-            dec.connect("source-setup", false, |args| {
+            // Network sources: keep their jitter buffers short, this is live. A source that is not live (a
+            // file served over HTTP, say) is paced to its own frame rate, like a local file.
+            let sink = appsink.clone();
+            dec.connect("source-setup", false, move |args| {
                 let src = args[1].get::<gst::Element>().ok()?;
+                let live = src.downcast_ref::<gstreamer_base::BaseSrc>().is_none_or(|b| gstreamer_base::prelude::BaseSrcExt::is_live(b));
+                if !live {
+                    tracing::info!("input {} is not live: played at its own frame rate", src.factory().map(|f| f.name().to_string()).unwrap_or_default());
+                    sink.set_property("sync", true);
+                }
                 if src.has_property("latency") {
                     // rtspsrc takes ms as guint, srtsrc as gint: from a string fits both.
                     src.set_property_from_str("latency", "200");

@@ -372,7 +372,7 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
             .unwrap_or((info.width(), info.height()));
         // The capture time as running time on the shared clock. Cameras and the test pattern stamp frames when
         // they are captured; a network stream's timestamps say nothing about our clock, so they are shifted to
-        // start at the first frame's arrival (latency is then measured from there).
+        // the earliest arrival they allow (latency is then measured from arrival).
         let stream_rt = buffer.pts().and_then(|p| match sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned()) {
             Some(seg) => seg.to_running_time(p),
             None => Some(p),
@@ -383,8 +383,10 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
                 (Some(t), Some(a)) => {
                     let (t, a) = (t.nseconds() as i128, a.nseconds() as i128);
                     let mut off = *net_offset.get_or_insert(a - t);
-                    // A jump in the stream's timestamps (servers restart them for a new viewer) re-anchors.
-                    if (t + off - a).abs() > 1_000_000_000 {
+                    // The least-delayed frame so far defines arrival (the first one is usually the latest: the
+                    // stream starts with a burst), so no frame is stamped after it arrived; a jump in the
+                    // stream's timestamps (servers restart them for a new viewer) re-anchors.
+                    if a - t < off || (t + off - a).abs() > 1_000_000_000 {
                         off = a - t;
                         net_offset = Some(off);
                     }
