@@ -155,7 +155,8 @@ fn convert_with(
         source::video_branch(&pipeline, cfg.queue.max(1) as u32)?
     };
     let on_device = device_decode.is_some();
-    let enc = sink::build(&pipeline, format, &staged.temp_path, 1 << 20)?;
+    let on_gpu = matches!(provider, crate::runtime::Provider::Cuda | crate::runtime::Provider::TensorRt);
+    let enc = sink::build(&pipeline, format, &staged.temp_path, 1 << 20, on_gpu)?;
     let has_audio = Arc::new(AtomicBool::new(false));
     let video_linked = Arc::new(AtomicBool::new(false));
     {

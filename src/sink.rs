@@ -155,8 +155,19 @@ pub struct EncodeBranch {
     pub audio_sink: Option<gst::Pad>,
 }
 
-/// Builds appsrc → encoder → mux → file for `format`, writing to `location`.
-pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_bytes: u64) -> Result<EncodeBranch> {
+/// The H.264 encoder: NVENC (`nvh264enc`, GStreamer's nvcodec; registered only where the GPU has an NVENC
+/// unit) when `gpu` runs are asked for and it is there, else x264. `has` says whether an element exists.
+pub fn h264_encoder(gpu: bool, has: impl Fn(&str) -> bool) -> &'static str {
+    if gpu && has("nvh264enc") {
+        "nvh264enc"
+    } else {
+        "x264enc"
+    }
+}
+
+/// Builds appsrc → encoder → mux → file for `format`, writing to `location`. `gpu`: the run uses an NVIDIA GPU,
+/// so H.264 goes to NVENC where the GPU has one.
+pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_bytes: u64, gpu: bool) -> Result<EncodeBranch> {
     let appsrc = gst_app::AppSrc::builder()
         .format(gst::Format::Time)
         .is_live(false)
@@ -165,14 +176,14 @@ pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_by
         .max_bytes(frame_bytes * 3)
         .build();
     pipeline.add(&appsrc)?;
-    let (head, audio_sink) = encoder_chain(pipeline, format, location)?;
+    let (head, audio_sink) = encoder_chain(pipeline, format, location, gpu)?;
     appsrc.link(&head)?;
     Ok(EncodeBranch { appsrc, audio_sink })
 }
 
 /// Builds videoconvert → encoder → mux → file for `format` inside `pipeline` and returns its head (to link
 /// raw video to) and, when the container carries audio, the pad an audio stream links to.
-pub fn encoder_chain(pipeline: &gst::Pipeline, format: Format, location: &Path) -> Result<(gst::Element, Option<gst::Pad>)> {
+pub fn encoder_chain(pipeline: &gst::Pipeline, format: Format, location: &Path, gpu: bool) -> Result<(gst::Element, Option<gst::Pad>)> {
     let convert = gst::ElementFactory::make("videoconvert").property("n-threads", 2u32).build()?;
     let caps = |fmt: &str| -> Result<gst::Element> {
         Ok(gst::ElementFactory::make("capsfilter")
@@ -196,12 +207,32 @@ pub fn encoder_chain(pipeline: &gst::Pipeline, format: Format, location: &Path) 
             (Some(make("matroskamux")?), audio_chain(&["audioconvert", "flacenc"], None))
         }
         Format::H264 => {
-            chain.push(caps("I420")?);
-            let enc = make("x264enc")?;
-            enc.set_property_from_str("speed-preset", "veryfast");
-            enc.set_property_from_str("pass", "quant");
-            enc.set_property("quantizer", 20u32);
-            chain.push(enc);
+            let name = h264_encoder(gpu, |e| gst::ElementFactory::find(e).is_some());
+            if name == "nvh264enc" {
+                // NVENC at constant QP 20, as x264 below (NV12 is what every NVENC generation takes).
+                chain.push(caps("NV12")?);
+                let enc = make(name)?;
+                if enc.find_property("rc-mode").is_some() {
+                    enc.set_property_from_str("rc-mode", "constqp");
+                }
+                if enc.find_property("qp-const").is_some() {
+                    enc.set_property_from_str("qp-const", "20");
+                }
+                tracing::info!("H.264 is encoded on the GPU (NVENC, nvh264enc)");
+                chain.push(enc);
+                // nvh264enc gives byte-stream; the MP4 muxer wants avc.
+                chain.push(make("h264parse")?);
+            } else {
+                if gpu {
+                    tracing::info!("H.264 is encoded by x264 on the CPU: this GPU has no NVENC (nvh264enc is not registered)");
+                }
+                chain.push(caps("I420")?);
+                let enc = make("x264enc")?;
+                enc.set_property_from_str("speed-preset", "veryfast");
+                enc.set_property_from_str("pass", "quant");
+                enc.set_property("quantizer", 20u32);
+                chain.push(enc);
+            }
             (Some(make("mp4mux")?), audio_chain(&["audioconvert", "audioresample", "avenc_aac"], None))
         }
         Format::Vp9 => {
@@ -270,4 +301,16 @@ pub fn encoder_chain(pipeline: &gst::Pipeline, format: Format, location: &Path) 
         }
     }
     Ok((chain[0].clone(), audio_sink))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::h264_encoder;
+
+    #[test]
+    fn nvenc_only_for_gpu_runs_where_the_gpu_has_it() {
+        assert_eq!(h264_encoder(true, |e| e == "nvh264enc"), "nvh264enc");
+        assert_eq!(h264_encoder(false, |e| e == "nvh264enc"), "x264enc", "CPU runs keep x264");
+        assert_eq!(h264_encoder(true, |_| false), "x264enc", "no NVENC unit (H200): x264");
+    }
 }

@@ -342,7 +342,7 @@ impl Outputs {
                             q.set_property("max-size-time", 2 * gst::ClockTime::SECOND.nseconds());
                             pipeline.add(&q)?;
                             tee.link(&q)?;
-                            let (head, _audio) = crate::sink::encoder_chain(&pipeline, f, &st.temp_path)?;
+                            let (head, _audio) = crate::sink::encoder_chain(&pipeline, f, &st.temp_path, false)?;
                             q.link(&head)?;
                             probe_latency(&head.static_pad("sink").unwrap(), clock.clone(), stats.clone());
                         }
