@@ -202,20 +202,7 @@ fn a_batch_1_model_falls_back_to_one_frame_per_call_and_says_so() {
 fn a_recurrent_model_is_not_batched_and_keeps_its_state() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let onnx = d.join("rec.onnx");
-    let out = std::process::Command::new("python3")
-        .env("PYTHONPATH", root().join(".deps/py"))
-        .arg(root().join("tests/fixtures/make_recurrent.py"))
-        .args([onnx.to_str().unwrap(), "16", "16"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(
-        d.join("rec.toml"),
-        "name='rec'\nfile='rec.onnx'\n[input]\nname='pixels'\nlayout='NCHW'\nsize=[16,16]\n[output]\nname='mask'\n\
-         [[recurrent]]\ninput='r1i'\noutput='r1o'\n[[constants]]\nname='ratio'\nvalue=[0.5]\n",
-    )
-    .unwrap();
+    recurrent_model(d);
     let frames: Vec<Vec<u8>> = (0..6).map(|t| [if t % 2 == 0 { 255 } else { 0 }, 0, 0, 255].repeat(32 * 32)).collect();
     let clip = d.join("alt.mkv");
     write_lossless_clip(&clip, 32, 32, 10, &frames);

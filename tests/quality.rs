@@ -53,20 +53,7 @@ fn smoothing_halves_flicker_without_lag_and_fg_estimation_lowers_composite_error
 fn recurrent_state_is_carried_from_frame_to_frame() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let onnx = d.join("rec.onnx");
-    let out = std::process::Command::new("python3")
-        .env("PYTHONPATH", root().join(".deps/py"))
-        .arg(root().join("tests/fixtures/make_recurrent.py"))
-        .args([onnx.to_str().unwrap(), "16", "16"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(
-        d.join("rec.toml"),
-        "name='rec'\nfile='rec.onnx'\n[input]\nname='pixels'\nlayout='NCHW'\nsize=[16,16]\n[output]\nname='mask'\n\
-         [[recurrent]]\ninput='r1i'\noutput='r1o'\n[[constants]]\nname='ratio'\nvalue=[0.5]\n",
-    )
-    .unwrap();
+    recurrent_model(d);
     // Red channel alternates 255, 0, 255, 0… ; mask_t = 0.5·R_t + 0.5·mask_{t-1}.
     let frames: Vec<Vec<u8>> = (0..6).map(|t| [if t % 2 == 0 { 255 } else { 0 }, 0, 0, 255].repeat(32 * 32)).collect();
     let clip = d.join("alt.mkv");

@@ -225,11 +225,7 @@ impl Segmenter for OnnxSegmenter {
             let t = TensorRef::from_array_view((shape.clone(), data.as_slice())).map_err(rt)?;
             feeds.push((r.input.as_str().into(), t.into()));
         }
-        for c in &m.constants {
-            let shape = c.shape.clone().unwrap_or_else(|| vec![c.value.len() as i64]);
-            let t = TensorRef::from_array_view((shape, c.value.as_slice())).map_err(rt)?;
-            feeds.push((c.name.as_str().into(), t.into()));
-        }
+        feeds.extend(constant_feeds(&m, rt)?);
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned by an earlier panic".into()))?;
         let outputs = session.run(feeds).map_err(rt)?;
         let mut new_states = Vec::with_capacity(m.recurrent.len());
@@ -274,11 +270,7 @@ impl Segmenter for OnnxSegmenter {
         let tensor = TensorRef::from_array_view((shape, self.stack.as_slice())).map_err(rt)?;
         let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
             vec![(m.input.name.as_str().into(), tensor.into())];
-        for c in &m.constants {
-            let shape = c.shape.clone().unwrap_or_else(|| vec![c.value.len() as i64]);
-            let t = TensorRef::from_array_view((shape, c.value.as_slice())).map_err(rt)?;
-            feeds.push((c.name.as_str().into(), t.into()));
-        }
+        feeds.extend(constant_feeds(&m, rt)?);
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned by an earlier panic".into()))?;
         let outputs = session.run(feeds).map_err(rt)?;
         let value = outputs
@@ -289,4 +281,18 @@ impl Segmenter for OnnxSegmenter {
         let n = inputs.len().min(outs.len());
         batched::split(m, &dims, data, total, &mut outs[..n])
     }
+}
+
+/// The manifest's constant inputs (`[[constants]]`) as session feeds.
+fn constant_feeds<'a>(
+    m: &'a crate::model::Manifest,
+    rt: impl Fn(ort::Error) -> Error,
+) -> Result<Vec<(std::borrow::Cow<'a, str>, ort::session::SessionInputValue<'a>)>> {
+    let mut feeds = Vec::with_capacity(m.constants.len());
+    for c in &m.constants {
+        let shape = c.shape.clone().unwrap_or_else(|| vec![c.value.len() as i64]);
+        let t = TensorRef::from_array_view((shape, c.value.as_slice())).map_err(&rt)?;
+        feeds.push((c.name.as_str().into(), t.into()));
+    }
+    Ok(feeds)
 }

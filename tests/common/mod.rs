@@ -177,3 +177,24 @@ pub fn assert_no_partials(dir: &Path) {
         assert!(!n.contains(".partial"), "partial output left behind: {n}");
     }
 }
+
+/// A recurrent test model in `dir` (rec.onnx + rec.toml, 16² input): mask_t = 0.5·R_t + 0.5·mask_{t-1}, with
+/// one recurrent state and one constant input. Returns the manifest path.
+pub fn recurrent_model(dir: &Path) -> PathBuf {
+    let onnx = dir.join("rec.onnx");
+    let out = Command::new("python3")
+        .env("PYTHONPATH", root().join(".deps/py"))
+        .arg(root().join("tests/fixtures/make_recurrent.py"))
+        .args([onnx.to_str().unwrap(), "16", "16"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest = dir.join("rec.toml");
+    std::fs::write(
+        &manifest,
+        "name='rec'\nfile='rec.onnx'\n[input]\nname='pixels'\nlayout='NCHW'\nsize=[16,16]\n[output]\nname='mask'\n\
+         [[recurrent]]\ninput='r1i'\noutput='r1o'\n[[constants]]\nname='ratio'\nvalue=[0.5]\n",
+    )
+    .unwrap();
+    manifest
+}
