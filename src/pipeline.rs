@@ -147,6 +147,9 @@ fn convert_with(
     };
     let decode = gst::ElementFactory::make("uridecodebin").property("uri", &uri).build()?;
     pipeline.add(&decode)?;
+    if device_decode.is_some() {
+        crate::cuda::gst_cuda::prefer_cuda_output(&decode);
+    }
     let (video_head, appsink) = if device_decode.is_some() {
         let sink = crate::cuda::gst_cuda::device_appsink(cfg.queue.max(1) as u32);
         pipeline.add(&sink)?;

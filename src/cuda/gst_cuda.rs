@@ -133,6 +133,52 @@ pub fn upload_branch(pipeline: &gst::Pipeline, sink: &gst::Element) -> Result<gs
     Ok(convert)
 }
 
+/// Tells the video decoders that `uridecodebin`/`decodebin` plugs that CUDA memory is wanted. A decoder
+/// negotiates its output before decodebin exposes (and we link) its pad; unanswered, its caps query sees ANY
+/// and nvcodec decoders then settle on system memory (and fail when relinked to a CUDA-only sink). As playbin
+/// does for its video sinks, we answer those queries: CUDA NV12 first, any system-memory raw video after (for
+/// software decoders, which go through the upload branch), and GstVideoMeta for the allocation.
+pub fn prefer_cuda_output(decodebin: &gst::Element) {
+    decodebin.connect("autoplug-query", false, |args| {
+        let no = Some(false.to_value());
+        let (Ok(pad), Ok(el)) = (args[1].get::<gst::Pad>(), args[2].get::<gst::Element>()) else { return no };
+        let video_decoder = el.factory().is_some_and(|f| {
+            let k = f.metadata("klass").unwrap_or_default();
+            k.contains("Decoder") && k.contains("Video")
+        });
+        if !video_decoder || pad.direction() != gst::PadDirection::Src {
+            return no;
+        }
+        // SAFETY: the signal's last argument is the GstQuery being asked, writable by the handler for the
+        // duration of the call (decodebin answers it on the querying element's behalf).
+        let q = unsafe {
+            use gstreamer::glib::translate::ToGlibPtr;
+            let ptr = gstreamer::glib::gobject_ffi::g_value_get_boxed(args[3].to_glib_none().0) as *mut gst::ffi::GstQuery;
+            if ptr.is_null() {
+                return no;
+            }
+            gst::QueryRef::from_mut_ptr(ptr)
+        };
+        match q.view_mut() {
+            gst::QueryViewMut::Caps(c) => {
+                let mut ours = device_caps();
+                ours.make_mut().append(gst::Caps::builder("video/x-raw").build());
+                let result = match c.filter() {
+                    Some(f) => f.intersect_with_mode(&ours, gst::CapsIntersectMode::First),
+                    None => ours,
+                };
+                c.set_result(&result);
+                Some(true.to_value())
+            }
+            gst::QueryViewMut::Allocation(a) => {
+                a.add_allocation_meta::<gstreamer_video::VideoMeta>(None);
+                Some(true.to_value())
+            }
+            _ => no,
+        }
+    });
+}
+
 /// The sink pad a decoder's video pad links to on the device path: `sink`'s own when the decoder can give CUDA
 /// memory, else the head of a new upload branch in front of `sink`.
 pub fn device_sink_pad(pipeline: &gst::Pipeline, pad: &gst::Pad, sink: &gst::Element) -> Result<gst::Pad> {
@@ -146,6 +192,7 @@ pub fn decode_pipeline(cuda: &GstCuda, uri: &str, max_buffers: u32) -> Result<(g
     let pipeline = gst::Pipeline::new();
     cuda.attach(&pipeline);
     let dec = gst::ElementFactory::make("uridecodebin").property("uri", uri).build()?;
+    prefer_cuda_output(&dec);
     let sink = device_appsink(max_buffers);
     pipeline.add_many([&dec, sink.upcast_ref()])?;
     let weak = pipeline.downgrade();
@@ -164,6 +211,14 @@ pub fn decode_pipeline(cuda: &GstCuda, uri: &str, max_buffers: u32) -> Result<(g
         }
     });
     Ok((pipeline, sink))
+}
+
+/// The public head of `GstCudaMemory` (gstcudamemory.h, unchanged from 1.22 to 1.26).
+#[repr(C)]
+struct CudaMemoryHead {
+    mem: gst::ffi::GstMemory,
+    context: *mut c_void,
+    info: gstreamer_video::ffi::GstVideoInfo,
 }
 
 /// One decoded NV12 frame in CUDA memory, mapped for device access until dropped.
@@ -197,9 +252,16 @@ impl CudaFrame {
         if buffer.n_memory() != 1 || !buffer.peek_memory(0).is_type(CUDA_MEMORY_TYPE) {
             return Err(bad("the buffer is not one block of CUDA memory"));
         }
+        // The plane layout: GstVideoMeta when the decoder attached one (asked for in the allocation query),
+        // else the layout the CUDA allocator recorded in the memory itself (GstCudaMemory.info, public since
+        // 1.22: its pitch is what cuMemAllocPitch chose).
         let (offsets, strides) = match buffer.meta::<gstreamer_video::VideoMeta>() {
             Some(m) => (m.offset().to_vec(), m.stride().to_vec()),
-            None => return Err(bad("the decoder gave no plane layout (GstVideoMeta)")),
+            None => {
+                // SAFETY: the memory is a GstCudaMemory (checked above), whose public head is this struct.
+                let head = unsafe { &*(buffer.peek_memory(0).as_ptr() as *const CudaMemoryHead) };
+                (head.info.offset[..2].to_vec(), head.info.stride[..2].to_vec())
+            }
         };
         if strides.len() < 2 || strides[0] != strides[1] || strides[0] < info.width() as i32 {
             return Err(bad(&format!("unexpected plane layout (strides {strides:?})")));
@@ -242,6 +304,30 @@ impl Drop for CudaFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The autoplug-query answer (CUDA NV12 first, system memory after) must leave software decoding intact
+    /// where there is no GPU: every frame of the clip still decodes to system memory.
+    #[test]
+    fn software_decoders_still_decode_with_the_cuda_preference() {
+        gst::init().unwrap();
+        let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/media/carphone_pristine.mp4");
+        let uri = gst::glib::filename_to_uri(&clip, None).unwrap();
+        let pipeline = gst::Pipeline::new();
+        let dec = gst::ElementFactory::make("uridecodebin").property("uri", uri.as_str()).build().unwrap();
+        prefer_cuda_output(&dec);
+        let (head, sink) = crate::source::video_branch(&pipeline, 4).unwrap();
+        pipeline.add(&dec).unwrap();
+        crate::source::link_video_pads(&dec, &head);
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let mut n = 0;
+        while let Some(s) = sink.try_pull_sample(gst::ClockTime::from_seconds(10)) {
+            let caps = s.caps().unwrap();
+            assert!(caps.features(0).is_none_or(|f| !f.contains(CAPS_FEATURE_CUDA)), "{caps}");
+            n += 1;
+        }
+        pipeline.set_state(gst::State::Null).unwrap();
+        assert_eq!(n, 120, "carphone has 120 frames");
+    }
 
     #[test]
     fn device_caps_are_nv12_in_cuda_memory() {
