@@ -487,7 +487,8 @@ pub fn write_reports(reports: &[FileReport], json: Option<&Path>, csv_path: Opti
 pub fn summary(reports: &[FileReport], wall: f64) -> String {
     let count = |s: Status| reports.iter().filter(|r| r.status == s).count();
     let frames: u64 = reports.iter().filter(|r| r.status == Status::Done).map(|r| r.frames).sum();
-    let media: f64 = reports.iter().filter(|r| r.status == Status::Done).map(|r| r.duration_s).sum();
+    // (+ 0.0: an empty float sum is -0.0, printed as "-0.0 s")
+    let media: f64 = reports.iter().filter(|r| r.status == Status::Done).map(|r| r.duration_s).sum::<f64>() + 0.0;
     let done = count(Status::Done);
     format!(
         "{:<10}{:>8}\n{:<10}{:>8}\n{:<10}{:>8}\n{:<10}{:>8}\n{:<10}{:>8}\n{:<10}{:>8.1} s\n{:<10}{:>8.1}\n{:<10}{:>8.0}\n{:<10}{:>8.1} s of video\n",

@@ -815,6 +815,10 @@ fn batch(a: BatchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     if plan.jobs.is_empty() {
         anyhow::bail!("no video files found in the inputs ({} other files ignored)", plan.ignored.len());
     }
+    if cfg.cuda_stages {
+        // Every file would fail alike: say it once, before anything starts.
+        matteflow::cuda::stages::GpuStages::open_gpu(0)?;
+    }
     std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("creating {}", cfg.out_dir.display()))?;
     let segmenter = a.model.open()?;
     let tty = std::io::stderr().is_terminal();

@@ -108,4 +108,18 @@ fn gpu_paths_without_a_gpu_are_clear_errors() {
     assert!(err.contains("--cuda-stages needs an NVIDIA GPU"), "{err}");
     assert!(!err.contains("unfinished") && !err.contains("panicked"), "{err}");
     assert!(!dir.path().join("o.mp4").exists(), "no output left behind");
+    // batch --cuda-stages: said once, before any file starts (not once per file), nothing created.
+    let out_dir = dir.path().join("batch-out");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["batch", sample("carphone_pristine.mp4").to_str().unwrap(), sample("bikes.mp4").to_str().unwrap(), "-o"])
+        .arg(&out_dir)
+        .args(["-f", "h264", "--cuda-stages", "--host-decode"])
+        .env("LD_LIBRARY_PATH", nvrtc_lib_dir())
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.matches("--cuda-stages needs an NVIDIA GPU").count(), 1, "{err}");
+    assert!(!err.contains("panicked") && !err.contains("FAILED"), "{err}");
+    assert!(!out_dir.exists(), "nothing created");
 }
