@@ -139,6 +139,10 @@ step() {
       # uploaded (--host-decode); lite also in batches of 8 when the fixed-batch-8 export is there.
       e2e isnet-cuda-decode "$ISNET" "$ROOT/models/isnet.toml" --cuda-stages
       e2e isnet-host-decode "$ISNET" "$ROOT/models/isnet.toml" --cuda-stages --host-decode
+      # Software H.264 decoding (no NVDEC, no second CUDA context time-slicing with inference): tells whether
+      # the in-pipeline inference slowdown came from nvh264dec's own context (--host-decode keeps that).
+      GST_PLUGIN_FEATURE_RANK=nvh264dec:NONE,openh264dec:PRIMARY \
+        e2e isnet-sw-decode "$ISNET" "$ROOT/models/isnet.toml" --cuda-stages --host-decode
       e2e lite-cuda-decode "$MODELS/birefnet-lite-fp16.onnx" "$ROOT/models/birefnet-lite.toml" --cuda-stages
       e2e lite-host-decode "$MODELS/birefnet-lite-fp16.onnx" "$ROOT/models/birefnet-lite.toml" --cuda-stages --host-decode
       [ -f "$MODELS/birefnet-lite-b8-fp16.onnx" ] &&

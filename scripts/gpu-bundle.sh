@@ -2,7 +2,8 @@
 # Builds a self-contained runtime bundle of matteflow for a GPU machine that has an NVIDIA driver and CUDA
 # but no GStreamer: the stripped binary, the GStreamer plugins matteflow uses (nvcodec included) with the
 # ldd closure of everything (glibc and libstdc++ excepted), and an env.sh that points GStreamer at them.
-# (gst-libav is left out: it drags in all of FFmpeg; on NVIDIA, nvcodec decodes and x264/vpx encode.)
+# (gst-libav is left out: it drags in all of FFmpeg; on NVIDIA, nvcodec decodes and x264/vpx encode;
+# openh264dec is there to compare with software H.264 decoding.)
 # ONNX Runtime GPU (onnxruntime-gpu, CUDA 13) is added by the workplace's stage-parts or by
 # `pip install onnxruntime-gpu==1.31.1` on the target; point ORT_DYLIB_PATH at its libonnxruntime.so.1.31.1.
 #
@@ -13,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:?usage: gpu-bundle.sh OUT_DIR}"
 GST=/usr/lib/x86_64-linux-gnu/gstreamer-1.0
 PLUGINS=(coreelements playback typefindfunctions isomp4 matroska videoparsersbad videoconvertscale app
-  x264 nvcodec png multifile audioconvert audioresample pbtypes vpx opus flac)
+  x264 nvcodec png multifile audioconvert audioresample pbtypes vpx opus flac openh264)
 rm -rf "$OUT" && mkdir -p "$OUT"/{bin,lib,plugins,libexec}
 strip -o "$OUT/bin/matteflow" "$ROOT/target/release/matteflow"
 cp /usr/lib/x86_64-linux-gnu/gstreamer1.0/gstreamer-1.0/gst-plugin-scanner "$OUT/libexec/"
