@@ -180,6 +180,9 @@ fn go_live(cfg: &LiveConfig, model: &job::ModelSection, cancel: Arc<AtomicBool>,
     };
     let r = live::run(cfg, seg, hooks)?;
     eprintln!("matteflow live: {}; whole run: {}", r.stopped, r.summary);
+    if !r.summary.cpu_by_thread.is_empty() {
+        eprintln!("matteflow live: CPU by thread: {}", r.summary.cpu_breakdown(8));
+    }
     for p in &r.recordings {
         println!("{}", p.display());
     }

@@ -329,6 +329,7 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
         }
         if cfg.stats_interval_s > 0 && last_window.elapsed() >= Duration::from_secs(cfg.stats_interval_s as u64) {
             last_window = Instant::now();
+            stats.sample_threads();
             let w = stats.take_window();
             if let Some(f) = on_window.as_mut() {
                 f(&w);
@@ -440,6 +441,7 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     };
 
     // Wind down: stop the source, finish the outputs (always, so recordings are playable), stop the threads.
+    stats.sample_threads();
     stop.store(true, Ordering::SeqCst);
     let _ = input.pipeline.set_state(gst::State::Null);
     let _ = t_capture.join();

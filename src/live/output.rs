@@ -163,8 +163,13 @@ fn make(name: &str) -> Result<gst::Element> {
         .map_err(|_| Error::Gst(format!("element '{name}' is missing: install {}", crate::sink::package_of(name))))
 }
 
-fn queue(leaky: bool) -> Result<gst::Element> {
+/// A queue, named for the branch it feeds: GStreamer names each streaming thread after its queue's pad, so
+/// the CPU-by-thread summary reads `h264enc0:src`, `screen1:src`… instead of `queue3:src`.
+fn queue(branch: &str, leaky: bool) -> Result<gst::Element> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
     let q = gst::ElementFactory::make("queue")
+        .name(format!("{branch}{n}"))
         .property("max-size-buffers", 3u32)
         .property("max-size-bytes", 0u32)
         .property("max-size-time", 0u64)
@@ -264,7 +269,7 @@ impl Outputs {
             if let Some(t) = &h264_tee {
                 return Ok(t.clone());
             }
-            let q = queue(false)?;
+            let q = queue("h264enc", false)?;
             let conv = gst::ElementFactory::make("videoconvert").property("n-threads", 2u32).build()?;
             let caps = gst::ElementFactory::make("capsfilter")
                 .property("caps", gst::Caps::builder("video/x-raw").field("format", "I420").build())
@@ -288,7 +293,7 @@ impl Outputs {
         for spec in specs {
             match spec {
                 OutputSpec::Screen => {
-                    let q = queue(true)?;
+                    let q = queue("screen", true)?;
                     let conv = make("videoconvert")?;
                     let sink = screen_sink()?;
                     sink.set_property("sync", false);
@@ -316,7 +321,7 @@ impl Outputs {
                     match rf {
                         RecordFormat::Mp4 | RecordFormat::Flv => {
                             let t = ensure_h264(&pipeline, &tee)?;
-                            let q = queue(false)?;
+                            let q = queue("mux", false)?;
                             q.set_property("max-size-buffers", 0u32);
                             q.set_property("max-size-time", 2 * gst::ClockTime::SECOND.nseconds());
                             let mux = if rf == RecordFormat::Mp4 {
@@ -337,7 +342,7 @@ impl Outputs {
                             gst::Element::link_many([&t, &q, &mux, &sink])?;
                         }
                         RecordFormat::Convert(f) => {
-                            let q = queue(false)?;
+                            let q = queue("encode", false)?;
                             q.set_property("max-size-buffers", 0u32);
                             q.set_property("max-size-time", 2 * gst::ClockTime::SECOND.nseconds());
                             pipeline.add(&q)?;
@@ -361,7 +366,7 @@ impl Outputs {
         let stop_feeder = Arc::new(AtomicBool::new(false));
         if !rtmp_urls.is_empty() {
             let t = h264_tee.clone().unwrap();
-            let q = queue(true)?;
+            let q = queue("rtmp", true)?;
             // async=false: a live pipeline's sinks must not wait for a preroll buffer that only comes in PLAYING.
             let sink = gst_app::AppSink::builder().sync(false).max_buffers(60).drop(true).build();
             sink.set_property("async", false);
@@ -495,7 +500,7 @@ fn screen_sink() -> Result<gst::Element> {
 }
 
 fn vcam_branch(dev: &str, opts: &OutputOptions) -> Result<(gst::Element, gst::Element, gst::Element, gst::Element)> {
-    let q = queue(true)?;
+    let q = queue("vcam", true)?;
     let conv = make("videoconvert")?;
     let caps = gst::ElementFactory::make("capsfilter")
         .property("caps", gst::Caps::builder("video/x-raw").field("format", opts.vcam_format.as_str()).build())

@@ -26,6 +26,37 @@ pub fn process_usage() -> (f64, f64) {
     (rss, cpu)
 }
 
+/// CPU time (user + system, seconds) of this process's live threads, summed by thread name, most first.
+/// matteflow's own threads are named `mf-…`; GStreamer names its streaming threads after the element's pad
+/// (`x264enc0:src`, truncated to 15 characters by the kernel); ONNX Runtime's pool threads carry the name of
+/// the thread that made them. Threads that already ended are not in it.
+pub fn thread_cpu() -> Vec<(String, f64)> {
+    // SAFETY: sysconf reads a constant.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    for entry in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // "tid (name) state ppid … utime stime …": the name may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the name: state is field 3 of the line, utime 14 and stime 15.
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *by.entry(name).or_default() += (t(11) + t(12)) / tick;
+    }
+    let mut v: Vec<(String, f64)> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}
+
+/// One thread's (or same-named threads') share of the run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ThreadCpu {
+    pub thread: String,
+    /// CPU over the run, in % of one core.
+    pub percent: f64,
+}
+
 /// GPU memory in use on device 0 (all processes), bytes; `None` without a CUDA driver.
 pub fn gpu_memory_used() -> Option<f64> {
     if !crate::cuda::driver_present() {
@@ -116,6 +147,9 @@ pub struct LiveStats {
     /// Start of the current window and the counters at that moment.
     window_start: Mutex<(Instant, [u64; 10])>,
     cpu_start: f64,
+    /// The highest CPU time seen per thread name (threads that end take their time with them, so it is
+    /// sampled every window and once more before the threads stop).
+    threads: Mutex<std::collections::BTreeMap<String, f64>>,
 }
 
 impl Default for LiveStats {
@@ -134,6 +168,7 @@ impl Default for LiveStats {
             samples: Mutex::new(Default::default()),
             window_start: Mutex::new((Instant::now(), [0; 10])),
             cpu_start: process_usage().1,
+            threads: Mutex::new(Default::default()),
         }
     }
 }
@@ -165,6 +200,16 @@ pub struct LiveSummary {
     pub matte: Summary,
     pub infer: Summary,
     pub composite: Summary,
+    /// Where the CPU went, by thread (whole-run summary only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpu_by_thread: Vec<ThreadCpu>,
+}
+
+impl LiveSummary {
+    /// "mf-matte 61 %, x264enc0:src 33 %, …": the `n` busiest threads.
+    pub fn cpu_breakdown(&self, n: usize) -> String {
+        self.cpu_by_thread.iter().take(n).map(|t| format!("{} {:.0} %", t.thread, t.percent)).collect::<Vec<_>>().join(", ")
+    }
 }
 
 impl std::fmt::Display for LiveSummary {
@@ -239,6 +284,7 @@ impl LiveStats {
             matte: sums[1],
             infer: sums[2],
             composite: sums[3],
+            cpu_by_thread: Vec::new(),
         }
     }
 
@@ -268,7 +314,30 @@ impl LiveStats {
         };
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         let c = self.counters();
-        self.summary_from(c, secs, sums, c[1] as f64 / secs)
+        let mut s = self.summary_from(c, secs, sums, c[1] as f64 / secs);
+        self.sample_threads();
+        let run = self.started.elapsed().as_secs_f64().max(1e-9);
+        let mut v: Vec<ThreadCpu> = self
+            .threads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, secs)| ThreadCpu { thread: t.clone(), percent: 100.0 * secs / run })
+            .filter(|t| t.percent >= 0.5)
+            .collect();
+        v.sort_by(|a, b| b.percent.total_cmp(&a.percent));
+        s.cpu_by_thread = v;
+        s
+    }
+
+    /// Records each thread's CPU time so far (kept at its highest: see `threads`).
+    pub fn sample_threads(&self) {
+        let now = thread_cpu();
+        let mut m = self.threads.lock().unwrap();
+        for (t, secs) in now {
+            let e = m.entry(t).or_default();
+            *e = e.max(secs);
+        }
     }
 
     /// Prometheus text exposition (version 0.0.4).
@@ -307,6 +376,14 @@ impl LiveStats {
             let _ = writeln!(o, "matteflow_latency_seconds_sum{{stage=\"{name}\"}} {:.6}", total / 1e3);
             let _ = writeln!(o, "matteflow_latency_seconds_count{{stage=\"{name}\"}} {}", sum.count);
         }
+        let _ = writeln!(
+            o,
+            "# HELP matteflow_thread_cpu_seconds_total CPU time of the process's threads, by thread name\n# TYPE matteflow_thread_cpu_seconds_total counter"
+        );
+        for (thread, secs) in thread_cpu() {
+            let label = thread.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(o, "matteflow_thread_cpu_seconds_total{{thread=\"{label}\"}} {secs:.2}");
+        }
         for (name, help, v) in extra {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
@@ -317,6 +394,28 @@ impl LiveStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_is_attributed_to_the_thread_that_used_it() {
+        let busy = std::thread::Builder::new()
+            .name("mf-test-busy".into())
+            .spawn(|| {
+                let t = Instant::now();
+                let mut x = 0u64;
+                while t.elapsed() < Duration::from_millis(300) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                std::hint::black_box(x);
+                // Stay alive until read.
+                std::thread::sleep(Duration::from_millis(500));
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        let v = thread_cpu();
+        let busy_s = v.iter().find(|(n, _)| n == "mf-test-busy").map(|(_, s)| *s);
+        assert!(busy_s.is_some_and(|s| s >= 0.1), "mf-test-busy: {busy_s:?} in {v:?}");
+        busy.join().unwrap();
+    }
 
     #[test]
     fn percentiles() {
