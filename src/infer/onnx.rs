@@ -67,7 +67,12 @@ impl OnnxSegmenter {
             };
             Ok((s, provider, skipped))
         };
-        let (session, provider, skipped) = build().map_err(|e| {
+        // ONNX Runtime's pool threads, started while the session is made, take this thread's name: name them
+        // for what they are (the live CPU-by-thread summary), then restore ours.
+        let named = ThreadName::set(c"mf-ort-pool");
+        let built = build();
+        drop(named);
+        let (session, provider, skipped) = built.map_err(|e| {
             let msg = e.to_string();
             let hint = if msg.contains("Protobuf parsing failed") || msg.contains("INVALID_PROTOBUF") || msg.contains("parse") {
                 "the file is not an ONNX model (or is truncated): re-export or re-download it"
@@ -295,4 +300,26 @@ fn constant_feeds<'a>(
         feeds.push((c.name.as_str().into(), t.into()));
     }
     Ok(feeds)
+}
+
+/// Sets the calling thread's name (Linux `comm`, 15 bytes at most) until dropped, then restores the old one.
+struct ThreadName([u8; 16]);
+
+impl ThreadName {
+    fn set(name: &std::ffi::CStr) -> ThreadName {
+        let mut old = [0u8; 16];
+        // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer; PR_SET_NAME reads a NUL-terminated string.
+        unsafe {
+            libc::prctl(libc::PR_GET_NAME, old.as_mut_ptr());
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+        }
+        ThreadName(old)
+    }
+}
+
+impl Drop for ThreadName {
+    fn drop(&mut self) {
+        // SAFETY: the buffer holds the NUL-terminated name read in `set`.
+        unsafe { libc::prctl(libc::PR_SET_NAME, self.0.as_ptr()) };
+    }
 }
