@@ -39,4 +39,5 @@ print(f"RESULT output {s['output']} frames in {s['seconds']:.1f} s = {s['output'
       f"inferred {s['inferred']}, reused mask {s['reused']}, skipped stale {s['skipped_stale']}, dropped {s['dropped']}, "
       f"output drops {s['output_dropped']}; glass-to-glass p50 {g['p50']:.1f} ms, p95 {g['p95']:.1f} ms, max {g['max']:.1f} ms; "
       f"matte p50 {s['matte']['p50']:.1f} ms; CPU {s['cpu_percent']:.0f} % of one core; RSS {s['rss_mib']:.0f} MiB")
+print("RESULT CPU by thread (% of one core): " + ", ".join(f"{t['thread']} {t['percent']:.0f}" for t in s.get("cpu_by_thread", [])))
 PY
