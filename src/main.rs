@@ -131,6 +131,10 @@ struct ModelArgs {
     /// Write ONNX Runtime's per-node profile (JSON) with this file prefix
     #[arg(long, value_name = "PREFIX")]
     ort_profile: Option<PathBuf>,
+    /// Let ONNX Runtime's CPU threads spin between runs (its default; off here because decoding, compositing
+    /// and encoding need those cores)
+    #[arg(long)]
+    ort_spin: bool,
     /// Own model: input tensor name
     #[arg(long, help_heading = "Own model (without a manifest)")]
     input_name: Option<String>,
@@ -408,6 +412,7 @@ impl ModelArgs {
             cuda_graph: self.cuda_graph,
             cuda_nhwc: self.cuda_nhwc,
             profile: self.ort_profile.clone(),
+            spin: self.ort_spin,
         }
     }
     fn open(&self) -> anyhow::Result<matteflow::infer::OnnxSegmenter> {

@@ -178,6 +178,10 @@ pub struct ProviderOptions {
     pub cuda_nhwc: bool,
     /// ONNX Runtime session profiling: per-node times written to a JSON file with this prefix.
     pub profile: Option<PathBuf>,
+    /// Let ONNX Runtime's intra-op pool threads spin between runs (its own default). Off here: in matteflow
+    /// decoding, compositing and encoding share the cores with the model, and spinning took them (2 cores:
+    /// live 162 → 85 % CPU, conversion 57–63 → 68–73 fps without it; docs/BENCHMARKS.md).
+    pub spin: bool,
 }
 
 /// The TensorRT profile for a dynamic model: sizes from one multiple up to twice the manifest's size.

@@ -55,6 +55,8 @@ impl OnnxSegmenter {
                 .with_optimization_level(GraphOptimizationLevel::Level3)
                 .map_err(ort::Error::<()>::from)?
                 .with_intra_threads(threads)
+                .map_err(ort::Error::<()>::from)?
+                .with_intra_op_spinning(opts.spin)
                 .map_err(ort::Error::<()>::from)?;
             let mut opts = opts.clone();
             if opts.trt_profile.is_none() {
