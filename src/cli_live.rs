@@ -229,6 +229,7 @@ pub fn live(a: LiveArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         threads: a.model.threads,
         trt_fp16: a.model.trt_fp16,
         trt_cache: a.model.trt_cache.clone(),
+        ort_spin: a.model.ort_spin,
     };
     go_live(&cfg, &model, cancel, a.report.as_ref())
 }

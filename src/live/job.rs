@@ -59,6 +59,8 @@ pub struct ModelSection {
     pub threads: Option<usize>,
     pub trt_fp16: bool,
     pub trt_cache: Option<PathBuf>,
+    /// Let ONNX Runtime's CPU threads spin between runs (see `ProviderOptions::spin`).
+    pub ort_spin: bool,
 }
 
 impl Default for ModelSection {
@@ -70,6 +72,7 @@ impl Default for ModelSection {
             threads: None,
             trt_fp16: false,
             trt_cache: None,
+            ort_spin: false,
         }
     }
 }
@@ -82,6 +85,7 @@ impl ModelSection {
             trt_fp16: self.trt_fp16,
             trt_cache_dir: self.trt_cache.clone(),
             threads: self.threads,
+            spin: self.ort_spin,
             ..Default::default()
         })
     }
