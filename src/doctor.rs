@@ -11,10 +11,27 @@ pub struct Check {
     pub name: String,
     pub ok: bool,
     pub detail: String,
+    /// A capability the CPU path does without (NVIDIA decode/encode, CUDA): its absence is not a failure.
+    pub optional: bool,
+}
+
+impl Check {
+    /// "ok", "FAIL", or "-" for an optional capability this machine lacks.
+    pub fn mark(&self) -> &'static str {
+        match (self.ok, self.optional) {
+            (true, _) => "ok  ",
+            (false, true) => "-   ",
+            (false, false) => "FAIL",
+        }
+    }
 }
 
 fn check(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check {
-    Check { name: name.into(), ok, detail: detail.into() }
+    Check { name: name.into(), ok, detail: detail.into(), optional: false }
+}
+
+fn optional(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Check {
+    Check { optional: true, ..check(name, ok, detail) }
 }
 
 /// Runs every check. `model` is opened to show the provider a session really gets.
@@ -52,7 +69,25 @@ pub fn run(ort_lib: Option<&std::path::Path>, popts: &ProviderOptions) -> Vec<Ch
     let rtmp: Vec<&str> = ["flvmux", "rtmp2sink", "rtmp2src"].into_iter().filter(|e| !has(e)).collect();
     out.push(check("output RTMP", rtmp.is_empty(), if rtmp.is_empty() { "flvmux, rtmp2sink".into() } else { format!("missing {}", rtmp.join(", ")) }));
     let nv: Vec<&str> = ["nvh264dec", "cudaupload", "cudadownload"].into_iter().filter(|e| has(e)).collect();
-    out.push(check("NVIDIA decode (nvcodec)", !nv.is_empty(), if nv.is_empty() { "not available (no NVIDIA driver or plugin); CPU decode is used".into() } else { nv.join(", ") }));
+    out.push(optional("NVIDIA decode (nvcodec)", !nv.is_empty(), if nv.is_empty() { "not available (no NVIDIA driver or plugin); CPU decode is used".into() } else { nv.join(", ") }));
+    // Decoded frames can only stay in CUDA memory with GStreamer's CUDA library (1.22+) beside nvcodec.
+    // SAFETY: only probes whether the library can be opened.
+    let gstcuda = unsafe { libloading::Library::new("libgstcuda-1.0.so.0") }.is_ok();
+    let nvenc = has("nvh264enc");
+    out.push(optional(
+        "decoded frames on the GPU",
+        !nv.is_empty() && gstcuda,
+        match (nv.is_empty(), gstcuda) {
+            (false, true) => "yes: nvcodec + libgstcuda-1.0 (--cuda-stages keeps NV12 in CUDA memory)".into(),
+            (_, false) => "no: libgstcuda-1.0.so.0 not found (gstreamer1.0-plugins-bad ≥ 1.22); frames are uploaded".to_string(),
+            (true, true) => "no: nvcodec has no decoder here; frames are uploaded".into(),
+        },
+    ));
+    out.push(optional(
+        "NVIDIA encode (NVENC)",
+        nvenc,
+        if nvenc { "nvh264enc: H.264 output of GPU runs is encoded on the GPU".into() } else { "not available (no NVENC unit or plugin); x264 encodes".to_string() },
+    ));
 
     match runtime::init(ort_lib) {
         Ok(p) => {
@@ -73,8 +108,8 @@ pub fn run(ort_lib: Option<&std::path::Path>, popts: &ProviderOptions) -> Vec<Ch
     }
     // SAFETY: only probes whether the library can be dlopened.
     let cuda = unsafe { cudarc::driver::sys::is_culib_present() };
-    out.push(check("CUDA driver", cuda, if cuda { "libcuda found" } else { "not found: CPU is used" }));
+    out.push(optional("CUDA driver", cuda, if cuda { "libcuda found" } else { "not found: CPU is used" }));
     let nvrtc = unsafe { cudarc::nvrtc::sys::is_culib_present() };
-    out.push(check("NVRTC", nvrtc, if nvrtc { "libnvrtc found" } else { "not found (only needed for CUDA kernels)" }));
+    out.push(optional("NVRTC", nvrtc, if nvrtc { "libnvrtc found" } else { "not found (only needed for CUDA kernels)" }));
     out
 }

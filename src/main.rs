@@ -556,7 +556,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Cmd::Doctor(m) => {
             let mut bad = 0;
             for c in matteflow::doctor::run(cli.ort_lib.as_deref(), &m.provider_options()) {
-                println!("{} {:<28} {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);
+                println!("{} {:<28} {}", c.mark(), c.name, c.detail);
                 if !c.ok && (c.name == "ONNX Runtime" || c.name == "GStreamer" || c.name == "decode") {
                     bad += 1;
                 }

@@ -26,6 +26,11 @@ fn doctor_reports_runtime_provider_and_plugins() {
     for f in ["ProRes 4444 .mov", "FFV1 .mkv", "PNG sequence", "H.264 .mp4", "VP9 .webm"] {
         assert!(out.lines().any(|l| l.starts_with("ok") && l.contains(f)), "{f}: {out}");
     }
+    // The GPU capabilities are listed, and their absence here is not a failure.
+    for g in ["NVIDIA decode (nvcodec)", "decoded frames on the GPU", "NVIDIA encode (NVENC)", "CUDA driver"] {
+        assert!(out.lines().any(|l| l.starts_with('-') && l.contains(g)), "{g}: {out}");
+    }
+    assert!(!out.lines().any(|l| l.starts_with("FAIL")), "{out}");
 }
 
 #[test]
