@@ -10,7 +10,13 @@
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
-# fp16 export onnxconverter-common wheels in $WHEELS. Exports go to $MODELS. Each step is bounded by
+# fp16 export onnxconverter-common wheels in $WHEELS. The clips are made on the development machine:
+#   gst-launch-1.0 -q filesrc location=assets/media/bikes.mp4 ! decodebin ! videoconvert ! videoscale \
+#     ! video/x-raw,width=1920,height=1080,format=I420 ! x264enc speed-preset=veryfast bitrate=8000 ! h264parse \
+#     ! mp4mux ! filesink location=.gpu/bikes_1080p.mp4
+#   gst-launch-1.0 -q videotestsrc num-buffers=30 pattern=smpte ! video/x-raw,width=320,height=240,format=I420,framerate=30/1 \
+#     ! matroskamux ! filesink location=.gpu/raw_320.mkv
+# Exports go to $MODELS. Each step is bounded by
 # `timeout -s KILL`; logs and JSON go to $OUT/STEP.log and $OUT/STEP.tgz.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
