@@ -4,8 +4,8 @@
 # ldd closure of everything (glibc and libstdc++ excepted), and an env.sh that points GStreamer at them.
 # (gst-libav is left out: it drags in all of FFmpeg; on NVIDIA, nvcodec decodes and x264/vpx encode;
 # openh264dec is there to compare with software H.264 decoding.)
-# ONNX Runtime GPU (onnxruntime-gpu, CUDA 13) is added by the workplace's stage-parts or by
-# `pip install onnxruntime-gpu==1.31.1` on the target; point ORT_DYLIB_PATH at its libonnxruntime.so.1.31.1.
+# ONNX Runtime GPU (onnxruntime-gpu, CUDA 13) is not in the bundle (284 MB): `pip install onnxruntime-gpu==1.31.1`
+# on the target (or copy its capi/ folder over) and point ORT_DYLIB_PATH at its libonnxruntime.so.1.31.1.
 #
 #   scripts/gpu-bundle.sh OUT_DIR            → OUT_DIR/{bin,lib,plugins,libexec,env.sh}
 #   on the target:  . OUT_DIR/env.sh && matteflow doctor

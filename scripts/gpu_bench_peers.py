@@ -23,7 +23,7 @@ import torch
 # Channels of the backbone's four stages (from the BiRefNet paper's configuration): the repository's Config
 # picks its backbone by list index, so the variant is set after its constructor.
 LATERAL = {"swin_v1_l": [1536, 768, 384, 192], "swin_v1_t": [768, 384, 192, 96]}
-GFLOP = {"swin_v1_l": 2362.0, "swin_v1_t": 469.0}  # per 1024² frame (../shared/GPU.md)
+GFLOP = {"swin_v1_l": 2362.0, "swin_v1_t": 469.0}  # per 1024² frame (counted for docs/BENCHMARKS.md)
 NAMES = {"swin_v1_l": "birefnet-general", "swin_v1_t": "birefnet-lite"}
 
 
