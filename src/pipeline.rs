@@ -326,47 +326,9 @@ fn convert_with(
             let mut pending: Vec<Frame> = Vec::with_capacity(batch);
             let (mut tp, mut ti, mut tq) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
             let mut calls = 0u64;
-            while let Ok(frame) = rx_frames.recv() {
+            'frames: while let Ok(frame) = rx_frames.recv() {
                 if shared.stop.load(Ordering::SeqCst) {
                     break;
-                }
-                if let Some(g) = gpu.as_mut() {
-                    // Up to `batch` consecutive frames per call; frames of one call share a size (a resolution
-                    // change mid-stream splits the group).
-                    pending.push(frame);
-                    while pending.len() < batch {
-                        match rx_frames.recv() {
-                            Ok(f) => pending.push(f),
-                            Err(_) => break,
-                        }
-                    }
-                    let mut result = Ok(());
-                    while !pending.is_empty() && result.is_ok() {
-                        let size = (pending[0].width, pending[0].height);
-                        let split = pending.iter().position(|f| (f.width, f.height) != size).unwrap_or(pending.len());
-                        let mut group: Vec<Frame> = pending.drain(..split).collect();
-                        result = g.process_batch(&mut segmenter, &mut group, batch).map(|t| {
-                            tp += t.preprocess;
-                            ti += t.infer;
-                            tq += t.post_composite;
-                            calls += 1;
-                            group
-                        }).and_then(|group| {
-                            if group.into_iter().any(|f| tx_masked.send((f, None)).is_err()) {
-                                Err(Error::Interrupted("stopped".into()))
-                            } else {
-                                Ok(())
-                            }
-                        });
-                    }
-                    match result {
-                        Ok(()) => continue,
-                        Err(Error::Interrupted(_)) => break,
-                        Err(e) => {
-                            shared.fail(e);
-                            break;
-                        }
-                    }
                 }
                 // Up to `batch` consecutive frames; a short last batch at the end of the stream.
                 pending.push(frame);
@@ -375,6 +337,30 @@ fn convert_with(
                         Ok(f) => pending.push(f),
                         Err(_) => break,
                     }
+                }
+                if let Some(g) = gpu.as_mut() {
+                    // Frames of one GPU call share a size (a resolution change mid-stream splits the group).
+                    while !pending.is_empty() {
+                        let size = (pending[0].width, pending[0].height);
+                        let split = pending.iter().position(|f| (f.width, f.height) != size).unwrap_or(pending.len());
+                        let mut group: Vec<Frame> = pending.drain(..split).collect();
+                        match g.process_batch(&mut segmenter, &mut group, batch) {
+                            Ok(t) => {
+                                tp += t.preprocess;
+                                ti += t.infer;
+                                tq += t.post_composite;
+                                calls += 1;
+                                if group.into_iter().any(|f| tx_masked.send((f, None)).is_err()) {
+                                    break 'frames;
+                                }
+                            }
+                            Err(e) => {
+                                shared.fail(e);
+                                break 'frames;
+                            }
+                        }
+                    }
+                    continue;
                 }
                 let k = pending.len();
                 let step = (|| -> Result<Vec<Vec<u8>>> {

@@ -132,18 +132,22 @@ pub fn pull_cuda_frame(appsink: &gst_app::AppSink, index: u64, timeout: Duration
     Some(cuda_frame_from_sample(sample, index))
 }
 
+/// A sample's timestamp as running time (its segment applied; the timestamp as is without a time segment).
+pub fn running_pts(sample: &gst::Sample) -> Option<gst::ClockTime> {
+    let pts = sample.buffer()?.pts();
+    match sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned()) {
+        Some(seg) => pts.and_then(|p| seg.to_running_time(p)),
+        None => pts,
+    }
+}
+
 fn cuda_frame_from_sample(sample: gst::Sample, index: u64) -> Result<Frame> {
     if crate::cuda::gst_cuda::CudaFrame::full_range(&sample) {
         return Err(Error::Gst("full-range video cannot be converted on the GPU yet: run with --host-decode".into()));
     }
     let cuda = crate::cuda::gst_cuda::CudaFrame::map(&sample)?;
-    let segment = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
     let src = sample.buffer().ok_or_else(|| Error::Gst("decoded sample without buffer".into()))?;
-    let pts = match segment {
-        Some(seg) => src.pts().and_then(|p| seg.to_running_time(p)),
-        None => src.pts(),
-    };
-    let duration = src.duration();
+    let (pts, duration) = (running_pts(&sample), src.duration());
     let (w, h) = (cuda.width, cuda.height);
     let data = gst::Buffer::with_size((w * h * 4) as usize)
         .map_err(|e| Error::Gst(format!("cannot allocate a frame: {e}")))?
@@ -157,11 +161,10 @@ fn frame_from_sample(sample: gst::Sample, index: u64) -> Result<Frame> {
     let info = gstreamer_video::VideoInfo::from_caps(caps).map_err(|e| Error::Gst(format!("bad video caps: {e}")))?;
     // Timestamps become running time: containers with an edit list (most MP4s with B-frames) start their
     // media timeline later than 0, and the output must present each frame when the input did.
-    let segment = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
+    let pts = running_pts(&sample);
     let mut buffer = sample.buffer_owned().ok_or_else(|| Error::Gst("decoded sample without buffer".into()))?;
     drop(sample);
-    if let Some(seg) = segment {
-        let pts = buffer.pts().and_then(|p| seg.to_running_time(p));
+    if buffer.pts() != pts {
         buffer.make_mut().set_pts(pts);
     }
     let (w, h) = (info.width(), info.height());

@@ -115,31 +115,14 @@ impl Gpu {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         use cudarc::driver::DevicePtr;
-        let (ptr, _sync) = out.device_ptr(&self.stream);
-        self.preprocess_raw(frame, format, w, h, m, geo, ptr)
+        let (src, _s) = frame.device_ptr(&self.stream);
+        let (dst, _d) = out.device_ptr(&self.stream);
+        self.preprocess_ptr(src, format, w, h, m, geo, dst)
     }
 
-    /// As `preprocess`, into a raw device pointer (e.g. ONNX Runtime's bound input tensor, or one frame of a
-    /// batch tensor); the caller guarantees it holds model_w · model_h · 3 f32 values.
-    #[allow(clippy::too_many_arguments)]
-    pub fn preprocess_raw(
-        &self,
-        frame: &CudaSlice<u8>,
-        format: FrameFormat,
-        w: u32,
-        h: u32,
-        m: &Manifest,
-        geo: &Geometry,
-        out: u64,
-    ) -> Result<()> {
-        use cudarc::driver::DevicePtr;
-        let (src, _sync) = frame.device_ptr(&self.stream);
-        self.preprocess_ptr(src, format, w, h, m, geo, out)
-    }
-
-    /// As `preprocess_raw`, from a raw device pointer to the frame (e.g. a GStreamer CUDA memory buffer the
-    /// decoder filled); the caller guarantees it holds the frame in `format` and stays alive until the stream
-    /// has run the kernel.
+    /// As `preprocess`, between raw device pointers: the frame (e.g. a GStreamer CUDA memory buffer the decoder
+    /// filled, alive until the stream has run the kernel) and the tensor (e.g. ONNX Runtime's bound input, or one
+    /// frame's slice of a batch tensor, holding model_w · model_h · 3 f32 values).
     #[allow(clippy::too_many_arguments)]
     pub fn preprocess_ptr(
         &self,

@@ -133,7 +133,8 @@ impl GpuStages {
                         return Err(Error::Cuda(format!("frame of {} bytes for {w}x{h} RGBA", f.data.len())));
                     }
                     st.memcpy_htod(&f.data[..], dframe).map_err(|x| e("upload", x))?;
-                    self.gpu.preprocess_raw(dframe, FrameFormat::Rgba { pitch: (w * 4) as usize }, w, h, &self.manifest, &geo, slot)?;
+                    let (src, _s) = cudarc::driver::DevicePtr::device_ptr(&*dframe, &st);
+                    self.gpu.preprocess_ptr(src, FrameFormat::Rgba { pitch: (w * 4) as usize }, w, h, &self.manifest, &geo, slot)?;
                 }
             }
         }

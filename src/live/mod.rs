@@ -374,10 +374,7 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
         // The capture time as running time on the shared clock. Cameras and the test pattern stamp frames when
         // they are captured; a network stream's timestamps say nothing about our clock, so they are shifted to
         // the earliest arrival they allow (latency is then measured from arrival).
-        let stream_rt = buffer.pts().and_then(|p| match sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned()) {
-            Some(seg) => seg.to_running_time(p),
-            None => Some(p),
-        });
+        let stream_rt = crate::source::running_pts(&sample);
         let pts = if matches!(cfg.input, InputSpec::Uri(_)) {
             // Keep the stream's own spacing (frames often arrive in bursts), anchored at the first arrival.
             match (stream_rt, arrival) {
