@@ -6,7 +6,7 @@
 # through matteflow on a 1080p file (`matteflow bench`, CPU stages and --cuda-stages).
 #
 #   scripts/gpu-bench.sh STEP...      steps: env peers-l peers-t mf-general mf-lite mf-isnet export-t8 mf-batch
-#                                     decode-check e2e-decode batch-lite
+#                                     decode-check e2e-decode batch-lite determinism contention
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -160,7 +160,9 @@ step() {
       local dir=/tmp/batch-in out
       rm -rf "$dir" && mkdir -p "$dir"
       for i in $(seq 1 "${COPIES:-4}"); do for c in "$ROOT"/assets/media/*.mp4; do cp "$c" "$dir/$(basename "$c" .mp4)-$i.mp4"; done; done
-      for args in "--jobs 1" "--jobs 2" "--jobs 2 --batch 8 B8"; do
+      # CONFIGS: ';'-separated matteflow arguments; a trailing B8 means the fixed-batch-8 export
+      local configs; IFS=';' read -ra configs <<< "${CONFIGS:---jobs 1;--jobs 2;--jobs 2 --batch 8 B8}"
+      for args in "${configs[@]}"; do
         local model="$MODELS/birefnet-lite-fp16.onnx" a=($args) label=${args// /}
         if [ "${a[-1]}" = B8 ]; then unset 'a[-1]'; model="$MODELS/birefnet-lite-b8-fp16.onnx"; [ -f "$model" ] || continue; fi
         out=/tmp/batch-out-$label && rm -rf "$out"
@@ -173,6 +175,39 @@ r = json.load(open(sys.argv[1])); wall = float(sys.argv[2])
 done = [x for x in r if x["status"] == "done"]; frames = sum(x["frames"] for x in done)
 print(f"{len(done)}/{len(r)} files, {frames} frames in {wall:.0f} s: {len(done) * 3600 / wall:.0f} files/hour, {frames / wall:.1f} frames/s")
 PY
+      done
+      ;;
+    contention)
+      # Why inference is slower inside the pipeline than alone (IS-Net 6.6 → 15–18 ms): the model alone idle,
+      # with idle gaps between runs (as the pipeline's inference thread waits for frames), and with every core
+      # busy; then the pipeline with the encoder's threads at a lower priority, and with a light encoder (PNG).
+      local man="$ROOT/models/isnet.toml"
+      gpu_bench isnet-idle "$ISNET" "$man" 0 --batch 1 --device-only
+      gpu_bench isnet-pause20 "$ISNET" "$man" 0 --batch 1 --device-only --pause-ms 20
+      local burn=() i
+      for i in $(nproc --all | xargs seq 1); do (while :; do :; done) & burn+=($!); done
+      gpu_bench isnet-cpu-busy "$ISNET" "$man" 0 --batch 1 --device-only
+      kill "${burn[@]}"; wait "${burn[@]}" 2>/dev/null
+      e2e isnet-cuda-decode "$ISNET" "$man" --cuda-stages
+      MATTEFLOW_ENCODER_NICE=10 e2e isnet-encoder-nice10 "$ISNET" "$man" --cuda-stages
+      T 120 matteflow bench "$CLIP" --device cuda --model "$ISNET" --manifest "$man" -f png -k mask --runs 1 --cuda-stages
+      ;;
+    determinism)
+      # Issue 5 on the GPU: a file's frames are the same whether it was converted alone or batched with other
+      # files' frames (lite, fixed batch 8, --cuda-stages, lossless PNG out), compared file by file.
+      local m="$MODELS/birefnet-lite-b8-fp16.onnx" man="$ROOT/models/birefnet-lite.toml" dir=/tmp/det-in
+      rm -rf "$dir" /tmp/det-out /tmp/det-alone && mkdir -p "$dir" /tmp/det-alone
+      cp "$ROOT"/assets/media/*.mp4 "$dir/" && cp "$CLIP" "$dir/"
+      T 240 matteflow -v batch "$dir" -o /tmp/det-out -f png -k alpha --device cuda --cuda-stages --model "$m" \
+        --manifest "$man" --jobs 3 --batch 8 2>&1 | grep -v " INFO .*frame\b" | tail -15
+      for f in "$dir"/*.mp4; do
+        local n; n=$(basename "$f" .mp4)
+        T 120 matteflow convert "$f" -o "/tmp/det-alone/$n/" -k alpha --device cuda --cuda-stages --model "$m" \
+          --manifest "$man" --batch 8 2>&1 | tail -2
+        local a b
+        a=$(cd "/tmp/det-alone/$n" && ls | wc -l) b=$(cd "/tmp/det-out/$n" 2>/dev/null && ls | wc -l)
+        if diff -rq "/tmp/det-alone/$n" "/tmp/det-out/$n" >/dev/null; then echo "IDENTICAL $n: $a frames alone, $b batched"
+        else echo "DIFFERENT $n: $a frames alone, $b batched; $(diff -rq "/tmp/det-alone/$n" "/tmp/det-out/$n" | wc -l) files differ"; fi
       done
       ;;
     *) echo "unknown step $1"; return 2 ;;

@@ -92,6 +92,10 @@ enum Cmd {
         /// Give up (and print every thread's state) after this many seconds
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// Idle this long before each timed run (a pipeline's inference thread waits for frames between runs;
+        /// this shows what idle gaps cost: clocks, wake-ups)
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
     },
     /// Convert the shipped sample clip with the default model (the README's first command)
     Demo {
@@ -602,7 +606,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
             anyhow::ensure!(bad == 0, "{bad} kernel(s) disagree with the CPU beyond tolerance");
         }
-        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout } => {
+        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms } => {
             let _dog = matteflow::cuda::bench::Watchdog::start("gpu-bench", timeout);
             // The CUDA context first (current on this thread), so memory in use is measured from before the model.
             let _gpu = matteflow::cuda::Gpu::open(0)?;
@@ -622,6 +626,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 gflop_per_frame: gflop,
                 device_id: 0,
                 host_path: !device_only,
+                pause: std::time::Duration::from_millis(pause_ms),
             };
             let rows = matteflow::cuda::bench::run(&mut seg, &o)?;
             print!("{}", matteflow::cuda::bench::table(&name, &rows));
