@@ -737,6 +737,12 @@ fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     println!("input {} ({}x{}), {} frames; output {} {:?}", a.input, r.width, r.height, r.frames, a.format.describe(), a.output_kind);
     println!("decode alone (GStreamer → RGBA): {:.2} ms/frame ({:.1} fps)", d.as_secs_f64() * 1000.0 / r.frames as f64, r.frames as f64 / d.as_secs_f64());
     print!("{}", r.table());
+    {
+        let (runs, t) = matteflow::infer::ort_run_time();
+        if runs > 0 {
+            println!("inside ONNX Runtime's run call: {:.2} ms per call ({runs} device calls)", t.as_secs_f64() * 1e3 / runs as f64);
+        }
+    }
     Ok(())
 }
 

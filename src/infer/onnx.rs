@@ -12,7 +12,7 @@ use crate::preprocess::ModelInput;
 use crate::runtime::{self, Provider, ProviderOptions};
 
 mod device;
-pub use device::{DeviceIo, DeviceMask};
+pub use device::{ort_run_time, DeviceIo, DeviceMask};
 
 pub struct OnnxSegmenter {
     /// Shared by every handle (`share()`): one model in memory, however many files are in flight.

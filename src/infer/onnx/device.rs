@@ -16,6 +16,9 @@ use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, Memory
 use ort::session::IoBinding;
 use ort::value::Tensor;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use super::OnnxSegmenter;
 use crate::error::{Error, Result};
 use crate::model::Activation;
@@ -63,6 +66,15 @@ impl DeviceIo {
 
 fn rt(name: &str) -> impl Fn(ort::Error) -> Error + '_ {
     move |e| Error::Runtime(format!("device run of {name}: {e}"))
+}
+
+static ORT_RUN_NS: AtomicU64 = AtomicU64::new(0);
+static ORT_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// Device runs so far in this process and the time spent inside ONNX Runtime's run call (the rest of a
+/// device run's time is binding and output handling on our side).
+pub fn ort_run_time() -> (u64, Duration) {
+    (ORT_RUNS.load(Ordering::Relaxed), Duration::from_nanos(ORT_RUN_NS.load(Ordering::Relaxed)))
 }
 
 impl OnnxSegmenter {
@@ -145,7 +157,10 @@ impl OnnxSegmenter {
             return Err(Error::Runtime("run_device before device_input".into()));
         };
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned".into()))?;
+        let t0 = Instant::now();
         let mut outputs = session.run_binding(binding).map_err(&rt)?;
+        ORT_RUN_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        ORT_RUNS.fetch_add(1, Ordering::Relaxed);
         let value = outputs
             .remove(&m.output.name)
             .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
