@@ -326,6 +326,8 @@ fn convert_with(
             let mut pending: Vec<Frame> = Vec::with_capacity(batch);
             let (mut tp, mut ti, mut tq) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
             let mut calls = 0u64;
+            // The first call (its time, frames, and when it ended): warm-up, reported apart.
+            let mut first: Option<(Duration, u64, Duration)> = None;
             'frames: while let Ok(frame) = rx_frames.recv() {
                 if shared.stop.load(Ordering::SeqCst) {
                     break;
@@ -346,6 +348,7 @@ fn convert_with(
                         let mut group: Vec<Frame> = pending.drain(..split).collect();
                         match g.process_batch(&mut segmenter, &mut group, batch) {
                             Ok(t) => {
+                                first.get_or_insert((t.infer, group.len() as u64, start.elapsed()));
                                 tp += t.preprocess;
                                 ti += t.infer;
                                 tq += t.post_composite;
@@ -363,6 +366,7 @@ fn convert_with(
                     continue;
                 }
                 let k = pending.len();
+                let ti_before = ti;
                 let step = (|| -> Result<Vec<Vec<u8>>> {
                     let t0 = Instant::now();
                     for (f, input) in pending.iter().zip(inputs.iter_mut()) {
@@ -392,6 +396,7 @@ fn convert_with(
                 })();
                 match step {
                     Ok(alphas) => {
+                        first.get_or_insert((ti - ti_before, k as u64, start.elapsed()));
                         if pending.drain(..).zip(alphas).any(|(f, a)| tx_masked.send((f, Some(a))).is_err()) {
                             break;
                         }
@@ -407,6 +412,11 @@ fn convert_with(
             t.infer += ti;
             t.postprocess += tq;
             t.infer_calls += calls;
+            if let Some((d, n, at)) = first {
+                t.first_infer = d;
+                t.first_infer_frames = n;
+                t.first_infer_done = at;
+            }
         })
     }
     .map_err(|e| Error::io("starting a thread", e))?;

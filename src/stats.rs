@@ -14,6 +14,11 @@ pub struct StageTimes {
     pub encode_push: Duration,
     /// Inference calls made by the CPU-stage path (fewer than frames when frames are batched).
     pub infer_calls: u64,
+    /// The first inference call alone: model warm-up (cuDNN's algorithm search, the memory arena) lands there.
+    pub first_infer: Duration,
+    /// Frames in that first call, and when it ended (from the pipeline's start).
+    pub first_infer_frames: u64,
+    pub first_infer_done: Duration,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -45,6 +50,15 @@ impl Report {
         self.frames as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 
+    /// Steady state, leaving the first inference call (warm-up) out: inference ms per frame, and frames per
+    /// second from the end of that call to the end of the run.
+    pub fn after_first_call(&self) -> Option<(f64, f64)> {
+        let s = &self.stages;
+        let rest = self.frames.checked_sub(s.first_infer_frames).filter(|r| *r > 0 && s.first_infer_frames > 0)?;
+        let span = self.wall.checked_sub(s.first_infer_done)?.as_secs_f64().max(1e-9);
+        Some((ms(s.infer.saturating_sub(s.first_infer), rest), rest as f64 / span))
+    }
+
     /// A small table, milliseconds per frame.
     pub fn table(&self) -> String {
         let n = self.frames;
@@ -63,6 +77,14 @@ impl Report {
         }
         if s.infer_calls > 0 && s.infer_calls < n {
             t += &format!("{:<14}{:>10.2}\n", "frames/call", n as f64 / s.infer_calls as f64);
+        }
+        if let Some((infer, fps)) = self.after_first_call() {
+            t += &format!(
+                "first inference call {:.0} ms (warm-up); after it: infer {:.2} ms/frame, {:.1} fps end to end\n",
+                s.first_infer.as_secs_f64() * 1e3,
+                infer,
+                fps
+            );
         }
         t += &format!(
             "end to end: {} frames {}x{} in {:.2} s = {:.1} fps ({} on {})\n",
