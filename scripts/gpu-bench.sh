@@ -180,7 +180,8 @@ PY
     contention)
       # Why inference is slower inside the pipeline than alone (IS-Net 6.6 → 15–18 ms): the model alone idle,
       # with idle gaps between runs (as the pipeline's inference thread waits for frames), and with every core
-      # busy; then the pipeline with the encoder's threads at a lower priority, and with a light encoder (PNG).
+      # busy; then the pipeline, and the pipeline with a light encoder (PNG) in place of x264. (Answer, 2026-11-29:
+      # none of these; it was the first call's warm-up, now reported apart by `matteflow bench`.)
       local man="$ROOT/models/isnet.toml"
       gpu_bench isnet-idle "$ISNET" "$man" 0 --batch 1 --device-only
       gpu_bench isnet-pause20 "$ISNET" "$man" 0 --batch 1 --device-only --pause-ms 20
@@ -189,7 +190,6 @@ PY
       gpu_bench isnet-cpu-busy "$ISNET" "$man" 0 --batch 1 --device-only
       kill "${burn[@]}"; wait "${burn[@]}" 2>/dev/null
       e2e isnet-cuda-decode "$ISNET" "$man" --cuda-stages
-      MATTEFLOW_ENCODER_NICE=10 e2e isnet-encoder-nice10 "$ISNET" "$man" --cuda-stages
       T 120 matteflow bench "$CLIP" --device cuda --model "$ISNET" --manifest "$man" -f png -k mask --runs 1 --cuda-stages
       ;;
     determinism)

@@ -230,6 +230,7 @@ pub fn live(a: LiveArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         trt_fp16: a.model.trt_fp16,
         trt_cache: a.model.trt_cache.clone(),
         ort_spin: a.model.ort_spin,
+        cudnn_search: a.model.cudnn_search,
     };
     go_live(&cfg, &model, cancel, a.report.as_ref())
 }

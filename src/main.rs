@@ -132,6 +132,10 @@ struct ModelArgs {
     /// CUDA: prefer NHWC convolution kernels
     #[arg(long)]
     cuda_nhwc: bool,
+    /// CUDA: how cuDNN convolution algorithms are chosen on the first run (exhaustive: fastest kernels, a few
+    /// seconds of warm-up; heuristic: quick start)
+    #[arg(long, value_enum, default_value_t)]
+    cudnn_search: matteflow::runtime::CudnnSearch,
     /// Write ONNX Runtime's per-node profile (JSON) with this file prefix
     #[arg(long, value_name = "PREFIX")]
     ort_profile: Option<PathBuf>,
@@ -415,6 +419,7 @@ impl ModelArgs {
             trt_profile: None,
             cuda_graph: self.cuda_graph,
             cuda_nhwc: self.cuda_nhwc,
+            cudnn_search: self.cudnn_search,
             profile: self.ort_profile.clone(),
             spin: self.ort_spin,
         }

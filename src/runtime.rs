@@ -24,6 +24,20 @@ impl Provider {
     }
 }
 
+/// How the CUDA provider picks each convolution's cuDNN algorithm (`--cudnn-search`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CudnnSearch {
+    /// Time every algorithm on the first run (ONNX Runtime's default): the fastest kernels, and a warm-up of
+    /// 2.7–3.4 s on the first frame with BiRefNet or IS-Net on the H200 (docs/BENCHMARKS.md).
+    #[default]
+    Exhaustive,
+    /// cuDNN's heuristics: no timing runs on the first frame; kernels may be slower (not yet measured).
+    Heuristic,
+    /// cuDNN's default algorithm for each convolution.
+    Default,
+}
+
 /// Which devices the user allows (`--device`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
@@ -176,6 +190,8 @@ pub struct ProviderOptions {
     pub cuda_graph: bool,
     /// CUDA EP: prefer NHWC kernels (tensor-core friendly convolutions, fewer layout transposes).
     pub cuda_nhwc: bool,
+    /// CUDA EP: how convolution algorithms are chosen.
+    pub cudnn_search: CudnnSearch,
     /// ONNX Runtime session profiling: per-node times written to a JSON file with this prefix.
     pub profile: Option<PathBuf>,
     /// Let ONNX Runtime's intra-op pool threads spin between runs (its own default). Off here: in matteflow
@@ -260,6 +276,11 @@ pub fn register(
                 if opts.cuda_nhwc {
                     cuda = cuda.with_prefer_nhwc(true);
                 }
+                cuda = cuda.with_conv_algorithm_search(match opts.cudnn_search {
+                    CudnnSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                    CudnnSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
+                    CudnnSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
+                });
                 match cuda.register(&mut builder) {
                     Ok(()) => {
                         if chosen == Provider::Cpu {

@@ -176,30 +176,9 @@ pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_by
         .max_bytes(frame_bytes * 3)
         .build();
     pipeline.add(&appsrc)?;
-    if let Some(nice) = std::env::var("MATTEFLOW_ENCODER_NICE").ok().and_then(|v| v.parse::<i32>().ok()) {
-        lower_priority_of_streaming_thread(&appsrc.static_pad("src").unwrap(), nice);
-    }
     let (head, audio_sink) = encoder_chain(pipeline, format, location, gpu)?;
     appsrc.link(&head)?;
     Ok(EncodeBranch { appsrc, audio_sink })
-}
-
-/// Raises the nice value of the thread that streams from `pad` by `nice` once it starts (at its first event,
-/// before the encoder behind it creates its worker threads, which inherit it). Linux scheduling priority is
-/// per thread and lowering one's own needs no privilege; elsewhere this does nothing.
-pub fn lower_priority_of_streaming_thread(pad: &gst::Pad, nice: i32) {
-    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::BUFFER, move |_, _| {
-        #[cfg(target_os = "linux")]
-        // SAFETY: plain syscalls on the calling thread (who = 0: this thread on Linux).
-        unsafe {
-            *libc::__errno_location() = 0;
-            let now = libc::getpriority(libc::PRIO_PROCESS, 0);
-            if libc::setpriority(libc::PRIO_PROCESS, 0, now + nice) == 0 {
-                tracing::debug!("encoder thread: nice {now} → {}", now + nice);
-            }
-        }
-        gst::PadProbeReturn::Remove
-    });
 }
 
 /// Builds videoconvert → encoder → mux → file for `format` inside `pipeline` and returns its head (to link

@@ -140,10 +140,6 @@ impl GpuStages {
         }
         // ONNX Runtime runs on its own stream: the tensor must be complete before it starts.
         st.synchronize().map_err(|x| e("sync", x))?;
-        if std::env::var_os("MATTEFLOW_CTX_SYNC").is_some() {
-            // Experiment: wait for all work in the context (the decoder's too) before the inference timer starts.
-            self.gpu.ctx.synchronize().map_err(|x| e("sync", x))?;
-        }
         // The decoder's buffers can go back to its pool now.
         for f in frames.iter_mut() {
             f.cuda = None;

@@ -61,6 +61,8 @@ pub struct ModelSection {
     pub trt_cache: Option<PathBuf>,
     /// Let ONNX Runtime's CPU threads spin between runs (see `ProviderOptions::spin`).
     pub ort_spin: bool,
+    /// exhaustive (default), heuristic or default: see `--cudnn-search`.
+    pub cudnn_search: crate::runtime::CudnnSearch,
 }
 
 impl Default for ModelSection {
@@ -73,6 +75,7 @@ impl Default for ModelSection {
             trt_fp16: false,
             trt_cache: None,
             ort_spin: false,
+            cudnn_search: Default::default(),
         }
     }
 }
@@ -86,6 +89,7 @@ impl ModelSection {
             trt_cache_dir: self.trt_cache.clone(),
             threads: self.threads,
             spin: self.ort_spin,
+            cudnn_search: self.cudnn_search,
             ..Default::default()
         })
     }
@@ -307,6 +311,18 @@ mod tests {
         assert!(e.contains("line 4") && e.contains("rtmp://"), "{e}");
         let e = JobFile::parse(BASIC, "t.toml", &["matte.smooth=lots".into()]).unwrap_err().to_string();
         assert!(e.contains("--set") && e.contains("smooth"), "{e}");
+    }
+
+    #[test]
+    fn cudnn_search_reaches_the_provider_options() {
+        use crate::runtime::CudnnSearch;
+        let j = JobFile::parse(BASIC, "t.toml", &[]).unwrap();
+        assert_eq!(j.model.provider_options().unwrap().cudnn_search, CudnnSearch::Exhaustive);
+        let t = format!("{BASIC}[model]\ncudnn_search = \"heuristic\"\n");
+        let j = JobFile::parse(&t, "t.toml", &[]).unwrap();
+        assert_eq!(j.model.provider_options().unwrap().cudnn_search, CudnnSearch::Heuristic);
+        let e = JobFile::parse(&t.replace("heuristic", "fast"), "t.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("line 8") && e.contains("fast") && e.contains("exhaustive"), "{e}");
     }
 
     #[test]
