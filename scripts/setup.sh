@@ -79,4 +79,17 @@ else
   log "nvrtc present"
 fi
 
+# ptxas (CUDA 13, from PyPI's nvidia-cuda-nvcc): the tests assemble the kernels' PTX for sm_80 and sm_90, which
+# checks what NVRTC passes through unchecked (inline PTX, register constraints) without a GPU.
+PTXAS_DIR="$DEPS/nvcc"
+if ! [ -x "$PTXAS_DIR/nvidia/cu13/bin/ptxas" ]; then
+  log "installing ptxas (nvidia-cuda-nvcc 13.0.88) into $PTXAS_DIR"
+  rm -rf "$PTXAS_DIR.tmp"
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --target "$PTXAS_DIR.tmp" "nvidia-cuda-nvcc==13.0.88"
+  chmod +x "$PTXAS_DIR.tmp/nvidia/cu13/bin/ptxas"
+  rm -rf "$PTXAS_DIR" && mv "$PTXAS_DIR.tmp" "$PTXAS_DIR"
+else
+  log "ptxas present"
+fi
+
 log "ready (ORT: $(ls "$ORT_DIR"/onnxruntime/capi/libonnxruntime.so.* | head -1))"

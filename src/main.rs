@@ -68,6 +68,9 @@ enum Cmd {
         /// Frames of --decode to check
         #[arg(long, default_value_t = 120)]
         frames: usize,
+        /// Also write the PTX here (kernels-compute_80.ptx, kernels-compute_90.ptx), e.g. to assemble it with ptxas
+        #[arg(long, value_name = "DIR")]
+        ptx_dir: Option<PathBuf>,
     },
     /// Time the model alone on the GPU: host tensors vs IO binding on device buffers, batch sizes, GPU memory,
     /// achieved TFLOP/s; the device result is checked against the host result
@@ -575,10 +578,14 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
         }
         Cmd::Demo { out_dir } => demo(&out_dir, cancel)?,
-        Cmd::GpuCheck { compile_only, runs, decode, frames } => {
+        Cmd::GpuCheck { compile_only, runs, decode, frames, ptx_dir } => {
             for arch in ["compute_80", "compute_90"] {
                 let ptx = matteflow::cuda::compile(arch)?;
                 let text = ptx.to_src();
+                if let Some(d) = &ptx_dir {
+                    let f = d.join(format!("kernels-{arch}.ptx"));
+                    std::fs::write(&f, &text).with_context(|| format!("writing {}", f.display()))?;
+                }
                 let entries: Vec<&str> = matteflow::cuda::KERNEL_NAMES.iter().copied().filter(|k| text.contains(&format!(".entry {k}("))).collect();
                 println!("PTX compiled for {arch}: {} bytes, kernels: {}", text.len(), entries.join(", "));
                 anyhow::ensure!(entries.len() == matteflow::cuda::KERNEL_NAMES.len(), "kernels missing from the PTX");

@@ -70,11 +70,15 @@ fn convert_batch_n_gives_the_same_frames_timestamps_and_pixels_as_batch_1() {
     };
     let (one, r1) = run("1");
     assert_eq!(r1["stages"]["infer_calls"], 120);
+    // The first call (the model's warm-up) is reported apart: one frame, ended after the run started.
+    assert_eq!(r1["stages"]["first_infer_frames"], 1);
+    assert!(r1["stages"]["first_infer_done"]["nanos"].as_u64().unwrap() + r1["stages"]["first_infer_done"]["secs"].as_u64().unwrap() > 0);
     // 7 does not divide 120: the last call holds the one frame left at the end of the stream.
     for (batch, calls) in [("4", 30), ("7", 18)] {
         let (many, r) = run(batch);
         assert_eq!(r["frames"], 120);
         assert_eq!(r["stages"]["infer_calls"], calls, "--batch {batch} should make {calls} inference calls");
+        assert_eq!(r["stages"]["first_infer_frames"].as_u64().unwrap(), batch.parse::<u64>().unwrap(), "the first call holds a whole batch");
         assert_same_frames(&one, &many);
     }
 }

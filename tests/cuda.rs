@@ -26,6 +26,30 @@ fn kernels_compile_to_ptx_without_a_gpu() {
     }
 }
 
+/// NVRTC only generates PTX; ptxas assembles it for a real GPU, which is where inline PTX (the f16 conversions)
+/// and register constraints are checked. Both target GPUs of the kernels: Ampere (sm_80) and Hopper (sm_90).
+#[test]
+fn kernels_assemble_for_sm80_and_sm90_with_ptxas() {
+    let ptxas = root().join(".deps/nvcc/nvidia/cu13/bin/ptxas");
+    assert!(ptxas.exists(), "run scripts/setup.sh (installs ptxas from nvidia-cuda-nvcc)");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["gpu-check", "--compile-only", "--ptx-dir", dir.path().to_str().unwrap()])
+        .env("LD_LIBRARY_PATH", nvrtc_lib_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    for sm in ["80", "90"] {
+        let ptx = dir.path().join(format!("kernels-compute_{sm}.ptx"));
+        let text = std::fs::read_to_string(&ptx).unwrap();
+        assert!(text.contains("cvt.rn.f16.f32") && text.contains("cvt.f32.f16"), "the f16 conversions are missing from {}", ptx.display());
+        let cubin = dir.path().join(format!("kernels-sm_{sm}.cubin"));
+        let r = std::process::Command::new(&ptxas).args([&format!("-arch=sm_{sm}"), ptx.to_str().unwrap(), "-o", cubin.to_str().unwrap()]).output().unwrap();
+        assert!(r.status.success(), "ptxas -arch=sm_{sm}: {}", String::from_utf8_lossy(&r.stderr));
+        assert!(std::fs::metadata(&cubin).unwrap().len() > 1000);
+    }
+}
+
 #[test]
 fn missing_nvrtc_is_a_clear_error() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use super::TensorElem;
 use crate::infer::{DeviceIo, LowResMask, OnnxSegmenter, Segmenter};
 use crate::preprocess::ModelInput;
 
@@ -116,15 +117,34 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
         let mut host = random(frame_len * b, 11 + b as u64);
         // Frame 0 is the host-path input, for the correctness check below.
         host[..frame_len].copy_from_slice(&input.data);
-        // SAFETY: `ptr` holds frame_len · b f32 values on the current device (allocated by ONNX Runtime).
-        unsafe { cudarc::driver::result::memcpy_htod_sync(ptr, &host) }.map_err(|e| Error::Cuda(format!("upload: {e}")))?;
+        let up = |e: cudarc::driver::DriverError| Error::Cuda(format!("upload: {e}"));
+        // SAFETY: `ptr` holds frame_len · b values of the input's element type on the current device (allocated
+        // by ONNX Runtime).
+        match io.input_elem() {
+            TensorElem::F32 => unsafe { cudarc::driver::result::memcpy_htod_sync(ptr, &host) }.map_err(up)?,
+            TensorElem::F16 => {
+                let h: Vec<u16> = host.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect();
+                unsafe { cudarc::driver::result::memcpy_htod_sync(ptr, &h) }.map_err(up)?
+            }
+        }
         let mut t = Vec::new();
         let mut mask = seg.run_device(&mut io)?;
         // Check frame 0 against the host run.
         let n = (mask.width * mask.height) as usize;
-        let mut got = vec![0f32; n];
-        // SAFETY: the mask holds `batch` frames of n f32 values.
-        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut got, mask.frame(0)) }.map_err(|e| Error::Cuda(format!("download: {e}")))?;
+        let down = |e: cudarc::driver::DriverError| Error::Cuda(format!("download: {e}"));
+        // SAFETY: the mask holds `batch` frames of n values of its element type.
+        let got: Vec<f32> = match mask.elem {
+            TensorElem::F32 => {
+                let mut g = vec![0f32; n];
+                unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut g, mask.frame(0)) }.map_err(down)?;
+                g
+            }
+            TensorElem::F16 => {
+                let mut g = vec![0u16; n];
+                unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut g, mask.frame(0)) }.map_err(down)?;
+                g.into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect()
+            }
+        };
         let max_err = got
             .iter()
             .zip(&host_mask.data)

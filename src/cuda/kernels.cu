@@ -9,16 +9,29 @@ __device__ __forceinline__ float tri(float x) {
     return x < 1.0f ? 1.0f - x : 0.0f;
 }
 
-// RGB (0..255, float) of source pixel (x, y). fmt 0: RGBA rows of `pitch` bytes. fmt 1: NV12, Y plane then
-// interleaved UV plane at byte offset `uv_off`, both with `pitch`; limited range, BT.601 (matrix 0) or
-// BT.709 (matrix 1).
+// Half precision without cuda_fp16.h (NVRTC needs no include path): the PTX conversions, round to nearest even.
+__device__ __forceinline__ unsigned short f32_to_f16(float v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+__device__ __forceinline__ float f16_to_f32(unsigned short h) {
+    float v;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(v) : "h"(h));
+    return v;
+}
+
+// RGB (0..255, float) of source pixel (x, y). fmt 0: RGBA (or RGBx) rows of `pitch` bytes. fmt 2: BGRA / BGRx
+// rows. fmt 1: NV12, Y plane then interleaved UV plane at byte offset `uv_off`, both with `pitch`; limited range,
+// BT.601 (matrix 0) or BT.709 (matrix 1).
 __device__ __forceinline__ void fetch_rgb(const unsigned char* src, int fmt, int pitch, int uv_off, int matrix,
                                           int x, int y, float* rgb) {
-    if (fmt == 0) {
+    if (fmt == 0 || fmt == 2) {
         const unsigned char* p = src + (size_t)y * pitch + (size_t)x * 4;
-        rgb[0] = p[0];
+        int r = fmt == 0 ? 0 : 2;
+        rgb[0] = p[r];
         rgb[1] = p[1];
-        rgb[2] = p[2];
+        rgb[2] = p[2 - r];
     } else {
         float Y = (float)src[(size_t)y * pitch + x] - 16.0f;
         const unsigned char* uv = src + uv_off + (size_t)(y >> 1) * pitch + (size_t)(x >> 1) * 2;
@@ -72,8 +85,10 @@ __device__ __forceinline__ void window(int i, float scale, int n, int antialias,
 
 // Frame → model input tensor in one pass: resize (into the content box of a letterbox, if any), colour
 // order, value = pixel·mul + add per channel, NCHW or NHWC.
+// Frame → model input tensor: resize (bilinear / antialiased triangle, letterbox box cx,cy,cw,ch), colour order,
+// scale/mean/std, NCHW or NHWC, written as f32 (f16 = 0) or f16 (f16 = 1: the f32 result rounded to nearest).
 __global__ void preprocess(const unsigned char* src, int fmt, int w, int h, int pitch, int uv_off, int matrix,
-                           float* out, int mw, int mh, int cx, int cy, int cw, int ch, int antialias, int nchw,
+                           void* out, int f16, int mw, int mh, int cx, int cy, int cw, int ch, int antialias, int nchw,
                            int bgr, float mul0, float mul1, float mul2, float add0, float add1, float add2) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= mw * mh) return;
@@ -114,17 +129,18 @@ __global__ void preprocess(const unsigned char* src, int fmt, int w, int h, int 
         }
     }
     size_t plane = (size_t)mw * mh;
-    if (nchw) {
-        out[idx] = v[0]; out[plane + idx] = v[1]; out[2 * plane + idx] = v[2];
-    } else {
-        out[(size_t)idx * 3] = v[0]; out[(size_t)idx * 3 + 1] = v[1]; out[(size_t)idx * 3 + 2] = v[2];
+    for (int c = 0; c < 3; ++c) {
+        size_t o = nchw ? c * plane + idx : (size_t)idx * 3 + c;
+        if (f16) ((unsigned short*)out)[o] = f32_to_f16(v[c]);
+        else ((float*)out)[o] = v[c];
     }
 }
 
 // Low-resolution mask (a crop box of it) → frame-sized 8-bit alpha, bilinear with the CPU's windows.
 // sigmoid != 0 applies the logistic function to each mask value first (models that return logits), and
 // values are clamped to [0, 1] before interpolation, as on the CPU.
-__global__ void upsample_mask(const float* mask, int mw, int mh, float bx, float by, float bw, float bh,
+// mask_f16: the model's output is f16 (values read as f32).
+__global__ void upsample_mask(const void* mask, int mask_f16, int mw, int mh, float bx, float by, float bw, float bh,
                               unsigned char* alpha, int w, int h, int sigmoid) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= w * h) return;
@@ -142,7 +158,8 @@ __global__ void upsample_mask(const float* mask, int mw, int mh, float bx, float
         for (int xx = x0; xx < x1; ++xx) {
             float wx = tri(((float)xx + 0.5f - cxf) / fx);
             if (wx == 0.f) continue;
-            float mv = mask[(size_t)yy * mw + xx];
+            size_t mi = (size_t)yy * mw + xx;
+            float mv = mask_f16 ? f16_to_f32(((const unsigned short*)mask)[mi]) : ((const float*)mask)[mi];
             if (sigmoid) mv = 1.0f / (1.0f + expf(-mv));
             row += wx * fminf(fmaxf(mv, 0.0f), 1.0f);
             wsum_x += wx;

@@ -69,9 +69,31 @@ fn grid(n: usize) -> LaunchConfig {
 /// Source frame layout on the device.
 #[derive(Debug, Clone, Copy)]
 pub enum FrameFormat {
+    /// RGBA or RGBx, 4 bytes per pixel, rows of `pitch` bytes.
     Rgba { pitch: usize },
+    /// BGRA or BGRx (what many capture devices and screen grabbers give), rows of `pitch` bytes.
+    Bgrx { pitch: usize },
     /// NV12 with Y rows of `pitch` bytes, the UV plane at `uv_offset`; `bt709` picks the matrix.
     Nv12 { pitch: usize, uv_offset: usize, bt709: bool },
+}
+
+/// Element type of a model tensor on the device (the preprocess kernel's output, the upsample kernel's input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TensorElem {
+    #[default]
+    F32,
+    /// IEEE half precision (models exported with fp16 inputs/outputs); values are the f32 results rounded to
+    /// nearest.
+    F16,
+}
+
+impl TensorElem {
+    pub fn size(self) -> usize {
+        match self {
+            TensorElem::F32 => 4,
+            TensorElem::F16 => 2,
+        }
+    }
 }
 
 impl Gpu {
@@ -117,12 +139,12 @@ impl Gpu {
         use cudarc::driver::DevicePtr;
         let (src, _s) = frame.device_ptr(&self.stream);
         let (dst, _d) = out.device_ptr(&self.stream);
-        self.preprocess_ptr(src, format, w, h, m, geo, dst)
+        self.preprocess_ptr(src, format, w, h, m, geo, dst, TensorElem::F32)
     }
 
     /// As `preprocess`, between raw device pointers: the frame (e.g. a GStreamer CUDA memory buffer the decoder
     /// filled, alive until the stream has run the kernel) and the tensor (e.g. ONNX Runtime's bound input, or one
-    /// frame's slice of a batch tensor, holding model_w · model_h · 3 f32 values).
+    /// frame's slice of a batch tensor, holding model_w · model_h · 3 values of `elem`).
     #[allow(clippy::too_many_arguments)]
     pub fn preprocess_ptr(
         &self,
@@ -133,10 +155,12 @@ impl Gpu {
         m: &Manifest,
         geo: &Geometry,
         out: u64,
+        elem: TensorElem,
     ) -> Result<()> {
         let i = &m.input;
         let (fmt, pitch, uv, matrix) = match format {
             FrameFormat::Rgba { pitch } => (0i32, pitch as i32, 0i32, 0i32),
+            FrameFormat::Bgrx { pitch } => (2, pitch as i32, 0, 0),
             FrameFormat::Nv12 { pitch, uv_offset, bt709 } => (1, pitch as i32, uv_offset as i32, bt709 as i32),
         };
         let mul: [f32; 3] = std::array::from_fn(|c| i.scale / i.std[c]);
@@ -147,8 +171,9 @@ impl Gpu {
         let aa = (i.interpolation == Interpolation::Antialias) as i32;
         let nchw = (i.layout == Layout::Nchw) as i32;
         let bgr = (i.color == ColorOrder::Bgr) as i32;
+        let f16 = (elem == TensorElem::F16) as i32;
         let mut b = self.stream.launch_builder(&self.f_pre);
-        b.arg(&frame).arg(&fmt).arg(&ww).arg(&hh).arg(&pitch).arg(&uv).arg(&matrix).arg(&out);
+        b.arg(&frame).arg(&fmt).arg(&ww).arg(&hh).arg(&pitch).arg(&uv).arg(&matrix).arg(&out).arg(&f16);
         b.arg(&mw).arg(&mh).arg(&cx).arg(&cy).arg(&cw).arg(&ch).arg(&aa).arg(&nchw).arg(&bgr);
         b.arg(&mul[0]).arg(&mul[1]).arg(&mul[2]).arg(&add[0]).arg(&add[1]).arg(&add[2]);
         // SAFETY: argument list matches the kernel's signature; buffers are sized by the caller.
@@ -181,15 +206,16 @@ impl Gpu {
     ) -> Result<()> {
         use cudarc::driver::DevicePtr;
         let (ptr, _sync) = mask.device_ptr(&self.stream);
-        self.upsample_mask_raw(ptr, mw, mh, crop, alpha, w, h, false)
+        self.upsample_mask_raw(ptr, TensorElem::F32, mw, mh, crop, alpha, w, h, false)
     }
 
-    /// As `upsample_mask`, from a raw device pointer (e.g. ONNX Runtime's output buffer), optionally applying
-    /// the sigmoid.
+    /// As `upsample_mask`, from a raw device pointer (e.g. ONNX Runtime's output buffer) to mw·mh values of
+    /// `elem`, optionally applying the sigmoid.
     #[allow(clippy::too_many_arguments)]
     pub fn upsample_mask_raw(
         &self,
         mask: u64,
+        elem: TensorElem,
         mw: u32,
         mh: u32,
         crop: (f32, f32, f32, f32),
@@ -200,8 +226,9 @@ impl Gpu {
     ) -> Result<()> {
         let (mw, mh, w, h) = (mw as i32, mh as i32, w as i32, h as i32);
         let sig = sigmoid as i32;
+        let f16 = (elem == TensorElem::F16) as i32;
         let mut b = self.stream.launch_builder(&self.f_up);
-        b.arg(&mask).arg(&mw).arg(&mh).arg(&crop.0).arg(&crop.1).arg(&crop.2).arg(&crop.3).arg(alpha).arg(&w).arg(&h).arg(&sig);
+        b.arg(&mask).arg(&f16).arg(&mw).arg(&mh).arg(&crop.0).arg(&crop.1).arg(&crop.2).arg(&crop.3).arg(alpha).arg(&w).arg(&h).arg(&sig);
         // SAFETY: as above.
         unsafe { b.launch(grid((w * h) as usize)) }.map_err(|e| err("upsample launch", e))?;
         Ok(())

@@ -143,6 +143,54 @@ pub fn run(runs: usize) -> Result<Vec<CaseResult>> {
         results.push(CaseResult { name, max_error: max_diff(&got, &want.data), tolerance: 1e-5, gpu_ms, cpu_ms });
     }
 
+    // Preprocess from BGRx (capture devices, screen grabbers), and into an f16 tensor (fp16-I/O models): the CPU
+    // reference is the RGBA path on the same pixels; f16 values may differ by half an f16 step (≤ 2⁻¹¹·|x|, under
+    // 1e-3 for ImageNet-normalised values) plus the f32 tolerance.
+    {
+        use cudarc::driver::DevicePtr;
+        let (w, h) = (1920u32, 1080u32);
+        let m = model::builtin("birefnet-general").unwrap();
+        let bgrx = rng.u8s((w * h * 4) as usize);
+        let rgba: Vec<u8> = bgrx.chunks_exact(4).flat_map(|p| [p[2], p[1], p[0], p[3]]).collect();
+        let geo = geometry(&m, w, h);
+        let mut cpu = CpuPreprocess::new(&m);
+        let mut want = ModelInput::default();
+        let cpu_ms = time(runs.min(5), || cpu.run(&rgba, w, h, &mut want))?;
+        let d_bgrx = st.clone_htod(&bgrx).map_err(|x| e("upload", x))?;
+        let d_rgba = st.clone_htod(&rgba).map_err(|x| e("upload", x))?;
+        let mut d_out: CudaSlice<f32> = st.alloc_zeros(want.data.len()).map_err(|x| e("alloc", x))?;
+        let pitch = (w * 4) as usize;
+        let gpu_ms = time(runs, || {
+            gpu.preprocess(&d_bgrx, FrameFormat::Bgrx { pitch }, w, h, &m, &geo, &mut d_out)?;
+            st.synchronize().map_err(|x| e("sync", x))
+        })?;
+        let got = st.clone_dtoh(&d_out).map_err(|x| e("download", x))?;
+        results.push(CaseResult {
+            name: "preprocess BGRx 1920x1080 → BiRefNet 1024² NCHW".into(),
+            max_error: max_diff(&got, &want.data),
+            tolerance: 1e-5,
+            gpu_ms,
+            cpu_ms,
+        });
+        let d_half: CudaSlice<u16> = st.alloc_zeros(want.data.len()).map_err(|x| e("alloc", x))?;
+        let gpu_ms = {
+            let (src, _a) = d_rgba.device_ptr(&st);
+            let (dst, _b) = d_half.device_ptr(&st);
+            time(runs, || {
+                gpu.preprocess_ptr(src, FrameFormat::Rgba { pitch }, w, h, &m, &geo, dst, super::TensorElem::F16)?;
+                st.synchronize().map_err(|x| e("sync", x))
+            })?
+        };
+        let got: Vec<f32> = st.clone_dtoh(&d_half).map_err(|x| e("download", x))?.into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect();
+        results.push(CaseResult {
+            name: "preprocess RGBA 1920x1080 → BiRefNet 1024² NCHW f16".into(),
+            max_error: max_diff(&got, &want.data),
+            tolerance: 1e-3,
+            gpu_ms,
+            cpu_ms,
+        });
+    }
+
     // Preprocess, NV12 (what NVDEC produces): BT.709 1080p → BiRefNet.
     {
         let (w, h) = (1920u32, 1080u32);
@@ -224,6 +272,33 @@ pub fn run(runs: usize) -> Result<Vec<CaseResult>> {
             gpu_ms,
             cpu_ms,
         });
+    }
+
+    // Mask upsampling from an f16 model output (logits, with the sigmoid): the CPU gets the same f16 values.
+    {
+        use cudarc::driver::DevicePtr;
+        let (mw, mh, w, h) = (1024u32, 1024u32, 1920u32, 1080u32);
+        let geo = Geometry::stretch(mw, mh);
+        let bits: Vec<u16> = rng.f32s((mw * mh) as usize).iter().map(|v| half::f16::from_f32(v * 16.0 - 8.0).to_bits()).collect();
+        let logits: Vec<f32> = bits.iter().map(|b| half::f16::from_bits(*b).to_f32()).collect();
+        let mask = LowResMask { data: logits.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect(), width: mw, height: mh };
+        let input = ModelInput { data: vec![], shape: [1, 3, mh as i64, mw as i64], geometry: Some(geo) };
+        let mut cpu = CpuPostprocess::new(PostprocessConfig::default(), [255.0; 3]);
+        let mut want = Vec::new();
+        let cpu_ms = time(runs.min(5), || cpu.run(&[], &input, &mask, w, h, &mut want))?;
+        let d_mask = st.clone_htod(&bits).map_err(|x| e("upload", x))?;
+        let mut d_alpha: CudaSlice<u8> = st.alloc_zeros((w * h) as usize).map_err(|x| e("alloc", x))?;
+        let crop = (0.0, 0.0, mw as f32, mh as f32);
+        let gpu_ms = {
+            let (ptr, _g) = d_mask.device_ptr(&st);
+            time(runs, || {
+                gpu.upsample_mask_raw(ptr, super::TensorElem::F16, mw, mh, crop, &mut d_alpha, w, h, true)?;
+                st.synchronize().map_err(|x| e("sync", x))
+            })?
+        };
+        let got = st.clone_dtoh(&d_alpha).map_err(|x| e("download", x))?;
+        let err = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap_or(0) as f64 / 255.0;
+        results.push(CaseResult { name: "upsample f16 logits 1024x1024 → 1920x1080 (sigmoid)".into(), max_error: err, tolerance: 1.0 / 255.0, gpu_ms, cpu_ms });
     }
 
     // Composite 1080p: alpha, colour, image background, mask (exact integer blend: error must be 0).
@@ -371,7 +446,7 @@ pub fn decode_check(uri: &str, max_frames: usize) -> Result<DecodeCheck> {
             {
                 use cudarc::driver::DevicePtr;
                 let (p, _g) = d_in.device_ptr(&st);
-                gpu.preprocess_ptr(f.ptr, FrameFormat::Nv12 { pitch: f.pitch, uv_offset: f.uv_offset, bt709: f.bt709 }, w, h, &m, &geo, p)?;
+                gpu.preprocess_ptr(f.ptr, FrameFormat::Nv12 { pitch: f.pitch, uv_offset: f.uv_offset, bt709: f.bt709 }, w, h, &m, &geo, p, super::TensorElem::F32)?;
             }
             st.synchronize().map_err(|x| e("sync", x))?;
             gpu_ms += t.elapsed().as_secs_f64() * 1000.0;

@@ -118,14 +118,15 @@ impl GpuStages {
         // The model input lives in a buffer ONNX Runtime allocated and bound (IO binding); the kernel writes
         // each frame's slice of it.
         let input = seg.device_input(&mut self.io, shape, self.device_id)?;
-        let per_frame = (mw * mh * 3) as u64 * 4;
+        let elem = self.io.input_elem();
+        let per_frame = (mw * mh * 3) as u64 * elem.size() as u64;
         for (i, f) in frames.iter_mut().enumerate() {
             let slot = input + i as u64 * per_frame;
             let dframe = &mut self.frames[i];
             match f.cuda.as_ref() {
                 Some(c) => {
                     let fmt = FrameFormat::Nv12 { pitch: c.pitch, uv_offset: c.uv_offset, bt709: c.bt709 };
-                    self.gpu.preprocess_ptr(c.ptr, fmt, w, h, &self.manifest, &geo, slot)?;
+                    self.gpu.preprocess_ptr(c.ptr, fmt, w, h, &self.manifest, &geo, slot, elem)?;
                     self.gpu.nv12_to_rgba(c.ptr, w, h, c.pitch, c.uv_offset, c.bt709, dframe)?;
                 }
                 None => {
@@ -134,7 +135,7 @@ impl GpuStages {
                     }
                     st.memcpy_htod(&f.data[..], dframe).map_err(|x| e("upload", x))?;
                     let (src, _s) = cudarc::driver::DevicePtr::device_ptr(&*dframe, &st);
-                    self.gpu.preprocess_ptr(src, FrameFormat::Rgba { pitch: (w * 4) as usize }, w, h, &self.manifest, &geo, slot)?;
+                    self.gpu.preprocess_ptr(src, FrameFormat::Rgba { pitch: (w * 4) as usize }, w, h, &self.manifest, &geo, slot, elem)?;
                 }
             }
         }
@@ -152,7 +153,7 @@ impl GpuStages {
         let crop = (geo.content_x as f32 * sx, geo.content_y as f32 * sy, geo.content_w as f32 * sx, geo.content_h as f32 * sy);
         for (i, f) in frames.iter_mut().enumerate() {
             let alpha = self.alpha.as_mut().unwrap();
-            self.gpu.upsample_mask_raw(mask.frame(i), mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?;
+            self.gpu.upsample_mask_raw(mask.frame(i), mask.elem, mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?;
             let dframe = &mut self.frames[i];
             self.gpu.composite(dframe, alpha, None, n, self.kind, self.colour)?;
             st.memcpy_dtoh(dframe, &mut f.data[..]).map_err(|x| e("download", x))?;

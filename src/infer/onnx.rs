@@ -27,6 +27,26 @@ pub struct OnnxSegmenter {
     pad_batch_to: usize,
     /// Reused buffer for stacked batch tensors.
     stack: Vec<f32>,
+    /// The image input / mask output is float16 (an fp16 export that kept half-precision I/O): converted from
+    /// and to f32 here on the host path; the GPU path binds f16 tensors directly.
+    input_f16: bool,
+    output_f16: bool,
+}
+
+/// f32 values as half precision (round to nearest even), for an f16 model input.
+fn to_f16(v: &[f32]) -> Vec<half::f16> {
+    v.iter().map(|x| half::f16::from_f32(*x)).collect()
+}
+
+/// The model's output as f32 values whatever its float type (f32 or f16): shape and data.
+fn output_f32(v: &ort::value::DynValue, f16: bool) -> ort::Result<(Vec<usize>, std::borrow::Cow<'_, [f32]>)> {
+    if f16 {
+        let (shape, data) = v.try_extract_tensor::<half::f16>()?;
+        Ok((shape.iter().map(|d| *d as usize).collect(), data.iter().map(|x| x.to_f32()).collect::<Vec<_>>().into()))
+    } else {
+        let (shape, data) = v.try_extract_tensor::<f32>()?;
+        Ok((shape.iter().map(|d| *d as usize).collect(), data.into()))
+    }
 }
 
 fn dtype_name(t: Option<ort::value::TensorElementType>) -> String {
@@ -110,6 +130,19 @@ impl OnnxSegmenter {
         }
         manifest::validate_io(&model.manifest, &model_name, &model.manifest_origin, &inputs, &outputs)?;
         let declared_batch = inputs.iter().find(|i| i.0 == model.manifest.input.name).and_then(|i| i.1.first().copied()).unwrap_or(1);
+        let input_f16 = inputs.iter().any(|i| i.0 == model.manifest.input.name && i.2 == "f16");
+        let output_f16 = session
+            .outputs()
+            .iter()
+            .any(|o| o.name() == model.manifest.output.name && o.dtype().tensor_type() == Some(ort::value::TensorElementType::Float16));
+        if input_f16 || output_f16 {
+            tracing::info!(
+                "model {} takes/gives float16 tensors (input {}, output {}): converted on the host path, bound as is on the GPU path",
+                model.manifest.name,
+                if input_f16 { "f16" } else { "f32" },
+                if output_f16 { "f16" } else { "f32" }
+            );
+        }
         let states = model
             .manifest
             .recurrent
@@ -124,6 +157,8 @@ impl OnnxSegmenter {
             declared_batch,
             pad_batch_to: 0,
             stack: Vec::new(),
+            input_f16,
+            output_f16,
         })
     }
 
@@ -166,6 +201,8 @@ impl OnnxSegmenter {
             declared_batch: self.declared_batch,
             pad_batch_to: self.pad_batch_to,
             stack: Vec::new(),
+            input_f16: self.input_f16,
+            output_f16: self.output_f16,
         };
         h.states = self.states.clone();
         h.reset();
@@ -225,9 +262,14 @@ impl Segmenter for OnnxSegmenter {
     fn run(&mut self, input: &ModelInput, out: &mut LowResMask) -> Result<()> {
         let m = &self.model.manifest;
         let rt = |e: ort::Error| Error::Runtime(format!("running {}: {e}", m.name));
-        let tensor = TensorRef::from_array_view((input.shape, input.data.as_slice())).map_err(rt)?;
+        let half_input = if self.input_f16 { to_f16(&input.data) } else { Vec::new() };
+        let tensor: ort::session::SessionInputValue<'_> = if self.input_f16 {
+            TensorRef::from_array_view((input.shape, half_input.as_slice())).map_err(rt)?.into()
+        } else {
+            TensorRef::from_array_view((input.shape, input.data.as_slice())).map_err(rt)?.into()
+        };
         let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
-            vec![(m.input.name.as_str().into(), tensor.into())];
+            vec![(m.input.name.as_str().into(), tensor)];
         for (r, (shape, data)) in m.recurrent.iter().zip(&self.states) {
             let t = TensorRef::from_array_view((shape.clone(), data.as_slice())).map_err(rt)?;
             feeds.push((r.input.as_str().into(), t.into()));
@@ -246,9 +288,8 @@ impl Segmenter for OnnxSegmenter {
         let value = outputs
             .get(&m.output.name)
             .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
-        let (shape, data) = value.try_extract_tensor::<f32>().map_err(rt)?;
-        let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
-        batched::split(m, &dims, data, 1, std::slice::from_mut(out))?;
+        let (dims, data) = output_f32(value, self.output_f16).map_err(rt)?;
+        batched::split(m, &dims, &data, 1, std::slice::from_mut(out))?;
         drop(outputs);
         drop(session);
         if !new_states.is_empty() {
@@ -274,19 +315,23 @@ impl Segmenter for OnnxSegmenter {
         }
         let rt = |e: ort::Error| Error::Runtime(format!("running {} on a batch of {total}: {e}", m.name));
         let shape = batched::stack(inputs, total, &mut self.stack)?;
-        let tensor = TensorRef::from_array_view((shape, self.stack.as_slice())).map_err(rt)?;
+        let half_input = if self.input_f16 { to_f16(&self.stack) } else { Vec::new() };
+        let tensor: ort::session::SessionInputValue<'_> = if self.input_f16 {
+            TensorRef::from_array_view((shape, half_input.as_slice())).map_err(rt)?.into()
+        } else {
+            TensorRef::from_array_view((shape, self.stack.as_slice())).map_err(rt)?.into()
+        };
         let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
-            vec![(m.input.name.as_str().into(), tensor.into())];
+            vec![(m.input.name.as_str().into(), tensor)];
         feeds.extend(constant_feeds(&m, rt)?);
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned by an earlier panic".into()))?;
         let outputs = session.run(feeds).map_err(rt)?;
         let value = outputs
             .get(&m.output.name)
             .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
-        let (oshape, data) = value.try_extract_tensor::<f32>().map_err(rt)?;
-        let dims: Vec<usize> = oshape.iter().map(|d| *d as usize).collect();
+        let (dims, data) = output_f32(value, self.output_f16).map_err(rt)?;
         let n = inputs.len().min(outs.len());
-        batched::split(m, &dims, data, total, &mut outs[..n])
+        batched::split(m, &dims, &data, total, &mut outs[..n])
     }
 }
 

@@ -261,9 +261,9 @@ pub fn validate_io(
             m.input.name
         ));
     };
-    if dtype != "f32" {
+    if dtype != "f32" && dtype != "f16" {
         return mismatch(format!(
-            "input '{}' is {dtype}; only float32 inputs are supported on this path (export the model with float32 I/O)",
+            "input '{}' is {dtype}; image inputs must be float32 or float16 (export the model with float I/O)",
             m.input.name
         ));
     }

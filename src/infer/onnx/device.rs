@@ -14,21 +14,23 @@
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::IoBinding;
-use ort::value::Tensor;
+use ort::value::{DynTensor, TensorElementType};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::OnnxSegmenter;
+use crate::cuda::TensorElem;
 use crate::error::{Error, Result};
 use crate::model::Activation;
 use crate::runtime::Provider;
 
 /// The model's output left on the GPU by a device run: a device pointer to `batch` masks of `height` ×
-/// `width` f32 values (logits when `sigmoid`), valid until the next run.
+/// `width` values of `elem` (logits when `sigmoid`), valid until the next run.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceMask {
     pub ptr: u64,
+    pub elem: TensorElem,
     pub width: u32,
     pub height: u32,
     pub batch: u32,
@@ -38,7 +40,26 @@ pub struct DeviceMask {
 impl DeviceMask {
     /// Device pointer to frame `i`'s mask.
     pub fn frame(&self, i: usize) -> u64 {
-        self.ptr + (i * self.width as usize * self.height as usize * 4) as u64
+        self.ptr + (i * self.width as usize * self.height as usize * self.elem.size()) as u64
+    }
+}
+
+/// The device element type for a model tensor: f32 or f16 (an fp16 export that keeps half-precision inputs and
+/// outputs); anything else is refused with the reason.
+fn device_elem(ty: Option<TensorElementType>, what: &str, model: &str) -> Result<TensorElem> {
+    match ty {
+        Some(TensorElementType::Float32) => Ok(TensorElem::F32),
+        Some(TensorElementType::Float16) => Ok(TensorElem::F16),
+        other => Err(Error::Runtime(format!(
+            "model {model}: its {what} is {other:?}; the GPU frame path handles float32 and float16 tensors (run without --cuda-stages)"
+        ))),
+    }
+}
+
+fn elem_type(e: TensorElem) -> TensorElementType {
+    match e {
+        TensorElem::F32 => TensorElementType::Float32,
+        TensorElem::F16 => TensorElementType::Float16,
     }
 }
 
@@ -48,12 +69,13 @@ impl DeviceMask {
 pub struct DeviceIo {
     binding: Option<IoBinding>,
     allocator: Option<Allocator>,
-    input: Option<Tensor<f32>>,
+    input: Option<DynTensor>,
     input_shape: [i64; 4],
+    input_elem: TensorElem,
     /// The bound output tensor once its shape is known (fixed address).
-    output: Option<Tensor<f32>>,
+    output: Option<DynTensor>,
     /// ONNX Runtime's own output buffer of the first run (before the output was bound), kept until the next.
-    first_output: Option<Tensor<f32>>,
+    first_output: Option<DynTensor>,
     output_bound: bool,
 }
 
@@ -61,6 +83,11 @@ impl DeviceIo {
     /// The input tensor's shape (all zero before [`OnnxSegmenter::device_input`]).
     pub fn input_shape(&self) -> [i64; 4] {
         self.input_shape
+    }
+
+    /// The input tensor's element type (what the preprocess kernel must write).
+    pub fn input_elem(&self) -> TensorElem {
+        self.input_elem
     }
 }
 
@@ -107,17 +134,20 @@ impl OnnxSegmenter {
         }
         let alloc = io.allocator.as_ref().unwrap();
         let binding = io.binding.as_mut().unwrap();
-        let mut input = Tensor::<f32>::new(alloc, shape.map(|d| d as usize)).map_err(&rt)?;
+        let in_elem = device_elem(
+            session.inputs().iter().find(|i| i.name() == m.input.name).and_then(|i| i.dtype().tensor_type()),
+            &format!("input '{}'", m.input.name),
+            &m.name,
+        )?;
+        let out_info = session.outputs().iter().find(|o| o.name() == m.output.name);
+        let out_elem = device_elem(out_info.and_then(|o| o.dtype().tensor_type()), &format!("output '{}'", m.output.name), &m.name)?;
+        let mut input = DynTensor::new(alloc, elem_type(in_elem), shape.map(|d| d as usize)).map_err(&rt)?;
         // An owned tensor: ort binds it as is (no clone), so later kernel writes into it are what the model reads.
         binding.bind_input(m.input.name.as_str(), &input).map_err(&rt)?;
         // The output: a tensor of its declared shape (batch as the input's) bound now, so the addresses are fixed
         // from the first run (CUDA graphs need that); a model with other dynamic output dimensions gets its
         // output sized by the first run instead.
-        let declared: Option<Vec<i64>> = session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == m.output.name)
-            .and_then(|o| o.dtype().tensor_shape().map(|s| s.to_vec()));
+        let declared: Option<Vec<i64>> = out_info.and_then(|o| o.dtype().tensor_shape().map(|s| s.to_vec()));
         let fixed = declared
             .map(|mut d| {
                 if let Some(b) = d.first_mut().filter(|b| **b <= 0) {
@@ -129,7 +159,7 @@ impl OnnxSegmenter {
         io.first_output = None;
         match fixed {
             Some(dims) => {
-                let mut out = Tensor::<f32>::new(alloc, dims.iter().map(|d| *d as usize).collect::<Vec<_>>()).map_err(&rt)?;
+                let mut out = DynTensor::new(alloc, elem_type(out_elem), dims.iter().map(|d| *d as usize).collect::<Vec<_>>()).map_err(&rt)?;
                 binding.bind_output(m.output.name.as_str(), &mut out).map_err(&rt)?;
                 io.output = Some(out);
                 io.output_bound = true;
@@ -142,6 +172,7 @@ impl OnnxSegmenter {
             }
         }
         io.input_shape = shape;
+        io.input_elem = in_elem;
         let ptr = input.data_ptr_mut() as u64;
         io.input = Some(input);
         Ok(ptr)
@@ -165,7 +196,8 @@ impl OnnxSegmenter {
             .remove(&m.output.name)
             .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
         drop(outputs);
-        let t = value.downcast::<ort::value::TensorValueType<f32>>().map_err(&rt)?;
+        let t = value.downcast::<ort::value::DynTensorValueType>().map_err(&rt)?;
+        let elem = device_elem(Some(*t.data_type()), &format!("output '{}'", m.output.name), &m.name)?;
         let dims: Vec<i64> = t.shape().to_vec();
         let batch = io.input_shape[0];
         let (h, w) = match dims.as_slice() {
@@ -181,6 +213,7 @@ impl OnnxSegmenter {
         let ptr = t.data_ptr() as u64;
         let out = DeviceMask {
             ptr,
+            elem,
             width: w as u32,
             height: h as u32,
             batch: batch as u32,
@@ -193,7 +226,7 @@ impl OnnxSegmenter {
             // Keep this run's buffer alive for the caller until the next run, and bind a tensor of this shape
             // for the next runs: fixed addresses from then on.
             let alloc = io.allocator.as_ref().unwrap();
-            let mut fixed = Tensor::<f32>::new(alloc, dims.iter().map(|d| *d as usize).collect::<Vec<_>>()).map_err(&rt)?;
+            let mut fixed = DynTensor::new(alloc, elem_type(elem), dims.iter().map(|d| *d as usize).collect::<Vec<_>>()).map_err(&rt)?;
             binding.bind_output(m.output.name.as_str(), &mut fixed).map_err(&rt)?;
             io.first_output = Some(t);
             io.output = Some(fixed);
