@@ -6,7 +6,7 @@
 # through matteflow on a 1080p file (`matteflow bench`, CPU stages and --cuda-stages).
 #
 #   scripts/gpu-bench.sh STEP...      steps: env peers-l peers-t mf-general mf-lite mf-isnet export-t8 mf-batch
-#                                     decode-check e2e-decode batch-lite determinism contention
+#                                     decode-check e2e-decode batch-lite determinism contention f16io
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -102,7 +102,7 @@ step() {
       local eb=(); [ "$b" != 1 ] && eb=(--export-batch "$b")
       python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
       T 240 python3 "$ROOT/scripts/gpu_bench_peers.py" --repo "$BIREFNET_REPO" --variant $v --models "$MODELS" \
-        --out "$W" --skip-eager --export --fp16 "${eb[@]}" 2>&1 | grep -v "will be truncated\|warnings.warn\|_guards.py\|_modules\['"
+        --out "$W" --skip-eager --export --fp16 ${FP16IO:+--fp16-io} "${eb[@]}" 2>&1 | grep -v "will be truncated\|warnings.warn\|_guards.py\|_modules\['"
       ;;
     batch-export)
       # Fixed-batch exports (the dynamic-batch export falls back to batch 1: the Swin window code guards batch ≤ 2)
@@ -191,6 +191,18 @@ PY
       kill "${burn[@]}"; wait "${burn[@]}" 2>/dev/null
       e2e isnet-cuda-decode "$ISNET" "$man" --cuda-stages
       T 120 matteflow bench "$CLIP" --device cuda --model "$ISNET" --manifest "$man" -f png -k mask --runs 1 --cuda-stages
+      ;;
+    f16io)
+      # Float16 model I/O on the GPU path (needs `FP16IO=1 scripts/gpu-bench.sh export-t1` first): the new
+      # kernel cases (BGRx, f16 tensor, f16 logits) against the CPU, the model alone with f32 vs f16 I/O, and
+      # the 1080p conversion with each.
+      T 60 matteflow gpu-check --runs 5
+      local man="$ROOT/models/birefnet-lite.toml"
+      gpu_bench lite-fp16 "$MODELS/birefnet-lite-fp16.onnx" "$man" 469 --batch 1
+      gpu_bench lite-fp16io "$MODELS/birefnet-lite-fp16io.onnx" "$man" 469 --batch 1
+      e2e lite-fp16-cuda "$MODELS/birefnet-lite-fp16.onnx" "$man" --cuda-stages
+      e2e lite-fp16io-cuda "$MODELS/birefnet-lite-fp16io.onnx" "$man" --cuda-stages
+      e2e lite-fp16io-cuda-heuristic "$MODELS/birefnet-lite-fp16io.onnx" "$man" --cuda-stages --cudnn-search heuristic
       ;;
     determinism)
       # Issue 5 on the GPU: a file's frames are the same whether it was converted alone or batched with other

@@ -110,12 +110,15 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--export", action="store_true")
     ap.add_argument("--fp16", action="store_true", help="also write an fp16 ONNX (fp32 I/O), needs onnxconverter-common")
+    ap.add_argument("--fp16-io", action="store_true",
+                    help="with --fp16, also write NAME-fp16io.onnx whose input and output are float16 too")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes to compile)")
     ap.add_argument("--skip-eager", action="store_true")
     ap.add_argument("--export-batch", type=int, default=0,
                     help="export with this fixed batch size instead of a dynamic one (file NAME-bN.onnx)")
     a = ap.parse_args()
     os.makedirs(a.models, exist_ok=True)
+    os.makedirs(a.out, exist_ok=True)
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     t0 = time.time()
@@ -189,6 +192,12 @@ def main():
             onnx.save(m16, p16)
             info["fp16_s"] = round(time.time() - t, 1)
             print(f"fp16 variant {p16} in {info['fp16_s']} s ({os.path.getsize(p16) / 2**20:.0f} MiB)", flush=True)
+            if a.fp16_io:
+                mio = float16.convert_float_to_float16(onnx.load(path), keep_io_types=False,
+                                                       op_block_list=float16.DEFAULT_OP_BLOCK_LIST + ["DeformConv"])
+                pio = os.path.join(a.models, f"{name}-fp16io.onnx")
+                onnx.save(mio, pio)
+                print(f"fp16 variant with float16 input and output: {pio}", flush=True)
 
     with open(os.path.join(a.out, f"peers-{a.variant}{'-b%d' % a.export_batch if a.export_batch else ''}.json"), "w") as f:
         json.dump({"info": info, "rows": rows}, f, indent=1)
