@@ -15,30 +15,14 @@ use matteflow::preprocess::ModelInput;
 fn selfie_with_batch(dir: &Path, batch: Option<usize>) -> PathBuf {
     let tag = batch.map_or("dyn".to_string(), |b| b.to_string());
     let onnx = dir.join(format!("selfie_batch_{tag}.onnx"));
-    let mut cmd = std::process::Command::new("python3");
-    cmd.env("PYTHONPATH", root().join(".deps/py"))
-        .arg(root().join("tests/fixtures/make_dynamic_batch.py"))
-        .arg(root().join("models/selfie_segmentation.onnx"))
-        .arg(&onnx);
-    if let Some(b) = batch {
-        cmd.arg(b.to_string());
+    let b = batch.map(|b| b.to_string()).unwrap_or_default();
+    let src = root().join("models/selfie_segmentation.onnx");
+    let mut args: Vec<&Path> = vec![&src, &onnx];
+    if batch.is_some() {
+        args.push(Path::new(&b));
     }
-    let out = cmd.output().expect("python3");
-    assert!(out.status.success(), "building the batch model failed (run scripts/setup.sh): {}", String::from_utf8_lossy(&out.stderr));
-    let toml = std::fs::read_to_string(root().join("models/selfie.toml")).unwrap();
-    let toml: String = toml
-        .lines()
-        .filter(|l| !l.starts_with("sha256") && !l.starts_with("notice"))
-        .map(|l| match l {
-            l if l.starts_with("name = \"selfie\"") => format!("name = \"selfie-batch-{tag}\""),
-            l if l.starts_with("file = ") => format!("file = \"{}\"", onnx.file_name().unwrap().to_str().unwrap()),
-            l => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let manifest = onnx.with_extension("toml");
-    std::fs::write(&manifest, toml).unwrap();
-    manifest
+    fixture_py("make_dynamic_batch.py", &args);
+    selfie_manifest_for(&onnx, &format!("selfie-batch-{tag}"))
 }
 
 fn assert_same_frames(a: &Path, b: &Path) {
@@ -122,20 +106,9 @@ fn a_frame_gets_the_same_mask_at_any_batch_size_and_position() {
         let resolved = matteflow::model::resolve(m.to_str().unwrap(), None, &Default::default()).unwrap();
         matteflow::open_segmenter(resolved, &opts).unwrap()
     };
-    // Pseudo-random frames (an LCG: no extra dependency), already model tensors.
+    // Pseudo-random frames, already model tensors.
     let mut state = 12345u64;
-    let frames: Vec<ModelInput> = (0..6)
-        .map(|_| ModelInput {
-            data: (0..256 * 256 * 3)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    (state >> 40) as f32 / (1u64 << 24) as f32
-                })
-                .collect(),
-            shape: [1, 256, 256, 3],
-            geometry: None,
-        })
-        .collect();
+    let frames: Vec<ModelInput> = (0..6).map(|_| noise_input(&mut state)).collect();
     let mut dynamic = open(&selfie_with_batch(dir.path(), None));
     assert_eq!(dynamic.configure_batch(6, true), 6);
     let alone: Vec<LowResMask> = frames

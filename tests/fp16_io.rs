@@ -9,42 +9,19 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use matteflow::infer::{LowResMask, Segmenter};
-use matteflow::preprocess::ModelInput;
 
 /// The selfie model with f16 I/O (and a dynamic batch dimension when `dynamic`, via make_dynamic_batch.py);
 /// returns its manifest.
 fn selfie_f16_io(dir: &Path, dynamic: bool) -> PathBuf {
     let onnx = dir.join("selfie_f16_io.onnx");
-    let py = |script: &str, args: &[&Path]| {
-        let out = std::process::Command::new("python3")
-            .env("PYTHONPATH", root().join(".deps/py"))
-            .arg(root().join("tests/fixtures").join(script))
-            .args(args)
-            .output()
-            .expect("python3");
-        assert!(out.status.success(), "{script} failed (run scripts/setup.sh): {}", String::from_utf8_lossy(&out.stderr));
-    };
     let mut src = root().join("models/selfie_segmentation.onnx");
     if dynamic {
         let dyn_model = dir.join("selfie_dyn.onnx");
-        py("make_dynamic_batch.py", &[&src, &dyn_model]);
+        fixture_py("make_dynamic_batch.py", &[&src, &dyn_model]);
         src = dyn_model;
     }
-    py("make_f16_io.py", &[&src, &onnx]);
-    let toml = std::fs::read_to_string(root().join("models/selfie.toml")).unwrap();
-    let toml: String = toml
-        .lines()
-        .filter(|l| !l.starts_with("sha256") && !l.starts_with("notice"))
-        .map(|l| match l {
-            l if l.starts_with("name = \"selfie\"") => "name = \"selfie-f16-io\"".to_string(),
-            l if l.starts_with("file = ") => "file = \"selfie_f16_io.onnx\"".to_string(),
-            l => l.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let manifest = dir.join("selfie_f16_io.toml");
-    std::fs::write(&manifest, toml).unwrap();
-    manifest
+    fixture_py("make_f16_io.py", &[&src, &onnx]);
+    selfie_manifest_for(&onnx, "selfie-f16-io")
 }
 
 #[test]
@@ -54,17 +31,7 @@ fn an_f16_io_model_gives_the_masks_of_its_f32_twin() {
     let open = |m: &str| matteflow::open_segmenter(matteflow::model::resolve(m, None, &Default::default()).unwrap(), &opts).unwrap();
     let mut f32_model = open("selfie");
     let mut f16_model = open(selfie_f16_io(dir.path(), true).to_str().unwrap());
-    let mut state = 99u64;
-    let frame = ModelInput {
-        data: (0..256 * 256 * 3)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (state >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect(),
-        shape: [1, 256, 256, 3],
-        geometry: None,
-    };
+    let frame = noise_input(&mut 99u64);
     let (mut a, mut b) = (LowResMask::default(), LowResMask::default());
     f32_model.run(&frame, &mut a).unwrap();
     f16_model.run(&frame, &mut b).unwrap();

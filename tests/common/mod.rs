@@ -198,3 +198,47 @@ pub fn recurrent_model(dir: &Path) -> PathBuf {
     .unwrap();
     manifest
 }
+
+/// Runs a fixture script of tests/fixtures with the set-up's `onnx` package; panics with its stderr on failure.
+pub fn fixture_py(script: &str, args: &[&Path]) {
+    let out = Command::new("python3")
+        .env("PYTHONPATH", root().join(".deps/py"))
+        .arg(root().join("tests/fixtures").join(script))
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{script} failed (run scripts/setup.sh): {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The shipped selfie manifest pointed at `onnx` (a rewritten selfie model) under the name `name`, written beside
+/// it; returns its path.
+pub fn selfie_manifest_for(onnx: &Path, name: &str) -> PathBuf {
+    let toml = std::fs::read_to_string(root().join("models/selfie.toml")).unwrap();
+    let toml: String = toml
+        .lines()
+        .filter(|l| !l.starts_with("sha256") && !l.starts_with("notice"))
+        .map(|l| match l {
+            l if l.starts_with("name = \"selfie\"") => format!("name = \"{name}\""),
+            l if l.starts_with("file = ") => format!("file = \"{}\"", onnx.file_name().unwrap().to_str().unwrap()),
+            l => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let manifest = onnx.with_extension("toml");
+    std::fs::write(&manifest, toml).unwrap();
+    manifest
+}
+
+/// A pseudo-random 256×256 NHWC model input for the selfie model (an LCG: no extra dependency).
+pub fn noise_input(state: &mut u64) -> matteflow::preprocess::ModelInput {
+    matteflow::preprocess::ModelInput {
+        data: (0..256 * 256 * 3)
+            .map(|_| {
+                *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (*state >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect(),
+        shape: [1, 256, 256, 3],
+        geometry: None,
+    }
+}
