@@ -214,3 +214,21 @@ fn bad_batch_values_are_refused_with_the_reason() {
         assert!(err.contains("--batch") && err.contains(want), "{cmd} --batch {value}: {err}");
     }
 }
+
+#[test]
+fn warming_up_leaves_a_recurrent_model_s_state_and_masks_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = recurrent_model(dir.path());
+    let opts = matteflow::runtime::ProviderOptions { device: matteflow::runtime::DeviceChoice::Cpu, ..Default::default() };
+    let open = || matteflow::open_segmenter(matteflow::model::resolve(manifest.to_str().unwrap(), None, &Default::default()).unwrap(), &opts).unwrap();
+    let (mut cold, mut warm) = (open(), open());
+    // The warm-up frame is mid-grey: through this model (mask = 0.5·R + 0.5·state) it would leave state 0.25.
+    assert!(warm.warm_up().unwrap() > std::time::Duration::ZERO);
+    let frame = ModelInput { data: vec![1.0; 3 * 16 * 16], shape: [1, 3, 16, 16], geometry: None };
+    for t in 0..3 {
+        let (mut a, mut b) = (LowResMask::default(), LowResMask::default());
+        cold.run(&frame, &mut a).unwrap();
+        warm.run(&frame, &mut b).unwrap();
+        assert_eq!(a.data, b.data, "frame {t}: the warm-up changed the recurrent state");
+    }
+}

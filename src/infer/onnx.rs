@@ -166,6 +166,27 @@ impl OnnxSegmenter {
         &self.model
     }
 
+    /// Runs one mid-grey frame through the model and throws the result away, so that the first real frame does
+    /// not pay the provider's one-time costs (on CUDA: cuDNN's algorithm search and the memory arena, 2.7–3.4 s
+    /// with BiRefNet or IS-Net on an H200). Recurrent state is left as it was. Returns how long it took.
+    pub fn warm_up(&mut self) -> Result<std::time::Duration> {
+        let m = self.model.manifest.clone();
+        let [h, w] = m.input.size;
+        let shape = m.input_shape(h, w);
+        let plane = (h * w) as usize;
+        let grey = |c: usize| (128.0 * m.input.scale - m.input.mean[c]) / m.input.std[c];
+        let data = (0..plane * 3)
+            .map(|i| grey(if m.input.layout == Layout::Nchw { i / plane } else { i % 3 }))
+            .collect();
+        let input = ModelInput { data, shape, geometry: None };
+        let states = self.states.clone();
+        let t = std::time::Instant::now();
+        let mut mask = LowResMask::default();
+        let ran = self.run_batch(&[&input], std::slice::from_mut(&mut mask));
+        self.states = states;
+        ran.map(|()| t.elapsed())
+    }
+
     /// Settles how many frames one call of [`Segmenter::run_batch`] takes, given `--batch requested`, and says
     /// once why that differs from the request (a fixed batch-1 model, recurrent state); `explicit`: the user
     /// asked for this size (a warning) rather than it being the device's default (info).

@@ -94,11 +94,20 @@ impl ModelSection {
         })
     }
 
-    /// Loads the model with this section's device settings.
+    /// Loads the model with this section's device settings and warms it up (one frame through it), so that a
+    /// live stream neither starts nor switches models with a stall of the provider's first run.
     pub fn open(&self, name: &str) -> Result<crate::infer::OnnxSegmenter> {
         let manifest = if name == self.name { self.manifest.as_deref() } else { None };
         let resolved = crate::model::resolve(name, manifest, &Default::default())?;
-        crate::pipeline::open_segmenter(resolved, &self.provider_options()?)
+        let mut seg = crate::pipeline::open_segmenter(resolved, &self.provider_options()?)?;
+        let took = seg.warm_up()?;
+        tracing::info!(
+            "model {} warmed up on {} in {:.0} ms (its first run, before any frame)",
+            seg.model().manifest.name,
+            crate::infer::Segmenter::provider(&seg).name(),
+            took.as_secs_f64() * 1e3
+        );
+        Ok(seg)
     }
 }
 
