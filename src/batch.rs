@@ -332,6 +332,14 @@ pub fn run(
     let results: Mutex<Vec<(usize, FileReport)>> = Mutex::new(Vec::new());
     let workers = cfg.jobs.max(1).min(plan.jobs.len().max(1));
     let gpu = segmenter.provider() != crate::runtime::Provider::Cpu;
+    if gpu {
+        // The provider's one-time costs (cuDNN's algorithm search: ~3 s on an H200) once, before the first file's
+        // clock starts, so per-file rates and the ETA are not skewed by them.
+        match segmenter.share().warm_up() {
+            Ok(t) => tracing::info!("model {model} warmed up on {device} in {:.0} ms", t.as_secs_f64() * 1e3),
+            Err(e) => tracing::warn!("warming model {model} up failed: {e}"),
+        }
+    }
     let requested = cfg.batch.unwrap_or(if gpu { DEFAULT_GPU_BATCH } else { 1 });
     // Several files at once: one batching thread gathers their frames. One file: its own consecutive frames.
     // (The GPU stages batch each file's own frames on the device.)

@@ -231,4 +231,8 @@ fn warming_up_leaves_a_recurrent_model_s_state_and_masks_as_they_were() {
         warm.run(&frame, &mut b).unwrap();
         assert_eq!(a.data, b.data, "frame {t}: the warm-up changed the recurrent state");
     }
+    // A fixed-batch export takes its warm-up frame padded to its batch (a lone frame would be refused).
+    let fixed = selfie_with_batch(dir.path(), Some(4));
+    let mut fixed = matteflow::open_segmenter(matteflow::model::resolve(fixed.to_str().unwrap(), None, &Default::default()).unwrap(), &opts).unwrap();
+    fixed.warm_up().expect("warm-up of a fixed-batch-4 model");
 }

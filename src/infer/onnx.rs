@@ -179,11 +179,15 @@ impl OnnxSegmenter {
             .map(|i| grey(if m.input.layout == Layout::Nchw { i / plane } else { i % 3 }))
             .collect();
         let input = ModelInput { data, shape, geometry: None };
-        let states = self.states.clone();
+        let (states, pad) = (self.states.clone(), self.pad_batch_to);
+        if self.declared_batch > 1 {
+            // A fixed-batch export takes nothing else: the frame padded to its batch.
+            self.pad_batch_to = self.declared_batch as usize;
+        }
         let t = std::time::Instant::now();
         let mut mask = LowResMask::default();
         let ran = self.run_batch(&[&input], std::slice::from_mut(&mut mask));
-        self.states = states;
+        (self.states, self.pad_batch_to) = (states, pad);
         ran.map(|()| t.elapsed())
     }
 
