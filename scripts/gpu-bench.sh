@@ -6,7 +6,7 @@
 # through matteflow on a 1080p file (`matteflow bench`, CPU stages and --cuda-stages).
 #
 #   scripts/gpu-bench.sh STEP...      steps: env peers-l peers-t mf-general mf-lite mf-isnet export-t8 mf-batch
-#                                     decode-check e2e-decode batch-lite determinism contention f16io
+#                                     decode-check e2e-decode batch-lite determinism contention f16io bg-check
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -203,6 +203,26 @@ PY
       e2e lite-fp16-cuda "$MODELS/birefnet-lite-fp16.onnx" "$man" --cuda-stages
       e2e lite-fp16io-cuda "$MODELS/birefnet-lite-fp16io.onnx" "$man" --cuda-stages
       e2e lite-fp16io-cuda-heuristic "$MODELS/birefnet-lite-fp16io.onnx" "$man" --cuda-stages --cudnn-search heuristic
+      ;;
+    bg-check)
+      # Image and video backgrounds on the GPU stages (new in c6fc5f1+) against the CPU stages: same model, same
+      # clip, PNG frames out, per-pixel difference.
+      python3 -c "import numpy as np, cv2; y, x = np.mgrid[0:720, 0:1280]; cv2.imwrite('/tmp/bg.png', np.dstack([x % 256, y % 256, (x + y) % 256]).astype(np.uint8))"
+      local b p
+      for b in /tmp/bg.png "$ROOT/assets/media/carphone_pristine.mp4"; do
+        for p in cpu gpu; do
+          local extra=(); [ $p = gpu ] && extra=(--cuda-stages)
+          rm -rf /tmp/bg-$p
+          T 120 matteflow convert "$ROOT/assets/media/bikes.mp4" -o /tmp/bg-$p/ -k composite -b "$b" --device cuda \
+            --model "$ISNET" --manifest "$ROOT/models/isnet.toml" "${extra[@]}" 2>&1 | tail -1
+        done
+        python3 - <<'PY'
+import glob, numpy as np, cv2
+a, b = sorted(glob.glob('/tmp/bg-cpu/*.png')), sorted(glob.glob('/tmp/bg-gpu/*.png'))
+d = np.concatenate([np.abs(cv2.imread(x, cv2.IMREAD_UNCHANGED).astype(int) - cv2.imread(y, cv2.IMREAD_UNCHANGED).astype(int)).ravel() for x, y in zip(a, b)])
+print(f"{len(a)} CPU-stage vs {len(b)} GPU-stage frames: max |GPU - CPU| {d.max()}, mean {d.mean():.4f}, 99.9th percentile {np.percentile(d, 99.9)}")
+PY
+      done
       ;;
     determinism)
       # Issue 5 on the GPU: a file's frames are the same whether it was converted alone or batched with other

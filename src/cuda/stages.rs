@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use cudarc::driver::CudaSlice;
 
 use super::{FrameFormat, Gpu};
+use crate::composite::Background;
 use crate::config::{BackgroundSpec, OutputKind};
 use crate::error::{Error, Result};
 use crate::infer::{DeviceIo, OnnxSegmenter};
@@ -25,6 +26,11 @@ pub struct GpuStages {
     /// One device frame per batch slot (RGBA, the composite's canvas).
     frames: Vec<CudaSlice<u8>>,
     alpha: Option<CudaSlice<u8>>,
+    /// An image or video background for composites: made on the CPU (cover-scaled image, next video frame), and
+    /// uploaded — an image once per frame size, a video frame by frame.
+    background: Option<Background>,
+    bg: Option<CudaSlice<u8>>,
+    bg_size: Option<(u32, u32)>,
 }
 
 /// Time spent per stage for one frame.
@@ -45,8 +51,8 @@ impl GpuStages {
         if kind == OutputKind::SideBySide {
             return Err("side-by-side output".into());
         }
-        if !matches!(bg, BackgroundSpec::Transparent | BackgroundSpec::Colour(_)) {
-            return Err("image, video and blur backgrounds".into());
+        if matches!(bg, BackgroundSpec::Blur(_)) && matches!(kind, OutputKind::Composite) {
+            return Err("blurred backgrounds".into());
         }
         if !m.recurrent.is_empty() {
             return Err("recurrent models".into());
@@ -70,7 +76,12 @@ impl GpuStages {
             (OutputKind::Alpha, _) => (0, [0; 3]),
             (OutputKind::Mask, _) => (2, [0; 3]),
             (_, BackgroundSpec::Colour(c)) => (1, *c),
+            (_, BackgroundSpec::Image(_) | BackgroundSpec::Video(_)) => (1, [0; 3]),
             _ => (0, [0; 3]),
+        };
+        let background = match (k, bg) {
+            (1, BackgroundSpec::Image(_) | BackgroundSpec::Video(_)) => Some(Background::open(bg)?),
+            _ => None,
         };
         Ok(GpuStages {
             gpu,
@@ -81,7 +92,28 @@ impl GpuStages {
             io: DeviceIo::default(),
             frames: Vec::new(),
             alpha: None,
+            background,
+            bg: None,
+            bg_size: None,
         })
+    }
+
+    /// Brings the background for the next frame to the device (nothing for colour or transparent ones; an image
+    /// only when the frame size changes; a video's next frame every time). The upload is ordered on the stream
+    /// after the composites already queued, so each frame blends over its own background frame.
+    fn next_background(&mut self, w: u32, h: u32) -> Result<()> {
+        let Some(b) = self.background.as_mut() else { return Ok(()) };
+        if !matches!(b, Background::Video { .. }) && self.bg_size == Some((w, h)) {
+            return Ok(());
+        }
+        let host = b.frame(&[], w, h)?.ok_or_else(|| Error::Cuda("an image or video background gave no frame".into()))?;
+        let st = &self.gpu.stream;
+        match self.bg.as_mut() {
+            Some(d) if d.len() == host.len() => st.memcpy_htod(host, d).map_err(|x| e("background upload", x))?,
+            _ => self.bg = Some(st.clone_htod(host).map_err(|x| e("background upload", x))?),
+        }
+        self.bg_size = Some((w, h));
+        Ok(())
     }
 
     /// Mattes up to `batch` consecutive frames with one inference call, each either an RGBA frame in host
@@ -152,10 +184,11 @@ impl GpuStages {
         let sy = mask.height as f32 / geo.model_h as f32;
         let crop = (geo.content_x as f32 * sx, geo.content_y as f32 * sy, geo.content_w as f32 * sx, geo.content_h as f32 * sy);
         for (i, f) in frames.iter_mut().enumerate() {
+            self.next_background(w, h)?;
             let alpha = self.alpha.as_mut().unwrap();
             self.gpu.upsample_mask_raw(mask.frame(i), mask.elem, mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?;
             let dframe = &mut self.frames[i];
-            self.gpu.composite(dframe, alpha, None, n, self.kind, self.colour)?;
+            self.gpu.composite(dframe, alpha, self.bg.as_ref(), n, self.kind, self.colour)?;
             st.memcpy_dtoh(dframe, &mut f.data[..]).map_err(|x| e("download", x))?;
         }
         st.synchronize().map_err(|x| e("sync", x))?;
