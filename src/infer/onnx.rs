@@ -33,9 +33,20 @@ pub struct OnnxSegmenter {
     output_f16: bool,
 }
 
-/// f32 values as half precision (round to nearest even), for an f16 model input.
-fn to_f16(v: &[f32]) -> Vec<half::f16> {
-    v.iter().map(|x| half::f16::from_f32(*x)).collect()
+/// The image tensor as a session feed: the f32 values as they are, or for an f16 model their half-precision copy
+/// (round to nearest even), made in `scratch`.
+fn image_feed<'a>(
+    shape: [i64; 4],
+    data: &'a [f32],
+    f16: bool,
+    scratch: &'a mut Vec<half::f16>,
+) -> ort::Result<ort::session::SessionInputValue<'a>> {
+    if f16 {
+        *scratch = data.iter().map(|x| half::f16::from_f32(*x)).collect();
+        Ok(TensorRef::from_array_view((shape, scratch.as_slice()))?.into())
+    } else {
+        Ok(TensorRef::from_array_view((shape, data))?.into())
+    }
 }
 
 /// The model's output as f32 values whatever its float type (f32 or f16): shape and data.
@@ -287,12 +298,8 @@ impl Segmenter for OnnxSegmenter {
     fn run(&mut self, input: &ModelInput, out: &mut LowResMask) -> Result<()> {
         let m = &self.model.manifest;
         let rt = |e: ort::Error| Error::Runtime(format!("running {}: {e}", m.name));
-        let half_input = if self.input_f16 { to_f16(&input.data) } else { Vec::new() };
-        let tensor: ort::session::SessionInputValue<'_> = if self.input_f16 {
-            TensorRef::from_array_view((input.shape, half_input.as_slice())).map_err(rt)?.into()
-        } else {
-            TensorRef::from_array_view((input.shape, input.data.as_slice())).map_err(rt)?.into()
-        };
+        let mut scratch = Vec::new();
+        let tensor = image_feed(input.shape, &input.data, self.input_f16, &mut scratch).map_err(rt)?;
         let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
             vec![(m.input.name.as_str().into(), tensor)];
         for (r, (shape, data)) in m.recurrent.iter().zip(&self.states) {
@@ -340,12 +347,8 @@ impl Segmenter for OnnxSegmenter {
         }
         let rt = |e: ort::Error| Error::Runtime(format!("running {} on a batch of {total}: {e}", m.name));
         let shape = batched::stack(inputs, total, &mut self.stack)?;
-        let half_input = if self.input_f16 { to_f16(&self.stack) } else { Vec::new() };
-        let tensor: ort::session::SessionInputValue<'_> = if self.input_f16 {
-            TensorRef::from_array_view((shape, half_input.as_slice())).map_err(rt)?.into()
-        } else {
-            TensorRef::from_array_view((shape, self.stack.as_slice())).map_err(rt)?.into()
-        };
+        let mut scratch = Vec::new();
+        let tensor = image_feed(shape, &self.stack, self.input_f16, &mut scratch).map_err(rt)?;
         let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
             vec![(m.input.name.as_str().into(), tensor)];
         feeds.extend(constant_feeds(&m, rt)?);

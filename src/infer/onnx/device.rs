@@ -72,6 +72,7 @@ pub struct DeviceIo {
     input: Option<DynTensor>,
     input_shape: [i64; 4],
     input_elem: TensorElem,
+    output_elem: TensorElem,
     /// The bound output tensor once its shape is known (fixed address).
     output: Option<DynTensor>,
     /// ONNX Runtime's own output buffer of the first run (before the output was bound), kept until the next.
@@ -173,6 +174,7 @@ impl OnnxSegmenter {
         }
         io.input_shape = shape;
         io.input_elem = in_elem;
+        io.output_elem = out_elem;
         let ptr = input.data_ptr_mut() as u64;
         io.input = Some(input);
         Ok(ptr)
@@ -197,7 +199,7 @@ impl OnnxSegmenter {
             .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
         drop(outputs);
         let t = value.downcast::<ort::value::DynTensorValueType>().map_err(&rt)?;
-        let elem = device_elem(Some(*t.data_type()), &format!("output '{}'", m.output.name), &m.name)?;
+        let elem = io.output_elem;
         let dims: Vec<i64> = t.shape().to_vec();
         let batch = io.input_shape[0];
         let (h, w) = match dims.as_slice() {
