@@ -205,11 +205,11 @@ PY
       e2e lite-fp16io-cuda-heuristic "$MODELS/birefnet-lite-fp16io.onnx" "$man" --cuda-stages --cudnn-search heuristic
       ;;
     bg-check)
-      # Image and video backgrounds on the GPU stages (not yet run on a GPU) against the CPU stages: same model, same
-      # clip, PNG frames out, per-pixel difference.
+      # Image, video and blurred backgrounds on the GPU stages against the CPU stages: same model, same clip, PNG
+      # frames out, per-pixel difference.
       python3 -c "import numpy as np, cv2; y, x = np.mgrid[0:720, 0:1280]; cv2.imwrite('/tmp/bg.png', np.dstack([x % 256, y % 256, (x + y) % 256]).astype(np.uint8))"
       local b p
-      for b in /tmp/bg.png "$ROOT/assets/media/carphone_pristine.mp4"; do
+      for b in /tmp/bg.png "$ROOT/assets/media/carphone_pristine.mp4" blur=20; do
         for p in cpu gpu; do
           local extra=(); [ $p = gpu ] && extra=(--cuda-stages)
           rm -rf /tmp/bg-$p

@@ -122,7 +122,7 @@ fn convert_with(
 
     // CUDA for the GPU stages is initialised here, before GStreamer's decoders start.
     let gpu = if cfg.cuda_stages {
-        crate::cuda::stages::GpuStages::supports(kind, &bg_spec, &manifest)
+        crate::cuda::stages::GpuStages::supports(kind, &manifest)
             .map_err(|w| Error::Cuda(format!("--cuda-stages does not handle {w} yet; run without it")))?;
         Some(crate::cuda::stages::GpuStages::open_gpu(0)?)
     } else {

@@ -132,16 +132,17 @@ fn gpu_paths_without_a_gpu_are_clear_errors() {
     assert!(err.contains("--cuda-stages needs an NVIDIA GPU"), "{err}");
     assert!(!err.contains("unfinished") && !err.contains("panicked"), "{err}");
     assert!(!dir.path().join("o.mp4").exists(), "no output left behind");
-    // What the GPU stages do not do yet is said before any GPU work (image and video backgrounds they do).
+    // What the GPU stages do not do yet is said before any GPU work (image, video and blurred backgrounds they do).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
         .args(["convert", sample("carphone_pristine.mp4").to_str().unwrap(), "-o"])
         .arg(dir.path().join("b.mp4"))
-        .args(["-b", "blur", "--cuda-stages"])
+        .args(["-b", "blur", "-k", "side-by-side", "--cuda-stages"])
         .env("LD_LIBRARY_PATH", nvrtc_lib_dir())
         .output()
         .unwrap();
     let err = stderr_of(&out);
-    assert!(!out.status.success() && err.contains("does not handle blurred backgrounds yet; run without it"), "{err}");
+    assert!(!out.status.success() && err.contains("does not handle side-by-side output yet; run without it"), "{err}");
+    assert!(!dir.path().join("b.mp4").exists(), "no output left behind");
     // batch --cuda-stages: said once, before any file starts (not once per file), nothing created.
     let out_dir = dir.path().join("batch-out");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))

@@ -195,6 +195,86 @@ __global__ void composite(unsigned char* frame, const unsigned char* alpha, cons
     }
 }
 
+// The CPU resizer's convolution (fast_image_resize 5, u8 pixels, adaptive kernel size), reproduced to the bit.
+// One axis: output index o over n input samples, scale = n / out; the filter (box, support 0.5, or triangle,
+// support 1) widened by fs = max(scale, 1); window [lo, hi); weight of input x = filter((x - centre) · (1 / fs)),
+// normalised by the window's sum (doubles, as the library computes them), then fixed point: round(w · 2^prec)
+// with `prec` per axis chosen on the host (cuda::resample_precision).
+__device__ __forceinline__ double resample_filter(int filter, double t) {
+    if (filter == 0) return (t > -0.5 && t <= 0.5) ? 1.0 : 0.0;
+    t = fabs(t);
+    return t < 1.0 ? 1.0 - t : 0.0;
+}
+struct Axis {
+    int lo, hi;
+    double centre, rfs, wsum;
+};
+__device__ __forceinline__ Axis resample_axis(int o, int n, int out, int filter) {
+    Axis a;
+    double scale = (double)n / (double)out;
+    double f = fmax(scale, 1.0);
+    double radius = (filter == 0 ? 0.5 : 1.0) * f;
+    double c = ((double)o + 0.5) * scale;
+    a.lo = max((int)floor(c - radius), 0);
+    a.hi = min((int)ceil(c + radius), n);
+    a.centre = c - 0.5;
+    a.rfs = 1.0 / f;
+    a.wsum = 0.0;
+    for (int x = a.lo; x < a.hi; ++x) a.wsum += resample_filter(filter, ((double)x - a.centre) * a.rfs);
+    return a;
+}
+__device__ __forceinline__ int resample_coef(const Axis& a, int filter, int x, double scale) {
+    double w = resample_filter(filter, ((double)x - a.centre) * a.rfs);
+    if (a.wsum != 0.0) w /= a.wsum;
+    return (int)(short)round(w * scale);
+}
+__device__ __forceinline__ int clip8(int v, int prec) { return min(max(v >> prec, 0), 255); }
+
+// RGBA (all four channels alike, no premultiplication) sw × sh → dw × dh with the box (filter 0) or bilinear
+// (filter 1) convolution of the CPU resizer: the vertical pass first, rounded to 8 bits, then the horizontal
+// (an axis whose size does not change is passed through). prec_x / prec_y: the library's fixed-point precision
+// for each axis. The blurred background is a box down then a bilinear up, as in composite/background.rs.
+__global__ void resample_rgba(const unsigned char* src, int sw, int sh, unsigned char* dst, int dw, int dh,
+                              int filter, int prec_x, int prec_y) {
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= dw * dh) return;
+    int x = idx % dw, y = idx / dw;
+    bool need_x = sw != dw, need_y = sh != dh;
+    Axis ax, ay;
+    if (need_x) ax = resample_axis(x, sw, dw, filter);
+    else { ax.lo = x; ax.hi = x + 1; }
+    if (need_y) ay = resample_axis(y, sh, dh, filter);
+    else { ay.lo = y; ay.hi = y + 1; }
+    double scale_x = (double)(1 << prec_x), scale_y = (double)(1 << prec_y);
+    int init_x = 1 << (prec_x - 1), init_y = 1 << (prec_y - 1);
+    int acc[4] = {init_x, init_x, init_x, init_x};
+    for (int xx = ax.lo; xx < ax.hi; ++xx) {
+        int kx = need_x ? resample_coef(ax, filter, xx, scale_x) : 1;
+        if (kx == 0) continue;
+        // The vertical pass's 8-bit value at column xx.
+        int col[4];
+        if (need_y) {
+            int s[4] = {init_y, init_y, init_y, init_y};
+            for (int yy = ay.lo; yy < ay.hi; ++yy) {
+                int ky = resample_coef(ay, filter, yy, scale_y);
+                if (ky == 0) continue;
+                const unsigned char* p = src + ((size_t)yy * sw + xx) * 4;
+                for (int c = 0; c < 4; ++c) s[c] += ky * (int)p[c];
+            }
+            for (int c = 0; c < 4; ++c) col[c] = clip8(s[c], prec_y);
+        } else {
+            const unsigned char* p = src + ((size_t)y * sw + xx) * 4;
+            for (int c = 0; c < 4; ++c) col[c] = p[c];
+        }
+        if (!need_x) {
+            for (int c = 0; c < 4; ++c) dst[(size_t)idx * 4 + c] = (unsigned char)col[c];
+            return;
+        }
+        for (int c = 0; c < 4; ++c) acc[c] += kx * col[c];
+    }
+    for (int c = 0; c < 4; ++c) dst[(size_t)idx * 4 + c] = (unsigned char)clip8(acc[c], prec_x);
+}
+
 // Motion, pass 1: mean over the valid part of a 5×5 box of the signed input change, per channel, in pixel
 // units; |.| averaged over channels. Inputs are model tensors (NCHW or NHWC) of mw × mh.
 __global__ void motion_diff(const float* cur, const float* prev, int mw, int mh, int nchw, float so0, float so1,

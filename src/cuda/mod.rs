@@ -18,7 +18,7 @@ use crate::preprocess::Geometry;
 
 /// The kernel source, as compiled.
 pub const KERNELS: &str = include_str!("kernels.cu");
-pub const KERNEL_NAMES: &[&str] = &["preprocess", "nv12_to_rgba", "upsample_mask", "composite", "motion_diff", "motion_blend"];
+pub const KERNEL_NAMES: &[&str] = &["preprocess", "nv12_to_rgba", "upsample_mask", "composite", "motion_diff", "motion_blend", "resample_rgba"];
 
 fn err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Cuda(format!("{what}: {e}"))
@@ -60,10 +60,50 @@ pub struct Gpu {
     f_comp: CudaFunction,
     f_mdiff: CudaFunction,
     f_mblend: CudaFunction,
+    f_resample: CudaFunction,
 }
 
 fn grid(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: ((n as u32).div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The fixed-point precision the CPU resizer (fast_image_resize 5, u8 pixels) uses for one axis of a box
+/// (`filter` 0) or bilinear (1) convolution from `n` to `out` samples: the most fraction bits that keep the
+/// largest normalised weight, doubled, inside an i16. The `resample_rgba` kernel needs it to round as the CPU
+/// does. An axis whose size does not change is not convolved (1 is returned, unused).
+pub fn resample_precision(n: u32, out: u32, filter: i32) -> i32 {
+    if n == out || n == 0 || out == 0 {
+        return 1;
+    }
+    let tap = |t: f64| -> f64 {
+        if filter == 0 {
+            f64::from(u8::from(t > -0.5 && t <= 0.5))
+        } else {
+            (1.0 - t.abs()).max(0.0)
+        }
+    };
+    let scale = n as f64 / out as f64;
+    let f = scale.max(1.0);
+    let radius = if filter == 0 { 0.5 } else { 1.0 } * f;
+    let rfs = 1.0 / f;
+    let mut max_w = 0.0f64;
+    for o in 0..out {
+        let c = (o as f64 + 0.5) * scale;
+        let (lo, hi) = (((c - radius).floor().max(0.0)) as u32, ((c + radius).ceil().min(n as f64)) as u32);
+        let ws: Vec<f64> = (lo..hi).map(|x| tap((x as f64 - (c - 0.5)) * rfs)).collect();
+        let sum: f64 = ws.iter().sum();
+        if sum != 0.0 {
+            max_w = ws.iter().map(|w| w / sum).fold(max_w, f64::max);
+        }
+    }
+    let mut precision = 0;
+    for p in 0..22 {
+        precision = p;
+        if (max_w * (1i64 << (p + 1)) as f64).round() as i64 >= 1 << 15 {
+            break;
+        }
+    }
+    precision
 }
 
 /// Source frame layout on the device.
@@ -119,6 +159,7 @@ impl Gpu {
             f_comp: f("composite")?,
             f_mdiff: f("motion_diff")?,
             f_mblend: f("motion_blend")?,
+            f_resample: f("resample_rgba")?,
             _module: module,
             ctx,
         })
@@ -257,6 +298,36 @@ impl Gpu {
         // SAFETY: as above; a null background pointer is handled in the kernel.
         unsafe { b.launch(grid(n)) }.map_err(|e| err("composite launch", e))?;
         Ok(())
+    }
+
+    /// RGBA `src` (sw × sh) → `dst` (dw × dh) with the CPU resizer's box (`filter` 0) or bilinear (1)
+    /// convolution, bit for bit (see `resample_rgba` in kernels.cu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn resample_rgba(&self, src: &CudaSlice<u8>, sw: u32, sh: u32, dst: &mut CudaSlice<u8>, dw: u32, dh: u32, filter: i32) -> Result<()> {
+        if src.len() < (sw * sh * 4) as usize || dst.len() < (dw * dh * 4) as usize {
+            return Err(Error::Cuda(format!("resample: buffers of {} and {} bytes for {sw}x{sh} → {dw}x{dh} RGBA", src.len(), dst.len())));
+        }
+        let (px, py) = (resample_precision(sw, dw, filter), resample_precision(sh, dh, filter));
+        let (a, b2, c, d) = (sw as i32, sh as i32, dw as i32, dh as i32);
+        let mut b = self.stream.launch_builder(&self.f_resample);
+        b.arg(src).arg(&a).arg(&b2).arg(&mut *dst).arg(&c).arg(&d).arg(&filter).arg(&px).arg(&py);
+        // SAFETY: argument list matches the kernel; sizes checked above.
+        unsafe { b.launch(grid((dw * dh) as usize)) }.map_err(|e| err("resample launch", e))?;
+        Ok(())
+    }
+
+    /// The blurred background of `frame` (RGBA w × h) into `out`, as `Background::Blur` makes it on the CPU: a box
+    /// filter down by f = max(radius / 2, 1) into `small` (resized as needed), then bilinear back up.
+    pub fn blur_background(&self, frame: &CudaSlice<u8>, w: u32, h: u32, radius: u32, small: &mut Option<CudaSlice<u8>>, out: &mut CudaSlice<u8>) -> Result<()> {
+        let f = (radius / 2).max(1);
+        let (sw, sh) = ((w / f).max(1), (h / f).max(1));
+        let len = (sw * sh * 4) as usize;
+        if small.as_ref().is_none_or(|s| s.len() != len) {
+            *small = Some(self.stream.alloc_zeros::<u8>(len).map_err(|e| err("alloc", e))?);
+        }
+        let s = small.as_mut().unwrap();
+        self.resample_rgba(frame, w, h, s, sw, sh, 0)?;
+        self.resample_rgba(s, sw, sh, out, w, h, 1)
     }
 
     /// Motion-aware temporal blend of `mask` with `prev_mask` (both mw × mh, the model's size), using the

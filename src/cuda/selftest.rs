@@ -342,6 +342,50 @@ pub fn run(runs: usize) -> Result<Vec<CaseResult>> {
         }
         let _ = std::fs::remove_file(&dir);
     }
+    // Blurred backgrounds: box down, bilinear up, the CPU resizer's fixed-point arithmetic reproduced, so equal
+    // to the level (odd sizes and a radius larger than the frame included); then the whole composite over it.
+    for (w, h, radius) in [(1920u32, 1080u32, 20u32), (1280, 720, 7), (333, 201, 15), (97, 55, 200)] {
+        let n = (w * h) as usize;
+        let frame = rng.u8s(n * 4);
+        let mut bg = Background::open(&BackgroundSpec::Blur(radius))?;
+        let t = Instant::now();
+        let want = bg.frame(&frame, w, h)?.map(|b| b.to_vec()).unwrap_or_default();
+        let cpu_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let d_frame = st.clone_htod(&frame).map_err(|x| e("upload", x))?;
+        let mut d_out: CudaSlice<u8> = st.alloc_zeros(n * 4).map_err(|x| e("alloc", x))?;
+        let mut small = None;
+        let gpu_ms = time(runs, || {
+            gpu.blur_background(&d_frame, w, h, radius, &mut small, &mut d_out)?;
+            st.synchronize().map_err(|x| e("sync", x))
+        })?;
+        let got = st.clone_dtoh(&d_out).map_err(|x| e("download", x))?;
+        let err = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap_or(255) as f64 / 255.0;
+        results.push(CaseResult { name: format!("blurred background {w}x{h} radius {radius}"), max_error: err, tolerance: 1.0 / 255.0, gpu_ms, cpu_ms });
+    }
+    {
+        let (w, h) = (1920u32, 1080u32);
+        let n = (w * h) as usize;
+        let frame = rng.u8s(n * 4);
+        let alpha = rng.u8s(n);
+        let mut cpu = CpuComposite::new(OutputKind::Composite, Background::open(&BackgroundSpec::Blur(20))?);
+        let mut want = frame.clone();
+        let t = Instant::now();
+        cpu.run(&mut want, w, h, &alpha)?;
+        let cpu_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let d_alpha = st.clone_htod(&alpha).map_err(|x| e("upload", x))?;
+        let mut d_frame = st.clone_htod(&frame).map_err(|x| e("upload", x))?;
+        let mut d_bg: CudaSlice<u8> = st.alloc_zeros(n * 4).map_err(|x| e("alloc", x))?;
+        let mut small = None;
+        let gpu_ms = time(runs, || {
+            st.memcpy_htod(&frame, &mut d_frame).map_err(|x| e("upload", x))?;
+            gpu.blur_background(&d_frame, w, h, 20, &mut small, &mut d_bg)?;
+            gpu.composite(&mut d_frame, &d_alpha, Some(&d_bg), n, 1, [0, 0, 0])?;
+            st.synchronize().map_err(|x| e("sync", x))
+        })?;
+        let got = st.clone_dtoh(&d_frame).map_err(|x| e("download", x))?;
+        let err = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap_or(255) as f64 / 255.0;
+        results.push(CaseResult { name: "composite 1080p over blur (radius 20)".into(), max_error: err, tolerance: 1.0 / 255.0, gpu_ms, cpu_ms });
+    }
 
     // Motion-aware temporal blend at 1024² NCHW.
     {

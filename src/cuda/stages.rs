@@ -27,10 +27,13 @@ pub struct GpuStages {
     frames: Vec<CudaSlice<u8>>,
     alpha: Option<CudaSlice<u8>>,
     /// An image or video background for composites: made on the CPU (cover-scaled image, next video frame), and
-    /// uploaded — an image once per frame size, a video frame by frame.
+    /// uploaded — an image once per frame size, a video frame by frame. A blurred background is made on the GPU.
     background: Option<Background>,
     bg: Option<CudaSlice<u8>>,
     bg_size: Option<(u32, u32)>,
+    /// A blurred background: the radius, and the box-filtered small frame between the two resizes.
+    blur: Option<u32>,
+    blur_small: Option<CudaSlice<u8>>,
 }
 
 /// Time spent per stage for one frame.
@@ -47,12 +50,9 @@ fn e(what: &str, x: impl std::fmt::Display) -> Error {
 
 impl GpuStages {
     /// What the GPU path supports; anything else keeps the CPU stages (the caller says so).
-    pub fn supports(kind: OutputKind, bg: &BackgroundSpec, m: &Manifest) -> std::result::Result<(), String> {
+    pub fn supports(kind: OutputKind, m: &Manifest) -> std::result::Result<(), String> {
         if kind == OutputKind::SideBySide {
             return Err("side-by-side output".into());
-        }
-        if matches!(bg, BackgroundSpec::Blur(_)) && matches!(kind, OutputKind::Composite) {
-            return Err("blurred backgrounds".into());
         }
         if !m.recurrent.is_empty() {
             return Err("recurrent models".into());
@@ -71,12 +71,12 @@ impl GpuStages {
 
     /// The stages on an opened GPU; create them on the thread that will run them (IO binding is per thread).
     pub fn new(gpu: Gpu, device_id: usize, manifest: &Manifest, kind: OutputKind, bg: &BackgroundSpec) -> Result<Self> {
-        GpuStages::supports(kind, bg, manifest).map_err(|w| Error::Cuda(format!("the GPU stages do not handle {w} yet")))?;
+        GpuStages::supports(kind, manifest).map_err(|w| Error::Cuda(format!("the GPU stages do not handle {w} yet")))?;
         let (k, colour) = match (kind, bg) {
             (OutputKind::Alpha, _) => (0, [0; 3]),
             (OutputKind::Mask, _) => (2, [0; 3]),
             (_, BackgroundSpec::Colour(c)) => (1, *c),
-            (_, BackgroundSpec::Image(_) | BackgroundSpec::Video(_)) => (1, [0; 3]),
+            (_, BackgroundSpec::Image(_) | BackgroundSpec::Video(_) | BackgroundSpec::Blur(_)) => (1, [0; 3]),
             _ => (0, [0; 3]),
         };
         let background = match (k, bg) {
@@ -95,6 +95,11 @@ impl GpuStages {
             background,
             bg: None,
             bg_size: None,
+            blur: match (k, bg) {
+                (1, BackgroundSpec::Blur(r)) => Some(*r),
+                _ => None,
+            },
+            blur_small: None,
         })
     }
 
@@ -187,6 +192,13 @@ impl GpuStages {
             self.next_background(w, h)?;
             let alpha = self.alpha.as_mut().unwrap();
             self.gpu.upsample_mask_raw(mask.frame(i), mask.elem, mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?;
+            if let Some(r) = self.blur {
+                // The blur of this frame, made before the composite overwrites it.
+                if self.bg.as_ref().is_none_or(|b| b.len() != n * 4) {
+                    self.bg = Some(st.alloc_zeros::<u8>(n * 4).map_err(|x| e("alloc", x))?);
+                }
+                self.gpu.blur_background(&self.frames[i], w, h, r, &mut self.blur_small, self.bg.as_mut().unwrap())?;
+            }
             let dframe = &mut self.frames[i];
             self.gpu.composite(dframe, alpha, self.bg.as_ref(), n, self.kind, self.colour)?;
             st.memcpy_dtoh(dframe, &mut f.data[..]).map_err(|x| e("download", x))?;
