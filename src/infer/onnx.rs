@@ -297,7 +297,7 @@ impl Segmenter for OnnxSegmenter {
 
     fn run(&mut self, input: &ModelInput, out: &mut LowResMask) -> Result<()> {
         let m = &self.model.manifest;
-        let rt = |e: ort::Error| Error::Runtime(format!("running {}: {e}", m.name));
+        let rt = |e: ort::Error| run_error(&format!("running {}", m.name), &e);
         let mut scratch = Vec::new();
         let tensor = image_feed(input.shape, &input.data, self.input_f16, &mut scratch).map_err(rt)?;
         let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
@@ -345,7 +345,7 @@ impl Segmenter for OnnxSegmenter {
                 m.name
             )));
         }
-        let rt = |e: ort::Error| Error::Runtime(format!("running {} on a batch of {total}: {e}", m.name));
+        let rt = |e: ort::Error| run_error(&format!("running {} on a batch of {total}", m.name), &e);
         let shape = batched::stack(inputs, total, &mut self.stack)?;
         let mut scratch = Vec::new();
         let tensor = image_feed(shape, &self.stack, self.input_f16, &mut scratch).map_err(rt)?;
@@ -364,6 +364,22 @@ impl Segmenter for OnnxSegmenter {
 }
 
 /// The manifest's constant inputs (`[[constants]]`) as session feeds.
+/// An error from ONNX Runtime's run call, with what to do where the cause is known. cuDNN's heuristic mode
+/// (`--cudnn-search heuristic`) finds no algorithm for some fp16 convolutions (BiRefNet's deformable-conv
+/// offsets on an H200, cuDNN 9.14: HEURISTIC_QUERY_FAILED); ONNX Runtime's message then runs to kilobytes of
+/// JSON, so it is cut to the node and the advice.
+pub(crate) fn run_error(context: &str, e: &dyn std::fmt::Display) -> Error {
+    let msg = e.to_string();
+    if msg.contains("HEURISTIC_QUERY_FAILED") || msg.contains("No valid engine configs") {
+        let node = msg.split("Name:'").nth(1).and_then(|r| r.split('\'').next()).unwrap_or("?");
+        return Error::Runtime(format!(
+            "{context}: cuDNN's heuristic search found no algorithm for convolution node '{node}' \
+             (--cudnn-search heuristic); run with --cudnn-search exhaustive, the default"
+        ));
+    }
+    Error::Runtime(format!("{context}: {msg}"))
+}
+
 fn constant_feeds<'a>(
     m: &'a crate::model::Manifest,
     rt: impl Fn(ort::Error) -> Error,
@@ -396,5 +412,26 @@ impl Drop for ThreadName {
     fn drop(&mut self) {
         // SAFETY: the buffer holds the NUL-terminated name read in `set`.
         unsafe { libc::prctl(libc::PR_SET_NAME, self.0.as_ptr()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_error;
+
+    #[test]
+    fn heuristic_cudnn_failures_say_what_to_do() {
+        // The message ONNX Runtime 1.31 gave on an H200 (cuDNN 9.14), shortened in the middle.
+        let ort = "Non-zero status code returned while running Conv node. Name:'node_Conv_11201' Status Message: \
+                   Failed to initialize CUDNN Frontend: /onnxruntime_src/onnxruntime/core/providers/cuda/cudnn_fe_call.cc:117 \
+                   CUDNN_FE failure 8: HEURISTIC_QUERY_FAILED ; GPU=0 ; hostname=vm ; file=conv.cc ; line=238 ; \
+                   expr=s_.cudnn_fe_graph->create_execution_plans({heur_mode}); \n\n with the cudnn frontend json:\n{\"context\":{}}";
+        let e = run_error("device run of birefnet-lite", &ort).to_string();
+        assert!(e.starts_with("ONNX Runtime: device run of birefnet-lite: cuDNN's heuristic search"), "{e}");
+        assert!(e.contains("convolution node 'node_Conv_11201'") && e.contains("--cudnn-search exhaustive"), "{e}");
+        assert!(!e.contains("json") && e.len() < 300, "{e}");
+        // Anything else passes through whole.
+        let e = run_error("running m", &"Got invalid dimensions for input: x").to_string();
+        assert_eq!(e, "ONNX Runtime: running m: Got invalid dimensions for input: x");
     }
 }

@@ -93,7 +93,7 @@ impl DeviceIo {
 }
 
 fn rt(name: &str) -> impl Fn(ort::Error) -> Error + '_ {
-    move |e| Error::Runtime(format!("device run of {name}: {e}"))
+    move |e| super::run_error(&format!("device run of {name}"), &e)
 }
 
 static ORT_RUN_NS: AtomicU64 = AtomicU64::new(0);
