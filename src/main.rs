@@ -136,7 +136,7 @@ struct ModelArgs {
     #[arg(long)]
     cuda_nhwc: bool,
     /// CUDA: how cuDNN convolution algorithms are chosen on the first run (exhaustive: fastest kernels, a few
-    /// seconds of warm-up; heuristic: quick start)
+    /// seconds of warm-up; heuristic: quick start, fails on some fp16 models such as BiRefNet fp16)
     #[arg(long, value_enum, default_value_t)]
     cudnn_search: matteflow::runtime::CudnnSearch,
     /// Write ONNX Runtime's per-node profile (JSON) with this file prefix
