@@ -321,6 +321,43 @@ fn convert_with(
             } else {
                 None
             };
+            // With the GPU stages, finished frames come to host memory on a thread of their own ("mf-download"),
+            // so one call's download overlaps the next call's inference; it passes them on in order.
+            let mut downloads = match gpu.as_ref().map(|g| g.download_stream()) {
+                Some(Ok(stream)) => {
+                    let (tx, rx) = crossbeam_channel::bounded::<(Vec<Frame>, crate::cuda::stages::Queued)>(1);
+                    let (shared_dl, tx_masked) = (shared.clone(), tx_masked.clone());
+                    let spawned = std::thread::Builder::new().name("mf-download".into()).spawn(move || {
+                        let shared = shared_dl;
+                        let mut spent = Duration::ZERO;
+                        for (mut group, queued) in rx {
+                            match queued.download(&stream, &mut group) {
+                                Ok(d) => spent += d,
+                                Err(e) => {
+                                    shared.fail(e);
+                                    break;
+                                }
+                            }
+                            if group.into_iter().any(|f| tx_masked.send((f, None)).is_err()) {
+                                break;
+                            }
+                        }
+                        shared.times.lock().unwrap().postprocess += spent;
+                    });
+                    match spawned {
+                        Ok(h) => Some((tx, h)),
+                        Err(e) => {
+                            shared.fail(Error::io("starting a thread", e));
+                            return;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    shared.fail(e);
+                    return;
+                }
+                None => None,
+            };
             let mut inputs: Vec<ModelInput> = vec![ModelInput::default(); batch];
             let mut masks: Vec<LowResMask> = vec![LowResMask::default(); batch];
             let mut pending: Vec<Frame> = Vec::with_capacity(batch);
@@ -346,14 +383,16 @@ fn convert_with(
                         let size = (pending[0].width, pending[0].height);
                         let split = pending.iter().position(|f| (f.width, f.height) != size).unwrap_or(pending.len());
                         let mut group: Vec<Frame> = pending.drain(..split).collect();
-                        match g.process_batch(&mut segmenter, &mut group, batch) {
-                            Ok(t) => {
+                        let Some(tx_dl) = downloads.as_ref().map(|(tx, _)| tx) else { break 'frames };
+                        match g.submit(&mut segmenter, &mut group, batch) {
+                            Ok((t, queued)) => {
                                 first.get_or_insert((t.infer, group.len() as u64, start.elapsed()));
                                 tp += t.preprocess;
                                 ti += t.infer;
                                 tq += t.post_composite;
                                 calls += 1;
-                                if group.into_iter().any(|f| tx_masked.send((f, None)).is_err()) {
+                                // The download runs on its own thread and stream, alongside the next call.
+                                if tx_dl.send((group, queued)).is_err() {
                                     break 'frames;
                                 }
                             }
@@ -406,6 +445,10 @@ fn convert_with(
                         break;
                     }
                 }
+            }
+            if let Some((tx, h)) = downloads.take() {
+                drop(tx);
+                let _ = h.join();
             }
             let mut t = shared.times.lock().unwrap();
             t.preprocess += tp;

@@ -3,9 +3,11 @@
 //! composite, all on the GPU; one download of the finished frame for the encoder. With nvcodec, the frame
 //! arrives already in CUDA memory as NV12 (`process_nv12`, see gst_cuda.rs) and there is no upload at all.
 
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, CudaStream};
 
 use super::{FrameFormat, Gpu};
 use crate::composite::Background;
@@ -16,6 +18,9 @@ use crate::model::{Manifest, ResizeMode};
 use crate::preprocess::Geometry;
 use crate::source::Frame;
 
+/// Sets of device frames in use at once: one being composited, one being downloaded.
+const FRAME_SETS: usize = 2;
+
 pub struct GpuStages {
     gpu: Gpu,
     manifest: Manifest,
@@ -23,8 +28,15 @@ pub struct GpuStages {
     kind: i32,
     colour: [u8; 3],
     io: DeviceIo,
-    /// One device frame per batch slot (RGBA, the composite's canvas).
-    frames: Vec<CudaSlice<u8>>,
+    /// Sets of device frames (RGBA, the composite's canvas), one frame per batch slot. A set is taken for
+    /// one inference call and comes back (through `returned`) once its frames are downloaded, so with the
+    /// download on another thread ([`Queued::download`]) the next call runs while the last one's frames travel
+    /// to host memory.
+    free: Vec<Vec<CudaSlice<u8>>>,
+    sets: usize,
+    set_bytes: usize,
+    give_back: Sender<Vec<CudaSlice<u8>>>,
+    returned: Receiver<Vec<CudaSlice<u8>>>,
     alpha: Option<CudaSlice<u8>>,
     /// An image or video background for composites: made on the CPU (cover-scaled image, next video frame), and
     /// uploaded — an image once per frame size, a video frame by frame. A blurred background is made on the GPU.
@@ -83,6 +95,7 @@ impl GpuStages {
             (1, BackgroundSpec::Image(_) | BackgroundSpec::Video(_)) => Some(Background::open(bg)?),
             _ => None,
         };
+        let (give_back, returned) = channel();
         Ok(GpuStages {
             gpu,
             manifest: manifest.clone(),
@@ -90,7 +103,11 @@ impl GpuStages {
             kind: k,
             colour,
             io: DeviceIo::default(),
-            frames: Vec::new(),
+            free: Vec::new(),
+            sets: 0,
+            set_bytes: 0,
+            give_back,
+            returned,
             alpha: None,
             background,
             bg: None,
@@ -121,12 +138,49 @@ impl GpuStages {
         Ok(())
     }
 
+    /// The stream for [`Queued::download`] on another thread (downloads there overlap the next inference call).
+    pub fn download_stream(&self) -> Result<Arc<CudaStream>> {
+        self.gpu.ctx.new_stream().map_err(|x| e("stream", x))
+    }
+
+    /// A set of device frames for a call of `k` frames of `bytes` each: a free one, a new one while fewer than
+    /// FRAME_SETS exist, or else the next one a download gives back.
+    fn take_set(&mut self, k: usize, bytes: usize, batch: usize) -> Result<Vec<CudaSlice<u8>>> {
+        if self.set_bytes != bytes {
+            // A new frame size: the old sets go (those still downloading are dropped when they come back).
+            self.free.clear();
+            self.sets = 0;
+            self.set_bytes = bytes;
+            self.alpha = Some(self.gpu.stream.alloc_zeros::<u8>(bytes / 4).map_err(|x| e("alloc", x))?);
+        }
+        while let Ok(set) = self.returned.try_recv() {
+            if set.first().is_some_and(|f| f.len() == bytes) {
+                self.free.push(set);
+            }
+        }
+        loop {
+            if let Some(i) = self.free.iter().position(|s| s.len() >= k && s.first().is_some_and(|f| f.len() == bytes)) {
+                return Ok(self.free.swap_remove(i));
+            }
+            if self.sets < FRAME_SETS {
+                self.sets += 1;
+                return (0..batch).map(|_| self.gpu.stream.alloc_zeros::<u8>(bytes).map_err(|x| e("alloc", x))).collect();
+            }
+            match self.returned.recv() {
+                Ok(set) if set.first().is_some_and(|f| f.len() == bytes) => self.free.push(set),
+                Ok(_) => {} // of an earlier frame size: dropped
+                Err(_) => return Err(Error::Cuda("device frames were not given back".into())),
+            }
+        }
+    }
+
     /// Mattes up to `batch` consecutive frames with one inference call, each either an RGBA frame in host
     /// memory (`data`, uploaded once) or an NV12 frame the decoder left in CUDA memory (`cuda`, read by device
-    /// pointer, nothing uploaded). The finished RGBA frames are written to each frame's `data`. The model input
-    /// is always `batch` frames (a short last group leaves the spare slots as they were; their masks are not
-    /// used), so the bound shapes never change. Frames of one call must share a size.
-    pub fn process_batch(&mut self, seg: &mut OnnxSegmenter, frames: &mut [Frame], batch: usize) -> Result<GpuTimes> {
+    /// pointer, nothing uploaded), and queues their composites on the GPU; [`Queued::download`] brings them to
+    /// each frame's `data`. The model input is always `batch` frames (a short last group leaves the spare slots
+    /// as they were; their masks are not used), so the bound shapes never change. Frames of one call must share
+    /// a size.
+    pub fn submit(&mut self, seg: &mut OnnxSegmenter, frames: &mut [Frame], batch: usize) -> Result<(GpuTimes, Queued)> {
         let st = self.gpu.stream.clone();
         let t0 = Instant::now();
         let k = frames.len();
@@ -138,13 +192,7 @@ impl GpuStages {
             return Err(Error::Cuda("frames of one inference call differ in size".into()));
         }
         let n = (w * h) as usize;
-        if self.frames.len() < k || self.frames.first().is_some_and(|f| f.len() != n * 4) {
-            self.frames.clear();
-            for _ in 0..batch {
-                self.frames.push(st.alloc_zeros::<u8>(n * 4).map_err(|x| e("alloc", x))?);
-            }
-            self.alpha = Some(st.alloc_zeros::<u8>(n).map_err(|x| e("alloc", x))?);
-        }
+        let mut set = self.take_set(k, n * 4, batch)?;
         let (mw, mh) = self.manifest.model_size_for(w, h);
         let geo = match self.manifest.input.resize {
             ResizeMode::Stretch => Geometry::stretch(mw, mh),
@@ -159,7 +207,7 @@ impl GpuStages {
         let per_frame = (mw * mh * 3) as u64 * elem.size() as u64;
         for (i, f) in frames.iter_mut().enumerate() {
             let slot = input + i as u64 * per_frame;
-            let dframe = &mut self.frames[i];
+            let dframe = &mut set[i];
             match f.cuda.as_ref() {
                 Some(c) => {
                     let fmt = FrameFormat::Nv12 { pitch: c.pitch, uv_offset: c.uv_offset, bt709: c.bt709 };
@@ -176,7 +224,8 @@ impl GpuStages {
                 }
             }
         }
-        // ONNX Runtime runs on its own stream: the tensor must be complete before it starts.
+        // ONNX Runtime runs on its own stream: the tensor must be complete before it starts. (This also waits
+        // for the previous call's composites, which read that call's output: ONNX Runtime may overwrite it now.)
         st.synchronize().map_err(|x| e("sync", x))?;
         // The decoder's buffers can go back to its pool now.
         for f in frames.iter_mut() {
@@ -188,7 +237,7 @@ impl GpuStages {
         let sx = mask.width as f32 / geo.model_w as f32;
         let sy = mask.height as f32 / geo.model_h as f32;
         let crop = (geo.content_x as f32 * sx, geo.content_y as f32 * sy, geo.content_w as f32 * sx, geo.content_h as f32 * sy);
-        for (i, f) in frames.iter_mut().enumerate() {
+        for i in 0..k {
             self.next_background(w, h)?;
             let alpha = self.alpha.as_mut().unwrap();
             self.gpu.upsample_mask_raw(mask.frame(i), mask.elem, mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?;
@@ -197,13 +246,39 @@ impl GpuStages {
                 if self.bg.as_ref().is_none_or(|b| b.len() != n * 4) {
                     self.bg = Some(st.alloc_zeros::<u8>(n * 4).map_err(|x| e("alloc", x))?);
                 }
-                self.gpu.blur_background(&self.frames[i], w, h, r, &mut self.blur_small, self.bg.as_mut().unwrap())?;
+                self.gpu.blur_background(&set[i], w, h, r, &mut self.blur_small, self.bg.as_mut().unwrap())?;
             }
-            let dframe = &mut self.frames[i];
-            self.gpu.composite(dframe, alpha, self.bg.as_ref(), n, self.kind, self.colour)?;
-            st.memcpy_dtoh(dframe, &mut f.data[..]).map_err(|x| e("download", x))?;
+            self.gpu.composite(&mut set[i], alpha, self.bg.as_ref(), n, self.kind, self.colour)?;
         }
-        st.synchronize().map_err(|x| e("sync", x))?;
-        Ok(GpuTimes { preprocess: t1 - t0, infer: t2 - t1, post_composite: t2.elapsed() })
+        let queued = Queued { set, k, give_back: self.give_back.clone() };
+        Ok((GpuTimes { preprocess: t1 - t0, infer: t2 - t1, post_composite: t2.elapsed() }, queued))
+    }
+}
+
+/// One inference call's composited frames, still on the GPU (queued behind the kernels that make them).
+pub struct Queued {
+    set: Vec<CudaSlice<u8>>,
+    k: usize,
+    give_back: Sender<Vec<CudaSlice<u8>>>,
+}
+
+impl Queued {
+    /// Downloads the frames into each frame's `data` on `stream` (which waits for the composites: the device
+    /// frames carry their last write as an event) and gives the device frames back for reuse. Returns the time
+    /// it took.
+    pub fn download(self, stream: &Arc<CudaStream>, frames: &mut [Frame]) -> Result<Duration> {
+        let t = Instant::now();
+        if frames.len() != self.k {
+            return Err(Error::Cuda(format!("{} frames to download for a call of {}", frames.len(), self.k)));
+        }
+        for (d, f) in self.set.iter().zip(frames.iter_mut()) {
+            if f.data.len() != d.len() {
+                return Err(Error::Cuda(format!("frame buffer of {} bytes for a {}-byte RGBA frame", f.data.len(), d.len())));
+            }
+            stream.memcpy_dtoh(d, &mut f.data[..]).map_err(|x| e("download", x))?;
+        }
+        stream.synchronize().map_err(|x| e("sync", x))?;
+        let _ = self.give_back.send(self.set);
+        Ok(t.elapsed())
     }
 }
