@@ -1,7 +1,9 @@
 //! The GPU frame path (`--cuda-stages`): upload the decoded frame once, then preprocess (fused kernel) →
 //! ONNX Runtime with IO binding (input and output stay in device memory) → mask upsample (with the sigmoid) →
-//! composite, all on the GPU; one download of the finished frame for the encoder. With nvcodec, the frame
-//! arrives already in CUDA memory as NV12 (`process_nv12`, see gst_cuda.rs) and there is no upload at all.
+//! composite, all on the GPU; one download of the finished frame for the encoder, which the caller may run on
+//! another thread and stream (`submit` queues, `Queued::download` finishes) so that it overlaps the next
+//! inference call. With nvcodec, the frame arrives already in CUDA memory as NV12 (see gst_cuda.rs) and there
+//! is no upload at all.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
