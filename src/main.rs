@@ -246,7 +246,7 @@ struct QualityArgs {
     #[arg(long, help_heading = "Matte quality")]
     fg_estimate: bool,
     /// Run preprocess, mask upsampling and compositing on the GPU, with the model's input and output in device
-    /// memory (IO binding; CUDA provider, colour or transparent backgrounds)
+    /// memory (IO binding; CUDA provider; any background; not yet with side-by-side output or the options above)
     #[arg(long)]
     cuda_stages: bool,
     /// With --cuda-stages: decode into system memory and upload each frame, even where GStreamer's nvcodec could
@@ -845,6 +845,9 @@ fn batch(a: BatchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
     if cfg.cuda_stages {
         // Every file would fail alike: say it once, before anything starts.
+        if let Err(o) = matteflow::cuda::stages::GpuStages::supports_options(&cfg.post, cfg.fg_estimate) {
+            anyhow::bail!("--cuda-stages does not apply {o} yet; run without --cuda-stages (the CPU stages do) or without {o}");
+        }
         matteflow::cuda::stages::GpuStages::open_gpu(0)?;
     }
     std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("creating {}", cfg.out_dir.display()))?;

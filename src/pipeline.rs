@@ -124,6 +124,9 @@ fn convert_with(
     let gpu = if cfg.cuda_stages {
         crate::cuda::stages::GpuStages::supports(kind, &manifest)
             .map_err(|w| Error::Cuda(format!("--cuda-stages does not handle {w} yet; run without it")))?;
+        crate::cuda::stages::GpuStages::supports_options(&cfg.post, cfg.fg_estimate).map_err(|o| {
+            Error::Cuda(format!("--cuda-stages does not apply {o} yet; run without --cuda-stages (the CPU stages do) or without {o}"))
+        })?;
         Some(crate::cuda::stages::GpuStages::open_gpu(0)?)
     } else {
         None

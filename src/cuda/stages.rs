@@ -17,6 +17,7 @@ use crate::config::{BackgroundSpec, OutputKind};
 use crate::error::{Error, Result};
 use crate::infer::{DeviceIo, OnnxSegmenter};
 use crate::model::{Manifest, ResizeMode};
+use crate::postprocess::PostprocessConfig;
 use crate::preprocess::Geometry;
 use crate::source::Frame;
 
@@ -72,6 +73,32 @@ impl GpuStages {
             return Err("recurrent models".into());
         }
         Ok(())
+    }
+
+    /// The matte-quality options the GPU stages do not apply yet (temporal smoothing, threshold, guided-filter
+    /// refinement, feathering, foreground estimation): said up front rather than silently left out.
+    pub fn supports_options(post: &PostprocessConfig, fg_estimate: bool) -> std::result::Result<(), String> {
+        let mut not = Vec::new();
+        if post.smooth > 0.0 {
+            not.push("--smooth");
+        }
+        if post.threshold.is_some() {
+            not.push("--threshold");
+        }
+        if post.refine {
+            not.push("--refine");
+        }
+        if post.feather > 0 {
+            not.push("--feather");
+        }
+        if fg_estimate {
+            not.push("--fg-estimate");
+        }
+        match not.as_slice() {
+            [] => Ok(()),
+            [one] => Err(one.to_string()),
+            many => Err(many.join(", ")),
+        }
     }
 
     /// Opens the GPU and compiles the kernels. Call this before the GStreamer pipeline starts: initialising
