@@ -246,7 +246,7 @@ struct QualityArgs {
     #[arg(long, help_heading = "Matte quality")]
     fg_estimate: bool,
     /// Run preprocess, mask upsampling and compositing on the GPU, with the model's input and output in device
-    /// memory (IO binding; CUDA provider; any background; not yet with side-by-side output or the options above)
+    /// memory (IO binding; CUDA provider; any background, --smooth, --threshold; not yet side-by-side, --refine, --feather, --fg-estimate)
     #[arg(long)]
     cuda_stages: bool,
     /// With --cuda-stages: decode into system memory and upload each frame, even where GStreamer's nvcodec could

@@ -307,11 +307,11 @@ fn convert_with(
         let mut pre = CpuPreprocess::new(&manifest);
         let mut post = CpuPostprocess::for_manifest(cfg.post, &manifest);
         let opened_gpu = gpu;
-        let (kind_g, bg_g, manifest_g) = (kind, bg_spec.clone(), manifest.clone());
+        let (kind_g, bg_g, manifest_g, post_g) = (kind, bg_spec.clone(), manifest.clone(), cfg.post);
         std::thread::Builder::new().name("mf-infer".into()).spawn(move || {
             // The GPU path lives on this thread: its IO binding must not move between threads.
             let mut gpu = if let Some(opened) = opened_gpu {
-                match crate::cuda::stages::GpuStages::new(opened, 0, &manifest_g, kind_g, &bg_g) {
+                match crate::cuda::stages::GpuStages::new(opened, 0, &manifest_g, kind_g, &bg_g, &post_g) {
                     Ok(g) => {
                         tracing::info!("preprocess, mask upsampling and compositing run on the GPU (IO binding)");
                         Some(g)

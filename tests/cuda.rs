@@ -157,19 +157,19 @@ fn gpu_paths_without_a_gpu_are_clear_errors() {
     assert_eq!(err.matches("--cuda-stages needs an NVIDIA GPU").count(), 1, "{err}");
     assert!(!err.contains("panicked") && !err.contains("FAILED"), "{err}");
     assert!(!out_dir.exists(), "nothing created");
-    // Matte-quality options the GPU stages do not apply are named up front, not silently left out: for one file
-    // and, once, for a batch.
+    // Matte-quality options the GPU stages do not apply are named up front, not silently left out (--smooth and
+    // --threshold they apply, so they are not named): for one file and, once, for a batch.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
         .args(["convert", sample("carphone_pristine.mp4").to_str().unwrap(), "-o"])
         .arg(dir.path().join("s.mp4"))
-        .args(["-b", "green", "--smooth", "0.6", "--feather", "2", "--cuda-stages"])
+        .args(["-b", "green", "--smooth", "0.6", "--feather", "2", "--fg-estimate", "--cuda-stages"])
         .env("LD_LIBRARY_PATH", nvrtc_lib_dir())
         .output()
         .unwrap();
     let err = stderr_of(&out);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("--cuda-stages does not apply --smooth, --feather yet; run without --cuda-stages (the CPU stages do) or without --smooth, --feather"),
+        err.contains("--cuda-stages does not apply --feather, --fg-estimate yet; run without --cuda-stages (the CPU stages do) or without --feather, --fg-estimate"),
         "{err}"
     );
     assert!(!dir.path().join("s.mp4").exists(), "no output left behind");

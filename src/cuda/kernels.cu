@@ -275,10 +275,15 @@ __global__ void resample_rgba(const unsigned char* src, int sw, int sh, unsigned
     for (int c = 0; c < 4; ++c) dst[(size_t)idx * 4 + c] = (unsigned char)clip8(acc[c], prec_x);
 }
 
+// A model tensor value (f32, or f16 when f16 != 0).
+__device__ __forceinline__ float ld_tensor(const void* t, int f16, size_t i) {
+    return f16 ? f16_to_f32(((const unsigned short*)t)[i]) : ((const float*)t)[i];
+}
+
 // Motion, pass 1: mean over the valid part of a 5×5 box of the signed input change, per channel, in pixel
-// units; |.| averaged over channels. Inputs are model tensors (NCHW or NHWC) of mw × mh.
-__global__ void motion_diff(const float* cur, const float* prev, int mw, int mh, int nchw, float so0, float so1,
-                            float so2, float* d) {
+// units; |.| averaged over channels. Inputs are model tensors (NCHW or NHWC) of mw × mh, f32 or f16 (f16 != 0).
+__global__ void motion_diff(const void* cur, const void* prev, int f16, int mw, int mh, int nchw, float so0,
+                            float so1, float so2, float* d) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= mw * mh) return;
     int x = idx % mw, y = idx / mw;
@@ -292,12 +297,29 @@ __global__ void motion_diff(const float* cur, const float* prev, int mw, int mh,
             for (int xx = max(x - 2, 0); xx <= min(x + 2, mw - 1); ++xx) {
                 size_t k = (size_t)yy * mw + xx;
                 size_t i = nchw ? c * plane + k : k * 3 + c;
-                s += (cur[i] - prev[i]) * so[c] / 255.0f;
+                s += (ld_tensor(cur, f16, i) - ld_tensor(prev, f16, i)) * so[c] / 255.0f;
                 ++n;
             }
         total += fabsf(s / (float)n) / 3.0f;
     }
     d[idx] = total;
+}
+
+// The model's output → probabilities as the CPU reads them: the logistic function first where the model gives
+// logits (sigmoid != 0), clamped to [0, 1]; f32 or f16 (mask_f16 != 0) in, f32 out.
+__global__ void mask_prob(const void* mask, int mask_f16, int sigmoid, int n, float* out) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = ld_tensor(mask, mask_f16, i);
+    if (sigmoid) v = 1.0f / (1.0f + expf(-v));
+    out[i] = fminf(fmaxf(v, 0.0f), 1.0f);
+}
+
+// Threshold remap (--threshold LO:HI), in place: (v − lo) / span, clamped to [0, 1].
+__global__ void mask_threshold(float* m, int n, float lo, float span) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    m[i] = fminf(fmaxf((m[i] - lo) / span, 0.0f), 1.0f);
 }
 
 // Motion, pass 2, and the blend: spread = max(2 · 5×5 mean, own), weight = smooth · clamp(1 − spread/thr),

@@ -18,7 +18,7 @@ use crate::preprocess::Geometry;
 
 /// The kernel source, as compiled.
 pub const KERNELS: &str = include_str!("kernels.cu");
-pub const KERNEL_NAMES: &[&str] = &["preprocess", "nv12_to_rgba", "upsample_mask", "composite", "motion_diff", "motion_blend", "resample_rgba"];
+pub const KERNEL_NAMES: &[&str] = &["preprocess", "nv12_to_rgba", "upsample_mask", "composite", "motion_diff", "motion_blend", "resample_rgba", "mask_prob", "mask_threshold"];
 
 fn err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Cuda(format!("{what}: {e}"))
@@ -61,6 +61,8 @@ pub struct Gpu {
     f_mdiff: CudaFunction,
     f_mblend: CudaFunction,
     f_resample: CudaFunction,
+    f_prob: CudaFunction,
+    f_thr: CudaFunction,
 }
 
 fn grid(n: usize) -> LaunchConfig {
@@ -160,6 +162,8 @@ impl Gpu {
             f_mdiff: f("motion_diff")?,
             f_mblend: f("motion_blend")?,
             f_resample: f("resample_rgba")?,
+            f_prob: f("mask_prob")?,
+            f_thr: f("mask_threshold")?,
             _module: module,
             ctx,
         })
@@ -347,16 +351,69 @@ impl Gpu {
         mw: u32,
         mh: u32,
     ) -> Result<()> {
+        use cudarc::driver::DevicePtr;
+        let (c, _g1) = cur.device_ptr(&self.stream);
+        let (p, _g2) = prev.device_ptr(&self.stream);
+        self.temporal_blend_raw(c, p, TensorElem::F32, nchw, std_over_scale, smooth, threshold, prev_mask, mask, scratch, mw, mh)
+    }
+
+    /// As `temporal_blend`, with the model inputs at raw device addresses (e.g. ONNX Runtime's bound input) of
+    /// element type `elem`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn temporal_blend_raw(
+        &self,
+        cur: u64,
+        prev: u64,
+        elem: TensorElem,
+        nchw: bool,
+        std_over_scale: [f32; 3],
+        smooth: f32,
+        threshold: f32,
+        prev_mask: &CudaSlice<f32>,
+        mask: &mut CudaSlice<f32>,
+        scratch: &mut CudaSlice<f32>,
+        mw: u32,
+        mh: u32,
+    ) -> Result<()> {
         let (w, h, n) = (mw as i32, mh as i32, (mw * mh) as usize);
+        if mask.len() < n || prev_mask.len() < n || scratch.len() < n {
+            return Err(Error::Cuda(format!("temporal blend: buffers smaller than {mw}x{mh}")));
+        }
         let nchw = nchw as i32;
+        let f16 = (elem == TensorElem::F16) as i32;
+        let thr = threshold.max(1e-4);
         let mut b = self.stream.launch_builder(&self.f_mdiff);
-        b.arg(cur).arg(prev).arg(&w).arg(&h).arg(&nchw).arg(&std_over_scale[0]).arg(&std_over_scale[1]).arg(&std_over_scale[2]).arg(&mut *scratch);
-        // SAFETY: as above.
+        b.arg(&cur).arg(&prev).arg(&f16).arg(&w).arg(&h).arg(&nchw).arg(&std_over_scale[0]).arg(&std_over_scale[1]).arg(&std_over_scale[2]).arg(&mut *scratch);
+        // SAFETY: as above; `cur` and `prev` hold mw·mh·3 values of `elem`.
         unsafe { b.launch(grid(n)) }.map_err(|e| err("motion launch", e))?;
         let mut b = self.stream.launch_builder(&self.f_mblend);
-        b.arg(&*scratch).arg(&w).arg(&h).arg(&smooth).arg(&threshold).arg(prev_mask).arg(mask);
+        b.arg(&*scratch).arg(&w).arg(&h).arg(&smooth).arg(&thr).arg(prev_mask).arg(mask);
         // SAFETY: as above.
         unsafe { b.launch(grid(n)) }.map_err(|e| err("blend launch", e))?;
+        Ok(())
+    }
+
+    /// The model's output (`n` values of `elem` at `mask`, logits when `sigmoid`) → probabilities in `out`,
+    /// clamped to [0, 1], as the CPU reads them.
+    pub fn mask_prob(&self, mask: u64, elem: TensorElem, sigmoid: bool, n: usize, out: &mut CudaSlice<f32>) -> Result<()> {
+        if out.len() < n {
+            return Err(Error::Cuda(format!("mask_prob: {} floats for {n} values", out.len())));
+        }
+        let (f16, sig, ni) = ((elem == TensorElem::F16) as i32, sigmoid as i32, n as i32);
+        let mut b = self.stream.launch_builder(&self.f_prob);
+        b.arg(&mask).arg(&f16).arg(&sig).arg(&ni).arg(out);
+        // SAFETY: `mask` holds n values of `elem`; `out` checked above.
+        unsafe { b.launch(grid(n)) }.map_err(|e| err("mask_prob launch", e))?;
+        Ok(())
+    }
+
+    /// Threshold remap of the first `n` values of `m` in place: (v − lo) / (hi − lo), clamped to [0, 1].
+    pub fn mask_threshold(&self, m: &mut CudaSlice<f32>, n: usize, lo: f32, hi: f32) -> Result<()> {
+        let (ni, span) = (n.min(m.len()) as i32, (hi - lo).max(1e-6));
+        let mut b = self.stream.launch_builder(&self.f_thr);
+        b.arg(m).arg(&ni).arg(&lo).arg(&span);
+        // SAFETY: n is bounded by the buffer's length.
+        unsafe { b.launch(grid(ni as usize)) }.map_err(|e| err("mask_threshold launch", e))?;
         Ok(())
     }
 }

@@ -431,6 +431,70 @@ pub fn run(runs: usize) -> Result<Vec<CaseResult>> {
             gpu_ms,
             cpu_ms,
         });
+        // The same with f16 model inputs read where ONNX Runtime holds them (the CPU given the same rounded values).
+        let h16 = |v: &[f32]| -> Vec<half::f16> { v.iter().map(|x| half::f16::from_f32(*x)).collect() };
+        let back = |v: &[half::f16]| -> Vec<f32> { v.iter().map(|x| x.to_f32()).collect() };
+        let (cur16, prev16) = (h16(&cur_in), h16(&prev_in));
+        let input = ModelInput { data: back(&cur16), shape: [1, 3, mh as i64, mw as i64], geometry: Some(geo) };
+        let mut want = cur_mask.clone();
+        postprocess::temporal_blend(&input, &back(&prev16), so, 0.7, 0.03, &prev_mask, &lr, &mut want);
+        let as_u16 = |v: &[half::f16]| -> Vec<u16> { v.iter().map(|x| x.to_bits()).collect() };
+        let d_cur16 = st.clone_htod(&as_u16(&cur16)).map_err(|x| e("upload", x))?;
+        let d_prev16 = st.clone_htod(&as_u16(&prev16)).map_err(|x| e("upload", x))?;
+        let gpu_ms = {
+            use cudarc::driver::DevicePtr;
+            let (c, _g1) = d_cur16.device_ptr(&st);
+            let (p, _g2) = d_prev16.device_ptr(&st);
+            time(runs, || {
+                st.memcpy_htod(&cur_mask, &mut d_mask).map_err(|x| e("upload", x))?;
+                gpu.temporal_blend_raw(c, p, super::TensorElem::F16, true, so, 0.7, 0.03, &d_pm, &mut d_mask, &mut scratch, mw, mh)?;
+                st.synchronize().map_err(|x| e("sync", x))
+            })?
+        };
+        let got = st.clone_dtoh(&d_mask).map_err(|x| e("download", x))?;
+        results.push(CaseResult {
+            name: "temporal blend, f16 model inputs 1024²".into(),
+            max_error: max_diff(&got, &want),
+            tolerance: 1e-5,
+            gpu_ms,
+            cpu_ms,
+        });
+    }
+
+    // The mask steps of --smooth / --threshold on the GPU stages: model output (f16 logits) → probabilities as
+    // the CPU reads them (sigmoid, clamp), then the threshold remap.
+    {
+        let n = 1024 * 1024;
+        let logits: Vec<half::f16> = rng.f32s(n).iter().map(|v| half::f16::from_f32(v * 16.0 - 8.0)).collect();
+        let t = Instant::now();
+        let want: Vec<f32> = logits
+            .iter()
+            .map(|v| {
+                let p = (1.0 / (1.0 + (-v.to_f32()).exp())).clamp(0.0, 1.0);
+                ((p - 0.1) / 0.8).clamp(0.0, 1.0)
+            })
+            .collect();
+        let cpu_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let bits: Vec<u16> = logits.iter().map(|x| x.to_bits()).collect();
+        let d_logits = st.clone_htod(&bits).map_err(|x| e("upload", x))?;
+        let mut d_m: CudaSlice<f32> = st.alloc_zeros(n).map_err(|x| e("alloc", x))?;
+        let gpu_ms = {
+            use cudarc::driver::DevicePtr;
+            let (l, _g) = d_logits.device_ptr(&st);
+            time(runs, || {
+                gpu.mask_prob(l, super::TensorElem::F16, true, n, &mut d_m)?;
+                gpu.mask_threshold(&mut d_m, n, 0.1, 0.9)?;
+                st.synchronize().map_err(|x| e("sync", x))
+            })?
+        };
+        let got = st.clone_dtoh(&d_m).map_err(|x| e("download", x))?;
+        results.push(CaseResult {
+            name: "mask f16 logits → probabilities → threshold 0.1:0.9, 1024²".into(),
+            max_error: max_diff(&got, &want),
+            tolerance: 1e-5,
+            gpu_ms,
+            cpu_ms,
+        });
     }
     Ok(results)
 }

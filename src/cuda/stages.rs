@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::{CudaSlice, CudaStream};
 
-use super::{FrameFormat, Gpu};
+use super::{FrameFormat, Gpu, TensorElem};
 use crate::composite::Background;
 use crate::config::{BackgroundSpec, OutputKind};
 use crate::error::{Error, Result};
@@ -20,6 +20,16 @@ use crate::model::{Manifest, ResizeMode};
 use crate::postprocess::PostprocessConfig;
 use crate::preprocess::Geometry;
 use crate::source::Frame;
+
+/// The state of the mask steps on the GPU: this frame's probabilities, the last frame's (after smoothing,
+/// before the threshold) and its model input, and scratch for the motion map.
+struct Smoothing {
+    cur: CudaSlice<f32>,
+    prev: CudaSlice<f32>,
+    prev_input: CudaSlice<u8>,
+    scratch: CudaSlice<f32>,
+    has_prev: bool,
+}
 
 /// Sets of device frames in use at once: one being composited, one being downloaded.
 const FRAME_SETS: usize = 2;
@@ -46,6 +56,11 @@ pub struct GpuStages {
     background: Option<Background>,
     bg: Option<CudaSlice<u8>>,
     bg_size: Option<(u32, u32)>,
+    /// Temporal smoothing and the threshold remap (`--smooth`, `--threshold`), on the model-sized mask before
+    /// upsampling, as the CPU postprocess does.
+    post: PostprocessConfig,
+    std_over_scale: [f32; 3],
+    smoothing: Option<Smoothing>,
     /// A blurred background: the radius, and the box-filtered small frame between the two resizes.
     blur: Option<u32>,
     blur_small: Option<CudaSlice<u8>>,
@@ -75,16 +90,11 @@ impl GpuStages {
         Ok(())
     }
 
-    /// The matte-quality options the GPU stages do not apply yet (temporal smoothing, threshold, guided-filter
-    /// refinement, feathering, foreground estimation): said up front rather than silently left out.
+    /// The matte-quality options the GPU stages do not apply yet (guided-filter refinement, feathering,
+    /// foreground estimation): said up front rather than silently left out. Temporal smoothing and the threshold
+    /// remap they do.
     pub fn supports_options(post: &PostprocessConfig, fg_estimate: bool) -> std::result::Result<(), String> {
         let mut not = Vec::new();
-        if post.smooth > 0.0 {
-            not.push("--smooth");
-        }
-        if post.threshold.is_some() {
-            not.push("--threshold");
-        }
         if post.refine {
             not.push("--refine");
         }
@@ -94,10 +104,10 @@ impl GpuStages {
         if fg_estimate {
             not.push("--fg-estimate");
         }
-        match not.as_slice() {
-            [] => Ok(()),
-            [one] => Err(one.to_string()),
-            many => Err(many.join(", ")),
+        if not.is_empty() {
+            Ok(())
+        } else {
+            Err(not.join(", "))
         }
     }
 
@@ -111,7 +121,7 @@ impl GpuStages {
     }
 
     /// The stages on an opened GPU; create them on the thread that will run them (IO binding is per thread).
-    pub fn new(gpu: Gpu, device_id: usize, manifest: &Manifest, kind: OutputKind, bg: &BackgroundSpec) -> Result<Self> {
+    pub fn new(gpu: Gpu, device_id: usize, manifest: &Manifest, kind: OutputKind, bg: &BackgroundSpec, post: &PostprocessConfig) -> Result<Self> {
         GpuStages::supports(kind, manifest).map_err(|w| Error::Cuda(format!("the GPU stages do not handle {w} yet")))?;
         let (k, colour) = match (kind, bg) {
             (OutputKind::Alpha, _) => (0, [0; 3]),
@@ -146,6 +156,9 @@ impl GpuStages {
                 _ => None,
             },
             blur_small: None,
+            post: *post,
+            std_over_scale: std::array::from_fn(|c| manifest.input.std[c] / manifest.input.scale),
+            smoothing: None,
         })
     }
 
@@ -266,10 +279,65 @@ impl GpuStages {
         let sx = mask.width as f32 / geo.model_w as f32;
         let sy = mask.height as f32 / geo.model_h as f32;
         let crop = (geo.content_x as f32 * sx, geo.content_y as f32 * sy, geo.content_w as f32 * sx, geo.content_h as f32 * sy);
+        let smooth = self.post.smooth.clamp(0.0, 0.95);
+        let mask_steps = smooth > 0.0 || self.post.threshold.is_some();
+        let mn = (mask.width * mask.height) as usize;
+        if mask_steps && self.smoothing.as_ref().is_none_or(|s| s.cur.len() != mn) {
+            if smooth > 0.0 && (mask.width, mask.height) != (mw, mh) {
+                return Err(Error::Cuda(format!(
+                    "--smooth with --cuda-stages needs a mask of the model input's size ({mw}x{mh}); this model gives {}x{}: \
+                     run without --cuda-stages",
+                    mask.width, mask.height
+                )));
+            }
+            let z = |n: usize| st.alloc_zeros::<f32>(n).map_err(|x| e("alloc", x));
+            self.smoothing = Some(Smoothing {
+                cur: z(mn)?,
+                prev: z(mn)?,
+                prev_input: st.alloc_zeros::<u8>(per_frame as usize).map_err(|x| e("alloc", x))?,
+                scratch: z(mn)?,
+                has_prev: false,
+            });
+        }
         for i in 0..k {
             self.next_background(w, h)?;
             let alpha = self.alpha.as_mut().unwrap();
-            self.gpu.upsample_mask_raw(mask.frame(i), mask.elem, mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?;
+            match self.smoothing.as_mut().filter(|_| mask_steps) {
+                None => {
+                    self.gpu.upsample_mask_raw(mask.frame(i), mask.elem, mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?
+                }
+                Some(sm) => {
+                    // The CPU postprocess's steps on the model-sized mask: probabilities, the motion-aware blend
+                    // with the last frame (kept, with this frame's input, for the next), the threshold remap.
+                    self.gpu.mask_prob(mask.frame(i), mask.elem, mask.sigmoid, mn, &mut sm.cur)?;
+                    if smooth > 0.0 {
+                        use cudarc::driver::DevicePtr;
+                        let cur_input = input + i as u64 * per_frame;
+                        if sm.has_prev {
+                            let (prev_input, _g) = sm.prev_input.device_ptr(&st);
+                            let nchw = self.manifest.input.layout == crate::model::Layout::Nchw;
+                            self.gpu.temporal_blend_raw(
+                                cur_input, prev_input, elem, nchw, self.std_over_scale, smooth, self.post.motion_threshold,
+                                &sm.prev, &mut sm.cur, &mut sm.scratch, mw, mh,
+                            )?;
+                        }
+                        st.memcpy_dtod(&sm.cur, &mut sm.prev).map_err(|x| e("copy", x))?;
+                        {
+                            let (dst, _g) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut sm.prev_input, &st);
+                            // SAFETY: both hold per_frame bytes (one frame's model input); ordered on `st`.
+                            unsafe { cudarc::driver::result::memcpy_dtod_async(dst, cur_input, per_frame as usize, st.cu_stream()) }
+                                .map_err(|x| e("copy", x))?;
+                        }
+                        sm.has_prev = true;
+                    }
+                    if let Some((lo, hi)) = self.post.threshold {
+                        self.gpu.mask_threshold(&mut sm.cur, mn, lo, hi)?;
+                    }
+                    use cudarc::driver::DevicePtr;
+                    let (m, _g) = sm.cur.device_ptr(&st);
+                    self.gpu.upsample_mask_raw(m, TensorElem::F32, mask.width, mask.height, crop, alpha, w, h, false)?;
+                }
+            }
             if let Some(r) = self.blur {
                 // The blur of this frame, made before the composite overwrites it.
                 if self.bg.as_ref().is_none_or(|b| b.len() != n * 4) {
