@@ -7,6 +7,7 @@
 #
 #   scripts/gpu-bench.sh STEP...      steps: env peers-l peers-t mf-general mf-lite mf-isnet export-t8 mf-batch
 #                                     decode-check e2e-decode batch-lite determinism contention f16io bg-check
+#                                     smooth-check
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -221,6 +222,26 @@ import glob, numpy as np, cv2
 a, b = sorted(glob.glob('/tmp/bg-cpu/*.png')), sorted(glob.glob('/tmp/bg-gpu/*.png'))
 d = np.concatenate([np.abs(cv2.imread(x, cv2.IMREAD_UNCHANGED).astype(int) - cv2.imread(y, cv2.IMREAD_UNCHANGED).astype(int)).ravel() for x, y in zip(a, b)])
 print(f"{len(a)} CPU-stage vs {len(b)} GPU-stage frames: max |GPU - CPU| {d.max()}, mean {d.mean():.4f}, 99.9th percentile {np.percentile(d, 99.9)}")
+PY
+      done
+      ;;
+    smooth-check)
+      # --smooth / --threshold on the GPU stages against the CPU stages (IS-Net, alpha, PNG frames): same RGBA
+      # frames in (--host-decode), with vs without the options, batch 1 vs 4, and decoding into CUDA memory.
+      local I=(--device cuda --model "$ISNET" --manifest "$ROOT/models/isnet.toml" -k alpha) S=(--smooth 0.6 --threshold 0.1:0.9)
+      conv() { local d=$1; shift; rm -rf "/tmp/$d"; T 120 matteflow convert "$ROOT/assets/media/bikes.mp4" -o "/tmp/$d/" "${I[@]}" "$@" 2>&1 | tail -1; }
+      conv sm-cpu "${S[@]}"
+      conv sm-gpu "${S[@]}" --cuda-stages --host-decode
+      conv sm-gpu0 --cuda-stages --host-decode
+      conv sm-gpu4 "${S[@]}" --cuda-stages --host-decode --batch 4
+      conv sm-nv "${S[@]}" --cuda-stages
+      local pair
+      for pair in "sm-cpu sm-gpu" "sm-gpu sm-gpu0" "sm-gpu sm-gpu4" "sm-cpu sm-nv"; do
+        python3 - $pair <<'PY'
+import glob, sys, numpy as np, cv2
+a, b = (sorted(glob.glob(f'/tmp/{d}/*.png')) for d in sys.argv[1:3])
+d = np.concatenate([np.abs(cv2.imread(x, cv2.IMREAD_UNCHANGED).astype(int) - cv2.imread(y, cv2.IMREAD_UNCHANGED).astype(int)).ravel() for x, y in zip(a, b)])
+print(f"{sys.argv[1]} vs {sys.argv[2]}: {len(a)} vs {len(b)} frames: max {d.max()}, mean {d.mean():.5f}, share equal {np.mean(d == 0):.6f}")
 PY
       done
       ;;
