@@ -375,7 +375,17 @@ impl Queued {
             stream.memcpy_dtoh(d, &mut f.data[..]).map_err(|x| e("download", x))?;
         }
         stream.synchronize().map_err(|x| e("sync", x))?;
-        let _ = self.give_back.send(self.set);
         Ok(t.elapsed())
+    }
+}
+
+impl Drop for Queued {
+    /// The device frames go back however this ends (downloaded, failed, or dropped unread when the download
+    /// thread stops), so the inference thread waiting for a free set never waits for ever.
+    fn drop(&mut self) {
+        let set = std::mem::take(&mut self.set);
+        if !set.is_empty() {
+            let _ = self.give_back.send(set);
+        }
     }
 }
