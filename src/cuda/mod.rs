@@ -92,10 +92,10 @@ pub fn resample_precision(n: u32, out: u32, filter: i32) -> i32 {
     for o in 0..out {
         let c = (o as f64 + 0.5) * scale;
         let (lo, hi) = (((c - radius).floor().max(0.0)) as u32, ((c + radius).ceil().min(n as f64)) as u32);
-        let ws: Vec<f64> = (lo..hi).map(|x| tap((x as f64 - (c - 0.5)) * rfs)).collect();
-        let sum: f64 = ws.iter().sum();
+        let w = |x: u32| tap((x as f64 - (c - 0.5)) * rfs);
+        let sum: f64 = (lo..hi).map(w).sum();
         if sum != 0.0 {
-            max_w = ws.iter().map(|w| w / sum).fold(max_w, f64::max);
+            max_w = (lo..hi).map(|x| w(x) / sum).fold(max_w, f64::max);
         }
     }
     let mut precision = 0;

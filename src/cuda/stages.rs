@@ -9,7 +9,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
 use super::{FrameFormat, Gpu, TensorElem};
 use crate::composite::Background;
@@ -185,9 +185,9 @@ impl GpuStages {
         self.gpu.ctx.new_stream().map_err(|x| e("stream", x))
     }
 
-    /// A set of device frames for a call of `k` frames of `bytes` each: a free one, a new one while fewer than
-    /// FRAME_SETS exist, or else the next one a download gives back.
-    fn take_set(&mut self, k: usize, bytes: usize, batch: usize) -> Result<Vec<CudaSlice<u8>>> {
+    /// A set of `batch` device frames of `bytes` each: a free one, a new one while fewer than FRAME_SETS exist,
+    /// or else the next one a download gives back.
+    fn take_set(&mut self, bytes: usize, batch: usize) -> Result<Vec<CudaSlice<u8>>> {
         if self.set_bytes != bytes {
             // A new frame size: the old sets go (those still downloading are dropped when they come back).
             self.free.clear();
@@ -195,22 +195,20 @@ impl GpuStages {
             self.set_bytes = bytes;
             self.alpha = Some(self.gpu.stream.alloc_zeros::<u8>(bytes / 4).map_err(|x| e("alloc", x))?);
         }
-        while let Ok(set) = self.returned.try_recv() {
-            if set.first().is_some_and(|f| f.len() == bytes) {
-                self.free.push(set);
-            }
-        }
+        let current = |set: &Vec<CudaSlice<u8>>| set.first().is_some_and(|f| f.len() == bytes);
+        self.free.extend(self.returned.try_iter().filter(current));
         loop {
-            if let Some(i) = self.free.iter().position(|s| s.len() >= k && s.first().is_some_and(|f| f.len() == bytes)) {
-                return Ok(self.free.swap_remove(i));
+            if let Some(set) = self.free.pop() {
+                return Ok(set);
             }
             if self.sets < FRAME_SETS {
                 self.sets += 1;
                 return (0..batch).map(|_| self.gpu.stream.alloc_zeros::<u8>(bytes).map_err(|x| e("alloc", x))).collect();
             }
+            // Sets of an earlier frame size are dropped.
             match self.returned.recv() {
-                Ok(set) if set.first().is_some_and(|f| f.len() == bytes) => self.free.push(set),
-                Ok(_) => {} // of an earlier frame size: dropped
+                Ok(set) if current(&set) => self.free.push(set),
+                Ok(_) => {}
                 Err(_) => return Err(Error::Cuda("device frames were not given back".into())),
             }
         }
@@ -234,7 +232,7 @@ impl GpuStages {
             return Err(Error::Cuda("frames of one inference call differ in size".into()));
         }
         let n = (w * h) as usize;
-        let mut set = self.take_set(k, n * 4, batch)?;
+        let mut set = self.take_set(n * 4, batch)?;
         let (mw, mh) = self.manifest.model_size_for(w, h);
         let geo = match self.manifest.input.resize {
             ResizeMode::Stretch => Geometry::stretch(mw, mh),
@@ -261,7 +259,7 @@ impl GpuStages {
                         return Err(Error::Cuda(format!("frame of {} bytes for {w}x{h} RGBA", f.data.len())));
                     }
                     st.memcpy_htod(&f.data[..], dframe).map_err(|x| e("upload", x))?;
-                    let (src, _s) = cudarc::driver::DevicePtr::device_ptr(&*dframe, &st);
+                    let (src, _s) = dframe.device_ptr(&st);
                     self.gpu.preprocess_ptr(src, FrameFormat::Rgba { pitch: (w * 4) as usize }, w, h, &self.manifest, &geo, slot, elem)?;
                 }
             }
@@ -311,7 +309,6 @@ impl GpuStages {
                     // with the last frame (kept, with this frame's input, for the next), the threshold remap.
                     self.gpu.mask_prob(mask.frame(i), mask.elem, mask.sigmoid, mn, &mut sm.cur)?;
                     if smooth > 0.0 {
-                        use cudarc::driver::DevicePtr;
                         let cur_input = input + i as u64 * per_frame;
                         if sm.has_prev {
                             let (prev_input, _g) = sm.prev_input.device_ptr(&st);
@@ -323,7 +320,7 @@ impl GpuStages {
                         }
                         st.memcpy_dtod(&sm.cur, &mut sm.prev).map_err(|x| e("copy", x))?;
                         {
-                            let (dst, _g) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut sm.prev_input, &st);
+                            let (dst, _g) = sm.prev_input.device_ptr_mut(&st);
                             // SAFETY: both hold per_frame bytes (one frame's model input); ordered on `st`.
                             unsafe { cudarc::driver::result::memcpy_dtod_async(dst, cur_input, per_frame as usize, st.cu_stream()) }
                                 .map_err(|x| e("copy", x))?;
@@ -333,7 +330,6 @@ impl GpuStages {
                     if let Some((lo, hi)) = self.post.threshold {
                         self.gpu.mask_threshold(&mut sm.cur, mn, lo, hi)?;
                     }
-                    use cudarc::driver::DevicePtr;
                     let (m, _g) = sm.cur.device_ptr(&st);
                     self.gpu.upsample_mask_raw(m, TensorElem::F32, mask.width, mask.height, crop, alpha, w, h, false)?;
                 }

@@ -363,7 +363,6 @@ impl Segmenter for OnnxSegmenter {
     }
 }
 
-/// The manifest's constant inputs (`[[constants]]`) as session feeds.
 /// An error from ONNX Runtime's run call, with what to do where the cause is known. cuDNN's heuristic mode
 /// (`--cudnn-search heuristic`) finds no algorithm for some fp16 convolutions (BiRefNet's deformable-conv
 /// offsets on an H200, cuDNN 9.14: HEURISTIC_QUERY_FAILED); ONNX Runtime's message then runs to kilobytes of
@@ -380,6 +379,7 @@ pub(crate) fn run_error(context: &str, e: &dyn std::fmt::Display) -> Error {
     Error::Runtime(format!("{context}: {msg}"))
 }
 
+/// The manifest's constant inputs (`[[constants]]`) as session feeds.
 fn constant_feeds<'a>(
     m: &'a crate::model::Manifest,
     rt: impl Fn(ort::Error) -> Error,
