@@ -79,9 +79,9 @@ pub struct LiveMatteArgs {
     /// How long a frame may wait for its own mask before the latest one is used, ms
     #[arg(long, default_value_t = 40, help_heading = "Matte")]
     budget_ms: u32,
-    /// Testing aid: add this many ms to every inference
-    #[arg(long, default_value_t = 0, hide = true)]
-    simulate_slow_model_ms: u32,
+    /// Where preprocess, mask steps and compositing run (auto: the GPU's when the model runs on CUDA)
+    #[arg(long, value_enum, default_value_t = matteflow::engine::StagesChoice::Auto, help_heading = "Matte")]
+    stages: matteflow::engine::StagesChoice,
 }
 
 #[derive(Args, Clone)]
@@ -195,17 +195,17 @@ fn go_live(cfg: &LiveConfig, model: &job::ModelSection, cancel: Arc<AtomicBool>,
 pub fn live(a: LiveArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut cfg = LiveConfig::new(a.input, a.outputs);
     cfg.capture = Capture { width: a.size.map(|s| s[0]), height: a.size.map(|s| s[1]), fps: a.fps };
-    cfg.background = a.background;
-    cfg.post = matteflow::postprocess::PostprocessConfig {
+    cfg.matte.set_background(a.background);
+    cfg.matte.post = matteflow::postprocess::PostprocessConfig {
         smooth: a.matte.smooth,
         motion_threshold: a.matte.motion_threshold,
         threshold: a.matte.threshold,
         refine: a.matte.refine,
         feather: a.matte.feather,
     };
-    cfg.infer_every = a.matte.infer_every;
+    cfg.matte.infer_every = a.matte.infer_every;
+    cfg.stages = a.matte.stages;
     cfg.budget_ms = a.matte.budget_ms;
-    cfg.simulate_slow_model_ms = a.matte.simulate_slow_model_ms;
     cfg.output_options = OutputOptions {
         bitrate_kbps: a.encode.bitrate,
         x264_preset: a.encode.x264_preset,

@@ -4,6 +4,7 @@
 //! the CPU path), never a panic.
 
 pub mod bench;
+pub mod composite;
 pub mod gst_cuda;
 pub mod selftest;
 pub mod stages;
@@ -49,7 +50,8 @@ pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
     cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(|e| err("kernel compilation", e))
 }
 
-/// A GPU with the kernels loaded.
+/// A GPU with the kernels loaded (cloning shares the stream: the clone's launches are ordered with the original's).
+#[derive(Clone)]
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
@@ -415,5 +417,14 @@ impl Gpu {
         // SAFETY: n is bounded by the buffer's length.
         unsafe { b.launch(grid(ni as usize)) }.map_err(|e| err("mask_threshold launch", e))?;
         Ok(())
+    }
+}
+
+impl Gpu {
+    /// The same kernels on a stream of their own, for a second thread (the compositing thread of the budgeted
+    /// scheduler, which runs beside the model thread). Buffers cross between streams safely: cudarc records each
+    /// buffer's last write as an event and a read on another stream waits for it.
+    pub fn on_new_stream(&self) -> Result<Gpu> {
+        Ok(Gpu { stream: self.ctx.new_stream().map_err(|e| err("stream", e))?, ..self.clone() })
     }
 }

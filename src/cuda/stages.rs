@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
+use super::composite::GpuCompositor;
+use super::gst_cuda::CudaFrame;
 use super::{FrameFormat, Gpu, TensorElem};
-use crate::composite::Background;
 use crate::config::{BackgroundSpec, OutputKind};
 use crate::error::{Error, Result};
-use crate::infer::{DeviceIo, OnnxSegmenter};
+use crate::infer::{DeviceIo, DeviceMask, OnnxSegmenter};
 use crate::model::{Manifest, ResizeMode};
 use crate::postprocess::PostprocessConfig;
 use crate::preprocess::Geometry;
@@ -34,12 +35,39 @@ struct Smoothing {
 /// Sets of device frames in use at once: one being composited, one being downloaded.
 const FRAME_SETS: usize = 2;
 
+/// Where one frame's pixels are when it reaches the GPU stages.
+pub enum Pixels<'a> {
+    /// RGBA with packed rows in host memory (uploaded once).
+    Host(&'a [u8]),
+    /// NV12 the decoder left in CUDA memory (read by device pointer, nothing uploaded).
+    Nv12(&'a CudaFrame),
+}
+
+impl<'a> Pixels<'a> {
+    pub fn of(f: &'a Frame) -> Pixels<'a> {
+        match f.cuda.as_ref() {
+            Some(c) => Pixels::Nv12(c),
+            None => Pixels::Host(&f.data[..]),
+        }
+    }
+}
+
+/// One inference call's result on the device: the model's mask and where each frame sat in its input.
+struct Inferred {
+    mask: DeviceMask,
+    geo: Geometry,
+    /// Device address of the model input and the bytes of one frame's slice of it.
+    input: u64,
+    per_frame: u64,
+    elem: TensorElem,
+    /// When the input tensor was complete (preprocess done, inference about to start).
+    preprocessed: Instant,
+}
+
 pub struct GpuStages {
     gpu: Gpu,
     manifest: Manifest,
     device_id: i32,
-    kind: i32,
-    colour: [u8; 3],
     io: DeviceIo,
     /// Sets of device frames (RGBA, the composite's canvas), one frame per batch slot. A set is taken for
     /// one inference call and comes back (through `returned`) once its frames are downloaded, so with the
@@ -51,19 +79,13 @@ pub struct GpuStages {
     give_back: Sender<Vec<CudaSlice<u8>>>,
     returned: Receiver<Vec<CudaSlice<u8>>>,
     alpha: Option<CudaSlice<u8>>,
-    /// An image or video background for composites: made on the CPU (cover-scaled image, next video frame), and
-    /// uploaded — an image once per frame size, a video frame by frame. A blurred background is made on the GPU.
-    background: Option<Background>,
-    bg: Option<CudaSlice<u8>>,
-    bg_size: Option<(u32, u32)>,
+    /// Compositing, on the same stream (the ordered path composites right after the mask steps).
+    compositor: GpuCompositor,
     /// Temporal smoothing and the threshold remap (`--smooth`, `--threshold`), on the model-sized mask before
     /// upsampling, as the CPU postprocess does.
     post: PostprocessConfig,
     std_over_scale: [f32; 3],
     smoothing: Option<Smoothing>,
-    /// A blurred background: the radius, and the box-filtered small frame between the two resizes.
-    blur: Option<u32>,
-    blur_small: Option<CudaSlice<u8>>,
 }
 
 /// Time spent per stage for one frame.
@@ -81,9 +103,7 @@ fn e(what: &str, x: impl std::fmt::Display) -> Error {
 impl GpuStages {
     /// What the GPU path supports; anything else keeps the CPU stages (the caller says so).
     pub fn supports(kind: OutputKind, m: &Manifest) -> std::result::Result<(), String> {
-        if kind == OutputKind::SideBySide {
-            return Err("side-by-side output".into());
-        }
+        GpuCompositor::supports(kind)?;
         if !m.recurrent.is_empty() {
             return Err("recurrent models".into());
         }
@@ -94,16 +114,10 @@ impl GpuStages {
     /// foreground estimation): said up front rather than silently left out. Temporal smoothing and the threshold
     /// remap they do.
     pub fn supports_options(post: &PostprocessConfig, fg_estimate: bool) -> std::result::Result<(), String> {
-        let mut not = Vec::new();
-        if post.refine {
-            not.push("--refine");
-        }
-        if post.feather > 0 {
-            not.push("--feather");
-        }
-        if fg_estimate {
-            not.push("--fg-estimate");
-        }
+        let not: Vec<&str> = [(post.refine, "--refine"), (post.feather > 0, "--feather"), (fg_estimate, "--fg-estimate")]
+            .into_iter()
+            .filter_map(|(on, flag)| on.then_some(flag))
+            .collect();
         if not.is_empty() {
             Ok(())
         } else {
@@ -115,7 +129,7 @@ impl GpuStages {
     /// CUDA while GStreamer's nvcodec decoder initialises its own context was seen to hang (H200, 1.22).
     pub fn open_gpu(device_id: usize) -> Result<Gpu> {
         Gpu::open(device_id).map_err(|e| match e {
-            Error::Cuda(m) => Error::Cuda(format!("{m}; --cuda-stages needs an NVIDIA GPU: run without it to use the CPU stages")),
+            Error::Cuda(m) => Error::Cuda(format!("{m}; the GPU stages need an NVIDIA GPU: use the CPU stages")),
             other => other,
         })
     }
@@ -123,24 +137,12 @@ impl GpuStages {
     /// The stages on an opened GPU; create them on the thread that will run them (IO binding is per thread).
     pub fn new(gpu: Gpu, device_id: usize, manifest: &Manifest, kind: OutputKind, bg: &BackgroundSpec, post: &PostprocessConfig) -> Result<Self> {
         GpuStages::supports(kind, manifest).map_err(|w| Error::Cuda(format!("the GPU stages do not handle {w} yet")))?;
-        let (k, colour) = match (kind, bg) {
-            (OutputKind::Alpha, _) => (0, [0; 3]),
-            (OutputKind::Mask, _) => (2, [0; 3]),
-            (_, BackgroundSpec::Colour(c)) => (1, *c),
-            (_, BackgroundSpec::Image(_) | BackgroundSpec::Video(_) | BackgroundSpec::Blur(_)) => (1, [0; 3]),
-            _ => (0, [0; 3]),
-        };
-        let background = match (k, bg) {
-            (1, BackgroundSpec::Image(_) | BackgroundSpec::Video(_)) => Some(Background::open(bg)?),
-            _ => None,
-        };
+        let compositor = GpuCompositor::new(gpu.clone(), kind, bg)?;
         let (give_back, returned) = channel();
         Ok(GpuStages {
             gpu,
             manifest: manifest.clone(),
             device_id: device_id as i32,
-            kind: k,
-            colour,
             io: DeviceIo::default(),
             free: Vec::new(),
             sets: 0,
@@ -148,36 +150,36 @@ impl GpuStages {
             give_back,
             returned,
             alpha: None,
-            background,
-            bg: None,
-            bg_size: None,
-            blur: match (k, bg) {
-                (1, BackgroundSpec::Blur(r)) => Some(*r),
-                _ => None,
-            },
-            blur_small: None,
+            compositor,
             post: *post,
             std_over_scale: std::array::from_fn(|c| manifest.input.std[c] / manifest.input.scale),
             smoothing: None,
         })
     }
 
-    /// Brings the background for the next frame to the device (nothing for colour or transparent ones; an image
-    /// only when the frame size changes; a video's next frame every time). The upload is ordered on the stream
-    /// after the composites already queued, so each frame blends over its own background frame.
-    fn next_background(&mut self, w: u32, h: u32) -> Result<()> {
-        let Some(b) = self.background.as_mut() else { return Ok(()) };
-        if !matches!(b, Background::Video { .. }) && self.bg_size == Some((w, h)) {
-            return Ok(());
-        }
-        let host = b.frame(&[], w, h)?.ok_or_else(|| Error::Cuda("an image or video background gave no frame".into()))?;
-        let st = &self.gpu.stream;
-        match self.bg.as_mut() {
-            Some(d) if d.len() == host.len() => st.memcpy_htod(host, d).map_err(|x| e("background upload", x))?,
-            _ => self.bg = Some(st.clone_htod(host).map_err(|x| e("background upload", x))?),
-        }
-        self.bg_size = Some((w, h));
+    /// The GPU these stages run on (a compositor for another thread takes a new stream on it).
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// New mask settings (smoothing starts afresh).
+    pub fn set_post(&mut self, post: &PostprocessConfig) {
+        self.post = *post;
+        self.smoothing = None;
+    }
+
+    /// A new background or output kind for the ordered path's composites.
+    pub fn set_background(&mut self, kind: OutputKind, bg: &BackgroundSpec) -> Result<()> {
+        self.compositor = GpuCompositor::new(self.gpu.clone(), kind, bg)?;
         Ok(())
+    }
+
+    /// A new model (its IO binding and mask state start afresh).
+    pub fn set_manifest(&mut self, manifest: &Manifest) {
+        self.manifest = manifest.clone();
+        self.io = DeviceIo::default();
+        self.smoothing = None;
+        self.std_over_scale = std::array::from_fn(|c| manifest.input.std[c] / manifest.input.scale);
     }
 
     /// The stream for [`Queued::download`] on another thread (downloads there overlap the next inference call).
@@ -214,25 +216,12 @@ impl GpuStages {
         }
     }
 
-    /// Mattes up to `batch` consecutive frames with one inference call, each either an RGBA frame in host
-    /// memory (`data`, uploaded once) or an NV12 frame the decoder left in CUDA memory (`cuda`, read by device
-    /// pointer, nothing uploaded), and queues their composites on the GPU; [`Queued::download`] brings them to
-    /// each frame's `data`. The model input is always `batch` frames (a short last group leaves the spare slots
-    /// as they were; their masks are not used), so the bound shapes never change. Frames of one call must share
-    /// a size.
-    pub fn submit(&mut self, seg: &mut OnnxSegmenter, frames: &mut [Frame], batch: usize) -> Result<(GpuTimes, Queued)> {
+    /// Preprocesses the frames into the model's bound input (each frame also lands, as RGBA, in its device
+    /// frame of `set`) and runs the model once on `batch` slots (a short group leaves the spare slots as they
+    /// were; their masks are not used), so the bound shapes never change. Frames must share a size.
+    fn infer(&mut self, seg: &mut OnnxSegmenter, frames: &[Pixels], w: u32, h: u32, set: &mut [CudaSlice<u8>], batch: usize) -> Result<Inferred> {
         let st = self.gpu.stream.clone();
-        let t0 = Instant::now();
-        let k = frames.len();
-        if k == 0 || k > batch {
-            return Err(Error::Cuda(format!("{k} frames for a batch of {batch}")));
-        }
-        let (w, h) = (frames[0].width, frames[0].height);
-        if frames.iter().any(|f| (f.width, f.height) != (w, h)) {
-            return Err(Error::Cuda("frames of one inference call differ in size".into()));
-        }
         let n = (w * h) as usize;
-        let mut set = self.take_set(n * 4, batch)?;
         let (mw, mh) = self.manifest.model_size_for(w, h);
         let geo = match self.manifest.input.resize {
             ResizeMode::Stretch => Geometry::stretch(mw, mh),
@@ -245,20 +234,19 @@ impl GpuStages {
         let input = seg.device_input(&mut self.io, shape, self.device_id)?;
         let elem = self.io.input_elem();
         let per_frame = (mw * mh * 3) as u64 * elem.size() as u64;
-        for (i, f) in frames.iter_mut().enumerate() {
+        for (i, (f, dframe)) in frames.iter().zip(set.iter_mut()).enumerate() {
             let slot = input + i as u64 * per_frame;
-            let dframe = &mut set[i];
-            match f.cuda.as_ref() {
-                Some(c) => {
+            match f {
+                Pixels::Nv12(c) => {
                     let fmt = FrameFormat::Nv12 { pitch: c.pitch, uv_offset: c.uv_offset, bt709: c.bt709 };
                     self.gpu.preprocess_ptr(c.ptr, fmt, w, h, &self.manifest, &geo, slot, elem)?;
                     self.gpu.nv12_to_rgba(c.ptr, w, h, c.pitch, c.uv_offset, c.bt709, dframe)?;
                 }
-                None => {
-                    if f.data.len() != n * 4 {
-                        return Err(Error::Cuda(format!("frame of {} bytes for {w}x{h} RGBA", f.data.len())));
+                Pixels::Host(data) => {
+                    if data.len() != n * 4 {
+                        return Err(Error::Cuda(format!("frame of {} bytes for {w}x{h} RGBA", data.len())));
                     }
-                    st.memcpy_htod(&f.data[..], dframe).map_err(|x| e("upload", x))?;
+                    st.memcpy_htod(*data, dframe).map_err(|x| e("upload", x))?;
                     let (src, _s) = dframe.device_ptr(&st);
                     self.gpu.preprocess_ptr(src, FrameFormat::Rgba { pitch: (w * 4) as usize }, w, h, &self.manifest, &geo, slot, elem)?;
                 }
@@ -267,85 +255,138 @@ impl GpuStages {
         // ONNX Runtime runs on its own stream: the tensor must be complete before it starts. (This also waits
         // for the previous call's composites, which read that call's output: ONNX Runtime may overwrite it now.)
         st.synchronize().map_err(|x| e("sync", x))?;
+        let preprocessed = Instant::now();
+        let mask = seg.run_device(&mut self.io)?;
+        Ok(Inferred { mask, geo, input, per_frame, elem, preprocessed })
+    }
+
+    /// Makes sure the smoothing state fits this mask (allocated on first use and when the size changes).
+    fn smoothing_for(&mut self, inf: &Inferred) -> Result<()> {
+        let (mw, mh) = (inf.geo.model_w, inf.geo.model_h);
+        let (smooth, mask) = (self.post.smooth.clamp(0.0, 0.95), &inf.mask);
+        let mn = (mask.width * mask.height) as usize;
+        if self.smoothing.as_ref().is_some_and(|s| s.cur.len() == mn) {
+            return Ok(());
+        }
+        if smooth > 0.0 && (mask.width, mask.height) != (mw, mh) {
+            return Err(Error::Cuda(format!(
+                "--smooth on the GPU stages needs a mask of the model input's size ({mw}x{mh}); this model gives {}x{}: \
+                 use the CPU stages",
+                mask.width, mask.height
+            )));
+        }
+        let st = &self.gpu.stream;
+        let z = |n: usize| st.alloc_zeros::<f32>(n).map_err(|x| e("alloc", x));
+        self.smoothing = Some(Smoothing {
+            cur: z(mn)?,
+            prev: z(mn)?,
+            prev_input: st.alloc_zeros::<u8>(inf.per_frame as usize).map_err(|x| e("alloc", x))?,
+            scratch: z(mn)?,
+            has_prev: false,
+        });
+        Ok(())
+    }
+
+    /// Frame `i`'s mask → frame-sized 8-bit alpha in `alpha`: the CPU postprocess's steps on the model-sized mask
+    /// when asked for (probabilities, the motion-aware blend with the last frame — kept, with this frame's input,
+    /// for the next —, the threshold remap), then the upsampling of the content box.
+    fn alpha_of(&mut self, inf: &Inferred, i: usize, alpha: &mut CudaSlice<u8>, w: u32, h: u32) -> Result<()> {
+        let mask = &inf.mask;
+        let g = &inf.geo;
+        let sx = mask.width as f32 / g.model_w as f32;
+        let sy = mask.height as f32 / g.model_h as f32;
+        let crop = (g.content_x as f32 * sx, g.content_y as f32 * sy, g.content_w as f32 * sx, g.content_h as f32 * sy);
+        let smooth = self.post.smooth.clamp(0.0, 0.95);
+        if smooth <= 0.0 && self.post.threshold.is_none() {
+            return self.gpu.upsample_mask_raw(mask.frame(i), mask.elem, mask.width, mask.height, crop, alpha, w, h, mask.sigmoid);
+        }
+        self.smoothing_for(inf)?;
+        let st = self.gpu.stream.clone();
+        let mn = (mask.width * mask.height) as usize;
+        let nchw = self.manifest.input.layout == crate::model::Layout::Nchw;
+        let sm = self.smoothing.as_mut().unwrap();
+        self.gpu.mask_prob(mask.frame(i), mask.elem, mask.sigmoid, mn, &mut sm.cur)?;
+        if smooth > 0.0 {
+            let cur_input = inf.input + i as u64 * inf.per_frame;
+            if sm.has_prev {
+                let (prev_input, _g) = sm.prev_input.device_ptr(&st);
+                self.gpu.temporal_blend_raw(
+                    cur_input, prev_input, inf.elem, nchw, self.std_over_scale, smooth, self.post.motion_threshold,
+                    &sm.prev, &mut sm.cur, &mut sm.scratch, g.model_w, g.model_h,
+                )?;
+            }
+            st.memcpy_dtod(&sm.cur, &mut sm.prev).map_err(|x| e("copy", x))?;
+            {
+                let (dst, _g) = sm.prev_input.device_ptr_mut(&st);
+                // SAFETY: both hold per_frame bytes (one frame's model input); ordered on `st`.
+                unsafe { cudarc::driver::result::memcpy_dtod_async(dst, cur_input, inf.per_frame as usize, st.cu_stream()) }
+                    .map_err(|x| e("copy", x))?;
+            }
+            sm.has_prev = true;
+        }
+        if let Some((lo, hi)) = self.post.threshold {
+            self.gpu.mask_threshold(&mut sm.cur, mn, lo, hi)?;
+        }
+        let (m, _g) = sm.cur.device_ptr(&st);
+        self.gpu.upsample_mask_raw(m, TensorElem::F32, mask.width, mask.height, crop, alpha, w, h, false)
+    }
+
+    /// Mattes up to `batch` consecutive frames with one inference call, each either an RGBA frame in host
+    /// memory (`data`, uploaded once) or an NV12 frame the decoder left in CUDA memory (`cuda`, read by device
+    /// pointer, nothing uploaded), and queues their composites on the GPU; [`Queued::download`] brings them to
+    /// each frame's `data`. Frames of one call must share a size.
+    pub fn submit(&mut self, seg: &mut OnnxSegmenter, frames: &mut [Frame], batch: usize) -> Result<(GpuTimes, Queued)> {
+        let t0 = Instant::now();
+        let k = frames.len();
+        let (w, h) = same_size(frames.iter().map(|f| (f.width, f.height)), k, batch)?;
+        let mut set = self.take_set((w * h * 4) as usize, batch)?;
+        let pixels: Vec<Pixels> = frames.iter().map(Pixels::of).collect();
+        let inf = self.infer(seg, &pixels, w, h, &mut set, batch)?;
+        drop(pixels);
+        let t1 = Instant::now();
         // The decoder's buffers can go back to its pool now.
         for f in frames.iter_mut() {
             f.cuda = None;
         }
-        let t1 = Instant::now();
-        let mask = seg.run_device(&mut self.io)?;
-        let t2 = Instant::now();
-        let sx = mask.width as f32 / geo.model_w as f32;
-        let sy = mask.height as f32 / geo.model_h as f32;
-        let crop = (geo.content_x as f32 * sx, geo.content_y as f32 * sy, geo.content_w as f32 * sx, geo.content_h as f32 * sy);
-        let smooth = self.post.smooth.clamp(0.0, 0.95);
-        let mask_steps = smooth > 0.0 || self.post.threshold.is_some();
-        let mn = (mask.width * mask.height) as usize;
-        if mask_steps && self.smoothing.as_ref().is_none_or(|s| s.cur.len() != mn) {
-            if smooth > 0.0 && (mask.width, mask.height) != (mw, mh) {
-                return Err(Error::Cuda(format!(
-                    "--smooth with --cuda-stages needs a mask of the model input's size ({mw}x{mh}); this model gives {}x{}: \
-                     run without --cuda-stages",
-                    mask.width, mask.height
-                )));
-            }
-            let z = |n: usize| st.alloc_zeros::<f32>(n).map_err(|x| e("alloc", x));
-            self.smoothing = Some(Smoothing {
-                cur: z(mn)?,
-                prev: z(mn)?,
-                prev_input: st.alloc_zeros::<u8>(per_frame as usize).map_err(|x| e("alloc", x))?,
-                scratch: z(mn)?,
-                has_prev: false,
-            });
-        }
-        for i in 0..k {
-            self.next_background(w, h)?;
-            let alpha = self.alpha.as_mut().unwrap();
-            match self.smoothing.as_mut().filter(|_| mask_steps) {
-                None => {
-                    self.gpu.upsample_mask_raw(mask.frame(i), mask.elem, mask.width, mask.height, crop, alpha, w, h, mask.sigmoid)?
-                }
-                Some(sm) => {
-                    // The CPU postprocess's steps on the model-sized mask: probabilities, the motion-aware blend
-                    // with the last frame (kept, with this frame's input, for the next), the threshold remap.
-                    self.gpu.mask_prob(mask.frame(i), mask.elem, mask.sigmoid, mn, &mut sm.cur)?;
-                    if smooth > 0.0 {
-                        let cur_input = input + i as u64 * per_frame;
-                        if sm.has_prev {
-                            let (prev_input, _g) = sm.prev_input.device_ptr(&st);
-                            let nchw = self.manifest.input.layout == crate::model::Layout::Nchw;
-                            self.gpu.temporal_blend_raw(
-                                cur_input, prev_input, elem, nchw, self.std_over_scale, smooth, self.post.motion_threshold,
-                                &sm.prev, &mut sm.cur, &mut sm.scratch, mw, mh,
-                            )?;
-                        }
-                        st.memcpy_dtod(&sm.cur, &mut sm.prev).map_err(|x| e("copy", x))?;
-                        {
-                            let (dst, _g) = sm.prev_input.device_ptr_mut(&st);
-                            // SAFETY: both hold per_frame bytes (one frame's model input); ordered on `st`.
-                            unsafe { cudarc::driver::result::memcpy_dtod_async(dst, cur_input, per_frame as usize, st.cu_stream()) }
-                                .map_err(|x| e("copy", x))?;
-                        }
-                        sm.has_prev = true;
-                    }
-                    if let Some((lo, hi)) = self.post.threshold {
-                        self.gpu.mask_threshold(&mut sm.cur, mn, lo, hi)?;
-                    }
-                    let (m, _g) = sm.cur.device_ptr(&st);
-                    self.gpu.upsample_mask_raw(m, TensorElem::F32, mask.width, mask.height, crop, alpha, w, h, false)?;
-                }
-            }
-            if let Some(r) = self.blur {
-                // The blur of this frame, made before the composite overwrites it.
-                if self.bg.as_ref().is_none_or(|b| b.len() != n * 4) {
-                    self.bg = Some(st.alloc_zeros::<u8>(n * 4).map_err(|x| e("alloc", x))?);
-                }
-                self.gpu.blur_background(&set[i], w, h, r, &mut self.blur_small, self.bg.as_mut().unwrap())?;
-            }
-            self.gpu.composite(&mut set[i], alpha, self.bg.as_ref(), n, self.kind, self.colour)?;
-        }
+        let mut alpha = self.alpha.take().ok_or_else(|| Error::Cuda("no alpha buffer".into()))?;
+        let composited = (0..k).try_for_each(|i| {
+            self.alpha_of(&inf, i, &mut alpha, w, h)?;
+            self.compositor.run(&mut set[i], &alpha, w, h)
+        });
+        self.alpha = Some(alpha);
+        composited?;
         let queued = Queued { set, k, give_back: self.give_back.clone() };
-        Ok((GpuTimes { preprocess: t1 - t0, infer: t2 - t1, post_composite: t2.elapsed() }, queued))
+        let times = GpuTimes { preprocess: inf.preprocessed - t0, infer: t1 - inf.preprocessed, post_composite: t1.elapsed() };
+        Ok((times, queued))
     }
+
+    /// Mattes one frame without compositing it: its frame-sized alpha stays on the device (for a compositor on
+    /// another thread, which may use it for later frames too).
+    pub fn mask(&mut self, seg: &mut OnnxSegmenter, frame: Pixels, w: u32, h: u32) -> Result<(CudaSlice<u8>, GpuTimes)> {
+        let t0 = Instant::now();
+        let mut set = self.take_set((w * h * 4) as usize, 1)?;
+        let inf = self.infer(seg, &[frame], w, h, &mut set, 1);
+        // The device frame only carried the upload; it goes back for the next call.
+        drop(Queued { set, k: 1, give_back: self.give_back.clone() });
+        let inf = inf?;
+        let t1 = Instant::now();
+        let mut alpha = self.gpu.stream.alloc_zeros::<u8>((w * h) as usize).map_err(|x| e("alloc", x))?;
+        self.alpha_of(&inf, 0, &mut alpha, w, h)?;
+        let times = GpuTimes { preprocess: inf.preprocessed - t0, infer: t1 - inf.preprocessed, post_composite: t1.elapsed() };
+        Ok((alpha, times))
+    }
+}
+
+/// The common size of a group of `k` frames for a call of `batch` slots.
+fn same_size(mut sizes: impl Iterator<Item = (u32, u32)>, k: usize, batch: usize) -> Result<(u32, u32)> {
+    if k == 0 || k > batch {
+        return Err(Error::Cuda(format!("{k} frames for a batch of {batch}")));
+    }
+    let first = sizes.next().unwrap_or_default();
+    if sizes.any(|s| s != first) {
+        return Err(Error::Cuda("frames of one inference call differ in size".into()));
+    }
+    Ok(first)
 }
 
 /// One inference call's composited frames, still on the GPU (queued behind the kernels that make them).

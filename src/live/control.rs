@@ -200,7 +200,7 @@ async fn set_background(AxState(app): AxState<App>, body: String) -> Response {
         }
     }
     let shown = String::from(spec.clone());
-    app.state.controls.update(|s| s.background = spec);
+    app.state.controls.update(|s| s.set_background(spec));
     (StatusCode::OK, format!("background {shown}\n")).into_response()
 }
 

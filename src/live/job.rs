@@ -125,8 +125,8 @@ pub struct MatteSection {
     pub fg_estimate: bool,
     pub infer_every: u32,
     pub budget_ms: u32,
-    /// Testing aid: add this many ms to every inference.
-    pub simulate_slow_model_ms: u32,
+    /// Where preprocess, mask steps and compositing run: auto, cpu or gpu.
+    pub stages: crate::engine::StagesChoice,
 }
 
 impl Default for MatteSection {
@@ -142,7 +142,7 @@ impl Default for MatteSection {
             fg_estimate: false,
             infer_every: 1,
             budget_ms: 40,
-            simulate_slow_model_ms: 0,
+            stages: Default::default(),
         }
     }
 }
@@ -278,12 +278,12 @@ impl JobFile {
                 c.capture = Capture { width: self.input.width, height: self.input.height, fps: self.input.fps };
                 c.output_options = self.encode.clone();
                 if let Some(b) = &self.matte.background {
-                    c.background = b.clone();
+                    c.matte.set_background(b.clone());
                 }
-                c.post = self.post();
-                c.infer_every = self.matte.infer_every;
+                c.matte.post = self.post();
+                c.matte.infer_every = self.matte.infer_every;
+                c.stages = self.matte.stages;
                 c.budget_ms = self.matte.budget_ms;
-                c.simulate_slow_model_ms = self.matte.simulate_slow_model_ms;
                 c.control = self.control.clone();
                 c.stats_interval_s = self.run.stats_interval_s;
                 c.max_frames = self.run.max_frames;

@@ -30,8 +30,9 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::composite::{Background, Composite, CpuComposite};
-use crate::config::{BackgroundSpec, OutputKind};
+use crate::composite::Background;
+use crate::config::BackgroundSpec;
+use crate::engine::{budget, Compositor, MatteSettings, Placement, StagesChoice};
 use crate::error::{Error, Result};
 use crate::infer::{OnnxSegmenter, Segmenter};
 use crate::postprocess::PostprocessConfig;
@@ -67,10 +68,10 @@ pub struct LiveConfig {
     pub capture: Capture,
     pub outputs: Vec<OutputSpec>,
     pub output_options: OutputOptions,
-    pub background: BackgroundSpec,
-    pub post: PostprocessConfig,
-    /// Run the model on every Nth frame (the others reuse the latest mask).
-    pub infer_every: u32,
+    /// Background, mask settings, infer-every: the engine's settings, changeable while running.
+    pub matte: MatteSettings,
+    /// CPU or GPU stages (auto: the GPU's when the model runs on CUDA and they do what was asked).
+    pub stages: StagesChoice,
     /// How long a frame may wait for its own mask before an earlier mask is used, ms.
     pub budget_ms: u32,
     /// Print a statistics line this often, seconds (0 = only at exit).
@@ -79,8 +80,6 @@ pub struct LiveConfig {
     pub max_frames: Option<u64>,
     /// Stop after this many seconds.
     pub duration_s: Option<f64>,
-    /// Adds this many ms to every inference (to see how the pipeline behaves with a slow model).
-    pub simulate_slow_model_ms: u32,
     pub control: Option<ControlConfig>,
 }
 
@@ -91,14 +90,12 @@ impl LiveConfig {
             capture: Capture::default(),
             outputs,
             output_options: OutputOptions::default(),
-            background: BackgroundSpec::Blur(crate::config::DEFAULT_BLUR),
-            post: PostprocessConfig { smooth: 0.5, ..Default::default() },
-            infer_every: 1,
+            matte: MatteSettings { post: PostprocessConfig { smooth: 0.5, ..Default::default() }, ..Default::default() },
+            stages: StagesChoice::Auto,
             budget_ms: 40,
             stats_interval_s: 5,
             max_frames: None,
             duration_s: None,
-            simulate_slow_model_ms: 0,
             control: None,
         }
     }
@@ -110,7 +107,7 @@ impl LiveConfig {
                 "no output: give at least one --output (rtmp://…, v4l2:/dev/videoN, screen, or a file such as rec.mp4)",
             ));
         }
-        if self.background == BackgroundSpec::Transparent {
+        if self.matte.background == BackgroundSpec::Transparent {
             if let Some(o) = self.outputs.iter().find(|o| !o.keeps_alpha()) {
                 return Err(Error::config(format!(
                     "background 'transparent' needs outputs that carry alpha (.mov, .mkv, folder/), but {} cannot; \
@@ -119,7 +116,7 @@ impl LiveConfig {
                 )));
             }
         }
-        if self.infer_every == 0 {
+        if self.matte.infer_every == 0 {
             return Err(Error::config("--infer-every must be 1 or more"));
         }
         let mut seen = std::collections::HashSet::new();
@@ -166,82 +163,55 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     gst::init()?;
     cfg.validate()?;
     let LiveHooks { cancel, mut on_window, open_model, mut on_started } = hooks;
-    let manifest_name = segmenter.model().manifest.name.clone();
-    let controls = Controls::new(Settings {
-        background: cfg.background.clone(),
-        post: cfg.post,
-        paused: false,
-        infer_every: cfg.infer_every,
-        model: manifest_name.clone(),
-    });
+    let mut settings = cfg.matte.clone();
+    settings.kind = MatteSettings::kind_for(&settings.background);
+    settings.model = segmenter.model().manifest.name.clone();
+    let controls = Controls::new(settings.clone());
     // Check what can be checked before going live.
-    let background = Background::open(&cfg.background)?;
+    Background::open(&settings.background)?;
     for o in &cfg.outputs {
         if let OutputSpec::Rtmp(url) = o {
             rtmp::check_rtmp(url, Duration::from_secs(cfg.output_options.rtmp_start_timeout_s as u64))?;
         }
     }
-
-    let input = input::build(&cfg.input, cfg.capture)?;
-    let clock = gst::SystemClock::obtain();
-    input.pipeline.use_clock(Some(&clock));
-    if input.pipeline.set_state(gst::State::Playing).is_err() {
-        let why = input_error(&input.pipeline, Duration::from_secs(2)).unwrap_or_else(|| "it did not start".into());
-        let _ = input.pipeline.set_state(gst::State::Null);
-        return Err(Error::Input { path: cfg.input.describe(), reason: why });
-    }
-    // The first frame tells the size and rate; a source that gives none in time is reported as such.
-    let waiting = Instant::now();
-    let first_wait = Duration::from_secs(if matches!(cfg.input, InputSpec::Uri(_)) { 20 } else { 10 });
-    let first = loop {
-        if let Some(s) = input.appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
-            break s;
-        }
-        if let Some(e) = input_error(&input.pipeline, Duration::ZERO) {
-            let _ = input.pipeline.set_state(gst::State::Null);
-            return Err(Error::Input { path: cfg.input.describe(), reason: e });
-        }
-        if input.appsink.is_eos() || waiting.elapsed() > first_wait || cancel.load(Ordering::SeqCst) {
-            let _ = input.pipeline.set_state(gst::State::Null);
-            return Err(Error::Input {
-                path: cfg.input.describe(),
-                reason: format!("gave no video frame within {} s", first_wait.as_secs()),
-            });
-        }
-    };
-    // Statistics count from the first frame.
+    let place = Placement::resolve(cfg.stages, segmenter.provider(), &segmenter.model().manifest, &settings)?;
+    let comp = Compositor::open(&settings, &place)?;
+    let started = StartedInput::start(cfg, &cancel)?;
     let stats = Arc::new(LiveStats::default());
-    let info = first.caps().and_then(|c| gstreamer_video::VideoInfo::from_caps(c).ok()).ok_or_else(|| Error::Gst("input without video caps".into()))?;
-    let fps = info.fps();
-    let base_time = input.pipeline.base_time().unwrap_or(gst::ClockTime::ZERO);
-    let clock_ref = output::ClockRef { clock: clock.clone(), base_time };
+    let fps = started.info.fps();
     let fps_u = if fps.numer() > 0 { (fps.numer() as f64 / fps.denom() as f64).round() as u32 } else { 30 };
-    let mut outputs = match output::Outputs::build(&cfg.outputs, &cfg.output_options, fps_u, clock_ref.clone(), stats.clone())
-        .and_then(|o| o.start().map(|_| o))
-    {
+    let outputs = output::Outputs::build(&cfg.outputs, &cfg.output_options, fps_u, started.clock.clone(), stats.clone())
+        .and_then(|o| o.start().map(|_| o));
+    let mut outputs = match outputs {
         Ok(o) => o,
         Err(e) => {
-            let _ = input.pipeline.set_state(gst::State::Null);
+            let _ = started.input.pipeline.set_state(gst::State::Null);
             return Err(e);
         }
     };
     tracing::info!(
-        "live: {} ({}x{} @ {}/{}) → {}; model {} on {}",
+        "live: {} ({}x{} @ {}/{}) → {}; model {} on {}, {} stages",
         cfg.input.describe(),
-        info.width(),
-        info.height(),
+        started.info.width(),
+        started.info.height(),
         fps.numer(),
         fps.denom(),
         outputs.descriptions.join(", "),
-        manifest_name,
-        segmenter.provider().name()
+        settings.model,
+        segmenter.provider().name(),
+        if place.is_device() { "GPU" } else { "CPU" }
     );
 
     let gpu_in_use = segmenter.provider() != crate::runtime::Provider::Cpu;
-    let (wtx, wrx, worker) = matte::spawn_worker(segmenter, cfg.post, Duration::from_millis(cfg.simulate_slow_model_ms as u64), stats.clone())?;
+    let (wtx, wrx, worker) = match budget::spawn_worker(segmenter, &settings, place.clone(), stats.clone()) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = started.input.pipeline.set_state(gst::State::Null);
+            let _ = outputs.finish();
+            return Err(e);
+        }
+    };
     *controls.worker.lock().unwrap() = Some(wtx.clone());
-    let mut sched = matte::MaskScheduler::new(wtx, wrx);
-
     let server = match &cfg.control {
         Some(c) => Some(control::Server::start(
             c.clone(),
@@ -259,191 +229,26 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
         f(server.as_ref().map(|s| s.addr));
     }
 
-    // Capture thread: takes every frame from the source at once, so the source is never held up; when the
-    // matte stage is behind, the older waiting frame is dropped (and counted).
-    let stop = Arc::new(AtomicBool::new(false));
-    // Each frame travels with its arrival time (running time on the shared clock).
-    let (ftx, frx) = crossbeam_channel::bounded::<(gst::Sample, Option<gst::ClockTime>)>(2);
-    let input_end: Arc<std::sync::Mutex<Option<std::result::Result<(), String>>>> = Default::default();
-    let t_capture = {
-        let appsink = input.appsink.clone();
-        let pipeline = input.pipeline.clone();
-        let stop = stop.clone();
-        let stats = stats.clone();
-        let input_end = input_end.clone();
-        let frx2 = frx.clone();
-        let _ = ftx.try_send((first, clock_ref.running_now()));
-        let clock_ref = clock_ref.clone();
-        stats.captured.fetch_add(1, Ordering::Relaxed);
-        std::thread::Builder::new()
-            .name("mf-capture".into())
-            .spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
-                        Some(s) => {
-                            stats.captured.fetch_add(1, Ordering::Relaxed);
-                            if let Err(crossbeam_channel::TrySendError::Full(s)) = ftx.try_send((s, clock_ref.running_now())) {
-                                if frx2.try_recv().is_ok() {
-                                    stats.dropped.fetch_add(1, Ordering::Relaxed);
-                                }
-                                let _ = ftx.try_send(s);
-                            }
-                        }
-                        None => {
-                            if let Some(e) = input_error(&pipeline, Duration::ZERO) {
-                                *input_end.lock().unwrap() = Some(Err(e));
-                                break;
-                            }
-                            if appsink.is_eos() {
-                                *input_end.lock().unwrap() = Some(Ok(()));
-                                break;
-                            }
-                        }
-                    }
-                }
-            })
-            .map_err(|e| Error::io("starting the capture thread", e))?
+    let capture = CaptureThread::spawn(&started, stats.clone())?;
+    let mut stage = MatteStage {
+        sched: budget::MaskScheduler::new(wtx, wrx),
+        comp,
+        place,
+        settings,
+        generation: controls.generation(),
+        budget: Duration::from_millis(cfg.budget_ms as u64),
+        stamper: Stamper::new(matches!(cfg.input, InputSpec::Uri(_))),
+        clock: started.clock.clone(),
+        idx: 0,
     };
-
-    let mut comp = CpuComposite::new(kind_for(&cfg.background), background);
-    let mut generation = controls.generation();
-    let mut settings = controls.get();
-    let mut last_window = Instant::now();
-    let budget = Duration::from_millis(cfg.budget_ms as u64);
-    let mut idx = 0u64;
-    let mut net_offset: Option<i128> = None;
-    let mut last_net_pts: i128 = -1_000_000;
-    let started = Instant::now();
-    let outcome: std::result::Result<String, Error> = loop {
-        if cancel.load(Ordering::SeqCst) {
-            break Ok("stopped by signal".into());
-        }
-        if cfg.max_frames.is_some_and(|m| stats.output.load(Ordering::Relaxed) >= m) {
-            break Ok(format!("reached {} frames", cfg.max_frames.unwrap()));
-        }
-        if cfg.duration_s.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
-            break Ok(format!("ran {} s", cfg.duration_s.unwrap()));
-        }
-        if let Some(e) = outputs.poll_error() {
-            break Err(e);
-        }
-        if cfg.stats_interval_s > 0 && last_window.elapsed() >= Duration::from_secs(cfg.stats_interval_s as u64) {
-            last_window = Instant::now();
-            stats.sample_threads();
-            let w = stats.take_window();
-            if let Some(f) = on_window.as_mut() {
-                f(&w);
-            }
-        }
-        let (sample, arrival) = match frx.recv_timeout(Duration::from_millis(100)) {
-            Ok(s) => s,
-            Err(_) => {
-                if let Some(end) = input_end.lock().unwrap().clone() {
-                    if frx.is_empty() {
-                        break match end {
-                            Ok(()) => Ok("the input ended".into()),
-                            Err(e) => Err(Error::Input { path: cfg.input.describe(), reason: format!("stopped: {e}") }),
-                        };
-                    }
-                }
-                continue;
-            }
-        };
-        // Settings changed through the control endpoint?
-        let g = controls.generation();
-        if g != generation {
-            generation = g;
-            let new = controls.get();
-            if new.background != settings.background {
-                match Background::open(&new.background) {
-                    Ok(b) => comp = CpuComposite::new(kind_for(&new.background), b),
-                    Err(e) => tracing::warn!("background {} not used: {e}", String::from(new.background.clone())),
-                }
-            }
-            if new.paused && !settings.paused {
-                sched.forget();
-            }
-            settings = new;
-        }
-        let Some(buffer) = sample.buffer_owned() else { continue };
-        let (w, h) = sample
-            .caps()
-            .and_then(|c| gstreamer_video::VideoInfo::from_caps(c).ok())
-            .map(|i| (i.width(), i.height()))
-            .unwrap_or((info.width(), info.height()));
-        // The capture time as running time on the shared clock. Cameras and the test pattern stamp frames when
-        // they are captured; a network stream's timestamps say nothing about our clock, so they are shifted to
-        // the earliest arrival they allow (latency is then measured from arrival).
-        let stream_rt = crate::source::running_pts(&sample);
-        let pts = if matches!(cfg.input, InputSpec::Uri(_)) {
-            // Keep the stream's own spacing (frames often arrive in bursts), anchored at the first arrival.
-            match (stream_rt, arrival) {
-                (Some(t), Some(a)) => {
-                    let (t, a) = (t.nseconds() as i128, a.nseconds() as i128);
-                    let mut off = *net_offset.get_or_insert(a - t);
-                    // The least-delayed frame so far defines arrival (the first one is usually the latest: the
-                    // stream starts with a burst), so no frame is stamped after it arrived; a jump in the
-                    // stream's timestamps (servers restart them for a new viewer) re-anchors.
-                    if a - t < off || (t + off - a).abs() > 1_000_000_000 {
-                        off = a - t;
-                        net_offset = Some(off);
-                    }
-                    // Strictly increasing: servers stamp a new viewer's first frames alike.
-                    let v = (t + off).max(last_net_pts + 1_000_000).max(0);
-                    last_net_pts = v;
-                    Some(gst::ClockTime::from_nseconds(v as u64))
-                }
-                _ => arrival,
-            }
-        } else {
-            stream_rt
-        };
-        let now = Instant::now();
-        let age = match (pts, clock_ref.running_now()) {
-            (Some(p), Some(n)) => n.checked_sub(p).map(|d| Duration::from_nanos(d.nseconds())).unwrap_or_default(),
-            _ => Duration::ZERO,
-        };
-        let deadline = (now + budget).checked_sub(age).unwrap_or(now);
-        let map = match buffer.map_readable() {
-            Ok(m) => m,
-            Err(_) => continue,
-        };
-        let mut data = map.as_slice()[..(w * h * 4) as usize].to_vec();
-        drop(map);
-        if settings.paused {
-            stats.passthrough.fetch_add(1, Ordering::Relaxed);
-        } else {
-            match sched.mask_for(idx, &data, w, h, settings.infer_every, deadline, &stats) {
-                Ok((Some(alpha), how)) => {
-                    if how == matte::MaskUse::Reused {
-                        stats.reused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let t = Instant::now();
-                    if let Err(e) = comp.run(&mut data, w, h, alpha) {
-                        break Err(e);
-                    }
-                    stats.record(stats::Measure::Composite, t.elapsed());
-                }
-                Ok((None, _)) => {
-                    stats.passthrough.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => break Err(e),
-            }
-        }
-        idx += 1;
-        if let Err(e) = outputs.push(data, w, h, fps, pts) {
-            break Err(outputs.poll_error().unwrap_or(e));
-        }
-        stats.output.fetch_add(1, Ordering::Relaxed);
-    };
+    let limits = Limits { cancel: &cancel, max_frames: cfg.max_frames, duration_s: cfg.duration_s, stats_interval_s: cfg.stats_interval_s };
+    let outcome = frame_loop(cfg, &limits, &capture, &mut stage, &controls, &mut outputs, &stats, &mut on_window);
 
     // Wind down: stop the source, finish the outputs (always, so recordings are playable), stop the threads.
     stats.sample_threads();
-    stop.store(true, Ordering::SeqCst);
-    let _ = input.pipeline.set_state(gst::State::Null);
-    let _ = t_capture.join();
+    capture.stop(&started.input.pipeline);
     *controls.worker.lock().unwrap() = None;
-    drop(sched);
+    drop(stage);
     let _ = worker.join();
     if let Some(s) = server {
         s.stop();
@@ -464,11 +269,300 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     }
 }
 
-fn kind_for(bg: &BackgroundSpec) -> OutputKind {
-    if *bg == BackgroundSpec::Transparent {
-        OutputKind::Alpha
-    } else {
-        OutputKind::Composite
+/// When the frame loop stops besides the input ending.
+struct Limits<'a> {
+    cancel: &'a AtomicBool,
+    max_frames: Option<u64>,
+    duration_s: Option<f64>,
+    stats_interval_s: u32,
+}
+
+/// Takes frames from the capture thread, mattes and composites them, and hands them to the outputs until the
+/// input ends, a limit is reached or something fails. Returns why it stopped.
+#[allow(clippy::too_many_arguments)]
+fn frame_loop(
+    cfg: &LiveConfig,
+    limits: &Limits<'_>,
+    capture: &CaptureThread,
+    stage: &mut MatteStage,
+    controls: &Controls,
+    outputs: &mut output::Outputs,
+    stats: &LiveStats,
+    on_window: &mut Option<&mut dyn FnMut(&LiveSummary)>,
+) -> Result<String> {
+    let started = Instant::now();
+    let mut last_window = Instant::now();
+    loop {
+        if limits.cancel.load(Ordering::SeqCst) {
+            return Ok("stopped by signal".into());
+        }
+        if let Some(m) = limits.max_frames.filter(|m| stats.output.load(Ordering::Relaxed) >= *m) {
+            return Ok(format!("reached {m} frames"));
+        }
+        if let Some(d) = limits.duration_s.filter(|d| started.elapsed().as_secs_f64() >= *d) {
+            return Ok(format!("ran {d} s"));
+        }
+        if let Some(e) = outputs.poll_error() {
+            return Err(e);
+        }
+        if limits.stats_interval_s > 0 && last_window.elapsed() >= Duration::from_secs(limits.stats_interval_s as u64) {
+            last_window = Instant::now();
+            stats.sample_threads();
+            let w = stats.take_window();
+            if let Some(f) = on_window.as_mut() {
+                f(&w);
+            }
+        }
+        let (sample, arrival) = match capture.next(Duration::from_millis(100)) {
+            Next::Frame(s, a) => (s, a),
+            Next::Waiting => continue,
+            Next::Ended(Ok(())) => return Ok("the input ended".into()),
+            Next::Ended(Err(e)) => return Err(Error::Input { path: cfg.input.describe(), reason: format!("stopped: {e}") }),
+        };
+        stage.follow(controls);
+        let Some((data, w, h, pts)) = stage.matte(&sample, arrival, stats)? else { continue };
+        if let Err(e) = outputs.push(data, w, h, capture.fps, pts) {
+            return Err(outputs.poll_error().unwrap_or(e));
+        }
+        stats.output.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The compositing side of the budgeted policy: per frame, the mask to use (the scheduler) and the composite.
+struct MatteStage {
+    sched: budget::MaskScheduler,
+    comp: Compositor,
+    place: Placement,
+    settings: MatteSettings,
+    generation: u64,
+    budget: Duration,
+    stamper: Stamper,
+    clock: output::ClockRef,
+    idx: u64,
+}
+
+impl MatteStage {
+    /// Picks up settings changed through the control endpoint.
+    fn follow(&mut self, controls: &Controls) {
+        let g = controls.generation();
+        if g == self.generation {
+            return;
+        }
+        self.generation = g;
+        let mut new = controls.get();
+        new.kind = MatteSettings::kind_for(&new.background);
+        if new.background != self.settings.background {
+            match Compositor::open(&new, &self.place) {
+                Ok(c) => self.comp = c,
+                Err(e) => {
+                    tracing::warn!("background {} not used: {e}", String::from(new.background.clone()));
+                    new.background = self.settings.background.clone();
+                    new.kind = self.settings.kind;
+                }
+            }
+        }
+        if new.paused && !self.settings.paused {
+            self.sched.forget();
+        }
+        self.settings = new;
+    }
+
+    /// Mattes one captured frame within the budget. Returns the output frame, its size and timestamp.
+    #[allow(clippy::type_complexity)]
+    fn matte(
+        &mut self,
+        sample: &gst::Sample,
+        arrival: Option<gst::ClockTime>,
+        stats: &LiveStats,
+    ) -> Result<Option<(Vec<u8>, u32, u32, Option<gst::ClockTime>)>> {
+        let Some(buffer) = sample.buffer() else { return Ok(None) };
+        let Some(info) = sample.caps().and_then(|c| gstreamer_video::VideoInfo::from_caps(c).ok()) else { return Ok(None) };
+        let (w, h) = (info.width(), info.height());
+        let pts = self.stamper.stamp(crate::source::running_pts(sample), arrival);
+        let now = Instant::now();
+        let age = match (pts, self.clock.running_now()) {
+            (Some(p), Some(n)) => n.checked_sub(p).map(|d| Duration::from_nanos(d.nseconds())).unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        let deadline = (now + self.budget).checked_sub(age).unwrap_or(now);
+        let Ok(map) = buffer.map_readable() else { return Ok(None) };
+        let mut data = map.as_slice()[..(w * h * 4) as usize].to_vec();
+        drop(map);
+        let idx = self.idx;
+        self.idx += 1;
+        if self.settings.paused {
+            stats.passthrough.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some((data, w, h, pts)));
+        }
+        let (mask, how) = self.sched.mask_for(idx, &data, w, h, self.settings.infer_every, deadline, stats)?;
+        let Some(mask) = mask else {
+            stats.passthrough.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some((data, w, h, pts)));
+        };
+        if how == budget::MaskUse::Reused {
+            stats.reused.fetch_add(1, Ordering::Relaxed);
+        }
+        let t = Instant::now();
+        let wider = self.comp.run(&mut data, w, h, mask)?;
+        stats.record(stats::Measure::Composite, t.elapsed());
+        let (ow, oh) = crate::composite::output_size(self.settings.kind, w, h);
+        Ok(Some((wider.unwrap_or(data), ow, oh, pts)))
+    }
+}
+
+/// Output timestamps. Cameras and the test pattern stamp frames when they are captured (kept as running time on
+/// the shared clock); a network stream's timestamps say nothing about our clock, so they are shifted to the
+/// earliest arrival they allow (latency is then measured from arrival).
+struct Stamper {
+    network: bool,
+    offset: Option<i128>,
+    last: i128,
+}
+
+impl Stamper {
+    fn new(network: bool) -> Self {
+        Stamper { network, offset: None, last: -1_000_000 }
+    }
+
+    fn stamp(&mut self, stream_rt: Option<gst::ClockTime>, arrival: Option<gst::ClockTime>) -> Option<gst::ClockTime> {
+        if !self.network {
+            return stream_rt;
+        }
+        // Keep the stream's own spacing (frames often arrive in bursts), anchored at the first arrival.
+        let (Some(t), Some(a)) = (stream_rt, arrival) else { return arrival };
+        let (t, a) = (t.nseconds() as i128, a.nseconds() as i128);
+        let mut off = *self.offset.get_or_insert(a - t);
+        // The least-delayed frame so far defines arrival (the first one is usually the latest: the stream starts
+        // with a burst), so no frame is stamped after it arrived; a jump in the stream's timestamps (servers
+        // restart them for a new viewer) re-anchors.
+        if a - t < off || (t + off - a).abs() > 1_000_000_000 {
+            off = a - t;
+            self.offset = Some(off);
+        }
+        // Strictly increasing: servers stamp a new viewer's first frames alike.
+        let v = (t + off).max(self.last + 1_000_000).max(0);
+        self.last = v;
+        Some(gst::ClockTime::from_nseconds(v as u64))
+    }
+}
+
+/// The input pipeline, started, with its first frame's format and the clock frames are stamped on.
+struct StartedInput {
+    input: input::LiveInput,
+    first: gst::Sample,
+    info: gstreamer_video::VideoInfo,
+    clock: output::ClockRef,
+}
+
+impl StartedInput {
+    /// Starts the input and waits for its first frame, which tells the size and rate; a source that gives none
+    /// in time is reported as such.
+    fn start(cfg: &LiveConfig, cancel: &AtomicBool) -> Result<StartedInput> {
+        let input = input::build(&cfg.input, cfg.capture)?;
+        let clock = gst::SystemClock::obtain();
+        input.pipeline.use_clock(Some(&clock));
+        let fail = |input: &input::LiveInput, reason: String| {
+            let _ = input.pipeline.set_state(gst::State::Null);
+            Error::Input { path: cfg.input.describe(), reason }
+        };
+        if input.pipeline.set_state(gst::State::Playing).is_err() {
+            let why = input_error(&input.pipeline, Duration::from_secs(2)).unwrap_or_else(|| "it did not start".into());
+            return Err(fail(&input, why));
+        }
+        let waiting = Instant::now();
+        let first_wait = Duration::from_secs(if matches!(cfg.input, InputSpec::Uri(_)) { 20 } else { 10 });
+        let first = loop {
+            if let Some(s) = input.appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+                break s;
+            }
+            if let Some(e) = input_error(&input.pipeline, Duration::ZERO) {
+                return Err(fail(&input, e));
+            }
+            if input.appsink.is_eos() || waiting.elapsed() > first_wait || cancel.load(Ordering::SeqCst) {
+                return Err(fail(&input, format!("gave no video frame within {} s", first_wait.as_secs())));
+            }
+        };
+        let Some(info) = first.caps().and_then(|c| gstreamer_video::VideoInfo::from_caps(c).ok()) else {
+            return Err(fail(&input, "gave a frame without video caps".into()));
+        };
+        let base_time = input.pipeline.base_time().unwrap_or(gst::ClockTime::ZERO);
+        Ok(StartedInput { first, info, clock: output::ClockRef { clock: clock.upcast(), base_time }, input })
+    }
+}
+
+/// What the capture thread has for the frame loop.
+enum Next {
+    Frame(gst::Sample, Option<gst::ClockTime>),
+    Waiting,
+    Ended(std::result::Result<(), String>),
+}
+
+type InputEnd = Arc<std::sync::Mutex<Option<std::result::Result<(), String>>>>;
+
+/// The capture thread: takes every frame from the source at once, so the source is never held up; when the
+/// matte stage is behind, the older waiting frame is dropped (and counted). Each frame travels with its arrival
+/// time (running time on the shared clock).
+struct CaptureThread {
+    rx: crossbeam_channel::Receiver<(gst::Sample, Option<gst::ClockTime>)>,
+    end: InputEnd,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    fps: gst::Fraction,
+}
+
+impl CaptureThread {
+    fn spawn(started: &StartedInput, stats: Arc<LiveStats>) -> Result<CaptureThread> {
+        let (tx, rx) = crossbeam_channel::bounded::<(gst::Sample, Option<gst::ClockTime>)>(2);
+        let end: InputEnd = Default::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let _ = tx.try_send((started.first.clone(), started.clock.running_now()));
+        stats.captured.fetch_add(1, Ordering::Relaxed);
+        let (appsink, pipeline, clock) = (started.input.appsink.clone(), started.input.pipeline.clone(), started.clock.clone());
+        let (stop2, end2, rx2) = (stop.clone(), end.clone(), rx.clone());
+        let thread = std::thread::Builder::new()
+            .name("mf-capture".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::SeqCst) {
+                    match appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+                        Some(s) => {
+                            stats.captured.fetch_add(1, Ordering::Relaxed);
+                            if let Err(crossbeam_channel::TrySendError::Full(s)) = tx.try_send((s, clock.running_now())) {
+                                if rx2.try_recv().is_ok() {
+                                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                                }
+                                let _ = tx.try_send(s);
+                            }
+                        }
+                        None => {
+                            let ended = input_error(&pipeline, Duration::ZERO).map(Err).or(appsink.is_eos().then_some(Ok(())));
+                            if let Some(r) = ended {
+                                *end2.lock().unwrap() = Some(r);
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the capture thread", e))?;
+        Ok(CaptureThread { rx, end, stop, thread: Some(thread), fps: started.info.fps() })
+    }
+
+    fn next(&self, wait: Duration) -> Next {
+        match self.rx.recv_timeout(wait) {
+            Ok((s, a)) => Next::Frame(s, a),
+            Err(_) => match self.end.lock().unwrap().clone() {
+                Some(end) if self.rx.is_empty() => Next::Ended(end),
+                _ => Next::Waiting,
+            },
+        }
+    }
+
+    fn stop(mut self, pipeline: &gst::Pipeline) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = pipeline.set_state(gst::State::Null);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -1,0 +1,288 @@
+//! The matting engine: frames in, matted frames out, written once for every front end (convert, batch, eval,
+//! live and the `matteflow` GStreamer element).
+//!
+//! ```text
+//!         ┌──────────────────── Matter ────────────────────┐          ┌─ Compositor ─┐
+//! frame ─▶ preprocess ─▶ infer (ONNX Runtime) ─▶ mask steps ─▶ alpha ─▶  composite   ─▶ output frame
+//!                                        (smooth, threshold, upsample,            (alpha, colour, image,
+//!                                         refine, feather)                          video, blur, mask)
+//! ```
+//!
+//! Each stage has a host (CPU) and a device (CUDA kernels, model input and output bound in device memory)
+//! implementation, chosen once ([`Placement`], candle's enum-of-backends shape): [`Matter`] and [`Compositor`]
+//! are enums over the two. Two scheduling policies sit on top:
+//! - [`ordered`]: every frame, in order, consecutive frames batched, the device path's download overlapped with
+//!   the next call (convert, batch, eval, the element by default);
+//! - [`budget`]: the newest frame to the model, earlier masks reused within a time budget (live, the element with
+//!   `budget-ms`).
+
+pub mod budget;
+pub mod ordered;
+pub mod settings;
+
+use cudarc::driver::CudaSlice;
+
+pub use settings::MatteSettings;
+
+use crate::composite::{Background, Composite, CpuComposite};
+use crate::config::{BackgroundSpec, OutputKind};
+use crate::cuda::composite::GpuCompositor;
+use crate::cuda::stages::{GpuStages, Pixels};
+use crate::cuda::Gpu;
+use crate::error::{Error, Result};
+use crate::infer::{BatchClient, LowResMask, OnnxSegmenter, Segmenter};
+use crate::postprocess::{CpuPostprocess, Postprocess, PostprocessConfig};
+use crate::preprocess::{CpuPreprocess, ModelInput, Preprocess};
+use crate::runtime::Provider;
+
+/// Which implementation of the stages to use, as asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StagesChoice {
+    /// The GPU stages where the model runs on CUDA or TensorRT and they do what was asked; else the CPU stages.
+    #[default]
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+/// Where the stages run, settled once.
+#[derive(Clone)]
+pub enum Placement {
+    Host,
+    Device(Gpu),
+}
+
+impl Placement {
+    /// Settles `choice` for a model on `provider` with these settings. `Gpu` that cannot be honoured is an error
+    /// naming why; `Auto` falls back to the CPU stages and says why once.
+    pub fn resolve(choice: StagesChoice, provider: Provider, manifest: &crate::model::Manifest, s: &MatteSettings) -> Result<Placement> {
+        let why_not = || -> Option<String> {
+            if !matches!(provider, Provider::Cuda | Provider::TensorRt) {
+                return Some(format!("the model runs on {}", provider.name()));
+            }
+            GpuStages::supports(s.kind, manifest).err().map(|w| format!("they do not handle {w} yet")).or_else(|| {
+                GpuStages::supports_options(&s.post, s.fg_estimate).err().map(|o| format!("they do not apply {o} yet"))
+            })
+        };
+        match (choice, why_not()) {
+            (StagesChoice::Cpu, _) => Ok(Placement::Host),
+            (StagesChoice::Gpu, Some(why)) => Err(Error::Cuda(format!("the GPU stages cannot run: {why}; use the CPU stages"))),
+            (StagesChoice::Auto, Some(why)) => {
+                tracing::info!("preprocess, mask steps and compositing run on the CPU ({why})");
+                Ok(Placement::Host)
+            }
+            (_, None) => match GpuStages::open_gpu(0) {
+                Ok(gpu) => Ok(Placement::Device(gpu)),
+                Err(e) if choice == StagesChoice::Auto => {
+                    tracing::info!("preprocess, mask steps and compositing run on the CPU ({e})");
+                    Ok(Placement::Host)
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    pub fn is_device(&self) -> bool {
+        matches!(self, Placement::Device(_))
+    }
+}
+
+/// A frame-sized 8-bit alpha, where the stages that made it keep it.
+pub enum Alpha {
+    Host(Vec<u8>),
+    Device(CudaSlice<u8>),
+}
+
+/// One frame's mask.
+pub struct Mask {
+    pub width: u32,
+    pub height: u32,
+    pub alpha: Alpha,
+}
+
+/// Preprocess → infer → mask steps, on the host or the device.
+pub enum Matter {
+    Host(HostMatter),
+    Device(DeviceMatter),
+}
+
+pub struct HostMatter {
+    seg: OnnxSegmenter,
+    /// With `batch`'s shared batching thread, inference of frames of several files goes there (`seg` then only
+    /// describes the model).
+    shared: Option<BatchClient>,
+    pre: CpuPreprocess,
+    post: CpuPostprocess,
+    inputs: Vec<ModelInput>,
+    masks: Vec<LowResMask>,
+}
+
+/// Time spent per stage in one call.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StepTimes {
+    pub preprocess: std::time::Duration,
+    pub infer: std::time::Duration,
+    pub postprocess: std::time::Duration,
+}
+
+impl HostMatter {
+    /// The alphas of frames of one call (RGBA `w * h * 4` each), in one inference call where the model allows.
+    pub fn alphas(&mut self, frames: &[(&[u8], u32, u32)]) -> Result<(Vec<Vec<u8>>, StepTimes)> {
+        use std::time::Instant;
+        let k = frames.len();
+        self.inputs.resize_with(k.max(self.inputs.len()), ModelInput::default);
+        self.masks.resize_with(k.max(self.masks.len()), LowResMask::default);
+        let t0 = Instant::now();
+        for (&(rgba, w, h), input) in frames.iter().zip(self.inputs.iter_mut()) {
+            self.pre.run(rgba, w, h, input)?;
+        }
+        let t1 = Instant::now();
+        match &self.shared {
+            Some(b) if k == 1 => b.run(&mut self.inputs[0], &mut self.masks[0])?,
+            Some(_) => return Err(Error::config("frames of a shared batch go one at a time")),
+            None => {
+                let refs: Vec<&ModelInput> = self.inputs[..k].iter().collect();
+                self.seg.run_batch(&refs, &mut self.masks[..k])?;
+            }
+        }
+        let t2 = Instant::now();
+        let mut alphas = Vec::with_capacity(k);
+        for (i, &(rgba, w, h)) in frames.iter().enumerate() {
+            let mut a = Vec::new();
+            self.post.run(rgba, &self.inputs[i], &self.masks[i], w, h, &mut a)?;
+            alphas.push(a);
+        }
+        Ok((alphas, StepTimes { preprocess: t1 - t0, infer: t2 - t1, postprocess: t2.elapsed() }))
+    }
+}
+
+pub struct DeviceMatter {
+    seg: OnnxSegmenter,
+    stages: GpuStages,
+}
+
+impl Matter {
+    /// The stages for `seg` at `place`. Create them on the thread that runs them (device IO binding is per
+    /// thread).
+    pub fn open(seg: OnnxSegmenter, s: &MatteSettings, place: &Placement) -> Result<Matter> {
+        let manifest = seg.model().manifest.clone();
+        Ok(match place {
+            Placement::Host => Matter::Host(HostMatter {
+                pre: CpuPreprocess::new(&manifest),
+                post: CpuPostprocess::for_manifest(s.post, &manifest),
+                seg,
+                shared: None,
+                inputs: Vec::new(),
+                masks: Vec::new(),
+            }),
+            Placement::Device(gpu) => {
+                let stages = GpuStages::new(gpu.clone(), 0, &manifest, s.kind, &s.background, &s.post)?;
+                Matter::Device(DeviceMatter { seg, stages })
+            }
+        })
+    }
+
+    /// Sends inference to `batch`'s shared batching thread (host stages only: the device stages batch
+    /// consecutive frames themselves).
+    pub fn share_inference(&mut self, client: BatchClient) -> Result<()> {
+        match self {
+            Matter::Host(m) => {
+                m.shared = Some(client);
+                Ok(())
+            }
+            Matter::Device(_) => Err(Error::config("the GPU stages batch a file's own frames; a shared batch is for the CPU stages")),
+        }
+    }
+
+    pub fn segmenter(&self) -> &OnnxSegmenter {
+        match self {
+            Matter::Host(h) => &h.seg,
+            Matter::Device(d) => &d.seg,
+        }
+    }
+
+    /// The mask of one RGBA frame in host memory (`w * h * 4` bytes, rows packed).
+    pub fn mask(&mut self, rgba: &[u8], w: u32, h: u32) -> Result<(Mask, StepTimes)> {
+        let (alpha, t) = match self {
+            Matter::Host(m) => {
+                let (mut a, t) = m.alphas(&[(rgba, w, h)])?;
+                (Alpha::Host(a.pop().unwrap_or_default()), t)
+            }
+            Matter::Device(m) => {
+                let (a, t) = m.stages.mask(&mut m.seg, Pixels::Host(rgba), w, h)?;
+                (Alpha::Device(a), StepTimes { preprocess: t.preprocess, infer: t.infer, postprocess: t.post_composite })
+            }
+        };
+        Ok((Mask { width: w, height: h, alpha }, t))
+    }
+
+    /// New mask settings (temporal state starts afresh).
+    pub fn set_post(&mut self, post: PostprocessConfig) {
+        match self {
+            Matter::Host(m) => m.post = CpuPostprocess::for_manifest(post, &m.seg.model().manifest),
+            Matter::Device(m) => m.stages.set_post(&post),
+        }
+    }
+
+    /// Switches to another model between frames (mask settings kept).
+    pub fn swap_model(&mut self, seg: OnnxSegmenter, post: PostprocessConfig) {
+        let manifest = seg.model().manifest.clone();
+        match self {
+            Matter::Host(m) => {
+                m.pre = CpuPreprocess::new(&manifest);
+                m.post = CpuPostprocess::for_manifest(post, &manifest);
+                m.seg = seg;
+            }
+            Matter::Device(m) => {
+                m.stages.set_manifest(&manifest);
+                m.seg = seg;
+            }
+        }
+    }
+}
+
+/// Composite on the host or the device, for frames in host memory.
+pub enum Compositor {
+    Host(CpuComposite),
+    Device(GpuCompositor),
+}
+
+impl Compositor {
+    /// A compositor for `s`'s kind and background. On the device it takes a stream of its own, so it can run on
+    /// another thread beside the model's.
+    pub fn open(s: &MatteSettings, place: &Placement) -> Result<Compositor> {
+        Ok(match place {
+            Placement::Host => {
+                let mut c = CpuComposite::new(s.kind, Background::open(&s.background)?);
+                c.set_foreground_estimation(s.fg_estimate);
+                Compositor::Host(c)
+            }
+            Placement::Device(gpu) => Compositor::Device(GpuCompositor::new(gpu.on_new_stream()?, s.kind, &s.background)?),
+        })
+    }
+
+    /// Turns `frame` (RGBA, `w * h * 4`, host memory) into the output frame with `mask`, in place; side-by-side
+    /// returns a new, wider frame.
+    pub fn run(&mut self, frame: &mut [u8], w: u32, h: u32, mask: &Mask) -> Result<Option<Vec<u8>>> {
+        if (mask.width, mask.height) != (w, h) {
+            return Err(Error::config(format!("a {}x{} mask for a {w}x{h} frame", mask.width, mask.height)));
+        }
+        match (self, &mask.alpha) {
+            (Compositor::Host(c), Alpha::Host(a)) => c.run(frame, w, h, a),
+            (Compositor::Device(c), Alpha::Device(a)) => c.run_host(frame, w, h, a).map(|_| None),
+            _ => Err(Error::Cuda("a mask made on one side (CPU/GPU) composited on the other".into())),
+        }
+    }
+}
+
+/// The GPU stages' restrictions, for front ends that check a settings change before applying it.
+pub fn device_supports(s: &MatteSettings, manifest: &crate::model::Manifest) -> std::result::Result<(), String> {
+    GpuStages::supports(s.kind, manifest)?;
+    GpuStages::supports_options(&s.post, s.fg_estimate).map_err(|o| format!("{o} on the GPU stages"))
+}
+
+/// The background spec's output kind when the caller has none of its own.
+pub fn kind_for(bg: &BackgroundSpec) -> OutputKind {
+    MatteSettings::kind_for(bg)
+}

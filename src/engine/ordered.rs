@@ -1,0 +1,134 @@
+//! The ordered policy: every frame matted, in order, up to `batch` consecutive frames per inference call.
+//! A call is two steps so that a caller can put them on two threads:
+//! - [`Ordered::matte`] (the model's thread): preprocess, infer, mask steps — and on the device the composites
+//!   too, queued on the GPU;
+//! - [`Finisher::finish`]: on the host the composite, on the device the download of the finished frames (on a
+//!   stream of its own, overlapping the next call's inference). Out come buffers for the encoder.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::CudaStream;
+use gstreamer as gst;
+
+use super::{Matter, MatteSettings, Placement, StepTimes};
+use crate::composite::{Background, Composite, CpuComposite};
+use crate::cuda::stages::Queued;
+use crate::error::{Error, Result};
+use crate::source::Frame;
+
+/// The frames of one call, matted, waiting for [`Finisher::finish`].
+pub enum Matted {
+    /// Frames with their alphas, to composite on the host.
+    Host(Vec<(Frame, Vec<u8>)>),
+    /// Frames whose composites are queued on the GPU, to download.
+    Device(Vec<Frame>, Queued),
+}
+
+pub struct Ordered {
+    matter: Matter,
+    batch: usize,
+}
+
+impl Ordered {
+    /// `batch` as the model allows it (see `OnnxSegmenter::configure_batch`).
+    pub fn new(matter: Matter, batch: usize) -> Self {
+        Ordered { matter, batch: batch.max(1) }
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn matter_mut(&mut self) -> &mut Matter {
+        &mut self.matter
+    }
+
+    /// Mattes up to `batch` consecutive frames. On the device, frames of one call share a size: a size change
+    /// inside the group splits it (one [`Matted`] per part, in order).
+    pub fn matte(&mut self, mut frames: Vec<Frame>) -> Result<(Vec<Matted>, StepTimes)> {
+        if frames.len() > self.batch {
+            return Err(Error::config(format!("{} frames for a batch of {}", frames.len(), self.batch)));
+        }
+        match &mut self.matter {
+            Matter::Host(m) => {
+                let views: Vec<(&[u8], u32, u32)> = frames.iter().map(|f| (&f.data[..], f.width, f.height)).collect();
+                let (alphas, t) = m.alphas(&views)?;
+                drop(views);
+                Ok((vec![Matted::Host(frames.into_iter().zip(alphas).collect())], t))
+            }
+            Matter::Device(m) => {
+                let mut out = Vec::new();
+                let mut t = StepTimes::default();
+                while !frames.is_empty() {
+                    let size = (frames[0].width, frames[0].height);
+                    let split = frames.iter().position(|f| (f.width, f.height) != size).unwrap_or(frames.len());
+                    let rest = frames.split_off(split);
+                    let mut group = std::mem::replace(&mut frames, rest);
+                    let (gt, queued) = m.stages.submit(&mut m.seg, &mut group, self.batch)?;
+                    t.preprocess += gt.preprocess;
+                    t.infer += gt.infer;
+                    t.postprocess += gt.post_composite;
+                    out.push(Matted::Device(group, queued));
+                }
+                Ok((out, t))
+            }
+        }
+    }
+}
+
+/// The second step of a call: composite (host) or download (device), then hand out buffers.
+pub enum Finisher {
+    Host(CpuComposite),
+    Device(Arc<CudaStream>),
+}
+
+impl Finisher {
+    /// The finisher for `ordered`'s stages; on the device, downloads get a stream of their own.
+    pub fn open(s: &MatteSettings, place: &Placement) -> Result<Finisher> {
+        Ok(match place {
+            Placement::Host => {
+                let mut c = CpuComposite::new(s.kind, Background::open(&s.background)?);
+                c.set_foreground_estimation(s.fg_estimate);
+                Finisher::Host(c)
+            }
+            Placement::Device(gpu) => Finisher::Device(gpu.ctx.new_stream().map_err(|e| Error::Cuda(format!("stream: {e}")))?),
+        })
+    }
+
+    /// The finished frames as buffers (timestamps kept), in order, and the time it took.
+    pub fn finish(&mut self, m: Matted) -> Result<(Vec<gst::Buffer>, Duration)> {
+        let t = Instant::now();
+        let frames = match (self, m) {
+            (Finisher::Host(c), Matted::Host(pairs)) => {
+                let mut out = Vec::with_capacity(pairs.len());
+                for (mut f, alpha) in pairs {
+                    let (w, h) = (f.width, f.height);
+                    let wider = c.run(&mut f.data, w, h, &alpha)?;
+                    out.push(to_buffer(f, wider));
+                }
+                out
+            }
+            (Finisher::Device(stream), Matted::Device(mut frames, queued)) => {
+                queued.download(stream, &mut frames)?;
+                frames.into_iter().map(|f| to_buffer(f, None)).collect()
+            }
+            _ => return Err(Error::config("frames matted on one side (CPU/GPU) finished on the other")),
+        };
+        Ok((frames, t.elapsed()))
+    }
+}
+
+/// The finished frame as a buffer with the input's timestamps (`wider` replaces the pixels for side-by-side).
+fn to_buffer(f: Frame, wider: Option<Vec<u8>>) -> gst::Buffer {
+    let (pts, dur) = (f.pts, f.duration);
+    let mut buffer = match wider {
+        Some(v) => gst::Buffer::from_mut_slice(v),
+        None => f.data.into_buffer(),
+    };
+    let b = buffer.make_mut();
+    b.set_pts(pts);
+    b.set_dts(gst::ClockTime::NONE);
+    b.set_duration(dur);
+    buffer
+}
