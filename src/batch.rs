@@ -18,7 +18,7 @@ use crate::config::{BackgroundSpec, ConvertConfig, Format, OutputKind};
 use crate::error::{Error, Result};
 use crate::infer::{BatchClient, BatchServer, OnnxSegmenter, Segmenter, BATCH_WINDOW, DEFAULT_GPU_BATCH};
 use crate::pipeline::{self, Progress, RunControl};
-use crate::postprocess::PostprocessConfig;
+use crate::engine::{MatteSettings, StagesChoice};
 
 /// File name extensions taken as video when walking folders.
 pub const VIDEO_EXT: &[&str] =
@@ -36,8 +36,8 @@ pub struct BatchConfig {
     pub format: Format,
     pub kind: Option<OutputKind>,
     pub background: Option<BackgroundSpec>,
-    pub post: PostprocessConfig,
-    pub fg_estimate: bool,
+    /// Mask refinements and edge colour (the engine's settings; background and kind above, settled per file).
+    pub matte: MatteSettings,
     pub overwrite: bool,
     pub jobs: usize,
     /// Frames per inference call (None: 1 on the CPU, [`DEFAULT_GPU_BATCH`] on a GPU). With several jobs the
@@ -45,9 +45,9 @@ pub struct BatchConfig {
     pub batch: Option<usize>,
     /// (index, count): this process converts only the inputs whose hash falls in its shard.
     pub shard: Option<(usize, usize)>,
-    /// Each file through the GPU stages (see `ConvertConfig::cuda_stages`); frames are then batched per file.
-    pub cuda_stages: bool,
-    /// With `cuda_stages`: decoded frames stay in CUDA memory where nvcodec can.
+    /// Where the stages run (see `ConvertConfig::stages`); on the GPU, frames are batched per file.
+    pub stages: StagesChoice,
+    /// With the GPU stages: decoded frames stay in CUDA memory where nvcodec can.
     pub cuda_decode: bool,
 }
 
@@ -275,7 +275,7 @@ fn output_size(p: &Path) -> Option<u64> {
 pub fn settings_key(cfg: &BatchConfig, model: &str) -> String {
     let s = serde_json::json!({
         "model": model, "format": cfg.format, "kind": cfg.kind, "background": cfg.background,
-        "post": cfg.post, "fg": cfg.fg_estimate, "version": env!("CARGO_PKG_VERSION"),
+        "post": cfg.matte.post, "fg": cfg.matte.fg_estimate, "version": env!("CARGO_PKG_VERSION"),
     });
     format!("{:x}", Sha256::digest(s.to_string().as_bytes()))[..16].to_string()
 }
@@ -343,7 +343,7 @@ pub fn run(
     let requested = cfg.batch.unwrap_or(if gpu { DEFAULT_GPU_BATCH } else { 1 });
     // Several files at once: one batching thread gathers their frames. One file: its own consecutive frames.
     // (The GPU stages batch each file's own frames on the device.)
-    let server = if workers > 1 && requested > 1 && !cfg.cuda_stages {
+    let server = if workers > 1 && requested > 1 && cfg.stages != StagesChoice::Gpu {
         match BatchServer::start(segmenter.share(), requested, cfg.batch.is_some(), BATCH_WINDOW) {
             Ok(s) if s.size() > 1 => Some(s),
             Ok(_) => None,
@@ -356,7 +356,7 @@ pub fn run(
         None
     };
     // Settled (and any fallback said) once here, not once per file.
-    let per_file_batch = if workers == 1 || cfg.cuda_stages {
+    let per_file_batch = if workers == 1 || cfg.stages == StagesChoice::Gpu {
         segmenter.share().configure_batch(requested, cfg.batch.is_some())
     } else {
         1
@@ -446,10 +446,9 @@ fn convert_one(
     c.kind = cfg.kind;
     c.background = cfg.background.clone();
     c.overwrite = true;
-    c.post = cfg.post;
-    c.fg_estimate = cfg.fg_estimate;
+    c.matte = cfg.matte.clone();
     c.batch = batch;
-    c.cuda_stages = cfg.cuda_stages;
+    c.stages = cfg.stages;
     c.cuda_decode = cfg.cuda_decode;
     let (input_size, input_mtime_ns) = input_stamp(&job.input);
     let mut on_progress = |p: Progress| observer.progress(worker, p);

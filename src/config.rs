@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{MatteSettings, StagesChoice};
 use crate::error::{Error, Result};
 
 /// What goes behind the subject.
@@ -167,14 +168,13 @@ pub struct ConvertConfig {
     pub kind: Option<OutputKind>,
     pub background: Option<BackgroundSpec>,
     pub overwrite: bool,
-    /// Mask refinements: temporal smoothing, threshold, guided filter, feather.
-    pub post: crate::postprocess::PostprocessConfig,
-    /// Estimate the subject's true colour at soft edges so the old background does not show as a halo.
-    pub fg_estimate: bool,
-    /// Run preprocess, mask upsampling and compositing on the GPU, with the model's input and output in
-    /// device memory (needs the CUDA provider).
-    pub cuda_stages: bool,
-    /// With `cuda_stages`: keep decoded frames in CUDA memory when GStreamer's nvcodec can (else decode to
+    /// Mask refinements (temporal smoothing, threshold, guided filter, feather) and edge colour estimation: the
+    /// engine's settings. Background and kind come from the fields above, settled by [`ConvertConfig::resolve`].
+    pub matte: MatteSettings,
+    /// Where preprocess, mask steps and compositing run. On the GPU the model's input and output stay in device
+    /// memory (needs the CUDA provider); auto picks them where the model runs on CUDA and they do what was asked.
+    pub stages: StagesChoice,
+    /// With the GPU stages: keep decoded frames in CUDA memory when GStreamer's nvcodec can (else decode to
     /// system memory and upload).
     pub cuda_decode: bool,
     /// Frames held between stages (decode → infer → composite → encode).
@@ -192,18 +192,23 @@ impl ConvertConfig {
             kind: None,
             background: None,
             overwrite: false,
-            post: Default::default(),
-            fg_estimate: false,
-            cuda_stages: false,
+            matte: MatteSettings::default(),
+            stages: StagesChoice::Auto,
             cuda_decode: true,
             queue: 4,
             batch: 1,
         }
     }
 
-    /// Settles format, output kind and background from what was given, with the defaults users expect:
-    /// alpha formats get a transparent background, others a composite over green (or the given background).
-    pub fn resolve(&self) -> Result<(Format, OutputKind, BackgroundSpec)> {
+    /// Settles format and the engine's settings (output kind and background) from what was given, with the
+    /// defaults users expect: alpha formats get a transparent background, others a composite over green (or the
+    /// given background).
+    pub fn resolve(&self) -> Result<(Format, MatteSettings)> {
+        let (format, kind, background) = self.resolve_kind()?;
+        Ok((format, MatteSettings { kind, background, ..self.matte.clone() }))
+    }
+
+    fn resolve_kind(&self) -> Result<(Format, OutputKind, BackgroundSpec)> {
         let format = match self.format.or_else(|| Format::from_path(&self.output)) {
             Some(f) => f,
             None => {
@@ -264,9 +269,9 @@ mod tests {
     #[test]
     fn defaults_follow_the_container() {
         let c = ConvertConfig::new("in.mp4", "out.mov");
-        assert_eq!(c.resolve().unwrap(), (Format::Prores, OutputKind::Alpha, BackgroundSpec::Transparent));
+        assert_eq!(c.resolve_kind().unwrap(), (Format::Prores, OutputKind::Alpha, BackgroundSpec::Transparent));
         let c = ConvertConfig::new("in.mp4", "out.mp4");
-        assert_eq!(c.resolve().unwrap().1, OutputKind::Composite);
+        assert_eq!(c.resolve().unwrap().1.kind, OutputKind::Composite);
         let mut c = ConvertConfig::new("in.mp4", "out.mp4");
         c.kind = Some(OutputKind::Alpha);
         assert!(c.resolve().unwrap_err().to_string().contains("cannot carry alpha"));

@@ -249,6 +249,10 @@ struct QualityArgs {
     /// memory (IO binding; CUDA provider; any background, --smooth, --threshold; not yet side-by-side, --refine, --feather, --fg-estimate)
     #[arg(long)]
     cuda_stages: bool,
+    /// Where preprocess, mask steps and compositing run (auto: on the GPU where the model runs on CUDA and they do
+    /// what was asked; --cuda-stages is --stages gpu)
+    #[arg(long, value_enum, default_value_t = matteflow::engine::StagesChoice::Auto)]
+    stages: matteflow::engine::StagesChoice,
     /// With --cuda-stages: decode into system memory and upload each frame, even where GStreamer's nvcodec could
     /// leave decoded frames in CUDA memory
     #[arg(long)]
@@ -263,6 +267,19 @@ impl QualityArgs {
             threshold: self.threshold,
             refine: self.refine,
             feather: self.feather,
+        }
+    }
+
+    /// The engine's settings these flags ask for (background and kind are settled per output).
+    fn matte(&self) -> matteflow::engine::MatteSettings {
+        matteflow::engine::MatteSettings { post: self.post(), fg_estimate: self.fg_estimate, ..Default::default() }
+    }
+
+    fn stages(&self) -> matteflow::engine::StagesChoice {
+        if self.cuda_stages {
+            matteflow::engine::StagesChoice::Gpu
+        } else {
+            self.stages
         }
     }
 }
@@ -353,6 +370,10 @@ struct BenchArgs {
     /// Use the GPU stages (see convert --cuda-stages)
     #[arg(long)]
     cuda_stages: bool,
+    /// Where preprocess, mask steps and compositing run (auto: on the GPU where the model runs on CUDA and they do
+    /// what was asked; --cuda-stages is --stages gpu)
+    #[arg(long, value_enum, default_value_t = matteflow::engine::StagesChoice::Auto)]
+    stages: matteflow::engine::StagesChoice,
     /// With --cuda-stages: decode to system memory and upload (see convert --host-decode)
     #[arg(long)]
     host_decode: bool,
@@ -472,9 +493,8 @@ fn run_convert(a: &ConvertArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<matte
     cfg.kind = a.output_kind;
     cfg.background = a.background.clone();
     cfg.overwrite = a.overwrite;
-    cfg.post = a.quality.post();
-    cfg.fg_estimate = a.quality.fg_estimate;
-    cfg.cuda_stages = a.quality.cuda_stages;
+    cfg.matte = a.quality.matte();
+    cfg.stages = a.quality.stages();
     cfg.cuda_decode = !a.quality.host_decode;
     cfg.batch = a.batch;
     let bar = if std::io::stderr().is_terminal() {
@@ -734,7 +754,7 @@ fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         cfg.kind = Some(a.output_kind);
         cfg.background = Some(a.background.clone());
         cfg.overwrite = true;
-        cfg.cuda_stages = a.cuda_stages;
+        cfg.stages = if a.cuda_stages { matteflow::engine::StagesChoice::Gpu } else { matteflow::engine::StagesChoice::Cpu };
         cfg.cuda_decode = !a.host_decode;
         cfg.batch = a.batch;
         let r = matteflow::convert(&cfg, segmenter, matteflow::RunControl { cancel: cancel.clone(), progress: None, allow_short: false })?;
@@ -815,13 +835,12 @@ fn batch(a: BatchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         format: a.format,
         kind: a.output_kind,
         background: a.background.clone(),
-        post: a.quality.post(),
-        fg_estimate: a.quality.fg_estimate,
+        matte: a.quality.matte(),
         overwrite: a.overwrite,
         jobs: a.jobs.unwrap_or((cores / 2).max(1)),
         batch: a.batch,
         shard,
-        cuda_stages: a.quality.cuda_stages,
+        stages: a.quality.stages(),
         cuda_decode: !a.quality.host_decode,
     };
     if cfg.inputs.is_empty() && cfg.list.is_none() && cfg.globs.is_empty() {
@@ -843,12 +862,9 @@ fn batch(a: BatchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     if plan.jobs.is_empty() {
         anyhow::bail!("no video files found in the inputs ({} other files ignored)", plan.ignored.len());
     }
-    if cfg.cuda_stages {
+    if cfg.stages == matteflow::engine::StagesChoice::Gpu {
         // Every file would fail alike: say it once, before anything starts.
-        if let Err(o) = matteflow::cuda::stages::GpuStages::supports_options(&cfg.post, cfg.fg_estimate) {
-            anyhow::bail!("--cuda-stages does not apply {o} yet; run without --cuda-stages (the CPU stages do) or without {o}");
-        }
-        matteflow::cuda::stages::GpuStages::open_gpu(0)?;
+        matteflow::engine::open_gpu_for(&cfg.matte, None)?;
     }
     std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("creating {}", cfg.out_dir.display()))?;
     let segmenter = a.model.open()?;

@@ -1,11 +1,17 @@
 //! The conversion pipeline: a file in, a matted file out. GStreamer decodes and encodes on its own threads;
-//! between them three threads of ours, joined by bounded channels so memory stays bounded and stages overlap:
+//! between them three threads of ours, joined by bounded channels so memory stays bounded and stages overlap.
+//! The frame work is the engine's ordered policy ([`crate::engine::ordered`]):
 //!
 //! ```text
-//! uridecodebin ─ videoconvert ─ appsink ─▶ [pull] ─▶ (preprocess, infer, postprocess) ─▶ (composite, push)
-//!      │                                    bounded          bounded                        │
-//!      └──────────── audio ───────────────────────────────────────────────▶ mux ◀─ encoder ◀─ appsrc
+//! uridecodebin ─ videoconvert ─ appsink ─▶ [mf-pull] ─▶ [mf-infer: Ordered::matte] ─▶ [mf-push: Finisher::finish] ─┐
+//!      │                                    bounded            bounded                                                │
+//!      └──────────── audio ────────────────────────────────────────────────────────────▶ mux ◀─ encoder ◀─ appsrc ◀┘
 //! ```
+//!
+//! Why appsink/appsrc and not `… ! matteflow ! …` with the element: the two steps of an ordered call run on two
+//! threads here (on the GPU the download of one call's frames overlaps the next call's inference; on the CPU the
+//! composite overlaps the next inference), which an element's single streaming thread cannot do; and the
+//! conversion needs the frame counts, stage times and stall watchdog the report gives.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,14 +19,14 @@ use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
 
-use crate::composite::{self, Background, Composite, CpuComposite};
 use crate::config::{ConvertConfig, Format};
+use crate::engine::ordered::{Finisher, Matted, Ordered};
+use crate::engine::{Matter, MatteSettings, Placement};
 use crate::error::{Error, Result};
-use crate::infer::{BatchClient, LowResMask, OnnxSegmenter, Segmenter};
+use crate::infer::{BatchClient, OnnxSegmenter, Segmenter};
 use crate::model::ResolvedModel;
-use crate::postprocess::{CpuPostprocess, Postprocess};
-use crate::preprocess::{CpuPreprocess, ModelInput, Preprocess};
 use crate::runtime::ProviderOptions;
 use crate::sink::{self, StagedOutput};
 use crate::source::{self, Frame, StreamInfo};
@@ -60,12 +66,28 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> Self {
+        Shared {
+            stop: AtomicBool::new(false),
+            error: Mutex::new(None),
+            frames_out: AtomicU64::new(0),
+            duration_ns: AtomicU64::new(u64::MAX),
+            last_end_ns: AtomicU64::new(0),
+            info: Mutex::new(None),
+            times: Mutex::new(StageTimes::default()),
+        }
+    }
+
     fn fail(&self, e: Error) {
         let mut g = self.error.lock().unwrap();
         if g.is_none() {
             *g = Some(e);
         }
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 }
 
@@ -76,11 +98,7 @@ pub fn open_segmenter(model: ResolvedModel, popts: &ProviderOptions) -> Result<O
 
 /// Converts one input to one output. On any failure or cancellation the temporary output is removed and
 /// nothing is left at the destination.
-pub fn convert(
-    cfg: &ConvertConfig,
-    segmenter: OnnxSegmenter,
-    ctl: RunControl<'_>,
-) -> Result<Report> {
+pub fn convert(cfg: &ConvertConfig, segmenter: OnnxSegmenter, ctl: RunControl<'_>) -> Result<Report> {
     convert_with(cfg, segmenter, None, ctl)
 }
 
@@ -90,107 +108,148 @@ pub fn convert_shared(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Ba
     convert_with(cfg, segmenter, Some(batcher), ctl)
 }
 
-fn convert_with(
-    cfg: &ConvertConfig,
-    mut segmenter: OnnxSegmenter,
-    batcher: Option<BatchClient>,
-    ctl: RunControl<'_>,
-) -> Result<Report> {
-    gst::init()?;
-    let (format, kind, bg_spec) = cfg.resolve()?;
-    let uri = source::input_uri(&cfg.input)?;
-    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&cfg.input), std::fs::canonicalize(&cfg.output)) {
-        if a == b {
-            return Err(Error::Output { path: cfg.output.clone(), reason: "is the input file; choose another name".into() });
-        }
-    }
-    let model_name = segmenter.model().manifest.name.clone();
-    let provider = segmenter.provider();
-    let manifest = segmenter.model().manifest.clone();
-    let background = Background::open(&bg_spec)?;
-    let staged = StagedOutput::prepare(&cfg.output, format, cfg.overwrite)?;
-    tracing::info!(
-        "converting {} → {} ({}, {:?}, background {}) with {} on {}",
-        cfg.input,
-        staged.final_path.display(),
-        format.describe(),
-        kind,
-        String::from(bg_spec.clone()),
-        model_name,
-        provider.name()
-    );
+/// What a conversion settled before anything runs.
+struct Plan {
+    format: Format,
+    settings: MatteSettings,
+    place: Placement,
+    uri: String,
+    staged: StagedOutput,
+    model_name: String,
+    provider: crate::runtime::Provider,
+}
 
-    // CUDA for the GPU stages is initialised here, before GStreamer's decoders start.
-    let gpu = if cfg.cuda_stages {
-        crate::cuda::stages::GpuStages::supports(kind, &manifest)
-            .map_err(|w| Error::Cuda(format!("--cuda-stages does not handle {w} yet; run without it")))?;
-        crate::cuda::stages::GpuStages::supports_options(&cfg.post, cfg.fg_estimate).map_err(|o| {
-            Error::Cuda(format!("--cuda-stages does not apply {o} yet; run without --cuda-stages (the CPU stages do) or without {o}"))
-        })?;
-        Some(crate::cuda::stages::GpuStages::open_gpu(0)?)
-    } else {
-        None
-    };
-    let pipeline = gst::Pipeline::new();
-    // With the GPU stages, decoded frames stay in CUDA memory when GStreamer's nvcodec can give them in our
-    // context; otherwise they are decoded to system memory and uploaded.
-    let device_decode = match (&gpu, cfg.cuda_decode) {
-        (Some(g), true) => match crate::cuda::gst_cuda::GstCuda::new(g) {
-            Ok(c) => {
-                c.attach(&pipeline);
-                tracing::info!("decoded frames stay on the GPU (CUDA memory, NV12)");
-                Some(c)
+impl Plan {
+    fn settle(cfg: &ConvertConfig, segmenter: &OnnxSegmenter, shared_batch: bool) -> Result<Plan> {
+        let (format, settings) = cfg.resolve()?;
+        let uri = source::input_uri(&cfg.input)?;
+        if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&cfg.input), std::fs::canonicalize(&cfg.output)) {
+            if a == b {
+                return Err(Error::Output { path: cfg.output.clone(), reason: "is the input file; choose another name".into() });
             }
-            Err(e) => {
-                tracing::info!("{e}; frames are decoded to system memory and uploaded");
-                None
-            }
-        },
-        _ => None,
-    };
-    let decode = gst::ElementFactory::make("uridecodebin").property("uri", &uri).build()?;
-    pipeline.add(&decode)?;
-    if device_decode.is_some() {
-        crate::cuda::gst_cuda::prefer_cuda_output(&decode);
+        }
+        let manifest = &segmenter.model().manifest;
+        crate::composite::Background::open(&settings.background)?;
+        // CUDA for the GPU stages is initialised here, before GStreamer's decoders start.
+        let stages = if shared_batch && cfg.stages == crate::engine::StagesChoice::Auto { crate::engine::StagesChoice::Cpu } else { cfg.stages };
+        let place = Placement::resolve(stages, segmenter.provider(), manifest, &settings)?;
+        let staged = StagedOutput::prepare(&cfg.output, format, cfg.overwrite)?;
+        let provider = segmenter.provider();
+        tracing::info!(
+            "converting {} → {} ({}, {:?}, background {}) with {} on {}",
+            cfg.input,
+            staged.final_path.display(),
+            format.describe(),
+            settings.kind,
+            String::from(settings.background.clone()),
+            manifest.name,
+            provider.name()
+        );
+        Ok(Plan { format, settings, place, uri, staged, model_name: manifest.name.clone(), provider })
     }
-    let (video_head, appsink) = if device_decode.is_some() {
-        let sink = crate::cuda::gst_cuda::device_appsink(cfg.queue.max(1) as u32);
-        pipeline.add(&sink)?;
-        (sink.clone().upcast::<gst::Element>(), sink)
-    } else {
-        source::video_branch(&pipeline, cfg.queue.max(1) as u32)?
-    };
-    let on_device = device_decode.is_some();
-    let on_gpu = matches!(provider, crate::runtime::Provider::Cuda | crate::runtime::Provider::TensorRt);
-    let enc = sink::build(&pipeline, format, &staged.temp_path, 1 << 20, on_gpu)?;
-    let has_audio = Arc::new(AtomicBool::new(false));
-    let video_linked = Arc::new(AtomicBool::new(false));
-    {
-        let pipeline_weak = pipeline.downgrade();
-        let video_head = video_head.downgrade();
-        let audio_sink = enc.audio_sink.clone();
-        let has_audio = has_audio.clone();
-        let video_linked = video_linked.clone();
-        decode.connect_pad_added(move |_, pad| {
+}
+
+fn convert_with(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Option<BatchClient>, ctl: RunControl<'_>) -> Result<Report> {
+    gst::init()?;
+    let plan = Plan::settle(cfg, &segmenter, batcher.is_some())?;
+    let graph = Graph::build(cfg, &plan)?;
+    let shared = Arc::new(Shared::new());
+    let start = Instant::now();
+    if graph.pipeline.set_state(gst::State::Playing).is_err() {
+        // The bus says why; the bus loop reads it.
+        shared.stop.store(true, Ordering::SeqCst);
+    }
+    let (tx_frames, rx_frames) = crossbeam_channel::bounded::<Frame>(cfg.queue.max(1));
+    let (tx_matted, rx_matted) = crossbeam_channel::bounded::<Matted>(cfg.queue.max(1));
+    let threads = [
+        spawn("mf-pull", pull_frames(graph.appsink.clone(), graph.on_device, shared.clone(), tx_frames))?,
+        spawn("mf-infer", matte_frames(cfg, &plan, segmenter, batcher, shared.clone(), rx_frames, tx_matted, start))?,
+        spawn("mf-push", finish_frames(&plan, graph.appsrc.clone(), shared.clone(), rx_matted))?,
+    ];
+    let mut progress = ctl.progress;
+    let outcome = watch(cfg, &graph, &shared, &ctl.cancel, &mut progress);
+    shared.stop.store(true, Ordering::SeqCst);
+    let _ = graph.pipeline.set_state(gst::State::Null);
+    join_or_abandon(threads, outcome)?;
+    if let Some(e) = shared.error.lock().unwrap().take() {
+        return Err(e);
+    }
+    check_complete(cfg, &shared, ctl.allow_short)?;
+    if let Some(p) = progress.as_mut() {
+        p(progress_now(&shared));
+    }
+    report(cfg, plan, &shared, start.elapsed(), graph.has_audio.load(Ordering::SeqCst))
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(body).map_err(|e| Error::io("starting a thread", e))
+}
+
+/// The GStreamer side of a conversion: decode into an appsink, encode from an appsrc.
+struct Graph {
+    pipeline: gst::Pipeline,
+    decode: gst::Element,
+    /// The element decoded video links to (errors from it count as decoding errors).
+    video_head: gst::Element,
+    appsink: gst_app::AppSink,
+    appsrc: gst_app::AppSrc,
+    on_device: bool,
+    has_audio: Arc<AtomicBool>,
+    /// The output's final name, for errors.
+    output: std::path::PathBuf,
+}
+
+impl Graph {
+    fn build(cfg: &ConvertConfig, plan: &Plan) -> Result<Graph> {
+        let pipeline = gst::Pipeline::new();
+        // With the GPU stages, decoded frames stay in CUDA memory when GStreamer's nvcodec can give them in our
+        // context; otherwise they are decoded to system memory and uploaded.
+        let device_decode = match (&plan.place, cfg.cuda_decode) {
+            (Placement::Device(g), true) => match crate::cuda::gst_cuda::GstCuda::new(g) {
+                Ok(c) => {
+                    c.attach(&pipeline);
+                    tracing::info!("decoded frames stay on the GPU (CUDA memory, NV12)");
+                    true
+                }
+                Err(e) => {
+                    tracing::info!("{e}; frames are decoded to system memory and uploaded");
+                    false
+                }
+            },
+            _ => false,
+        };
+        let decode = gst::ElementFactory::make("uridecodebin").property("uri", &plan.uri).build()?;
+        pipeline.add(&decode)?;
+        let (video_head, appsink) = if device_decode {
+            crate::cuda::gst_cuda::prefer_cuda_output(&decode);
+            let sink = crate::cuda::gst_cuda::device_appsink(cfg.queue.max(1) as u32);
+            pipeline.add(&sink)?;
+            (sink.clone().upcast::<gst::Element>(), sink)
+        } else {
+            source::video_branch(&pipeline, cfg.queue.max(1) as u32)?
+        };
+        let on_gpu = matches!(plan.provider, crate::runtime::Provider::Cuda | crate::runtime::Provider::TensorRt);
+        let enc = sink::build(&pipeline, plan.format, &plan.staged.temp_path, 1 << 20, on_gpu)?;
+        let graph = Graph { pipeline, decode, video_head, appsink, appsrc: enc.appsrc, on_device: device_decode, has_audio: Default::default(), output: plan.staged.final_path.clone() };
+        graph.link_pads(enc.audio_sink, &cfg.input);
+        Ok(graph)
+    }
+
+    /// Links the decoder's pads as they appear: the first video to the video branch, audio to the encoder's
+    /// audio branch (if the format carries audio), anything else to a fakesink. No video at all is reported on the
+    /// bus as an application message.
+    fn link_pads(&self, audio_sink: Option<gst::Pad>, input: &str) {
+        let video_linked = Arc::new(AtomicBool::new(false));
+        let (pipeline_weak, head, has_audio, linked) =
+            (self.pipeline.downgrade(), self.video_head.downgrade(), self.has_audio.clone(), video_linked.clone());
+        let on_device = self.on_device;
+        self.decode.connect_pad_added(move |_, pad| {
             let Some(name) = source::pad_media_type(pad) else { return };
             let Some(pipeline) = pipeline_weak.upgrade() else { return };
-            if name.starts_with("video/") && !video_linked.load(Ordering::SeqCst) {
-                if let Some(head) = video_head.upgrade() {
-                    // Device decoding: a decoder that can give CUDA memory feeds the appsink directly, any
-                    // other goes through videoconvert ! cudaupload.
-                    let sink_pad = if on_device {
-                        match crate::cuda::gst_cuda::device_sink_pad(&pipeline, pad, &head) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                tracing::warn!("cannot link the decoder for the GPU: {e}");
-                                return;
-                            }
-                        }
-                    } else {
-                        head.static_pad("sink").unwrap()
-                    };
-                    if pad.link(&sink_pad).is_ok() {
-                        video_linked.store(true, Ordering::SeqCst);
+            if name.starts_with("video/") && !linked.load(Ordering::SeqCst) {
+                if let Some(head) = head.upgrade() {
+                    if link_video(&pipeline, pad, &head, on_device) {
+                        linked.store(true, Ordering::SeqCst);
                         return;
                     }
                 }
@@ -204,457 +263,324 @@ fn convert_with(
                 }
             }
             // Anything else (a second video, audio this format cannot carry, subtitles) is discarded.
-            if let Ok(fake) = gst::ElementFactory::make("fakesink").property("sync", false).property("async", false).build() {
-                let _ = pipeline.add(&fake);
-                let _ = fake.sync_state_with_parent();
-                let _ = pad.link(&fake.static_pad("sink").unwrap());
-            }
+            discard(&pipeline, pad);
         });
-    }
-    {
-        let video_linked = video_linked.clone();
-        let input = cfg.input.clone();
-        decode.connect("no-more-pads", false, move |args| {
+        let input = input.to_string();
+        self.decode.connect("no-more-pads", false, move |args| {
             if !video_linked.load(Ordering::SeqCst) {
                 let el = args[0].get::<gst::Element>().unwrap();
-                let msg = gst::message::Application::builder(
-                    gst::Structure::builder("matteflow-no-video").field("input", &input).build(),
-                )
-                .src(&el)
-                .build();
-                let _ = el.post_message(msg);
+                let s = gst::Structure::builder("matteflow-no-video").field("input", &input).build();
+                let _ = el.post_message(gst::message::Application::builder(s).src(&el).build());
             }
             None
         });
     }
+}
 
-    let shared = Arc::new(Shared {
-        stop: AtomicBool::new(false),
-        error: Mutex::new(None),
-        frames_out: AtomicU64::new(0),
-        duration_ns: AtomicU64::new(u64::MAX),
-        last_end_ns: AtomicU64::new(0),
-        info: Mutex::new(None),
-        times: Mutex::new(StageTimes::default()),
-    });
-    let start = Instant::now();
-    if pipeline.set_state(gst::State::Playing).is_err() {
-        // The bus says why; fall through to the loop below, which reads it.
-        shared.stop.store(true, Ordering::SeqCst);
+/// Links a decoded video pad to the video branch. Device decoding: a decoder that can give CUDA memory feeds
+/// the appsink directly, any other goes through videoconvert ! cudaupload.
+fn link_video(pipeline: &gst::Pipeline, pad: &gst::Pad, head: &gst::Element, on_device: bool) -> bool {
+    let sink_pad = if on_device {
+        match crate::cuda::gst_cuda::device_sink_pad(pipeline, pad, head) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot link the decoder for the GPU: {e}");
+                return false;
+            }
+        }
+    } else {
+        head.static_pad("sink").unwrap()
+    };
+    pad.link(&sink_pad).is_ok()
+}
+
+fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) {
+    if let Ok(fake) = gst::ElementFactory::make("fakesink").property("sync", false).property("async", false).build() {
+        let _ = pipeline.add(&fake);
+        let _ = fake.sync_state_with_parent();
+        let _ = pad.link(&fake.static_pad("sink").unwrap());
     }
+}
 
-    let (tx_frames, rx_frames) = crossbeam_channel::bounded::<Frame>(cfg.queue.max(1));
-    let (tx_masked, rx_masked) = crossbeam_channel::bounded::<(Frame, Option<Vec<u8>>)>(cfg.queue.max(1));
-
-    // Thread 1: pull decoded frames.
-    let t_pull = {
-        let shared = shared.clone();
-        let appsink = appsink.clone();
-        std::thread::Builder::new().name("mf-pull".into()).spawn(move || {
-            let mut index = 0u64;
-            let mut wait = Duration::ZERO;
-            while !shared.stop.load(Ordering::SeqCst) {
-                let t = Instant::now();
-                let pulled = if on_device {
-                    source::pull_cuda_frame(&appsink, index, Duration::from_millis(100))
-                } else {
-                    source::pull_frame(&appsink, index, Duration::from_millis(100))
-                };
-                match pulled {
-                    Some(Ok(frame)) => {
-                        wait += t.elapsed();
-                        if index == 0 {
-                            if let Some(caps) = appsink.sink_pads().first().and_then(|p| p.current_caps()) {
-                                *shared.info.lock().unwrap() = source::stream_info(&caps);
-                            }
-                            if let Some(d) = appsink.query_duration::<gst::ClockTime>() {
-                                shared.duration_ns.store(d.nseconds(), Ordering::SeqCst);
-                            }
-                        }
-                        if let Some(p) = frame.pts {
-                            let end = p + frame.duration.unwrap_or(gst::ClockTime::ZERO);
-                            shared.last_end_ns.fetch_max(end.nseconds(), Ordering::SeqCst);
-                        }
-                        index += 1;
-                        if tx_frames.send(frame).is_err() {
-                            break;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        shared.fail(e);
-                        break;
-                    }
-                    None => {
-                        if appsink.is_eos() {
-                            break;
-                        }
-                    }
+/// Thread 1: pulls decoded frames (and notes the stream's format and duration on the first).
+fn pull_frames(appsink: gst_app::AppSink, on_device: bool, shared: Arc<Shared>, tx: crossbeam_channel::Sender<Frame>) -> impl FnOnce() + Send {
+    move || {
+        let mut index = 0u64;
+        let mut wait = Duration::ZERO;
+        while !shared.stopped() {
+            let t = Instant::now();
+            let pulled = if on_device {
+                source::pull_cuda_frame(&appsink, index, Duration::from_millis(100))
+            } else {
+                source::pull_frame(&appsink, index, Duration::from_millis(100))
+            };
+            let frame = match pulled {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    shared.fail(e);
+                    break;
+                }
+                None if appsink.is_eos() => break,
+                None => continue,
+            };
+            wait += t.elapsed();
+            if index == 0 {
+                if let Some(caps) = appsink.sink_pads().first().and_then(|p| p.current_caps()) {
+                    *shared.info.lock().unwrap() = source::stream_info(&caps);
+                }
+                if let Some(d) = appsink.query_duration::<gst::ClockTime>() {
+                    shared.duration_ns.store(d.nseconds(), Ordering::SeqCst);
                 }
             }
-            shared.times.lock().unwrap().decode_wait += wait;
-        })
+            if let Some(p) = frame.pts {
+                let end = p + frame.duration.unwrap_or(gst::ClockTime::ZERO);
+                shared.last_end_ns.fetch_max(end.nseconds(), Ordering::SeqCst);
+            }
+            index += 1;
+            if tx.send(frame).is_err() {
+                break;
+            }
+        }
+        shared.times.lock().unwrap().decode_wait += wait;
     }
-    .map_err(|e| Error::io("starting a thread", e))?;
+}
 
+/// Thread 2: the engine's first step on up to `batch` consecutive frames per call (a short last batch at the
+/// end of the stream). The stages are built on this thread (device IO binding must not move between threads).
+#[allow(clippy::too_many_arguments)]
+fn matte_frames(
+    cfg: &ConvertConfig,
+    plan: &Plan,
+    mut segmenter: OnnxSegmenter,
+    batcher: Option<BatchClient>,
+    shared: Arc<Shared>,
+    rx: crossbeam_channel::Receiver<Frame>,
+    tx: crossbeam_channel::Sender<Matted>,
+    start: Instant,
+) -> impl FnOnce() + Send {
     // Frames per inference call: up to `batch` consecutive frames (or a shared batching thread gathers across
     // files instead).
     let batch = if batcher.is_some() { 1 } else { segmenter.configure_batch(cfg.batch, true) };
-
-    // Thread 2: preprocess, infer, postprocess.
-    let t_infer = {
-        let shared = shared.clone();
-        let mut segmenter = segmenter;
-        let mut pre = CpuPreprocess::new(&manifest);
-        let mut post = CpuPostprocess::for_manifest(cfg.post, &manifest);
-        let opened_gpu = gpu;
-        let (kind_g, bg_g, manifest_g, post_g) = (kind, bg_spec.clone(), manifest.clone(), cfg.post);
-        std::thread::Builder::new().name("mf-infer".into()).spawn(move || {
-            // The GPU path lives on this thread: its IO binding must not move between threads.
-            let mut gpu = if let Some(opened) = opened_gpu {
-                match crate::cuda::stages::GpuStages::new(opened, 0, &manifest_g, kind_g, &bg_g, &post_g) {
-                    Ok(g) => {
-                        tracing::info!("preprocess, mask upsampling and compositing run on the GPU (IO binding)");
-                        Some(g)
-                    }
-                    Err(e) => {
-                        shared.fail(e);
-                        return;
-                    }
-                }
-            } else {
-                None
+    let (settings, place) = (plan.settings.clone(), plan.place.clone());
+    move || {
+        let opened = Matter::open(segmenter, &settings, &place).and_then(|mut m| {
+            if let Some(b) = batcher {
+                m.share_inference(b)?;
+            }
+            Ok(m)
+        });
+        let mut engine = match opened {
+            Ok(m) => Ordered::new(m, batch),
+            Err(e) => return shared.fail(e),
+        };
+        if place.is_device() {
+            tracing::info!("preprocess, mask steps and compositing run on the GPU (IO binding)");
+        }
+        let mut t = StageTimes::default();
+        while let Ok(frame) = rx.recv() {
+            if shared.stopped() {
+                break;
+            }
+            let mut group = vec![frame];
+            group.extend(rx.iter().take(batch - 1));
+            let k = group.len() as u64;
+            let (matted, step) = match engine.matte(group) {
+                Ok(r) => r,
+                Err(e) => return shared.fail(e),
             };
-            // With the GPU stages, finished frames come to host memory on a thread of their own ("mf-download"),
-            // so one call's download overlaps the next call's inference; it passes them on in order.
-            let mut downloads = match gpu.as_ref().map(|g| g.download_stream()) {
-                Some(Ok(stream)) => {
-                    let (tx, rx) = crossbeam_channel::bounded::<(Vec<Frame>, crate::cuda::stages::Queued)>(1);
-                    let (shared_dl, tx_masked) = (shared.clone(), tx_masked.clone());
-                    let spawned = std::thread::Builder::new().name("mf-download".into()).spawn(move || {
-                        let shared = shared_dl;
-                        let mut spent = Duration::ZERO;
-                        for (mut group, queued) in rx {
-                            match queued.download(&stream, &mut group) {
-                                Ok(d) => spent += d,
-                                Err(e) => {
-                                    shared.fail(e);
-                                    break;
-                                }
-                            }
-                            if group.into_iter().any(|f| tx_masked.send((f, None)).is_err()) {
-                                break;
-                            }
-                        }
-                        shared.times.lock().unwrap().postprocess += spent;
-                    });
-                    match spawned {
-                        Ok(h) => Some((tx, h)),
-                        Err(e) => {
-                            shared.fail(Error::io("starting a thread", e));
-                            return;
-                        }
-                    }
-                }
-                Some(Err(e)) => {
-                    shared.fail(e);
-                    return;
-                }
-                None => None,
-            };
-            let mut inputs: Vec<ModelInput> = vec![ModelInput::default(); batch];
-            let mut masks: Vec<LowResMask> = vec![LowResMask::default(); batch];
-            let mut pending: Vec<Frame> = Vec::with_capacity(batch);
-            let (mut tp, mut ti, mut tq) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-            let mut calls = 0u64;
-            // The first call (its time, frames, and when it ended): warm-up, reported apart.
-            let mut first: Option<(Duration, u64, Duration)> = None;
-            'frames: while let Ok(frame) = rx_frames.recv() {
-                if shared.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                // Up to `batch` consecutive frames; a short last batch at the end of the stream.
-                pending.push(frame);
-                while pending.len() < batch {
-                    match rx_frames.recv() {
-                        Ok(f) => pending.push(f),
-                        Err(_) => break,
-                    }
-                }
-                if let Some(g) = gpu.as_mut() {
-                    // Frames of one GPU call share a size (a resolution change mid-stream splits the group).
-                    while !pending.is_empty() {
-                        let size = (pending[0].width, pending[0].height);
-                        let split = pending.iter().position(|f| (f.width, f.height) != size).unwrap_or(pending.len());
-                        let mut group: Vec<Frame> = pending.drain(..split).collect();
-                        let Some(tx_dl) = downloads.as_ref().map(|(tx, _)| tx) else { break 'frames };
-                        match g.submit(&mut segmenter, &mut group, batch) {
-                            Ok((t, queued)) => {
-                                first.get_or_insert((t.infer, group.len() as u64, start.elapsed()));
-                                tp += t.preprocess;
-                                ti += t.infer;
-                                tq += t.post_composite;
-                                calls += 1;
-                                // The download runs on its own thread and stream, alongside the next call.
-                                if tx_dl.send((group, queued)).is_err() {
-                                    break 'frames;
-                                }
-                            }
-                            Err(e) => {
-                                shared.fail(e);
-                                break 'frames;
-                            }
-                        }
-                    }
-                    continue;
-                }
-                let k = pending.len();
-                let ti_before = ti;
-                let step = (|| -> Result<Vec<Vec<u8>>> {
-                    let t0 = Instant::now();
-                    for (f, input) in pending.iter().zip(inputs.iter_mut()) {
-                        pre.run(&f.data, f.width, f.height, input)?;
-                    }
-                    let t1 = Instant::now();
-                    match &batcher {
-                        Some(b) => b.run(&mut inputs[0], &mut masks[0])?,
-                        None => {
-                            let refs: Vec<&ModelInput> = inputs[..k].iter().collect();
-                            segmenter.run_batch(&refs, &mut masks[..k])?;
-                        }
-                    }
-                    calls += 1;
-                    let t2 = Instant::now();
-                    let mut alphas = Vec::with_capacity(k);
-                    for ((f, input), mask) in pending.iter().zip(&inputs).zip(&masks) {
-                        let mut alpha = Vec::new();
-                        post.run(&f.data, input, mask, f.width, f.height, &mut alpha)?;
-                        alphas.push(alpha);
-                    }
-                    let t3 = Instant::now();
-                    tp += t1 - t0;
-                    ti += t2 - t1;
-                    tq += t3 - t2;
-                    Ok(alphas)
-                })();
-                match step {
-                    Ok(alphas) => {
-                        first.get_or_insert((ti - ti_before, k as u64, start.elapsed()));
-                        if pending.drain(..).zip(alphas).any(|(f, a)| tx_masked.send((f, Some(a))).is_err()) {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        shared.fail(e);
-                        break;
-                    }
-                }
+            if t.infer_calls == 0 {
+                (t.first_infer, t.first_infer_frames, t.first_infer_done) = (step.infer, k, start.elapsed());
             }
-            if let Some((tx, h)) = downloads.take() {
-                drop(tx);
-                let _ = h.join();
+            t.infer_calls += 1;
+            (t.preprocess, t.infer, t.postprocess) = (t.preprocess + step.preprocess, t.infer + step.infer, t.postprocess + step.postprocess);
+            if matted.into_iter().any(|m| tx.send(m).is_err()) {
+                break;
             }
-            let mut t = shared.times.lock().unwrap();
-            t.preprocess += tp;
-            t.infer += ti;
-            t.postprocess += tq;
-            t.infer_calls += calls;
-            if let Some((d, n, at)) = first {
-                t.first_infer = d;
-                t.first_infer_frames = n;
-                t.first_infer_done = at;
-            }
-        })
+        }
+        let mut all = shared.times.lock().unwrap();
+        all.preprocess += t.preprocess;
+        all.infer += t.infer;
+        all.postprocess += t.postprocess;
+        all.infer_calls += t.infer_calls;
+        (all.first_infer, all.first_infer_frames, all.first_infer_done) = (t.first_infer, t.first_infer_frames, t.first_infer_done);
     }
-    .map_err(|e| Error::io("starting a thread", e))?;
+}
 
-    // Thread 3: composite and hand to the encoder.
-    let t_push = {
-        let shared = shared.clone();
-        let appsrc = enc.appsrc.clone();
-        let mut comp = CpuComposite::new(kind, background);
-        comp.set_foreground_estimation(cfg.fg_estimate);
-        std::thread::Builder::new().name("mf-push".into()).spawn(move || {
-            let (mut tc, mut te) = (Duration::ZERO, Duration::ZERO);
-            let mut caps_set = false;
-            for (mut frame, alpha) in rx_masked.iter() {
-                if shared.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let t0 = Instant::now();
-                let (w, h) = (frame.width, frame.height);
-                let wider = match alpha.as_ref().map(|a| comp.run(&mut frame.data, w, h, a)).transpose() {
-                    Ok(v) => v.flatten(),
-                    Err(e) => {
-                        shared.fail(e);
-                        break;
-                    }
-                };
-                let t1 = Instant::now();
+/// Thread 3: the engine's second step (composite on the host, download from the device), then the encoder.
+fn finish_frames(plan: &Plan, appsrc: gst_app::AppSrc, shared: Arc<Shared>, rx: crossbeam_channel::Receiver<Matted>) -> impl FnOnce() + Send {
+    let finisher = Finisher::open(&plan.settings, &plan.place);
+    let kind = plan.settings.kind;
+    move || {
+        let mut finisher = match finisher {
+            Ok(f) => f,
+            Err(e) => return shared.fail(e),
+        };
+        let (mut finish_time, mut push_time, mut download_time) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let mut caps_set = false;
+        for matted in rx.iter() {
+            if shared.stopped() {
+                break;
+            }
+            let on_device = matches!(matted, Matted::Device(..));
+            let (buffers, took) = match finisher.finish(matted) {
+                Ok(r) => r,
+                Err(e) => return shared.fail(e),
+            };
+            *(if on_device { &mut download_time } else { &mut finish_time }) += took;
+            let t = Instant::now();
+            for buffer in buffers {
                 if !caps_set {
-                    let info = shared.info.lock().unwrap().unwrap_or(StreamInfo {
-                        width: w,
-                        height: h,
-                        fps: gst::Fraction::new(0, 1),
-                        par: gst::Fraction::new(1, 1),
-                    });
-                    let (ow, oh) = composite::output_size(kind, w, h);
-                    appsrc.set_caps(Some(
-                        &gst::Caps::builder("video/x-raw")
-                            .field("format", "RGBA")
-                            .field("width", ow as i32)
-                            .field("height", oh as i32)
-                            .field("framerate", info.fps)
-                            .field("pixel-aspect-ratio", info.par)
-                            .build(),
-                    ));
-                    appsrc.set_max_bytes(ow as u64 * oh as u64 * 4 * 3);
+                    set_output_caps(&appsrc, &shared, kind, &buffer);
                     caps_set = true;
-                }
-                let (pts, dur) = (frame.pts, frame.duration);
-                let mut buffer = match wider {
-                    Some(v) => gst::Buffer::from_mut_slice(v),
-                    None => frame.data.into_buffer(),
-                };
-                {
-                    let b = buffer.make_mut();
-                    b.set_pts(pts);
-                    b.set_dts(gst::ClockTime::NONE);
-                    b.set_duration(dur);
                 }
                 if appsrc.push_buffer(buffer).is_err() {
                     // Flushing: the pipeline was stopped (error or cancel); the bus loop reports why.
-                    break;
+                    return;
                 }
                 shared.frames_out.fetch_add(1, Ordering::SeqCst);
-                te += t1.elapsed();
-                tc += t1 - t0;
             }
-            if !shared.stop.load(Ordering::SeqCst) {
-                let _ = appsrc.end_of_stream();
-            }
-            let mut t = shared.times.lock().unwrap();
-            t.composite += tc;
-            t.encode_push += te;
-        })
+            push_time += t.elapsed();
+        }
+        if !shared.stopped() {
+            let _ = appsrc.end_of_stream();
+        }
+        let mut t = shared.times.lock().unwrap();
+        t.composite += finish_time;
+        t.postprocess += download_time;
+        t.encode_push += push_time;
     }
-    .map_err(|e| Error::io("starting a thread", e))?;
+}
 
-    // The bus loop: errors, end of stream, cancellation, progress.
-    let bus = pipeline.bus().expect("pipeline has a bus");
+/// The encoder's caps, from the stream's format and the first finished frame's size.
+fn set_output_caps(appsrc: &gst_app::AppSrc, shared: &Shared, kind: crate::config::OutputKind, first: &gst::Buffer) {
+    let info = shared.info.lock().unwrap().unwrap_or(StreamInfo { width: 0, height: 0, fps: gst::Fraction::new(0, 1), par: gst::Fraction::new(1, 1) });
+    let (ow, oh) = crate::composite::output_size(kind, info.width, info.height);
+    if (ow * oh * 4) as usize != first.size() {
+        tracing::warn!("finished frame of {} bytes for {ow}x{oh} RGBA", first.size());
+    }
+    appsrc.set_caps(Some(
+        &gst::Caps::builder("video/x-raw")
+            .field("format", "RGBA")
+            .field("width", ow as i32)
+            .field("height", oh as i32)
+            .field("framerate", info.fps)
+            .field("pixel-aspect-ratio", info.par)
+            .build(),
+    ));
+    appsrc.set_max_bytes(ow as u64 * oh as u64 * 4 * 3);
+}
+
+/// The bus loop: errors, end of stream, cancellation, progress, and the stall watchdog.
+fn watch(cfg: &ConvertConfig, graph: &Graph, shared: &Shared, cancel: &AtomicBool, progress: &mut Option<&mut dyn FnMut(Progress)>) -> Result<()> {
+    let bus = graph.pipeline.bus().expect("pipeline has a bus");
     let mut missing_plugin: Option<String> = None;
-    let mut progress = ctl.progress;
     let mut last_report = Instant::now();
     // A pipeline that stops producing frames without an error or end of stream (seen with a truncated MP4
     // whose demuxer paused) must not hang the run: after this long without a frame it fails.
     let stall_limit = Duration::from_secs(if cfg.input.contains("://") { 60 } else { 20 });
     let mut last_progress = (0u64, Instant::now());
-    let outcome: Result<()> = loop {
+    loop {
         let done = shared.frames_out.load(Ordering::SeqCst);
         if done != last_progress.0 {
             last_progress = (done, Instant::now());
         } else if last_progress.1.elapsed() > stall_limit {
-            break Err(Error::Input {
-                path: cfg.input.clone(),
-                reason: format!(
-                    "is truncated or damaged, or its source stopped: no frame came through for {} s{}. Nothing was \
-                     written",
-                    stall_limit.as_secs(),
-                    if done > 0 { format!(" (after {done} frames)") } else { String::new() }
-                ),
-            });
+            return Err(stalled(cfg, stall_limit, done));
         }
-        if ctl.cancel.load(Ordering::SeqCst) {
-            break Err(Error::Interrupted(format!(
-                "stopped after {} frames; the partial output was removed",
-                shared.frames_out.load(Ordering::SeqCst)
-            )));
+        if cancel.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted(format!("stopped after {done} frames; the partial output was removed")));
         }
-        if shared.stop.load(Ordering::SeqCst) && shared.error.lock().unwrap().is_some() {
-            break Err(shared.error.lock().unwrap().take().unwrap());
+        if shared.stopped() && shared.error.lock().unwrap().is_some() {
+            return Err(shared.error.lock().unwrap().take().unwrap());
         }
-        if let Some(p) = progress.as_mut() {
-            if last_report.elapsed() > Duration::from_millis(200) {
-                last_report = Instant::now();
-                p(progress_now(&shared));
-            }
+        if let Some(p) = progress.as_mut().filter(|_| last_report.elapsed() > Duration::from_millis(200)) {
+            last_report = Instant::now();
+            p(progress_now(shared));
         }
         let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else { continue };
         match msg.view() {
-            gst::MessageView::Eos(_) => break Ok(()),
-            gst::MessageView::Error(err) => {
-                let from_decode = err.src().is_some_and(|s| s.has_as_ancestor(&decode) || s == decode.upcast_ref::<gst::Object>() || s == video_head.upcast_ref::<gst::Object>());
-                let e = if let (true, Some(codec)) = (from_decode, missing_plugin.clone()) {
-                    Error::MissingDecoder {
-                        path: cfg.input.clone(),
-                        codec,
-                        hint: "Install the GStreamer plugin packages (gstreamer1.0-plugins-bad, -ugly, gstreamer1.0-libav) \
-                               or convert the file to H.264/H.265/VP9 first; `matteflow doctor` lists what is installed."
-                            .into(),
-                    }
-                } else if from_decode {
-                    source::explain_decode_error(&cfg.input, &err)
-                } else {
-                    Error::Output {
-                        path: staged.final_path.clone(),
-                        reason: format!(
-                            "encoding failed in {}: {}{}",
-                            err.src().map(|s| s.name().to_string()).unwrap_or_default(),
-                            err.error(),
-                            err.debug().map(|d| format!(" ({})", d.lines().last().unwrap_or(""))).unwrap_or_default()
-                        ),
-                    }
-                };
-                break Err(e);
-            }
+            gst::MessageView::Eos(_) => return Ok(()),
+            gst::MessageView::Error(err) => return Err(explain_error(cfg, graph, &err, missing_plugin.clone())),
             gst::MessageView::Element(_) => {
                 if let Ok(m) = gstreamer_pbutils::MissingPluginMessage::parse(&msg) {
                     missing_plugin = Some(m.description().to_string());
                 }
             }
-            gst::MessageView::Application(a) => {
-                if a.structure().is_some_and(|s| s.name() == "matteflow-no-video") {
-                    break Err(Error::Input {
-                        path: cfg.input.clone(),
-                        reason: if missing_plugin.is_some() {
-                            format!("its video cannot be decoded: no plugin for {}", missing_plugin.clone().unwrap())
-                        } else {
-                            "has no video stream (audio only?)".into()
-                        },
-                    });
-                }
+            gst::MessageView::Application(a) if a.structure().is_some_and(|s| s.name() == "matteflow-no-video") => {
+                let reason = match &missing_plugin {
+                    Some(p) => format!("its video cannot be decoded: no plugin for {p}"),
+                    None => "has no video stream (audio only?)".into(),
+                };
+                return Err(Error::Input { path: cfg.input.clone(), reason });
             }
             _ => {}
         }
-    };
+    }
+}
 
-    shared.stop.store(true, Ordering::SeqCst);
-    let _ = pipeline.set_state(gst::State::Null);
-    // Wait for the stage threads, but never forever: a thread stuck in a driver call must not turn an error or
-    // a Ctrl-C into a hang. Abandoned threads die with the process; the staged output is removed on return.
+fn stalled(cfg: &ConvertConfig, limit: Duration, done: u64) -> Error {
+    Error::Input {
+        path: cfg.input.clone(),
+        reason: format!(
+            "is truncated or damaged, or its source stopped: no frame came through for {} s{}. Nothing was written",
+            limit.as_secs(),
+            if done > 0 { format!(" (after {done} frames)") } else { String::new() }
+        ),
+    }
+}
+
+/// A GStreamer error in the user's terms: decoding (with the missing plugin, if one was reported) or encoding.
+fn explain_error(cfg: &ConvertConfig, graph: &Graph, err: &gst::message::Error, missing_plugin: Option<String>) -> Error {
+    let from_decode = err.src().is_some_and(|s| {
+        s.has_as_ancestor(&graph.decode) || s == graph.decode.upcast_ref::<gst::Object>() || s == graph.video_head.upcast_ref::<gst::Object>()
+    });
+    match (from_decode, missing_plugin) {
+        (true, Some(codec)) => Error::MissingDecoder {
+            path: cfg.input.clone(),
+            codec,
+            hint: "Install the GStreamer plugin packages (gstreamer1.0-plugins-bad, -ugly, gstreamer1.0-libav) \
+                   or convert the file to H.264/H.265/VP9 first; `matteflow doctor` lists what is installed."
+                .into(),
+        },
+        (true, None) => source::explain_decode_error(&cfg.input, err),
+        (false, _) => Error::Output {
+            path: graph.output.clone(),
+            reason: format!(
+                "encoding failed in {}: {}{}",
+                err.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                err.error(),
+                err.debug().map(|d| format!(" ({})", d.lines().last().unwrap_or(""))).unwrap_or_default()
+            ),
+        },
+    }
+}
+
+/// Waits for the stage threads, but never forever: a thread stuck in a driver call must not turn an error or a
+/// Ctrl-C into a hang. Abandoned threads die with the process; the staged output is removed on return.
+fn join_or_abandon(threads: [std::thread::JoinHandle<()>; 3], outcome: Result<()>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while [&t_pull, &t_infer, &t_push].iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+    while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let stuck = [&t_pull, &t_infer, &t_push].iter().filter(|t| !t.is_finished()).count();
+    let stuck = threads.iter().filter(|t| !t.is_finished()).count();
     if stuck > 0 {
         tracing::warn!("{stuck} stage thread(s) did not stop within 10 s; abandoning them");
         outcome?;
         return Err(Error::Runtime(format!("{stuck} stage thread(s) stopped responding; the partial output was removed")));
     }
-    let _ = t_pull.join();
-    let _ = t_infer.join();
-    let _ = t_push.join();
-    outcome?;
-    if let Some(e) = shared.error.lock().unwrap().take() {
-        return Err(e);
+    for t in threads {
+        let _ = t.join();
     }
-    let frames = shared.frames_out.load(Ordering::SeqCst);
-    if frames == 0 {
+    outcome
+}
+
+/// Refuses an output with no frames, or (unless allowed) one that stopped well before the input's duration.
+fn check_complete(cfg: &ConvertConfig, shared: &Shared, allow_short: bool) -> Result<()> {
+    if shared.frames_out.load(Ordering::SeqCst) == 0 {
         return Err(Error::Input { path: cfg.input.clone(), reason: "contains no video frames".into() });
     }
     let duration = shared.duration_ns.load(Ordering::SeqCst);
     let last_end = shared.last_end_ns.load(Ordering::SeqCst);
-    if duration != u64::MAX && !ctl.allow_short && (last_end as f64) < duration as f64 * 0.9 - 1e9 {
+    if duration != u64::MAX && !allow_short && (last_end as f64) < duration as f64 * 0.9 - 1e9 {
         return Err(Error::Input {
             path: cfg.input.clone(),
             reason: format!(
@@ -665,34 +591,29 @@ fn convert_with(
             ),
         });
     }
-    if let Some(p) = progress.as_mut() {
-        p(progress_now(&shared));
-    }
-    let wall = start.elapsed();
-    let info = shared.info.lock().unwrap().unwrap_or(StreamInfo {
-        width: 0,
-        height: 0,
-        fps: gst::Fraction::new(0, 1),
-        par: gst::Fraction::new(1, 1),
-    });
-    let final_path = staged.commit()?;
-    if format == Format::Png {
+    Ok(())
+}
+
+/// Renames the output into place and reports.
+fn report(cfg: &ConvertConfig, plan: Plan, shared: &Shared, wall: Duration, has_audio: bool) -> Result<Report> {
+    let info = shared.info.lock().unwrap().unwrap_or(StreamInfo { width: 0, height: 0, fps: gst::Fraction::new(0, 1), par: gst::Fraction::new(1, 1) });
+    let final_path = plan.staged.commit()?;
+    if plan.format == Format::Png {
         tracing::info!("PNG frames are in {}", final_path.display());
     }
-    let stages = *shared.times.lock().unwrap();
     Ok(Report {
         input: cfg.input.clone(),
         output: final_path.display().to_string(),
-        frames,
+        frames: shared.frames_out.load(Ordering::SeqCst),
         width: info.width,
         height: info.height,
         fps_num: info.fps.numer(),
         fps_den: info.fps.denom(),
-        model: model_name,
-        provider: provider.name().into(),
+        model: plan.model_name,
+        provider: plan.provider.name().into(),
         wall,
-        stages,
-        has_audio: has_audio.load(Ordering::SeqCst),
+        stages: *shared.times.lock().unwrap(),
+        has_audio,
     })
 }
 

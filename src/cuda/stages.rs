@@ -107,6 +107,9 @@ impl GpuStages {
         if !m.recurrent.is_empty() {
             return Err("recurrent models".into());
         }
+        if !m.constants.is_empty() {
+            return Err("models with constant inputs".into());
+        }
         Ok(())
     }
 
@@ -129,7 +132,7 @@ impl GpuStages {
     /// CUDA while GStreamer's nvcodec decoder initialises its own context was seen to hang (H200, 1.22).
     pub fn open_gpu(device_id: usize) -> Result<Gpu> {
         Gpu::open(device_id).map_err(|e| match e {
-            Error::Cuda(m) => Error::Cuda(format!("{m}; the GPU stages need an NVIDIA GPU: use the CPU stages")),
+            Error::Cuda(m) => Error::Cuda(format!("{m}; --cuda-stages needs an NVIDIA GPU: run without it to use the CPU stages")),
             other => other,
         })
     }

@@ -55,30 +55,28 @@ pub enum Placement {
 
 impl Placement {
     /// Settles `choice` for a model on `provider` with these settings. `Gpu` that cannot be honoured is an error
-    /// naming why; `Auto` falls back to the CPU stages and says why once.
+    /// naming why (said before any GPU work where it can be); `Auto` falls back to the CPU stages and says why.
     pub fn resolve(choice: StagesChoice, provider: Provider, manifest: &crate::model::Manifest, s: &MatteSettings) -> Result<Placement> {
-        let why_not = || -> Option<String> {
-            if !matches!(provider, Provider::Cuda | Provider::TensorRt) {
-                return Some(format!("the model runs on {}", provider.name()));
+        match choice {
+            StagesChoice::Cpu => Ok(Placement::Host),
+            StagesChoice::Gpu => {
+                let gpu = open_gpu_for(s, Some(manifest))?;
+                if !matches!(provider, Provider::Cuda | Provider::TensorRt) {
+                    return Err(Error::Cuda(format!(
+                        "the GPU stages need the model on the GPU, but {} runs on {}: use --device cuda, or the CPU stages",
+                        manifest.name,
+                        provider.name()
+                    )));
+                }
+                Ok(Placement::Device(gpu))
             }
-            GpuStages::supports(s.kind, manifest).err().map(|w| format!("they do not handle {w} yet")).or_else(|| {
-                GpuStages::supports_options(&s.post, s.fg_estimate).err().map(|o| format!("they do not apply {o} yet"))
-            })
-        };
-        match (choice, why_not()) {
-            (StagesChoice::Cpu, _) => Ok(Placement::Host),
-            (StagesChoice::Gpu, Some(why)) => Err(Error::Cuda(format!("the GPU stages cannot run: {why}; use the CPU stages"))),
-            (StagesChoice::Auto, Some(why)) => {
-                tracing::info!("preprocess, mask steps and compositing run on the CPU ({why})");
-                Ok(Placement::Host)
-            }
-            (_, None) => match GpuStages::open_gpu(0) {
+            StagesChoice::Auto if !matches!(provider, Provider::Cuda | Provider::TensorRt) => Ok(Placement::Host),
+            StagesChoice::Auto => match open_gpu_for(s, Some(manifest)) {
                 Ok(gpu) => Ok(Placement::Device(gpu)),
-                Err(e) if choice == StagesChoice::Auto => {
+                Err(e) => {
                     tracing::info!("preprocess, mask steps and compositing run on the CPU ({e})");
                     Ok(Placement::Host)
                 }
-                Err(e) => Err(e),
             },
         }
     }
@@ -276,10 +274,16 @@ impl Compositor {
     }
 }
 
-/// The GPU stages' restrictions, for front ends that check a settings change before applying it.
-pub fn device_supports(s: &MatteSettings, manifest: &crate::model::Manifest) -> std::result::Result<(), String> {
-    GpuStages::supports(s.kind, manifest)?;
-    GpuStages::supports_options(&s.post, s.fg_estimate).map_err(|o| format!("{o} on the GPU stages"))
+/// Checks that the GPU stages do what `s` asks (output kind and model, when known; matte options), then opens
+/// the GPU. Each refusal names what is not supported and what to do, before any GPU work.
+pub fn open_gpu_for(s: &MatteSettings, manifest: Option<&crate::model::Manifest>) -> Result<Gpu> {
+    if let Some(m) = manifest {
+        GpuStages::supports(s.kind, m).map_err(|w| Error::Cuda(format!("--cuda-stages does not handle {w} yet; run without it")))?;
+    }
+    GpuStages::supports_options(&s.post, s.fg_estimate).map_err(|o| {
+        Error::Cuda(format!("--cuda-stages does not apply {o} yet; run without --cuda-stages (the CPU stages do) or without {o}"))
+    })?;
+    GpuStages::open_gpu(0)
 }
 
 /// The background spec's output kind when the caller has none of its own.

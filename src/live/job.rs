@@ -269,8 +269,9 @@ impl JobFile {
                 c.background = self.matte.background.clone();
                 c.kind = self.matte.kind;
                 c.overwrite = self.encode.overwrite;
-                c.post = self.post();
-                c.fg_estimate = self.matte.fg_estimate;
+                c.matte.post = self.post();
+                c.matte.fg_estimate = self.matte.fg_estimate;
+                c.stages = self.matte.stages;
                 Ok(Job::Convert(Box::new(c)))
             }
             Mode::Live => {
