@@ -7,7 +7,7 @@
 #
 #   scripts/gpu-bench.sh STEP...      steps: env peers-l peers-t mf-general mf-lite mf-isnet export-t8 mf-batch
 #                                     decode-check e2e-decode batch-lite determinism contention f16io bg-check
-#                                     smooth-check
+#                                     smooth-check live-gpu
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -212,7 +212,7 @@ PY
       local b p
       for b in /tmp/bg.png "$ROOT/assets/media/carphone_pristine.mp4" blur=20; do
         for p in cpu gpu; do
-          local extra=(); [ $p = gpu ] && extra=(--cuda-stages)
+          local extra=(--stages cpu); [ $p = gpu ] && extra=(--cuda-stages)
           rm -rf /tmp/bg-$p
           T 120 matteflow convert "$ROOT/assets/media/bikes.mp4" -o /tmp/bg-$p/ -k composite -b "$b" --device cuda \
             --model "$ISNET" --manifest "$ROOT/models/isnet.toml" "${extra[@]}" 2>&1 | tail -1
@@ -230,7 +230,7 @@ PY
       # frames in (--host-decode), with vs without the options, batch 1 vs 4, and decoding into CUDA memory.
       local I=(--device cuda --model "$ISNET" --manifest "$ROOT/models/isnet.toml" -k alpha) S=(--smooth 0.6 --threshold 0.1:0.9)
       conv() { local d=$1; shift; rm -rf "/tmp/$d"; T 120 matteflow convert "$ROOT/assets/media/bikes.mp4" -o "/tmp/$d/" "${I[@]}" "$@" 2>&1 | tail -1; }
-      conv sm-cpu "${S[@]}"
+      conv sm-cpu "${S[@]}" --stages cpu
       conv sm-gpu "${S[@]}" --cuda-stages --host-decode
       conv sm-gpu0 --cuda-stages --host-decode
       conv sm-gpu4 "${S[@]}" --cuda-stages --host-decode --batch 4
@@ -262,6 +262,40 @@ PY
         if diff -rq "/tmp/det-alone/$n" "/tmp/det-out/$n" >/dev/null; then echo "IDENTICAL $n: $a frames alone, $b batched"
         else echo "DIFFERENT $n: $a frames alone, $b batched; $(diff -rq "/tmp/det-alone/$n" "/tmp/det-out/$n" | wc -l) files differ"; fi
       done
+      ;;
+    live-gpu)
+      # Live on the GPU stages against the CPU stages (issue 13): a 1920x1080@30 live test pattern → RTMP to a
+      # local nginx-rtmp (from the bundle) + an H.264 recording, LIVE_S seconds each, for IS-Net, BiRefNet lite fp16
+      # and general fp16; output fps, own-mask share, glass-to-glass p50/p95, CPU; GPU load sampled alongside.
+      local port=19350 url nx=/tmp/nginx-live
+      rm -rf $nx && mkdir -p $nx/logs
+      printf 'load_module %s;\ndaemon on;\npid %s/nginx.pid;\nerror_log %s/logs/error.log;\nevents { worker_connections 64; }\nrtmp { server { listen 127.0.0.1:%s; application live { live on; } } }\n' \
+        "$KIT/files/bundle/nginx/ngx_rtmp_module.so" $nx $nx $port > $nx/nginx.conf
+      LD_LIBRARY_PATH="$KIT/files/bundle/nginx" "$KIT/files/bundle/nginx/nginx" -p $nx -c $nx/nginx.conf && url=rtmp://127.0.0.1:$port/live
+      local m label onnx man st
+      for m in "isnet|$ISNET|isnet" "lite-fp16|$MODELS/birefnet-lite-fp16.onnx|birefnet-lite" "general-fp16|$MODELS/birefnet-general-fp16.onnx|birefnet-general"; do
+        IFS='|' read -r label onnx man <<< "$m"
+        [ -f "$onnx" ] || { echo "skip $label: no $onnx"; continue; }
+        for st in ${STAGES:-cpu gpu}; do
+          local outs=(--output "/tmp/live-$label-$st.mp4"); [ -n "${url:-}" ] && outs+=(--output "$url/$label-$st")
+          nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 250 > "$W/smi-$label-$st.csv" &
+          local smi=$!
+          T $((${LIVE_S:-20} + 60)) matteflow live --input testsrc --size 1920x1080 --fps 30 --device cuda --model "$onnx" \
+            --manifest "$ROOT/models/$man.toml" --stages $st "${outs[@]}" --overwrite --duration "${LIVE_S:-20}" \
+            --stats-interval 0 --report "$W/live-$label-$st.json" 2>&1 | grep -v "^\s*$" | tail -4
+          kill $smi 2>/dev/null; wait $smi 2>/dev/null
+          python3 - "$W/live-$label-$st.json" "$W/smi-$label-$st.csv" "$label $st" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))["summary"]; g = s["glass_to_glass"]
+u = [float(x) for x in open(sys.argv[2]).read().split() if x.strip()]
+own = (s["output"] - s["reused"] - s["passthrough"]) / max(s["output"], 1)
+print(f"LIVE {sys.argv[3]}: {s['output'] / s['seconds']:.1f} fps out, {s['inferred']} inferred, {100 * own:.1f} % of frames with their own mask, "
+      f"reused {s['reused']}, skipped stale {s['skipped_stale']}, dropped {s['dropped']}; glass-to-glass p50 {g['p50']:.1f} / p95 {g['p95']:.1f} / "
+      f"max {g['max']:.1f} ms; matte p50 {s['matte']['p50']:.1f} ms; CPU {s['cpu_percent']:.0f} %; GPU busy {sum(u) / max(len(u), 1):.0f} %")
+PY
+        done
+      done
+      [ -f $nx/nginx.pid ] && kill "$(cat $nx/nginx.pid)"
       ;;
     *) echo "unknown step $1"; return 2 ;;
   esac

@@ -11,10 +11,35 @@
 #   on the target:  . OUT_DIR/env.sh && matteflow doctor
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${1:?usage: gpu-bundle.sh OUT_DIR}"
+if [ "${1:-}" = --check ]; then
+  # Runs each command's pipeline from the bundle alone (no system GStreamer plugins): a plugin the bundle lacks
+  # fails here, not on the GPU machine.
+  B="${2:?usage: gpu-bundle.sh --check OUT_DIR}"
+  # shellcheck disable=SC1091
+  . "$B/env.sh"
+  T=$(mktemp -d)
+  trap 'rm -rf "$T"' EXIT
+  clip="$ROOT/assets/media/carphone_pristine.mp4"
+  run() { echo "+ $*"; "$@" >"$T/log" 2>&1 || { cat "$T/log"; echo "bundle check FAILED: $*"; exit 1; }; }
+  run matteflow doctor
+  run matteflow convert "$clip" -o "$T/a.mp4" -b blur
+  run matteflow convert "$clip" -o "$T/a.webm" -b green
+  run matteflow convert "$clip" -o "$T/a-frames/"
+  run matteflow batch "$clip" -o "$T/batch" -f h264
+  run matteflow live --input testsrc --output "$T/live.mp4" --max-frames 30
+  run matteflow live --input "$clip" --output "$T/live2.mp4" --max-frames 30
+  run matteflow bench "$clip" --runs 1
+  echo "bundle check passed: every command ran from $B"
+  exit 0
+fi
+OUT="${1:?usage: gpu-bundle.sh OUT_DIR | --check OUT_DIR}"
 GST=/usr/lib/x86_64-linux-gnu/gstreamer-1.0
+# Every element a matteflow command builds (convert, batch, live, bench, run): sources (files, URIs, the test
+# pattern, cameras), video conversion and rate, the encoders and muxers of each format, live outputs (RTMP
+# through flvmux + rtmp2sink, the virtual camera, the screen), audio. `--check` runs each command from the bundle.
 PLUGINS=(coreelements playback typefindfunctions isomp4 matroska videoparsersbad videoconvertscale app
-  x264 nvcodec png multifile audioconvert audioresample pbtypes vpx opus flac openh264)
+  x264 nvcodec png multifile audioconvert audioresample pbtypes vpx opus flac openh264
+  videotestsrc videorate flv rtmp2 video4linux2 autodetect audiotestsrc)
 rm -rf "$OUT" && mkdir -p "$OUT"/{bin,lib,plugins,libexec}
 strip -o "$OUT/bin/matteflow" "$ROOT/target/release/matteflow"
 cp /usr/lib/x86_64-linux-gnu/gstreamer1.0/gstreamer-1.0/gst-plugin-scanner "$OUT/libexec/"
@@ -23,6 +48,14 @@ skip='libc\.so|libm\.so|libgcc_s|libstdc\+\+|ld-linux|libpthread|libdl\.so|librt
 for f in "$OUT/bin/matteflow" "$OUT/libexec/gst-plugin-scanner" "$OUT"/plugins/*.so; do
   ldd "$f" | awk '/=>/ {print $3}' | grep -vE "$skip" || true
 done | sort -u | while read -r lib; do [ -f "$lib" ] && cp -Ln "$lib" "$OUT/lib/"; done
+# nginx with the RTMP module, for live benchmarks against a real RTMP server on the GPU machine (nginx/nginx
+# -p PREFIX -c CONF, with LD_LIBRARY_PATH=nginx/; load_module that folder's ngx_rtmp_module.so).
+if [ -x /usr/sbin/nginx ] && [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ]; then
+  mkdir -p "$OUT/nginx"
+  cp /usr/sbin/nginx /usr/lib/nginx/modules/ngx_rtmp_module.so "$OUT/nginx/"
+  for f in "$OUT/nginx/nginx" "$OUT/nginx/ngx_rtmp_module.so"; do ldd "$f" | awk '/=>/ {print $3}' | grep -vE "$skip" || true; done \
+    | sort -u | while read -r lib; do [ -f "$lib" ] && cp -Ln "$lib" "$OUT/nginx/"; done
+fi
 cat > "$OUT/env.sh" <<'ENV'
 B="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export PATH="$B/bin:$PATH" LD_LIBRARY_PATH="$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

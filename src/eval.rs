@@ -11,12 +11,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::composite::{Background, Composite, CpuComposite};
 use crate::config::{BackgroundSpec, OutputKind};
+use crate::engine::{Alpha, Compositor, Mask, Matter, MatteSettings, Placement};
 use crate::error::Result;
-use crate::infer::{LowResMask, OnnxSegmenter, Segmenter};
-use crate::postprocess::{CpuPostprocess, Postprocess, PostprocessConfig};
-use crate::preprocess::{CpuPreprocess, ModelInput, Preprocess};
+use crate::infer::OnnxSegmenter;
+use crate::postprocess::PostprocessConfig;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Setting {
@@ -85,24 +84,28 @@ impl Rng {
     }
 }
 
-fn run_alpha(seg: &mut OnnxSegmenter, pre: &mut CpuPreprocess, post: &mut CpuPostprocess, rgba: &[u8], w: u32, h: u32) -> Result<(Vec<u8>, ModelInput)> {
-    let mut input = ModelInput::default();
-    let mut mask = LowResMask::default();
-    pre.run(rgba, w, h, &mut input)?;
-    seg.run(&input, &mut mask)?;
-    let mut a = Vec::new();
-    post.run(rgba, &input, &mask, w, h, &mut a)?;
-    Ok((a, input))
+/// The engine on the host stages with these settings, over another handle on `seg`'s session.
+fn engine(seg: &OnnxSegmenter, s: &MatteSettings) -> Result<(Matter, Compositor)> {
+    Ok((Matter::open(seg.share(), s, &Placement::Host)?, Compositor::open(s, &Placement::Host)?))
+}
+
+/// The frame's alpha (the mask and the host alpha bytes).
+fn run_alpha(matter: &mut Matter, rgba: &[u8], w: u32, h: u32) -> Result<(Mask, Vec<u8>)> {
+    let (mask, _) = matter.mask(rgba, w, h)?;
+    let a = match &mask.alpha {
+        Alpha::Host(a) => a.clone(),
+        Alpha::Device(_) => return Err(crate::Error::config("eval runs the host stages")),
+    };
+    Ok((mask, a))
 }
 
 /// Builds the static and the moving scene from the shipped clips.
 pub fn build_scenes(seg: &mut OnnxSegmenter, person_clip: &Path, street_clip: &Path, frames: usize) -> Result<Vec<Scene>> {
-    let manifest = seg.model().manifest.clone();
     let person = crate::source::decode_frames(person_clip, 61)?;
     let (pw, ph, prgba) = person.last().cloned().ok_or_else(|| crate::Error::config("person clip has no frames"))?;
-    let mut pre = CpuPreprocess::new(&manifest);
-    let mut post = CpuPostprocess::for_manifest(PostprocessConfig { refine: true, ..Default::default() }, &manifest);
-    let (palpha8, _) = run_alpha(seg, &mut pre, &mut post, &prgba, pw, ph)?;
+    let refined = MatteSettings { post: PostprocessConfig { refine: true, ..Default::default() }, ..Default::default() };
+    let (mut matter, _) = engine(seg, &refined)?;
+    let (_, palpha8) = run_alpha(&mut matter, &prgba, pw, ph)?;
     let palpha: Vec<f32> = palpha8.iter().map(|v| *v as f32 / 255.0).collect();
     let prgba = clean_foreground(&prgba, &palpha, pw as usize, ph as usize);
     let street = crate::source::decode_frames(street_clip, 1)?;
@@ -223,7 +226,6 @@ fn grad_mag(a: &[f32], w: usize, h: usize) -> Vec<f32> {
 
 /// Runs every setting over every scene.
 pub fn evaluate(seg: &mut OnnxSegmenter, scenes: &[Scene], settings: &[Setting]) -> Result<Vec<Metrics>> {
-    let manifest = seg.model().manifest.clone();
     // Per-frame (naive) alphas of the moving scene: the reference for lag.
     let mut results = Vec::new();
     let mut naive_centroids: Vec<f64> = Vec::new();
@@ -232,15 +234,19 @@ pub fn evaluate(seg: &mut OnnxSegmenter, scenes: &[Scene], settings: &[Setting])
         let (mut n_frames, mut comp_n) = (0f64, 0f64);
         for sc in scenes {
             let (w, h) = (sc.w as usize, sc.h as usize);
-            let mut pre = CpuPreprocess::new(&manifest);
-            let mut post = CpuPostprocess::for_manifest(setting.post, &manifest);
-            let mut comp = CpuComposite::new(OutputKind::Composite, Background::open(&BackgroundSpec::Colour(EVAL_BG))?);
-            comp.set_foreground_estimation(setting.fg_estimate);
+            let s = MatteSettings {
+                background: BackgroundSpec::Colour(EVAL_BG),
+                kind: OutputKind::Composite,
+                post: setting.post,
+                fg_estimate: setting.fg_estimate,
+                ..Default::default()
+            };
+            let (mut matter, mut comp) = engine(seg, &s)?;
             let mut prev: Option<Vec<f32>> = None;
             let (mut flick, mut flick_n) = (0f64, 0f64);
             let mut lags = Vec::new();
             for (t, frame) in sc.frames.iter().enumerate() {
-                let (a8, _) = run_alpha(seg, &mut pre, &mut post, frame, sc.w, sc.h)?;
+                let (mask, a8) = run_alpha(&mut matter, frame, sc.w, sc.h)?;
                 let a: Vec<f32> = a8.iter().map(|v| *v as f32 / 255.0).collect();
                 let truth = &sc.alpha[t];
                 n_frames += 1.0;
@@ -256,7 +262,7 @@ pub fn evaluate(seg: &mut OnnxSegmenter, scenes: &[Scene], settings: &[Setting])
                 let (gp, gt) = (grad_mag(&a, w, h), grad_mag(truth, w, h));
                 m.grad += gp.iter().zip(&gt).map(|(p, g)| ((p - g) as f64).powi(2)).sum::<f64>() / 1000.0;
                 let mut out = frame.clone();
-                comp.run(&mut out, sc.w, sc.h, &a8)?;
+                comp.run(&mut out, sc.w, sc.h, &mask)?;
                 let (mut ce, mut cn) = (0f64, 0f64);
                 for k in 0..w * h {
                     if truth[k] > 0.02 || a[k] > 0.02 {

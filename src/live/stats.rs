@@ -397,21 +397,37 @@ mod tests {
 
     #[test]
     fn cpu_is_attributed_to_the_thread_that_used_it() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let busy = std::thread::Builder::new()
             .name("mf-test-busy".into())
             .spawn(|| {
-                let t = Instant::now();
+                // Busy until this thread has used 0.3 s of CPU (not of wall time: on a loaded machine the
+                // thread may get only part of a core).
+                let cpu = || {
+                    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                    // SAFETY: a valid out-pointer for clock_gettime.
+                    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+                    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+                };
                 let mut x = 0u64;
-                while t.elapsed() < Duration::from_millis(300) {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                while cpu() < Duration::from_millis(300) {
+                    for _ in 0..10_000 {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    }
                 }
                 std::hint::black_box(x);
                 // Stay alive until read.
-                std::thread::sleep(Duration::from_millis(500));
+                let _ = done_rx.recv_timeout(Duration::from_secs(30));
             })
             .unwrap();
-        std::thread::sleep(Duration::from_millis(400));
-        let v = thread_cpu();
+        // Read once the thread has done its work (however long the machine's load made that take).
+        let t = Instant::now();
+        let mut v = thread_cpu();
+        while t.elapsed() < Duration::from_secs(20) && !v.iter().any(|(n, s)| n == "mf-test-busy" && *s >= 0.25) {
+            std::thread::sleep(Duration::from_millis(50));
+            v = thread_cpu();
+        }
+        let _ = done_tx.send(());
         let busy_s = v.iter().find(|(n, _)| n == "mf-test-busy").map(|(_, s)| *s);
         assert!(busy_s.is_some_and(|s| s >= 0.1), "mf-test-busy: {busy_s:?} in {v:?}");
         busy.join().unwrap();
