@@ -400,7 +400,7 @@ mod tests {
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let busy = std::thread::Builder::new()
             .name("mf-test-busy".into())
-            .spawn(|| {
+            .spawn(move || {
                 // Busy until this thread has used 0.3 s of CPU (not of wall time: on a loaded machine the
                 // thread may get only part of a core).
                 let cpu = || {
