@@ -250,9 +250,9 @@ impl GpuStages {
             let dframe = &mut set[i];
             match f.cuda.as_ref() {
                 Some(c) => {
-                    let fmt = FrameFormat::Nv12 { pitch: c.pitch, uv_offset: c.uv_offset, bt709: c.bt709 };
+                    let fmt = FrameFormat::Nv12 { pitch: c.pitch, uv_offset: c.uv_offset, color: c.color };
                     self.gpu.preprocess_ptr(c.ptr, fmt, w, h, &self.manifest, &geo, slot, elem)?;
-                    self.gpu.nv12_to_rgba(c.ptr, w, h, c.pitch, c.uv_offset, c.bt709, dframe)?;
+                    self.gpu.nv12_to_rgba(c.ptr, w, h, c.pitch, c.uv_offset, c.color, dframe)?;
                 }
                 None => {
                     if f.data.len() != n * 4 {
