@@ -75,3 +75,79 @@ fn caps_say_how_to_read_the_frame() {
     let hd = color(&format!("{base},width=1920,height=1080"));
     assert_eq!((hd.matrix, hd.full_range, hd.h_cosited), (Matrix::Bt709, false, true));
 }
+
+/// Host stand-ins for what the NV12 part of kernels.cu uses from CUDA, and a driver that runs the
+/// `nv12_to_rgba` kernel over a whole grid: `harness in.nv12 w h pitch uv_offset coef×5 h_cosited v_cosited
+/// stripe out.rgba`.
+const HOST_HARNESS: &str = r#"
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#define __device__
+#define __forceinline__ inline
+#define __global__
+using std::max;
+using std::min;
+struct Dim { int x; } blockIdx, threadIdx, blockDim;
+#include "nv12_part.cu"
+int main(int argc, char** argv) {
+    if (argc != 15) return 2;
+    FILE* f = fopen(argv[1], "rb");
+    std::vector<unsigned char> src;
+    for (int c; (c = fgetc(f)) != EOF;) src.push_back((unsigned char)c);
+    fclose(f);
+    int w = atoi(argv[2]), h = atoi(argv[3]), pitch = atoi(argv[4]), uv = atoi(argv[5]);
+    Nv12 nv;
+    for (int i = 0; i < 5; ++i) nv.coef[i] = atoi(argv[6 + i]);
+    nv.h_cosited = atoi(argv[11]);
+    nv.v_cosited = atoi(argv[12]);
+    nv.stripe = atoi(argv[13]);
+    std::vector<unsigned char> out((size_t)w * h * 4);
+    blockDim.x = 256;
+    for (blockIdx.x = 0; blockIdx.x < (w * h + 255) / 256; ++blockIdx.x)
+        for (threadIdx.x = 0; threadIdx.x < 256; ++threadIdx.x) nv12_to_rgba(src.data(), w, h, pitch, uv, nv, out.data());
+    f = fopen(argv[14], "wb");
+    fwrite(out.data(), 1, out.size(), f);
+    fclose(f);
+    return 0;
+}
+"#;
+
+/// The kernels' own NV12 code (kernels.cu between the NV12 markers: `nv12_pixel` and the `nv12_to_rgba`
+/// kernel), compiled for the host with the system C++ compiler, gives `videoconvert`'s RGBA to the level on
+/// real frames: the device source is checked without a GPU (integer arithmetic, the same on both).
+#[test]
+fn kernel_source_compiled_for_the_host_is_videoconvert() {
+    let src = matteflow::cuda::KERNELS;
+    let begin = src.find("// ---- NV12 begin").expect("NV12 begin marker in kernels.cu");
+    let end = src.find("// ---- NV12 end ----").expect("NV12 end marker in kernels.cu");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("nv12_part.cu"), &src[begin..end]).unwrap();
+    std::fs::write(dir.path().join("harness.cpp"), HOST_HARNESS).unwrap();
+    let exe = dir.path().join("harness");
+    let cc = std::process::Command::new("c++").args(["-O1", "-std=c++17", "-o"]).arg(&exe).arg(dir.path().join("harness.cpp")).output();
+    let cc = cc.expect("a C++ compiler (c++, from build-essential) to compile the kernels' NV12 code for the host");
+    assert!(cc.status.success(), "c++: {}", String::from_utf8_lossy(&cc.stderr));
+    let (mut checked, mut worst) = (0usize, 0u32);
+    for (what, launch, size) in sources().into_iter().filter(|s| s.0.starts_with("bikes") || s.0.starts_with("smpte 97")) {
+        let frames = gst_nv12_frames(&launch, size, 1).unwrap();
+        for (colorimetry, site) in labels() {
+            let f = frames[0].relabel(colorimetry, site).unwrap();
+            let theirs = &videoconvert_rgba(std::slice::from_ref(&f), VIDEOCONVERT_THREADS).unwrap()[0];
+            let (planes, color) = (f.planes(), f.color());
+            let conv = Nv12Conversion::new(color, planes.height as u32);
+            let (input, output) = (dir.path().join("in.nv12"), dir.path().join("out.rgba"));
+            std::fs::write(&input, &f.data).unwrap();
+            let mut args: Vec<String> = [planes.width, planes.height, planes.pitch, planes.uv_offset].iter().map(|v| v.to_string()).collect();
+            args.extend(conv.coef.iter().chain(&[conv.h_cosited, conv.v_cosited, conv.stripe]).map(|v| v.to_string()));
+            let run = std::process::Command::new(&exe).arg(&input).args(&args).arg(&output).status().unwrap();
+            assert!(run.success(), "{what}: host harness failed");
+            let ours = std::fs::read(&output).unwrap();
+            let m = ours.iter().zip(theirs).map(|(a, b)| a.abs_diff(*b) as u32).max().unwrap();
+            assert!(m <= 1 && ours.len() == theirs.len(), "{what}, {colorimetry} {site:?}: the kernel's code differs from videoconvert by {m}");
+            (checked, worst) = (checked + 1, worst.max(m));
+        }
+    }
+    println!("kernel source on the host: {checked} frames, max {worst} levels from videoconvert");
+}

@@ -21,6 +21,7 @@ __device__ __forceinline__ float f16_to_f32(unsigned short h) {
     return v;
 }
 
+// ---- NV12 begin (tests/chroma.rs also compiles this part for the host and holds it to videoconvert) ----
 // How to read NV12 exactly as GStreamer 1.22's videoconvert does (filled on the host: cuda::nv12::Nv12Conversion,
 // whose doc says where each step comes from in GStreamer's sources).
 struct Nv12 {
@@ -111,6 +112,7 @@ __global__ void nv12_to_rgba(const unsigned char* src, int w, int h, int pitch, 
     p[2] = (unsigned char)rgb[2];
     p[3] = 255;
 }
+// ---- NV12 end ----
 
 // Sampling window of output index i over an input of n pixels, exactly as the CPU resizer builds it:
 // centre (i + 0.5)·scale, triangle filter widened by max(scale, 1) when antialiasing, weights normalised.
