@@ -45,7 +45,7 @@ fn reference_is_videoconvert_on_real_nv12_frames() {
                     assert_eq!(ours.len(), rgba.len());
                     let d = ours.iter().zip(rgba).map(|(a, b)| a.abs_diff(*b) as u32);
                     let (m, s) = d.fold((0, 0u64), |(m, s), x| (m.max(x), s + x as u64));
-                    assert!(m <= 1, "{what}, {colorimetry} {site:?}, {threads} thread(s): differs from videoconvert by {m} levels");
+                    assert!(m <= 1, "{what}, {colorimetry:?} {site:?}, {threads} thread(s): differs from videoconvert by {m} levels");
                     (src_worst, src_sum, src_n) = (src_worst.max(m), src_sum + s, src_n + ours.len() as u64);
                 }
             }
@@ -74,6 +74,11 @@ fn caps_say_how_to_read_the_frame() {
     assert_eq!((sd.matrix, sd.full_range, sd.h_cosited), (Matrix::Bt601, false, false));
     let hd = color(&format!("{base},width=1920,height=1080"));
     assert_eq!((hd.matrix, hd.full_range, hd.h_cosited), (Matrix::Bt709, false, true));
+    // Those defaults replace a chroma-site given without colorimetry (as avdec_h264's caps are).
+    let c = color(&format!("{base},width=640,height=272,chroma-site=mpeg2"));
+    assert_eq!((c.matrix, c.full_range, c.h_cosited), (Matrix::Bt601, false, false));
+    // A colorimetry without range is read as full range (gst_video_color_range_offsets' default).
+    assert!(color(&format!("{base},width=64,height=64,colorimetry=0:4:0:0")).full_range);
 }
 
 /// Host stand-ins for what the NV12 part of kernels.cu uses from CUDA, and a driver that runs the
@@ -145,7 +150,7 @@ fn kernel_source_compiled_for_the_host_is_videoconvert() {
             assert!(run.success(), "{what}: host harness failed");
             let ours = std::fs::read(&output).unwrap();
             let m = ours.iter().zip(theirs).map(|(a, b)| a.abs_diff(*b) as u32).max().unwrap();
-            assert!(m <= 1 && ours.len() == theirs.len(), "{what}, {colorimetry} {site:?}: the kernel's code differs from videoconvert by {m}");
+            assert!(m <= 1 && ours.len() == theirs.len(), "{what}, {colorimetry:?} {site:?}: the kernel's code differs from videoconvert by {m}");
             (checked, worst) = (checked + 1, worst.max(m));
         }
     }

@@ -139,11 +139,14 @@ pub fn gst_sources() -> Vec<(String, String, Option<(u32, u32)>)> {
     v
 }
 
-/// Caps labels the frames are read with: both matrices of SD/HD video, both ranges, the four sitings.
+/// Caps labels the frames are read with: both matrices of SD/HD video, both ranges, the four sitings, BT.2020,
+/// and no colorimetry at all with MPEG-2 siting (a software H.264 decoder's caps: GStreamer's defaults for the
+/// frame size apply, siting included).
 pub fn labels() -> Vec<(gst_video::VideoColorimetry, gst_video::VideoChromaSite)> {
     use gst_video::{VideoChromaSite as Site, VideoColorMatrix as M, VideoColorPrimaries as P, VideoColorRange as R, VideoTransferFunction as T};
     let c = |r, m| gst_video::VideoColorimetry::new(r, m, T::Bt709, P::Bt709);
     vec![
+        (gst_video::VideoColorimetry::new(R::Unknown, M::Unknown, T::Unknown, P::Unknown), Site::MPEG2),
         (c(R::Range16_235, M::Bt601), Site::MPEG2),
         (c(R::Range16_235, M::Bt709), Site::empty()),
         (c(R::Range0_255, M::Bt601), Site::JPEG),

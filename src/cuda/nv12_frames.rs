@@ -52,14 +52,18 @@ impl HostNv12 {
         HostNv12 { data, info }
     }
 
-    /// The same bytes, described by other caps: `colorimetry` and `site` (an empty site: no `chroma-site` field).
+    /// The same bytes, described by other caps: `colorimetry` and `site` (an empty site: no `chroma-site` field;
+    /// all-unknown colorimetry: no `colorimetry` field). The description is read back from those caps, as
+    /// `videoconvert` and the decoder path read theirs (GStreamer fills in defaults there).
     pub fn relabel(&self, colorimetry: gst_video::VideoColorimetry, site: gst_video::VideoChromaSite) -> Result<HostNv12> {
-        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv12, self.info.width(), self.info.height())
+        let built = gst_video::VideoInfo::builder(gst_video::VideoFormat::Nv12, self.info.width(), self.info.height())
             .colorimetry(&colorimetry)
             .chroma_site(site)
             .fps(self.info.fps())
             .build()
             .map_err(|e| gst_err("NV12 caps", e))?;
+        let caps = built.to_caps().map_err(|e| gst_err("NV12 caps", e))?;
+        let info = gst_video::VideoInfo::from_caps(&caps).map_err(|e| gst_err("NV12 caps", e))?;
         if info.size() != self.data.len() || info.offset() != self.info.offset() {
             return Err(Error::Gst("relabelled NV12 frame has another layout".into()));
         }
