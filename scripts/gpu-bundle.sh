@@ -14,7 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:?usage: gpu-bundle.sh OUT_DIR}"
 GST=/usr/lib/x86_64-linux-gnu/gstreamer-1.0
 PLUGINS=(coreelements playback typefindfunctions isomp4 matroska videoparsersbad videoconvertscale app
-  x264 nvcodec png multifile audioconvert audioresample pbtypes vpx opus flac openh264)
+  x264 nvcodec png multifile audioconvert audioresample pbtypes vpx opus flac openh264 videotestsrc)
 rm -rf "$OUT" && mkdir -p "$OUT"/{bin,lib,plugins,libexec}
 strip -o "$OUT/bin/matteflow" "$ROOT/target/release/matteflow"
 cp /usr/lib/x86_64-linux-gnu/gstreamer1.0/gstreamer-1.0/gst-plugin-scanner "$OUT/libexec/"

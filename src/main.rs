@@ -611,8 +611,8 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 let uri = matteflow::source::input_uri(&clip)?;
                 let d = matteflow::cuda::selftest::decode_check(&uri, frames)?;
                 println!(
-                    "decoded {} frames of {clip} into CUDA memory ({}x{}, pitch {}) via {}: {:.1} fps with both kernels",
-                    d.frames, d.width, d.height, d.pitch, d.path, d.fps
+                    "decoded {} frames of {clip} into CUDA memory ({}x{}, pitch {}, read as {:?}) via {}: {:.1} fps with both kernels",
+                    d.frames, d.width, d.height, d.pitch, d.color, d.path, d.fps
                 );
                 for r in &d.cases {
                     println!("| {} | {:.3e} | {:.3e} | {} | {:.3} | – |", r.name, r.max_error, r.tolerance, if r.ok() { "yes" } else { "NO" }, r.gpu_ms);

@@ -422,6 +422,8 @@ pub struct DecodeCheck {
     pub width: u32,
     pub height: u32,
     pub pitch: usize,
+    /// How the decoder's caps say its NV12 is read (matrix, range, chroma siting).
+    pub color: Option<super::nv12::YuvColor>,
     /// Frames per second from the first frame to the last (decode into CUDA memory and the two kernels).
     pub fps: f64,
     pub cases: Vec<CaseResult>,
@@ -472,7 +474,7 @@ pub fn decode_check(uri: &str, max_frames: usize) -> Result<DecodeCheck> {
     let m = model::builtin("birefnet-general").unwrap();
     // NV12 → RGBA against the reference and against videoconvert; the tensor against the CPU preprocess.
     let mut errs_max = [0f64; 3];
-    let (mut frames, mut dims, mut t_first) = (0usize, (0u32, 0u32, 0usize), None);
+    let (mut frames, mut dims, mut t_first, mut color) = (0usize, (0u32, 0u32, 0usize), None, None);
     let mut gpu_ms = 0f64;
     let mut cpu = CpuPreprocess::new(&m);
     let mut want = ModelInput::default();
@@ -491,7 +493,7 @@ pub fn decode_check(uri: &str, max_frames: usize) -> Result<DecodeCheck> {
             let f = super::gst_cuda::CudaFrame::map(&sample)?;
             t_first.get_or_insert_with(Instant::now);
             let (w, h) = (f.width, f.height);
-            dims = (w, h, f.pitch);
+            (dims, color) = ((w, h, f.pitch), Some(f.color));
             let t = Instant::now();
             let mut d_rgba: CudaSlice<u8> = st.alloc_zeros((w * h * 4) as usize).map_err(|x| e("alloc", x))?;
             gpu.nv12_to_rgba(f.ptr, w, h, f.pitch, f.uv_offset, f.color, &mut d_rgba)?;
@@ -538,6 +540,7 @@ pub fn decode_check(uri: &str, max_frames: usize) -> Result<DecodeCheck> {
         width: dims.0,
         height: dims.1,
         pitch: dims.2,
+        color,
         fps: if elapsed > 0.0 { (frames.saturating_sub(1)) as f64 / elapsed } else { 0.0 },
         cases: vec![
             CaseResult { name: "decoded NV12 (CUDA memory) → RGBA, device pointer, vs reference".into(), max_error: errs_max[0], tolerance: 1.0 / 255.0, gpu_ms: gpu_ms / n, cpu_ms: 0.0 },
