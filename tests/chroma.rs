@@ -12,28 +12,28 @@ use gstreamer as gst;
 use gstreamer_video as gst_video;
 use matteflow::cuda::nv12::{Matrix, Nv12Conversion, YuvColor, VIDEOCONVERT_THREADS};
 use matteflow::cuda::nv12_check::labels;
-use matteflow::cuda::nv12_frames::{gst_nv12_frames, videoconvert_rgba};
+use matteflow::cuda::nv12_frames::{videoconvert_rgba, FrameSource};
 
-/// (what, gst-launch description of raw video, size to scale to)
-fn sources() -> Vec<(String, String, Option<(u32, u32)>)> {
+fn sources() -> Vec<FrameSource> {
     let clip = |name: &str| format!("filesrc location=\"{}\" ! decodebin", sample(name).display());
     vec![
-        ("carphone 176x144".into(), clip("carphone_pristine.mp4"), None),
-        ("carphone scaled to 175x143".into(), clip("carphone_pristine.mp4"), Some((175, 143))),
-        ("bikes 640x272".into(), clip("bikes.mp4"), None),
-        ("bikes scaled to 333x271".into(), clip("bikes.mp4"), Some((333, 271))),
-        ("bikes scaled to 1920x1080".into(), clip("bikes.mp4"), Some((1920, 1080))),
-        ("smpte 97x55".into(), "videotestsrc pattern=smpte".into(), Some((97, 55))),
-        ("smpte 320x402".into(), "videotestsrc pattern=smpte".into(), Some((320, 402))),
-        ("ball 241x233".into(), "videotestsrc pattern=ball".into(), Some((241, 233))),
+        FrameSource::new("carphone 176x144", &clip("carphone_pristine.mp4"), None),
+        FrameSource::new("carphone scaled to 175x143", &clip("carphone_pristine.mp4"), Some((175, 143))),
+        FrameSource::new("bikes 640x272", &clip("bikes.mp4"), None),
+        FrameSource::new("bikes scaled to 333x271", &clip("bikes.mp4"), Some((333, 271))),
+        FrameSource::new("bikes scaled to 1920x1080", &clip("bikes.mp4"), Some((1920, 1080))),
+        FrameSource::new("smpte 97x55", "videotestsrc pattern=smpte", Some((97, 55))),
+        FrameSource::new("smpte 320x402", "videotestsrc pattern=smpte", Some((320, 402))),
+        FrameSource::new("ball 241x233", "videotestsrc pattern=ball", Some((241, 233))),
     ]
 }
 
 #[test]
 fn reference_is_videoconvert_on_real_nv12_frames() {
     let (mut worst, mut sum, mut n) = (0u32, 0u64, 0u64);
-    for (what, launch, size) in sources() {
-        let frames = gst_nv12_frames(&launch, size, 2).unwrap_or_else(|e| panic!("{what}: {e}"));
+    for source in sources() {
+        let what = &source.label;
+        let frames = source.frames(2).unwrap_or_else(|e| panic!("{what}: {e}"));
         let (mut src_worst, mut src_sum, mut src_n) = (0u32, 0u64, 0u64);
         for (colorimetry, site) in labels() {
             let relabelled: Vec<_> = frames.iter().map(|f| f.relabel(colorimetry, site).unwrap()).collect();
@@ -135,8 +135,8 @@ fn kernel_source_compiled_for_the_host_is_videoconvert() {
     let cc = cc.expect("a C++ compiler (c++, from build-essential) to compile the kernels' NV12 code for the host");
     assert!(cc.status.success(), "c++: {}", String::from_utf8_lossy(&cc.stderr));
     let (mut checked, mut worst) = (0usize, 0u32);
-    for (what, launch, size) in sources().into_iter().filter(|s| s.0.starts_with("bikes") || s.0.starts_with("smpte 97")) {
-        let frames = gst_nv12_frames(&launch, size, 1).unwrap();
+    for source in sources().into_iter().filter(|s| s.label.starts_with("bikes") || s.label.starts_with("smpte 97")) {
+        let (what, frames) = (&source.label, source.frames(1).unwrap());
         for (colorimetry, site) in labels() {
             let f = frames[0].relabel(colorimetry, site).unwrap();
             let theirs = &videoconvert_rgba(std::slice::from_ref(&f), VIDEOCONVERT_THREADS).unwrap()[0];

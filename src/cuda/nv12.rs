@@ -9,10 +9,10 @@
 //!   the chroma (video-chroma.c, `gst_video_chroma_resample_new`; the default `chroma-resampler=linear` is not
 //!   consulted there), one matrix (video-converter.c `chain_convert`), pack.
 //! - Chroma, horizontally, per row, 8-bit integer taps with rounding: chroma between the pixels (siting `jpeg`
-//!   or none in the caps): odd column 2k−1 = (3·C[k−1] + C[k] + 2) >> 2, even column 2k = (C[k−1] + 3·C[k] + 2)
-//!   >> 2 (`video_chroma_up_h2_u8`); chroma on the even columns (`mpeg2`, `cosited`): odd column 2k+1 =
-//!   (C[k] + C[k+1] + 1) >> 1 (`video_chroma_up_h2_cs_u8`). Column 0, and the last column when the width is
-//!   even, keep their sample.
+//!   or none in the caps): odd column 2k−1 = (3·C[k−1] + C[k] + 2) >> 2, even column 2k =
+//!   (C[k−1] + 3·C[k] + 2) >> 2 (`video_chroma_up_h2_u8`); chroma on the even columns (`mpeg2`, `cosited`):
+//!   odd column 2k+1 = (C[k] + C[k+1] + 1) >> 1 (`video_chroma_up_h2_cs_u8`). Column 0, and the last column
+//!   when the width is even, keep their sample.
 //! - Then vertically, on those rows: between the rows (no `v-cosited` in the siting): row 2k−1 =
 //!   (3·A + B + 2) >> 2, row 2k = (A + 3·B + 2) >> 2 with A, B the filtered chroma rows k−1, k
 //!   (`video_chroma_up_v2_u8`, `video_orc_chroma_up_v2_u8`); row 0, and the last row when the height is even,
@@ -125,7 +125,7 @@ pub fn videoconvert_stripe(height: u32, threads: u32) -> u32 {
     let processors = gstreamer::glib::num_processors().max(1);
     let mut n = if threads == 0 || threads > processors { processors } else { threads };
     if height / n < 200 {
-        n = (height + 199) / 200;
+        n = height.div_ceil(200);
     }
     if n <= 1 {
         0

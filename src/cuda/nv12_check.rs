@@ -10,7 +10,7 @@ use cudarc::driver::{CudaSlice, DevicePtr};
 use gstreamer_video as gst_video;
 
 use super::nv12::{Matrix, Nv12Conversion, Nv12Planes, YuvColor, VIDEOCONVERT_THREADS};
-use super::nv12_frames::{gst_nv12_frames, videoconvert_rgba, HostNv12};
+use super::nv12_frames::{videoconvert_rgba, FrameSource, HostNv12};
 use super::selftest::{geometry, max_diff, time, CaseResult, Rng};
 use super::{FrameFormat, Gpu, TensorElem};
 use crate::error::{Error, Result};
@@ -127,17 +127,17 @@ pub fn shipped_clip(name: &str) -> Option<PathBuf> {
 
 /// Frame sources with sharp colour edges: a decoded clip (decoded to system memory and converted to NV12 there),
 /// at its size and scaled to 1080p, and two test patterns at odd sizes.
-pub fn gst_sources() -> Vec<(String, String, Option<(u32, u32)>)> {
+pub fn gst_sources() -> Vec<FrameSource> {
     let mut v = Vec::new();
     if let Some(clip) = shipped_clip("bikes.mp4") {
         let launch = format!("filesrc location=\"{}\" ! decodebin", clip.display());
-        v.push(("bikes.mp4 decoded, 640x272".to_string(), launch.clone(), None));
-        v.push(("bikes.mp4 decoded, scaled to 1920x1080".to_string(), launch, Some((1920, 1080))));
+        v.push(FrameSource::new("bikes.mp4 decoded, 640x272", &launch, None));
+        v.push(FrameSource::new("bikes.mp4 decoded, scaled to 1920x1080", &launch, Some((1920, 1080))));
     }
     // (A runtime bundle may lack the test-pattern plugin: those sources are then left out.)
     if gstreamer::init().is_ok() && gstreamer::ElementFactory::find("videotestsrc").is_some() {
-        v.push(("videotestsrc smpte 333x201".into(), "videotestsrc pattern=smpte".into(), Some((333, 201))));
-        v.push(("videotestsrc ball 97x55".into(), "videotestsrc pattern=ball".into(), Some((97, 55))));
+        v.push(FrameSource::new("videotestsrc smpte 333x201", "videotestsrc pattern=smpte", Some((333, 201))));
+        v.push(FrameSource::new("videotestsrc ball 97x55", "videotestsrc pattern=ball", Some((97, 55))));
     }
     v
 }
@@ -163,8 +163,8 @@ pub fn labels() -> Vec<(gst_video::VideoColorimetry, gst_video::VideoChromaSite)
 fn gst_frame_cases(gpu: &Gpu, rng: &mut Rng) -> Result<Vec<CaseResult>> {
     let mut results = Vec::new();
     let birefnet = model::builtin("birefnet-general").unwrap();
-    for (label, launch, size) in gst_sources() {
-        let frames = gst_nv12_frames(&launch, size, 2)?;
+    for source in gst_sources() {
+        let (label, frames) = (&source.label, source.frames(2)?);
         let (mut kernel, mut vc, mut pre) = (Vec::new(), Vec::new(), Vec::new());
         for (colorimetry, site) in labels() {
             let relabelled = frames.iter().map(|f| f.relabel(colorimetry, site)).collect::<Result<Vec<HostNv12>>>()?;

@@ -108,6 +108,26 @@ fn bus_error(pipeline: &gst::Pipeline, what: &str) -> Error {
     }
 }
 
+/// Where test frames come from: a gst-launch description of raw video (`launch`, e.g. `videotestsrc
+/// pattern=ball` or `filesrc location=clip.mp4 ! decodebin`), scaled to `size` if given.
+#[derive(Debug, Clone)]
+pub struct FrameSource {
+    pub label: String,
+    pub launch: String,
+    pub size: Option<(u32, u32)>,
+}
+
+impl FrameSource {
+    pub fn new(label: &str, launch: &str, size: Option<(u32, u32)>) -> FrameSource {
+        FrameSource { label: label.into(), launch: launch.into(), size }
+    }
+
+    /// Up to `max` of its frames as NV12.
+    pub fn frames(&self, max: usize) -> Result<Vec<HostNv12>> {
+        gst_nv12_frames(&self.launch, self.size, max)
+    }
+}
+
 /// Up to `max` frames of `launch` (a gst-launch description of raw video, e.g. `videotestsrc pattern=ball` or
 /// `filesrc location=clip.mp4 ! decodebin`) converted to NV12, scaled to `size` if given.
 pub fn gst_nv12_frames(launch: &str, size: Option<(u32, u32)>, max: usize) -> Result<Vec<HostNv12>> {
