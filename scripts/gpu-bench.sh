@@ -7,7 +7,7 @@
 #
 #   scripts/gpu-bench.sh STEP...      steps: env peers-l peers-t mf-general mf-lite mf-isnet export-t8 mf-batch
 #                                     decode-check e2e-decode batch-lite determinism contention f16io bg-check
-#                                     smooth-check live-gpu
+#                                     smooth-check live-gpu chroma-check
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -140,6 +140,13 @@ step() {
       # the kernels on the decoder's own buffers against the CPU.
       T 90 matteflow -v gpu-check --runs 5 --decode "$CLIP" --frames 150
       [ -f "$RAWCLIP" ] && T 60 matteflow -v gpu-check --runs 3 --decode "$RAWCLIP" --frames 30
+      ;;
+    chroma-check)
+      # NV12 read as videoconvert reads it (interpolated chroma, its fixed-point matrix and thread stripes): the
+      # conversion kernels against the CPU reference on random and GStreamer-made frames (uploaded), that
+      # reference against videoconvert itself, and on nvh264dec's own CUDA buffers (the shipped bikes.mp4, found
+      # under the working directory).
+      (cd "$ROOT" && T 300 matteflow -v gpu-check --runs 3 --frames 60)
       ;;
     e2e-decode)
       # The same conversion with decoded frames left in CUDA memory (default) and decoded to system memory +

@@ -63,6 +63,7 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         runs: usize,
         /// Also decode this clip into CUDA memory (nvcodec) and check the kernels on the decoder's own buffers
+        /// (default: the shipped assets/media/bikes.mp4 where GStreamer has nvh264dec)
         #[arg(long, value_name = "CLIP")]
         decode: Option<String>,
         /// Frames of --decode to check
@@ -624,12 +625,14 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 println!("| {} | {:.3e} | {:.3e} | {} | {:.3} | {:.2} |", r.name, r.max_error, r.tolerance, if r.ok() { "yes" } else { "NO" }, r.gpu_ms, r.cpu_ms);
                 bad += (!r.ok()) as usize;
             }
+            // Real nvcodec buffers too, on the shipped clip, wherever GStreamer can decode into CUDA memory.
+            let decode = decode.or_else(|| matteflow::cuda::nv12_check::default_decode_clip().map(|p| p.display().to_string()));
             if let Some(clip) = decode {
                 let uri = matteflow::source::input_uri(&clip)?;
                 let d = matteflow::cuda::selftest::decode_check(&uri, frames)?;
                 println!(
-                    "decoded {} frames of {clip} into CUDA memory ({}x{}, pitch {}) via {}: {:.1} fps with both kernels",
-                    d.frames, d.width, d.height, d.pitch, d.path, d.fps
+                    "decoded {} frames of {clip} into CUDA memory ({}x{}, pitch {}, read as {:?}) via {}: {:.1} fps with both kernels",
+                    d.frames, d.width, d.height, d.pitch, d.color, d.path, d.fps
                 );
                 for r in &d.cases {
                     println!("| {} | {:.3e} | {:.3e} | {} | {:.3} | – |", r.name, r.max_error, r.tolerance, if r.ok() { "yes" } else { "NO" }, r.gpu_ms);

@@ -108,7 +108,8 @@ pub fn link_video_pads(dec: &gst::Element, head: &gst::Element) {
 
 /// The video branch: videoconvert ! RGBA ! appsink, added to `pipeline` and returned unlinked at its head.
 pub fn video_branch(pipeline: &gst::Pipeline, max_buffers: u32) -> Result<(gst::Element, gst_app::AppSink)> {
-    let convert = gst::ElementFactory::make("videoconvert").property("n-threads", 2u32).build()?;
+    // The GPU stages reproduce this converter's output, thread stripes included (cuda::nv12).
+    let convert = gst::ElementFactory::make("videoconvert").property("n-threads", crate::cuda::nv12::VIDEOCONVERT_THREADS).build()?;
     let appsink = gst_app::AppSink::builder()
         .caps(&gst::Caps::builder("video/x-raw").field("format", "RGBA").build())
         .max_buffers(max_buffers)
@@ -142,9 +143,6 @@ pub fn running_pts(sample: &gst::Sample) -> Option<gst::ClockTime> {
 }
 
 fn cuda_frame_from_sample(sample: gst::Sample, index: u64) -> Result<Frame> {
-    if crate::cuda::gst_cuda::CudaFrame::full_range(&sample) {
-        return Err(Error::Gst("full-range video cannot be converted on the GPU yet: run with --host-decode".into()));
-    }
     let cuda = crate::cuda::gst_cuda::CudaFrame::map(&sample)?;
     let src = sample.buffer().ok_or_else(|| Error::Gst("decoded sample without buffer".into()))?;
     let (pts, duration) = (running_pts(&sample), src.duration());

@@ -231,7 +231,8 @@ pub struct CudaFrame {
     pub pitch: usize,
     /// Offset of the interleaved UV plane from `ptr`.
     pub uv_offset: usize,
-    pub bt709: bool,
+    /// Matrix, range and chroma siting, from the caps.
+    pub color: super::nv12::YuvColor,
     pub width: u32,
     pub height: u32,
 }
@@ -272,25 +273,16 @@ impl CudaFrame {
         if ok == 0 {
             return Err(bad("it cannot be mapped for CUDA access"));
         }
-        let bt709 = info.colorimetry().matrix() != gstreamer_video::VideoColorMatrix::Bt601;
         Ok(CudaFrame {
             ptr: map.data as u64 + offsets[0] as u64,
             pitch: strides[0] as usize,
             uv_offset: offsets[1] - offsets[0],
-            bt709,
+            color: super::nv12::YuvColor::from_info(&info),
             width: info.width(),
             height: info.height(),
             buffer,
             map,
         })
-    }
-
-    /// Whether the frame's values are full range (the kernels expect limited range, as decoders give).
-    pub fn full_range(sample: &gst::Sample) -> bool {
-        sample
-            .caps()
-            .and_then(|c| gstreamer_video::VideoInfo::from_caps(c).ok())
-            .is_some_and(|i| i.colorimetry().range() == gstreamer_video::VideoColorRange::Range0_255)
     }
 }
 

@@ -21,11 +21,67 @@ __device__ __forceinline__ float f16_to_f32(unsigned short h) {
     return v;
 }
 
+// ---- NV12 begin (tests/chroma.rs also compiles this part for the host and holds it to videoconvert) ----
+// How to read NV12 exactly as GStreamer 1.22's videoconvert does (filled on the host: cuda::nv12::Nv12Conversion,
+// whose doc says where each step comes from in GStreamer's sources).
+struct Nv12 {
+    int coef[5];    // R<-Y (= G<-Y = B<-Y), R<-V, B<-U, G<-U, G<-V: videoconvert's 8.8 fixed-point matrix
+    int h_cosited;  // chroma on the even columns (mpeg2 siting): odd columns average their neighbours
+    int v_cosited;  // chroma on the even rows: 1.22 does no vertical filter then
+    int stripe;     // videoconvert's rows per thread (0: one thread); stripes starting on an even row are not
+                    // interpolated vertically
+};
+
+// U, V of column x on chroma row `row` (bytes at uv), upsampled horizontally as video_chroma_up_h2{,_cs}_u8:
+// 8-bit taps (3, 1) / (1, 3) between the samples, or the average of the two neighbours when cosited.
+__device__ __forceinline__ void nv12_chroma_h(const unsigned char* uv, int x, int w, int cosited, int* c) {
+    int k = x >> 1;
+    const unsigned char* s = uv + 2 * k;
+    for (int ch = 0; ch < 2; ++ch) {
+        if (x == 0 || (x == w - 1 && (x & 1))) c[ch] = s[ch];
+        else if (x & 1) c[ch] = cosited ? (s[ch] + s[ch + 2] + 1) >> 1 : (3 * s[ch] + s[ch + 2] + 2) >> 2;
+        else c[ch] = cosited ? s[ch] : (s[ch - 2] + 3 * s[ch] + 2) >> 2;
+    }
+}
+
+// videoconvert's pixel (x, y) of an NV12 frame (Y rows of `pitch` bytes, the UV plane at uv_off, same pitch):
+// the chroma filtered horizontally on its two nearest chroma rows, then vertically (taps (3, 1) / (1, 3) in
+// quarters, rounded), then video_orc_convert_AYUV_ARGB's arithmetic: each byte minus 128 splatted to 16 bits,
+// high halves of the products, saturated. The one definition both NV12 kernels read pixels through.
+__device__ __forceinline__ void nv12_pixel(const unsigned char* src, int pitch, int uv_off, int w, int h,
+                                           const Nv12& n, int x, int y, int* rgb) {
+    int k = y >> 1, a = k, b = k, wa = 4;
+    bool even_stripe = n.stripe > 0 && y >= n.stripe && ((y / n.stripe * n.stripe) & 1) == 0;
+    if (!(n.v_cosited || y == 0 || even_stripe || (y == h - 1 && (y & 1)))) {
+        if (y & 1) { b = k + 1; wa = 3; }
+        else { a = k - 1; wa = 1; }
+    }
+    int ca[2], cb[2];
+    const unsigned char* uv = src + uv_off;
+    nv12_chroma_h(uv + (size_t)a * pitch, x, w, n.h_cosited, ca);
+    nv12_chroma_h(uv + (size_t)b * pitch, x, w, n.h_cosited, cb);
+    int s[3];  // Y, U, V minus 128, each byte splatted to a signed 16-bit word
+    s[0] = src[(size_t)y * pitch + x];
+    s[1] = (wa * ca[0] + (4 - wa) * cb[0] + 2) >> 2;
+    s[2] = (wa * ca[1] + (4 - wa) * cb[1] + 2) >> 2;
+    for (int i = 0; i < 3; ++i) {
+        int v = (s[i] ^ 0x80) & 0xff;
+        s[i] = (short)((v << 8) | v);
+    }
+    int wy = (s[0] * n.coef[0]) >> 16;
+    int r = wy + ((s[2] * n.coef[1]) >> 16);
+    int g = wy + ((s[1] * n.coef[3]) >> 16) + ((s[2] * n.coef[4]) >> 16);
+    int bl = wy + ((s[1] * n.coef[2]) >> 16);
+    rgb[0] = min(max(r, -128), 127) + 128;
+    rgb[1] = min(max(g, -128), 127) + 128;
+    rgb[2] = min(max(bl, -128), 127) + 128;
+}
+
 // RGB (0..255, float) of source pixel (x, y). fmt 0: RGBA (or RGBx) rows of `pitch` bytes. fmt 2: BGRA / BGRx
-// rows. fmt 1: NV12, Y plane then interleaved UV plane at byte offset `uv_off`, both with `pitch`; limited range,
-// BT.601 (matrix 0) or BT.709 (matrix 1).
-__device__ __forceinline__ void fetch_rgb(const unsigned char* src, int fmt, int pitch, int uv_off, int matrix,
-                                          int x, int y, float* rgb) {
+// rows. fmt 1: NV12 read as videoconvert reads it (nv12_pixel), so the tensor is the one the CPU stages make
+// from videoconvert's RGBA frame.
+__device__ __forceinline__ void fetch_rgb(const unsigned char* src, int fmt, int pitch, int uv_off, const Nv12& nv,
+                                          int w, int h, int x, int y, float* rgb) {
     if (fmt == 0 || fmt == 2) {
         const unsigned char* p = src + (size_t)y * pitch + (size_t)x * 4;
         int r = fmt == 0 ? 0 : 2;
@@ -33,42 +89,30 @@ __device__ __forceinline__ void fetch_rgb(const unsigned char* src, int fmt, int
         rgb[1] = p[1];
         rgb[2] = p[2 - r];
     } else {
-        float Y = (float)src[(size_t)y * pitch + x] - 16.0f;
-        const unsigned char* uv = src + uv_off + (size_t)(y >> 1) * pitch + (size_t)(x >> 1) * 2;
-        float U = (float)uv[0] - 128.0f, V = (float)uv[1] - 128.0f;
-        float yy = 1.164383f * Y;
-        float r, g, b;
-        if (matrix == 0) {
-            r = yy + 1.596027f * V;
-            g = yy - 0.391762f * U - 0.812968f * V;
-            b = yy + 2.017232f * U;
-        } else {
-            r = yy + 1.792741f * V;
-            g = yy - 0.213249f * U - 0.532909f * V;
-            b = yy + 2.112402f * U;
-        }
-        rgb[0] = fminf(fmaxf(r, 0.0f), 255.0f);
-        rgb[1] = fminf(fmaxf(g, 0.0f), 255.0f);
-        rgb[2] = fminf(fmaxf(b, 0.0f), 255.0f);
+        int c[3];
+        nv12_pixel(src, pitch, uv_off, w, h, nv, x, y, c);
+        rgb[0] = (float)c[0];
+        rgb[1] = (float)c[1];
+        rgb[2] = (float)c[2];
     }
 }
 
-// NV12 (as NVDEC decodes into CUDA memory: pitched rows, UV plane at uv_off) → packed RGBA, alpha 255, the
-// same conversion as `preprocess` reads (fetch_rgb), rounded to the nearest level. The frame the composite works
-// on when decoding stays on the GPU.
-__global__ void nv12_to_rgba(const unsigned char* src, int w, int h, int pitch, int uv_off, int matrix,
+// NV12 (as NVDEC decodes into CUDA memory: pitched rows, UV plane at uv_off) → packed RGBA, alpha 255: the frame
+// videoconvert would make of it, which the composite works on when decoding stays on the GPU.
+__global__ void nv12_to_rgba(const unsigned char* src, int w, int h, int pitch, int uv_off, Nv12 nv,
                              unsigned char* out) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= w * h) return;
     int x = idx % w, y = idx / w;
-    float rgb[3];
-    fetch_rgb(src, 1, pitch, uv_off, matrix, x, y, rgb);
+    int rgb[3];
+    nv12_pixel(src, pitch, uv_off, w, h, nv, x, y, rgb);
     unsigned char* p = out + (size_t)idx * 4;
-    p[0] = (unsigned char)__float2int_rn(rgb[0]);
-    p[1] = (unsigned char)__float2int_rn(rgb[1]);
-    p[2] = (unsigned char)__float2int_rn(rgb[2]);
+    p[0] = (unsigned char)rgb[0];
+    p[1] = (unsigned char)rgb[1];
+    p[2] = (unsigned char)rgb[2];
     p[3] = 255;
 }
+// ---- NV12 end ----
 
 // Sampling window of output index i over an input of n pixels, exactly as the CPU resizer builds it:
 // centre (i + 0.5)·scale, triangle filter widened by max(scale, 1) when antialiasing, weights normalised.
@@ -87,7 +131,7 @@ __device__ __forceinline__ void window(int i, float scale, int n, int antialias,
 // order, value = pixel·mul + add per channel, NCHW or NHWC.
 // Frame → model input tensor: resize (bilinear / antialiased triangle, letterbox box cx,cy,cw,ch), colour order,
 // scale/mean/std, NCHW or NHWC, written as f32 (f16 = 0) or f16 (f16 = 1: the f32 result rounded to nearest).
-__global__ void preprocess(const unsigned char* src, int fmt, int w, int h, int pitch, int uv_off, int matrix,
+__global__ void preprocess(const unsigned char* src, int fmt, int w, int h, int pitch, int uv_off, Nv12 nv,
                            void* out, int f16, int mw, int mh, int cx, int cy, int cw, int ch, int antialias, int nchw,
                            int bgr, float mul0, float mul1, float mul2, float add0, float add1, float add2) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
@@ -116,7 +160,7 @@ __global__ void preprocess(const unsigned char* src, int fmt, int w, int h, int 
                 float wx = tri(((float)xx + 0.5f - cxf) / fx);
                 if (wx == 0.f) continue;
                 float p[3];
-                fetch_rgb(src, fmt, pitch, uv_off, matrix, xx, yy, p);
+                fetch_rgb(src, fmt, pitch, uv_off, nv, w, h, xx, yy, p);
                 row[0] += wx * p[0]; row[1] += wx * p[1]; row[2] += wx * p[2];
                 wsum_x += wx;
             }

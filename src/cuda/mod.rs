@@ -6,6 +6,9 @@
 pub mod bench;
 pub mod composite;
 pub mod gst_cuda;
+pub mod nv12;
+pub mod nv12_check;
+pub mod nv12_frames;
 pub mod selftest;
 pub mod stages;
 
@@ -117,8 +120,9 @@ pub enum FrameFormat {
     Rgba { pitch: usize },
     /// BGRA or BGRx (what many capture devices and screen grabbers give), rows of `pitch` bytes.
     Bgrx { pitch: usize },
-    /// NV12 with Y rows of `pitch` bytes, the UV plane at `uv_offset`; `bt709` picks the matrix.
-    Nv12 { pitch: usize, uv_offset: usize, bt709: bool },
+    /// NV12 with Y rows of `pitch` bytes, the UV plane at `uv_offset`, read as `color` says (from the caps) and
+    /// as GStreamer's `videoconvert` reads it (see [`nv12`]).
+    Nv12 { pitch: usize, uv_offset: usize, color: nv12::YuvColor },
 }
 
 /// Element type of a model tensor on the device (the preprocess kernel's output, the upsample kernel's input).
@@ -205,10 +209,11 @@ impl Gpu {
         elem: TensorElem,
     ) -> Result<()> {
         let i = &m.input;
-        let (fmt, pitch, uv, matrix) = match format {
-            FrameFormat::Rgba { pitch } => (0i32, pitch as i32, 0i32, 0i32),
-            FrameFormat::Bgrx { pitch } => (2, pitch as i32, 0, 0),
-            FrameFormat::Nv12 { pitch, uv_offset, bt709 } => (1, pitch as i32, uv_offset as i32, bt709 as i32),
+        let (fmt, pitch, uv, nv) = match format {
+            // (The NV12 parameters are not read for packed RGB.)
+            FrameFormat::Rgba { pitch } => (0i32, pitch as i32, 0i32, nv12::Nv12Conversion::default()),
+            FrameFormat::Bgrx { pitch } => (2, pitch as i32, 0, nv12::Nv12Conversion::default()),
+            FrameFormat::Nv12 { pitch, uv_offset, color } => (1, pitch as i32, uv_offset as i32, nv12::Nv12Conversion::new(color, h)),
         };
         let mul: [f32; 3] = std::array::from_fn(|c| i.scale / i.std[c]);
         let add: [f32; 3] = std::array::from_fn(|c| -i.mean[c] / i.std[c]);
@@ -220,7 +225,7 @@ impl Gpu {
         let bgr = (i.color == ColorOrder::Bgr) as i32;
         let f16 = (elem == TensorElem::F16) as i32;
         let mut b = self.stream.launch_builder(&self.f_pre);
-        b.arg(&frame).arg(&fmt).arg(&ww).arg(&hh).arg(&pitch).arg(&uv).arg(&matrix).arg(&out).arg(&f16);
+        b.arg(&frame).arg(&fmt).arg(&ww).arg(&hh).arg(&pitch).arg(&uv).arg(&nv).arg(&out).arg(&f16);
         b.arg(&mw).arg(&mh).arg(&cx).arg(&cy).arg(&cw).arg(&ch).arg(&aa).arg(&nchw).arg(&bgr);
         b.arg(&mul[0]).arg(&mul[1]).arg(&mul[2]).arg(&add[0]).arg(&add[1]).arg(&add[2]);
         // SAFETY: argument list matches the kernel's signature; buffers are sized by the caller.
@@ -228,12 +233,14 @@ impl Gpu {
         Ok(())
     }
 
-    /// NV12 frame at device address `src` (Y rows of `pitch` bytes, UV plane at `uv_offset`) → packed RGBA.
+    /// NV12 frame at device address `src` (Y rows of `pitch` bytes, UV plane at `uv_offset`, values as `color`
+    /// says) → packed RGBA, as GStreamer's `videoconvert` converts it (see [`nv12`]).
     #[allow(clippy::too_many_arguments)]
-    pub fn nv12_to_rgba(&self, src: u64, w: u32, h: u32, pitch: usize, uv_offset: usize, bt709: bool, out: &mut CudaSlice<u8>) -> Result<()> {
-        let (ww, hh, p, uv, mx) = (w as i32, h as i32, pitch as i32, uv_offset as i32, bt709 as i32);
+    pub fn nv12_to_rgba(&self, src: u64, w: u32, h: u32, pitch: usize, uv_offset: usize, color: nv12::YuvColor, out: &mut CudaSlice<u8>) -> Result<()> {
+        let (ww, hh, p, uv) = (w as i32, h as i32, pitch as i32, uv_offset as i32);
+        let nv = nv12::Nv12Conversion::new(color, h);
         let mut b = self.stream.launch_builder(&self.f_nv12);
-        b.arg(&src).arg(&ww).arg(&hh).arg(&p).arg(&uv).arg(&mx).arg(out);
+        b.arg(&src).arg(&ww).arg(&hh).arg(&p).arg(&uv).arg(&nv).arg(out);
         // SAFETY: argument list matches the kernel; `src` holds an NV12 frame of this geometry, `out` w·h·4 bytes.
         unsafe { b.launch(grid((w * h) as usize)) }.map_err(|e| err("nv12_to_rgba launch", e))?;
         Ok(())

@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use cudarc::driver::CudaSlice;
-use fast_image_resize::pixels::F32x3;
 
 use super::{FrameFormat, Gpu};
 use crate::composite::{Background, Composite, CpuComposite};
@@ -30,9 +29,9 @@ impl CaseResult {
     }
 }
 
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn u8s(&mut self, n: usize) -> Vec<u8> {
+    pub(crate) fn u8s(&mut self, n: usize) -> Vec<u8> {
         (0..n)
             .map(|_| {
                 self.0 ^= self.0 << 13;
@@ -47,7 +46,7 @@ impl Rng {
     }
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn max_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max)
 }
@@ -57,7 +56,7 @@ fn e(what: &str, x: impl std::fmt::Display) -> Error {
 }
 
 /// Median milliseconds of `runs` calls of `f` (after one warm-up).
-fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+pub(crate) fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     let mut v = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -69,40 +68,7 @@ fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(v[runs / 2])
 }
 
-/// CPU reference of the NV12 conversion in the kernel (same coefficients, float, no rounding).
-pub fn nv12_to_rgb_f32(y: &[u8], uv: &[u8], w: usize, h: usize, bt709: bool) -> Vec<F32x3> {
-    let mut out = Vec::with_capacity(w * h);
-    for yy in 0..h {
-        for xx in 0..w {
-            let yv = 1.164383f32 * (y[yy * w + xx] as f32 - 16.0);
-            let u = uv[(yy / 2) * w + (xx / 2) * 2] as f32 - 128.0;
-            let v = uv[(yy / 2) * w + (xx / 2) * 2 + 1] as f32 - 128.0;
-            let (r, g, b) = if bt709 {
-                (yv + 1.792741 * v, yv - 0.213249 * u - 0.532909 * v, yv + 2.112402 * u)
-            } else {
-                (yv + 1.596027 * v, yv - 0.391762 * u - 0.812968 * v, yv + 2.017232 * u)
-            };
-            out.push(F32x3::new([r.clamp(0.0, 255.0), g.clamp(0.0, 255.0), b.clamp(0.0, 255.0)]));
-        }
-    }
-    out
-}
-
-/// CPU reference of the `nv12_to_rgba` kernel: NV12 with Y rows of `pitch` bytes and the UV plane at
-/// `uv_offset` (as GStreamer lays it out) → packed RGBA, each channel rounded half to even, alpha 255.
-pub fn nv12_to_rgba_u8(src: &[u8], w: usize, h: usize, pitch: usize, uv_offset: usize, bt709: bool) -> Vec<u8> {
-    let y: Vec<u8> = (0..h).flat_map(|r| src[r * pitch..r * pitch + w].iter().copied()).collect();
-    let uv: Vec<u8> = (0..h.div_ceil(2)).flat_map(|r| src[uv_offset + r * pitch..uv_offset + r * pitch + w].iter().copied()).collect();
-    nv12_to_rgb_f32(&y, &uv, w, h, bt709)
-        .iter()
-        .flat_map(|p| {
-            let p = p.0;
-            [p[0].round_ties_even() as u8, p[1].round_ties_even() as u8, p[2].round_ties_even() as u8, 255]
-        })
-        .collect()
-}
-
-fn geometry(m: &Manifest, w: u32, h: u32) -> Geometry {
+pub(crate) fn geometry(m: &Manifest, w: u32, h: u32) -> Geometry {
     let (mw, mh) = m.model_size_for(w, h);
     match m.input.resize {
         ResizeMode::Stretch => Geometry::stretch(mw, mh),
@@ -191,60 +157,9 @@ pub fn run(runs: usize) -> Result<Vec<CaseResult>> {
         });
     }
 
-    // Preprocess, NV12 (what NVDEC produces): BT.709 1080p → BiRefNet.
-    {
-        let (w, h) = (1920u32, 1080u32);
-        let m = model::builtin("birefnet-general").unwrap();
-        let y = rng.u8s((w * h) as usize);
-        let uv = rng.u8s((w * h / 2) as usize);
-        let mut nv12 = y.clone();
-        nv12.extend_from_slice(&uv);
-        let rgb = nv12_to_rgb_f32(&y, &uv, w as usize, h as usize, true);
-        let mut cpu = CpuPreprocess::new(&m);
-        let mut want = ModelInput::default();
-        let cpu_ms = time(runs.min(5), || cpu.run_rgb_f32(&rgb, w, h, &mut want))?;
-        let geo = geometry(&m, w, h);
-        let d_frame = st.clone_htod(&nv12).map_err(|x| e("upload", x))?;
-        let mut d_out: CudaSlice<f32> = st.alloc_zeros(want.data.len()).map_err(|x| e("alloc", x))?;
-        let fmt = FrameFormat::Nv12 { pitch: w as usize, uv_offset: (w * h) as usize, bt709: true };
-        let gpu_ms = time(runs, || {
-            gpu.preprocess(&d_frame, fmt, w, h, &m, &geo, &mut d_out)?;
-            st.synchronize().map_err(|x| e("sync", x))
-        })?;
-        let got = st.clone_dtoh(&d_out).map_err(|x| e("download", x))?;
-        results.push(CaseResult {
-            name: "preprocess NV12 1920x1080 (BT.709) → BiRefNet 1024²".into(),
-            max_error: max_diff(&got, &want.data),
-            tolerance: 1e-5,
-            gpu_ms,
-            cpu_ms,
-        });
-    }
-
-    // NV12 → RGBA (the frame compositing works on when decoding stays on the GPU), pitched as NVDEC's
-    // buffers are: exact up to rounding (≤ 1 level).
-    for (w, h, pitch) in [(1920u32, 1080u32, 2048usize), (1280, 720, 1280)] {
-        let uv_off = pitch * h as usize;
-        let src = rng.u8s(uv_off + pitch * (h as usize).div_ceil(2));
-        let mut want = Vec::new();
-        let cpu_ms = time(runs.min(5), || {
-            want = nv12_to_rgba_u8(&src, w as usize, h as usize, pitch, uv_off, true);
-            Ok(())
-        })?;
-        let d_src = st.clone_htod(&src).map_err(|x| e("upload", x))?;
-        let mut d_out: CudaSlice<u8> = st.alloc_zeros((w * h * 4) as usize).map_err(|x| e("alloc", x))?;
-        let gpu_ms = {
-            use cudarc::driver::DevicePtr;
-            let (ptr, _g) = d_src.device_ptr(&st);
-            time(runs, || {
-                gpu.nv12_to_rgba(ptr, w, h, pitch, uv_off, true, &mut d_out)?;
-                st.synchronize().map_err(|x| e("sync", x))
-            })?
-        };
-        let got = st.clone_dtoh(&d_out).map_err(|x| e("download", x))?;
-        let err = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap_or(255) as f64 / 255.0;
-        results.push(CaseResult { name: format!("NV12 → RGBA {w}x{h} (pitch {pitch})"), max_error: err, tolerance: 1.0 / 255.0, gpu_ms, cpu_ms });
-    }
+    // NV12 (what NVDEC produces) → RGBA and → model tensor: against the CPU reference of GStreamer's
+    // videoconvert, on random frames and on frames GStreamer decoded or drew (cuda::nv12_check).
+    results.extend(super::nv12_check::cases(&gpu, runs, &mut rng)?);
 
     // Mask upsampling 1024² → 1080p, and 256² → 720p letterboxed (8-bit alpha, ≤ 1 level).
     for (mw, mh, w, h, geo) in [
@@ -507,14 +422,46 @@ pub struct DecodeCheck {
     pub width: u32,
     pub height: u32,
     pub pitch: usize,
+    /// How the decoder's caps say its NV12 is read (matrix, range, chroma siting).
+    pub color: Option<super::nv12::YuvColor>,
     /// Frames per second from the first frame to the last (decode into CUDA memory and the two kernels).
     pub fps: f64,
     pub cases: Vec<CaseResult>,
 }
 
+/// Errors of the kernels on one decoded frame, against a host copy of its planes: the RGBA against the CPU
+/// reference and against GStreamer's `videoconvert` of the same planes read with the frame's own caps (what the
+/// CPU stages would see), and the tensor (`got_in`, BiRefNet's) against the CPU preprocess of the reference.
+fn check_decoded(
+    f: &super::gst_cuda::CudaFrame,
+    info: gstreamer_video::VideoInfo,
+    got_rgba: &[u8],
+    got_in: &[f32],
+    cpu: &mut CpuPreprocess,
+    want: &mut ModelInput,
+) -> Result<[f64; 3]> {
+    use super::nv12::{Nv12Conversion, Nv12Planes, VIDEOCONVERT_THREADS};
+    use super::nv12_check::max_levels;
+    let (w, h) = (f.width as usize, f.height as usize);
+    let mut host = vec![0u8; f.uv_offset + f.pitch * h.div_ceil(2)];
+    // SAFETY: the mapped CUDA buffer holds at least the Y plane and the UV plane at uv_offset.
+    unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut host, f.ptr) }.map_err(|x| e("download", x))?;
+    let planes = Nv12Planes { data: &host, width: w, height: h, pitch: f.pitch, uv_offset: f.uv_offset };
+    let reference = planes.to_rgba(&Nv12Conversion::new(f.color, f.height));
+    let host_frame = super::nv12_frames::HostNv12::from_planes(&planes, info);
+    let theirs = super::nv12_frames::videoconvert_rgba(&[host_frame], VIDEOCONVERT_THREADS)?;
+    cpu.run(&reference, f.width, f.height, want)?;
+    Ok([
+        max_levels(got_rgba, &reference) as f64 / 255.0,
+        max_levels(got_rgba, &theirs[0]) as f64 / 255.0,
+        max_diff(got_in, &want.data),
+    ])
+}
+
 /// Decodes `uri` into CUDA memory in our context (nvcodec) and checks, on up to `max_frames` real frames, that
 /// the kernels read the decoder's buffers where they are: NV12 → RGBA and NV12 → BiRefNet tensor straight from
-/// the device pointer, against the CPU implementation run on a host copy of the same planes.
+/// the device pointer, against the CPU reference run on a host copy of the same planes, and the RGBA against
+/// GStreamer's `videoconvert` of that copy.
 pub fn decode_check(uri: &str, max_frames: usize) -> Result<DecodeCheck> {
     use gstreamer as gst;
     use gstreamer::prelude::*;
@@ -525,8 +472,9 @@ pub fn decode_check(uri: &str, max_frames: usize) -> Result<DecodeCheck> {
     pipeline.set_state(gst::State::Playing).map_err(|x| e("decode pipeline", x))?;
     let st = gpu.stream.clone();
     let m = model::builtin("birefnet-general").unwrap();
-    let (mut rgba_err, mut pre_err) = (0f64, 0f64);
-    let (mut frames, mut dims, mut t_first) = (0usize, (0u32, 0u32, 0usize), None);
+    // NV12 → RGBA against the reference and against videoconvert; the tensor against the CPU preprocess.
+    let mut errs_max = [0f64; 3];
+    let (mut frames, mut dims, mut t_first, mut color) = (0usize, (0u32, 0u32, 0usize), None, None);
     let mut gpu_ms = 0f64;
     let mut cpu = CpuPreprocess::new(&m);
     let mut want = ModelInput::default();
@@ -545,36 +493,29 @@ pub fn decode_check(uri: &str, max_frames: usize) -> Result<DecodeCheck> {
             let f = super::gst_cuda::CudaFrame::map(&sample)?;
             t_first.get_or_insert_with(Instant::now);
             let (w, h) = (f.width, f.height);
-            dims = (w, h, f.pitch);
+            (dims, color) = ((w, h, f.pitch), Some(f.color));
             let t = Instant::now();
             let mut d_rgba: CudaSlice<u8> = st.alloc_zeros((w * h * 4) as usize).map_err(|x| e("alloc", x))?;
-            gpu.nv12_to_rgba(f.ptr, w, h, f.pitch, f.uv_offset, f.bt709, &mut d_rgba)?;
+            gpu.nv12_to_rgba(f.ptr, w, h, f.pitch, f.uv_offset, f.color, &mut d_rgba)?;
             let geo = geometry(&m, w, h);
             let d_in: CudaSlice<f32> = st.alloc_zeros((geo.model_w * geo.model_h * 3) as usize).map_err(|x| e("alloc", x))?;
             {
                 use cudarc::driver::DevicePtr;
                 let (p, _g) = d_in.device_ptr(&st);
-                gpu.preprocess_ptr(f.ptr, FrameFormat::Nv12 { pitch: f.pitch, uv_offset: f.uv_offset, bt709: f.bt709 }, w, h, &m, &geo, p, super::TensorElem::F32)?;
+                gpu.preprocess_ptr(f.ptr, FrameFormat::Nv12 { pitch: f.pitch, uv_offset: f.uv_offset, color: f.color }, w, h, &m, &geo, p, super::TensorElem::F32)?;
             }
             st.synchronize().map_err(|x| e("sync", x))?;
             gpu_ms += t.elapsed().as_secs_f64() * 1000.0;
             // Every 10th frame (and the first) against the CPU on a host copy of the planes.
             if frames % 10 == 0 {
-                let mut host = vec![0u8; f.uv_offset + f.pitch * (h as usize).div_ceil(2)];
-                // SAFETY: the mapped CUDA buffer holds at least the Y plane and the UV plane at uv_offset.
-                unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut host, f.ptr) }.map_err(|x| e("download", x))?;
-                let want_rgba = nv12_to_rgba_u8(&host, w as usize, h as usize, f.pitch, f.uv_offset, f.bt709);
-                let got = st.clone_dtoh(&d_rgba).map_err(|x| e("download", x))?;
-                let d = got.iter().zip(&want_rgba).map(|(a, b)| (*a as i32 - *b as i32).abs()).max().unwrap_or(255) as f64 / 255.0;
-                rgba_err = rgba_err.max(d);
-                let y: Vec<u8> = (0..h as usize).flat_map(|r| host[r * f.pitch..r * f.pitch + w as usize].iter().copied()).collect();
-                let uv: Vec<u8> = (0..(h as usize).div_ceil(2))
-                    .flat_map(|r| host[f.uv_offset + r * f.pitch..f.uv_offset + r * f.pitch + w as usize].iter().copied())
-                    .collect();
-                let rgb = nv12_to_rgb_f32(&y, &uv, w as usize, h as usize, f.bt709);
-                cpu.run_rgb_f32(&rgb, w, h, &mut want)?;
-                let got = st.clone_dtoh(&d_in).map_err(|x| e("download", x))?;
-                pre_err = pre_err.max(max_diff(&got, &want.data));
+                let got_rgba = st.clone_dtoh(&d_rgba).map_err(|x| e("download", x))?;
+                let got_in = st.clone_dtoh(&d_in).map_err(|x| e("download", x))?;
+                let caps = sample.caps().ok_or_else(|| Error::Gst("decoded sample without caps".into()))?;
+                let info = gstreamer_video::VideoInfo::from_caps(caps).map_err(|x| e("caps", x))?;
+                let errs = check_decoded(&f, info, &got_rgba, &got_in, &mut cpu, &mut want)?;
+                for (worst, err) in errs_max.iter_mut().zip(errs) {
+                    *worst = worst.max(err);
+                }
             }
             frames += 1;
         }
@@ -599,37 +540,18 @@ pub fn decode_check(uri: &str, max_frames: usize) -> Result<DecodeCheck> {
         width: dims.0,
         height: dims.1,
         pitch: dims.2,
+        color,
         fps: if elapsed > 0.0 { (frames.saturating_sub(1)) as f64 / elapsed } else { 0.0 },
         cases: vec![
-            CaseResult { name: "decoded NV12 (CUDA memory) → RGBA, device pointer".into(), max_error: rgba_err, tolerance: 1.0 / 255.0, gpu_ms: gpu_ms / n, cpu_ms: 0.0 },
-            CaseResult { name: "decoded NV12 (CUDA memory) → BiRefNet tensor, device pointer".into(), max_error: pre_err, tolerance: 1e-5, gpu_ms: gpu_ms / n, cpu_ms: 0.0 },
+            CaseResult { name: "decoded NV12 (CUDA memory) → RGBA, device pointer, vs reference".into(), max_error: errs_max[0], tolerance: 1.0 / 255.0, gpu_ms: gpu_ms / n, cpu_ms: 0.0 },
+            CaseResult {
+                name: "decoded NV12 (CUDA memory) → RGBA, device pointer, vs GStreamer videoconvert of the same planes".into(),
+                max_error: errs_max[1],
+                tolerance: 1.0 / 255.0,
+                gpu_ms: gpu_ms / n,
+                cpu_ms: 0.0,
+            },
+            CaseResult { name: "decoded NV12 (CUDA memory) → BiRefNet tensor, device pointer, vs reference".into(), max_error: errs_max[2], tolerance: 1e-5, gpu_ms: gpu_ms / n, cpu_ms: 0.0 },
         ],
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::nv12_to_rgba_u8;
-
-    /// The CPU reference of the NV12 kernel: white, black and BT.709 red, with row padding (pitch) that must be
-    /// ignored.
-    #[test]
-    fn nv12_reference_reads_pitched_planes() {
-        let (w, h, pitch) = (4usize, 2usize, 8usize);
-        let mut src = vec![0xEEu8; pitch * h + pitch]; // padding filled with junk
-        // Left half white (Y 235, neutral chroma), right half red (Y 63, U 102, V 240).
-        for r in 0..h {
-            src[r * pitch..r * pitch + 4].copy_from_slice(&[235, 235, 63, 63]);
-        }
-        let uv = pitch * h;
-        src[uv..uv + 4].copy_from_slice(&[128, 128, 102, 240]);
-        let out = nv12_to_rgba_u8(&src, w, h, pitch, uv, true);
-        assert_eq!(out.len(), w * h * 4);
-        assert_eq!(&out[0..4], &[255, 255, 255, 255]);
-        assert_eq!(&out[8..12], &[255, 1, 0, 255]);
-        assert_eq!(&out[16..20], &[255, 255, 255, 255], "second row");
-        // Black.
-        let black = nv12_to_rgba_u8(&[16, 16, 128, 128], 2, 1, 2, 2, false);
-        assert_eq!(black, vec![0, 0, 0, 255, 0, 0, 0, 255]);
-    }
 }

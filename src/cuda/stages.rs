@@ -241,9 +241,9 @@ impl GpuStages {
             let slot = input + i as u64 * per_frame;
             match f {
                 Pixels::Nv12(c) => {
-                    let fmt = FrameFormat::Nv12 { pitch: c.pitch, uv_offset: c.uv_offset, bt709: c.bt709 };
+                    let fmt = FrameFormat::Nv12 { pitch: c.pitch, uv_offset: c.uv_offset, color: c.color };
                     self.gpu.preprocess_ptr(c.ptr, fmt, w, h, &self.manifest, &geo, slot, elem)?;
-                    self.gpu.nv12_to_rgba(c.ptr, w, h, c.pitch, c.uv_offset, c.bt709, dframe)?;
+                    self.gpu.nv12_to_rgba(c.ptr, w, h, c.pitch, c.uv_offset, c.color, dframe)?;
                 }
                 Pixels::Host(data) => {
                     if data.len() != n * 4 {
