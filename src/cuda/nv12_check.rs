@@ -110,8 +110,10 @@ fn random_cases(gpu: &Gpu, runs: usize, rng: &mut Rng) -> Result<Vec<CaseResult>
         results.push(rgba_case(gpu, format!("NV12 → RGBA {w}x{h} (pitch {pitch}, {label}) vs reference"), &f, c, runs)?);
     }
     for (w, h, name, c) in [(1920usize, 1080usize, "birefnet-general", YuvColor::BT709), (333, 201, "selfie", color(Matrix::Bt601, true, true, false))] {
-        let data = random_frame(rng, h, w);
-        let f = Nv12Planes { data: &data, width: w, height: h, pitch: w, uv_offset: w * h };
+        // Rows 4-byte aligned as GStreamer lays NV12 out: an odd width's UV row holds ⌈w/2⌉ pairs, w + 1 bytes.
+        let pitch = w.next_multiple_of(4);
+        let data = random_frame(rng, h, pitch);
+        let f = Nv12Planes { data: &data, width: w, height: h, pitch, uv_offset: pitch * h };
         let m = model::builtin(name).unwrap();
         let (mw, mh) = m.model_size_for(w as u32, h as u32);
         let label = format!("preprocess NV12 {w}x{h} → {name} {mw}x{mh} vs reference");
