@@ -1,11 +1,11 @@
 //! The conversion pipeline: a file in, a matted file out. GStreamer decodes and encodes on its own threads;
-//! between them three threads of ours, joined by bounded channels so memory stays bounded and stages overlap.
+//! between them four threads of ours, joined by bounded channels so memory stays bounded and stages overlap.
 //! The frame work is the engine's ordered policy ([`crate::engine::ordered`]):
 //!
 //! ```text
-//! uridecodebin ─ videoconvert ─ appsink ─▶ [mf-pull] ─▶ [mf-infer: Ordered::matte] ─▶ [mf-push: Finisher::finish] ─┐
-//!      │                                    bounded            bounded                                                │
-//!      └──────────── audio ────────────────────────────────────────────────────────────▶ mux ◀─ encoder ◀─ appsrc ◀┘
+//! uridecodebin ─ videoconvert ─ appsink ─▶ [mf-pull] ─▶ [mf-infer: Ordered::matte] ─▶ [mf-finish: Finisher::finish] ─┐
+//!      │                                    bounded            bounded                       bounded    [mf-push] ◀┘
+//!      └──────────── audio ──────────────────────────────────────────────────▶ mux ◀─ encoder ◀─ appsrc ◀─────┘
 //! ```
 //!
 //! Why appsink/appsrc and not `… ! matteflow ! …` with the element: the two steps of an ordered call run on two
@@ -161,10 +161,12 @@ fn convert_with(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Option<B
     }
     let (tx_frames, rx_frames) = crossbeam_channel::bounded::<Frame>(cfg.queue.max(1));
     let (tx_matted, rx_matted) = crossbeam_channel::bounded::<Matted>(cfg.queue.max(1));
+    let (tx_done, rx_done) = crossbeam_channel::bounded::<Vec<gst::Buffer>>(cfg.queue.max(1));
     let threads = [
         spawn("mf-pull", pull_frames(graph.appsink.clone(), graph.on_device, shared.clone(), tx_frames))?,
         spawn("mf-infer", matte_frames(cfg, &plan, segmenter, batcher, shared.clone(), rx_frames, tx_matted, start))?,
-        spawn("mf-push", finish_frames(&plan, graph.appsrc.clone(), shared.clone(), rx_matted))?,
+        spawn("mf-finish", finish_frames(&plan, shared.clone(), rx_matted, tx_done))?,
+        spawn("mf-push", push_frames(plan.settings.kind, graph.appsrc.clone(), shared.clone(), rx_done))?,
     ];
     let mut progress = ctl.progress;
     let outcome = watch(cfg, &graph, &shared, &ctl.cancel, &mut progress);
@@ -406,17 +408,17 @@ fn matte_frames(
     }
 }
 
-/// Thread 3: the engine's second step (composite on the host, download from the device), then the encoder.
-fn finish_frames(plan: &Plan, appsrc: gst_app::AppSrc, shared: Arc<Shared>, rx: crossbeam_channel::Receiver<Matted>) -> impl FnOnce() + Send {
+/// Thread 3: the engine's second step (composite on the host, download from the device). The finished frames
+/// go on to their own thread for the encoder, so that a download (or composite) never waits behind an encoder
+/// that is busy: the device frames go back for the next inference call as soon as they are downloaded.
+fn finish_frames(plan: &Plan, shared: Arc<Shared>, rx: crossbeam_channel::Receiver<Matted>, tx: crossbeam_channel::Sender<Vec<gst::Buffer>>) -> impl FnOnce() + Send {
     let finisher = Finisher::open(&plan.settings, &plan.place);
-    let kind = plan.settings.kind;
     move || {
         let mut finisher = match finisher {
             Ok(f) => f,
             Err(e) => return shared.fail(e),
         };
-        let (mut finish_time, mut push_time, mut download_time) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-        let mut caps_set = false;
+        let (mut composite_time, mut download_time) = (Duration::ZERO, Duration::ZERO);
         for matted in rx.iter() {
             if shared.stopped() {
                 break;
@@ -426,28 +428,42 @@ fn finish_frames(plan: &Plan, appsrc: gst_app::AppSrc, shared: Arc<Shared>, rx: 
                 Ok(r) => r,
                 Err(e) => return shared.fail(e),
             };
-            *(if on_device { &mut download_time } else { &mut finish_time }) += took;
-            let t = Instant::now();
-            for buffer in buffers {
-                if !caps_set {
-                    set_output_caps(&appsrc, &shared, kind, &buffer);
-                    caps_set = true;
-                }
-                if appsrc.push_buffer(buffer).is_err() {
-                    // Flushing: the pipeline was stopped (error or cancel); the bus loop reports why.
-                    return;
-                }
-                shared.frames_out.fetch_add(1, Ordering::SeqCst);
+            *(if on_device { &mut download_time } else { &mut composite_time }) += took;
+            if tx.send(buffers).is_err() {
+                break;
             }
+        }
+        let mut t = shared.times.lock().unwrap();
+        t.composite += composite_time;
+        t.postprocess += download_time;
+    }
+}
+
+/// Thread 4: finished frames to the encoder (caps set from the first), then end of stream.
+fn push_frames(kind: crate::config::OutputKind, appsrc: gst_app::AppSrc, shared: Arc<Shared>, rx: crossbeam_channel::Receiver<Vec<gst::Buffer>>) -> impl FnOnce() + Send {
+    move || {
+        let mut push_time = Duration::ZERO;
+        let mut caps_set = false;
+        for buffer in rx.iter().flatten() {
+            if shared.stopped() {
+                break;
+            }
+            let t = Instant::now();
+            if !caps_set {
+                set_output_caps(&appsrc, &shared, kind, &buffer);
+                caps_set = true;
+            }
+            if appsrc.push_buffer(buffer).is_err() {
+                // Flushing: the pipeline was stopped (error or cancel); the bus loop reports why.
+                return;
+            }
+            shared.frames_out.fetch_add(1, Ordering::SeqCst);
             push_time += t.elapsed();
         }
         if !shared.stopped() {
             let _ = appsrc.end_of_stream();
         }
-        let mut t = shared.times.lock().unwrap();
-        t.composite += finish_time;
-        t.postprocess += download_time;
-        t.encode_push += push_time;
+        shared.times.lock().unwrap().encode_push += push_time;
     }
 }
 
@@ -556,7 +572,7 @@ fn explain_error(cfg: &ConvertConfig, graph: &Graph, err: &gst::message::Error, 
 
 /// Waits for the stage threads, but never forever: a thread stuck in a driver call must not turn an error or a
 /// Ctrl-C into a hang. Abandoned threads die with the process; the staged output is removed on return.
-fn join_or_abandon(threads: [std::thread::JoinHandle<()>; 3], outcome: Result<()>) -> Result<()> {
+fn join_or_abandon(threads: [std::thread::JoinHandle<()>; 4], outcome: Result<()>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
