@@ -182,6 +182,19 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// Runs a command to its end, killing it (and failing) after `limit`; returns its exit status and stderr.
+fn run_within(mut cmd: Command, limit: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_exit(&mut child, limit);
+    (status, reader.join().unwrap())
+}
+
 fn check_recording(path: &Path, min_frames: usize) -> Vec<Decoded> {
     let frames = decode(path);
     assert!(frames.len() >= min_frames, "{} has {} frames, expected ≥ {min_frames}", path.display(), frames.len());
@@ -494,23 +507,88 @@ fn rtmp_input_is_matted() {
     assert!(close(px(last, W, YELLOW_X, BAR_Y), YELLOW, 24), "yellow bar: {:?}", px(last, W, YELLOW_X, BAR_Y));
 }
 
-#[test]
-fn virtual_camera_negotiates_yuy2_and_explains_a_missing_device() {
-    use matteflow::live::output::{vcam_caps, OutputOptions};
-    let caps = vcam_caps(&OutputOptions::default(), 1280, 720, 30).unwrap();
-    let s = caps.structure(0).unwrap();
-    assert_eq!(s.get::<&str>("format").unwrap(), "YUY2");
-    assert_eq!((s.get::<i32>("width").unwrap(), s.get::<i32>("height").unwrap()), (1280, 720));
-    let opts = OutputOptions { vcam_format: "I420".into(), ..Default::default() };
-    assert_eq!(vcam_caps(&opts, 640, 480, 30).unwrap().structure(0).unwrap().get::<&str>("format").unwrap(), "I420");
-    assert!(vcam_caps(&OutputOptions { vcam_format: "NOPE".into(), ..Default::default() }, 64, 64, 30).is_err());
+/// The output pipeline `matteflow live` builds for `--output v4l2:/dev/video99` (`Outputs::build`, the
+/// production code), with `frames` RGBA frames of `w`×`h` at 30 fps pushed through it. Only the device's
+/// v4l2sink is swapped for a fakesink after it is checked: these machines have no V4L2 in the kernel, so it
+/// cannot open (the test below checks that failure through the CLI). Returns the caps the virtual camera's
+/// capsfilter negotiated.
+fn run_virtual_camera_branch(opts: &matteflow::live::OutputOptions, w: u32, h: u32) -> gst::Caps {
+    use matteflow::live::output::{ClockRef, Outputs};
+    use matteflow::live::{LiveStats, OutputSpec};
+    gst::init().unwrap();
+    let clock = gst::SystemClock::obtain();
+    let clock_ref = ClockRef { base_time: clock.time(), clock };
+    let spec = OutputSpec::VirtualCamera("/dev/video99".into());
+    let mut outputs = Outputs::build(&[spec], opts, 30, clock_ref, Arc::new(LiveStats::default())).unwrap();
+    assert_eq!(outputs.descriptions, [format!("virtual camera /dev/video99 ({})", opts.vcam_format)]);
+    // The chain from the output tee: queue ─ videoconvert ─ capsfilter ─ v4l2sink on the device.
+    let pipeline = outputs.pipeline.clone();
+    let factory = |e: &gst::Element| e.factory().unwrap().name().to_string();
+    let next = |e: &gst::Element| e.src_pads()[0].peer().and_then(|p| p.parent_element()).unwrap();
+    let tee = pipeline.iterate_elements().into_iter().map(Result::unwrap).find(|e| factory(e) == "tee").unwrap();
+    let queue = next(&tee);
+    let (convert, capsfilter) = (next(&queue), next(&next(&queue)));
+    let sink = next(&capsfilter);
+    let chain: Vec<String> = [&queue, &convert, &capsfilter, &sink].into_iter().map(factory).collect();
+    assert_eq!(chain, ["queue", "videoconvert", "capsfilter", "v4l2sink"]);
+    assert!(queue.name().starts_with("vcam"), "the branch's queue names its thread: {}", queue.name());
+    assert_eq!(sink.property::<String>("device"), "/dev/video99");
+    assert!(!sink.property::<bool>("sync"), "the virtual camera must not wait on the clock");
+    let wanted = capsfilter.property::<gst::Caps>("caps");
+    assert_eq!(wanted.structure(0).unwrap().get::<&str>("format").unwrap(), opts.vcam_format);
 
+    capsfilter.unlink(&sink);
+    pipeline.remove(&sink).unwrap();
+    let stand_in = gst::ElementFactory::make("fakesink").property("sync", false).build().unwrap();
+    pipeline.add(&stand_in).unwrap();
+    capsfilter.link(&stand_in).unwrap();
+    outputs.start().unwrap();
+    let frame_ns = gst::ClockTime::SECOND.nseconds() / 30;
+    for i in 0..5u64 {
+        let pts = gst::ClockTime::from_nseconds(i * frame_ns);
+        outputs.push(vec![128u8; (w * h * 4) as usize], w, h, gst::Fraction::new(30, 1), Some(pts)).unwrap();
+    }
+    let pad = capsfilter.static_pad("src").unwrap();
+    let t = Instant::now();
+    let caps = loop {
+        if let Some(c) = pad.current_caps() {
+            break c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the virtual camera branch did not negotiate");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(outputs.poll_error().is_none());
+    outputs.finish().unwrap();
+    caps
+}
+
+#[test]
+fn virtual_camera_branch_negotiates_its_format_and_a_missing_device_is_a_clear_error() {
+    use matteflow::live::OutputOptions;
+    // The default format (YUY2, what browsers take) and an override, at the frames' size and rate.
+    for (opts, w, h) in [
+        (OutputOptions::default(), 1280, 720),
+        (OutputOptions { vcam_format: "I420".into(), ..Default::default() }, 640, 480),
+    ] {
+        let caps = run_virtual_camera_branch(&opts, w, h);
+        let s = caps.structure(0).unwrap();
+        assert_eq!(s.get::<&str>("format").unwrap(), opts.vcam_format, "{caps}");
+        assert_eq!((s.get::<i32>("width").unwrap(), s.get::<i32>("height").unwrap()), (w as i32, h as i32), "{caps}");
+        assert_eq!(s.get::<gst::Fraction>("framerate").unwrap(), gst::Fraction::new(30, 1), "{caps}");
+    }
+    // A format the branch cannot make is refused by name when the outputs are built.
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
-    let out = live_cmd(&manifest, &["--output", "v4l2:/dev/video99", "--duration", "2"]).output().unwrap();
-    let err = stderr_of(&out);
-    assert!(!out.status.success());
-    assert!(err.contains("/dev/video99") && err.contains("v4l2loopback"), "{err}");
+    let (status, err) = run_within(live_cmd(&manifest, &["--output", "v4l2:/dev/video99", "--vcam-format", "NOPE", "--duration", "2"]), Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("'NOPE'") && err.contains("YUY2") && err.contains("--vcam-format"), "{err}");
+
+    // The real thing here: the device cannot be opened. The run ends at once, in an error (exit code 1: not a
+    // panic, not a signal, not a hang) that names the device and says how to make one.
+    let (status, err) = run_within(live_cmd(&manifest, &["--output", "v4l2:/dev/video99", "--duration", "2"]), Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("/dev/video99") && err.contains("v4l2loopback") && err.contains("modprobe"), "{err}");
 }
 
 #[test]
