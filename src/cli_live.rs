@@ -79,9 +79,6 @@ pub struct LiveMatteArgs {
     /// How long a frame may wait for its own mask before the latest one is used, ms
     #[arg(long, default_value_t = 40, help_heading = "Matte")]
     budget_ms: u32,
-    /// Testing aid: add this many ms to every inference
-    #[arg(long, default_value_t = 0, hide = true)]
-    simulate_slow_model_ms: u32,
 }
 
 #[derive(Args, Clone)]
@@ -205,7 +202,6 @@ pub fn live(a: LiveArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     };
     cfg.infer_every = a.matte.infer_every;
     cfg.budget_ms = a.matte.budget_ms;
-    cfg.simulate_slow_model_ms = a.matte.simulate_slow_model_ms;
     cfg.output_options = OutputOptions {
         bitrate_kbps: a.encode.bitrate,
         x264_preset: a.encode.x264_preset,

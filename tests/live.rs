@@ -1,7 +1,7 @@
 //! Live matting against real parts: a real nginx-rtmp server started by the test, a live test-pattern source,
 //! the stream pulled back with GStreamer and checked pixel by pixel where the mask is known (a known-answer
 //! model whose mask is the red channel, over SMPTE colour bars), recordings decoded back, the server killed
-//! and restarted mid-stream, a slowed model, signals, and the control endpoint.
+//! and restarted mid-stream, a genuinely slow model, signals, and the control endpoint.
 
 mod common;
 
@@ -24,6 +24,8 @@ const YELLOW_X: u32 = 68;
 const CYAN_X: u32 = 114;
 const BAR_Y: u32 = 60;
 const GREEN_BG: [u8; 3] = [0, 177, 64];
+/// The source's frame rate in `live_cmd` (and of the streams the tests publish).
+const FPS: f64 = 30.0;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -182,6 +184,24 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// The source's rate held through a run of `secs` seconds (`--duration`): the report counts at least 90 % of the
+/// frames that time makes at the source's rate, and no more than the source can have made in the whole run
+/// (start-up and wind-down included; more would mean duplicated frames).
+fn assert_rate_held(summary: &serde_json::Value, secs: f64) {
+    let out = summary["output"].as_u64().unwrap() as f64;
+    let run = summary["seconds"].as_f64().unwrap();
+    assert!(out >= 0.9 * secs * FPS, "output fell behind the source: {out} frames in {secs} s at {FPS} fps: {summary}");
+    assert!(out <= run * FPS + 2.0, "{out} frames in {run} s is more than the source made at {FPS} fps: {summary}");
+}
+
+/// Frames a recording must hold after a run: every frame handed to the outputs except those a loaded machine
+/// made the output queue drop (counted), less a 10 % margin (the drop count is read when a frame is pushed,
+/// not when the queue drops it).
+fn recorded_at_least(summary: &serde_json::Value) -> usize {
+    let handed = summary["output"].as_u64().unwrap() - summary["output_dropped"].as_u64().unwrap();
+    (0.9 * handed as f64) as usize
+}
+
 /// Runs a command to its end, killing it (and failing) after `limit`; returns its exit status and stderr.
 fn run_within(mut cmd: Command, limit: Duration) -> (std::process::ExitStatus, String) {
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
@@ -299,33 +319,11 @@ fn rtmp_server_down_at_start_is_a_clear_error() {
 #[test]
 fn slow_model_keeps_the_frame_rate_and_counts_reused_masks() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = known_answer(dir.path());
-    let rec = dir.path().join("rec.mp4");
-    let rep = dir.path().join("report.json");
-    let out = live_cmd(
-        &manifest,
-        &["--output", rec.to_str().unwrap(), "--duration", "5", "--simulate-slow-model-ms", "100", "--report", rep.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let s = &report(&rep)["summary"];
-    let (outn, inferred, reused, stale) = (
-        s["output"].as_u64().unwrap(),
-        s["inferred"].as_u64().unwrap(),
-        s["reused"].as_u64().unwrap(),
-        s["skipped_stale"].as_u64().unwrap(),
-    );
-    // The source rate holds (30 fps for 5 s) although the model manages < 10 fps.
-    assert!(outn >= 135, "output fell behind the source: {outn} frames in 5 s: {s}");
-    assert!(inferred <= 55 && inferred >= 25, "a 100 ms model runs ≤ 10 times a second: {inferred}: {s}");
-    assert!(reused + 5 >= outn - inferred && stale >= outn / 2, "reused {reused}, skipped {stale} of {outn}: {s}");
-    // No latency build-up: the frame waits at most the 40 ms budget for a mask.
-    let p95 = s["glass_to_glass"]["p95"].as_f64().unwrap();
-    assert!(p95 < 150.0, "glass-to-glass p95 {p95} ms: latency builds up: {s}");
-    check_recording(&rec, 135);
+    let frame_ms = 1000.0 / FPS;
 
-    // Every third frame by choice: a third of the frames are inferred.
+    // First the same outputs with the fast known-answer model, every third frame by choice: a third of the
+    // frames are inferred. Its latency is the baseline the slow model's run is held to.
+    let manifest = known_answer(dir.path());
     let rep3 = dir.path().join("r3.json");
     let rec3 = dir.path().join("rec3.mp4");
     let out = live_cmd(&manifest, &["--output", rec3.to_str().unwrap(), "--max-frames", "90", "--infer-every", "3", "--report", rep3.to_str().unwrap()])
@@ -335,6 +333,63 @@ fn slow_model_keeps_the_frame_rate_and_counts_reused_masks() {
     let s = &report(&rep3)["summary"];
     let inferred = s["inferred"].as_u64().unwrap();
     assert!((28..=32).contains(&inferred), "--infer-every 3 over 90 frames inferred {inferred}: {s}");
+    let base_p95 = s["glass_to_glass"]["p95"].as_f64().unwrap();
+
+    // A model that really costs about 150 ms a frame (4.5 frame intervals) on one CPU thread, calibrated on
+    // this machine; one thread, as on a 2-core machine the model must leave a core to capture, composite
+    // and encode. Run through the selfie manifest's real preprocess and postprocess.
+    let (slow, calibrated_ms) = slow_model(dir.path(), 150.0, 1);
+    let rec = dir.path().join("rec.mp4");
+    let rep = dir.path().join("report.json");
+    let out = live_cmd(&slow, &["--threads", "1", "--output", rec.to_str().unwrap(), "--duration", "5", "--report", rep.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let s = &report(&rep)["summary"];
+    let (outn, inferred, reused, stale) = (
+        s["output"].as_u64().unwrap(),
+        s["inferred"].as_u64().unwrap(),
+        s["reused"].as_u64().unwrap(),
+        s["skipped_stale"].as_u64().unwrap(),
+    );
+    // What the model cost in this run (the hook this test used to rely on slept a fixed 100 ms; a real model's
+    // cost is measured instead). It must be slow, or nothing below means anything.
+    let (infer_ms, matte_ms) = (s["infer"]["p50"].as_f64().unwrap(), s["matte"]["p50"].as_f64().unwrap());
+    assert!(
+        infer_ms > 2.5 * frame_ms,
+        "the slow model ran in {infer_ms:.0} ms (calibrated {calibrated_ms:.0} ms), not the several frame intervals this test needs: {s}"
+    );
+    eprintln!(
+        "slow model: {calibrated_ms:.0} ms calibrated, {infer_ms:.0} ms (p50) in the run; {outn} frames, {inferred} inferred, \
+         {reused} reused, {stale} skipped stale; glass-to-glass p95 {:.0} ms (fast model {base_p95:.0} ms)",
+        s["glass_to_glass"]["p95"].as_f64().unwrap()
+    );
+    // The source rate holds (30 fps for 5 s) although the model manages a few frames a second.
+    assert_rate_held(s, 5.0);
+    // The model runs as often as its cost allows, and no more: was 25..=55 runs for a 100 ms model in 5 s; now
+    // between 60 % of 5 s / (its matte time + one frame interval, the longest a free model waits for the next
+    // frame) and 120 % of 5 s / its inference time, from the costs this run measured.
+    let (least, most) = (0.6 * 5000.0 / (matte_ms + frame_ms) - 2.0, 1.2 * 5000.0 / infer_ms + 2.0);
+    assert!(
+        (least..=most).contains(&(inferred as f64)),
+        "a {infer_ms:.0} ms model ran {inferred} times in 5 s, expected {least:.0}..={most:.0}: {s}"
+    );
+    // Every frame either went to the model or was skipped as stale while it was busy (nothing queued for it),
+    // and every frame not inferred was shown with a reused mask. With the model ≥ 2.5 frame intervals, it saw
+    // fewer than half of the frames.
+    assert!(inferred + stale + 5 >= outn && inferred + stale <= outn + 5, "inferred {inferred} + skipped {stale} ≠ {outn} frames: {s}");
+    assert!(reused + 5 >= outn - inferred && stale >= outn / 2, "reused {reused}, skipped {stale} of {outn}: {s}");
+    // No latency build-up: a frame waits at most the 40 ms budget for its mask, so the 95th percentile is
+    // within that budget and a frame interval of the fast model's (was a fixed 150 ms). Waiting for every
+    // mask would add the model's whole cost (≥ 2.5 frame intervals) instead.
+    let p95 = s["glass_to_glass"]["p95"].as_f64().unwrap();
+    assert!(p95 < base_p95 + 40.0 + frame_ms, "glass-to-glass p95 {p95:.0} ms against {base_p95:.0} ms with a fast model: latency builds up: {s}");
+    // The reused masks are real masks of the picture: the recording is matted (the cyan bar, mask 0, shows
+    // the green background; the yellow bar, mask 1, stays yellow).
+    let frames = check_recording(&rec, recorded_at_least(s));
+    let last = &frames.last().unwrap().rgba;
+    assert!(close(px(last, W, CYAN_X, BAR_Y), GREEN_BG, 14), "cyan bar: {:?}", px(last, W, CYAN_X, BAR_Y));
+    assert!(close(px(last, W, YELLOW_X, BAR_Y), YELLOW, 24), "yellow bar: {:?}", px(last, W, YELLOW_X, BAR_Y));
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {

@@ -125,8 +125,6 @@ pub struct MatteSection {
     pub fg_estimate: bool,
     pub infer_every: u32,
     pub budget_ms: u32,
-    /// Testing aid: add this many ms to every inference.
-    pub simulate_slow_model_ms: u32,
 }
 
 impl Default for MatteSection {
@@ -142,7 +140,6 @@ impl Default for MatteSection {
             fg_estimate: false,
             infer_every: 1,
             budget_ms: 40,
-            simulate_slow_model_ms: 0,
         }
     }
 }
@@ -283,7 +280,6 @@ impl JobFile {
                 c.post = self.post();
                 c.infer_every = self.matte.infer_every;
                 c.budget_ms = self.matte.budget_ms;
-                c.simulate_slow_model_ms = self.matte.simulate_slow_model_ms;
                 c.control = self.control.clone();
                 c.stats_interval_s = self.run.stats_interval_s;
                 c.max_frames = self.run.max_frames;
