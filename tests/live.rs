@@ -2,6 +2,11 @@
 //! the stream pulled back with GStreamer and checked pixel by pixel where the mask is known (a known-answer
 //! model whose mask is the red channel, over SMPTE colour bars), recordings decoded back, the server killed
 //! and restarted mid-stream, a genuinely slow model, signals, and the control endpoint.
+//!
+//! Every test here holds one lock (`serial`) for its whole run: they run matteflow live in real time, most
+//! assert on frame rates or latency, and cargo runs a binary's tests on parallel threads, where two live runs
+//! on a 2-core machine take each other's CPU. Rates are asserted relative to what each run asked for or
+//! measured itself (its duration, the source's frame rate, the model's own cost), not as fixed windows.
 
 mod common;
 
@@ -26,6 +31,13 @@ const BAR_Y: u32 = 60;
 const GREEN_BG: [u8; 3] = [0, 177, 64];
 /// The source's frame rate in `live_cmd` (and of the streams the tests publish).
 const FPS: f64 = 30.0;
+
+/// Serialises the tests of this binary (see the module comment). A failed test poisons the lock; the others
+/// still run.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -232,6 +244,7 @@ fn check_recording(path: &Path, min_frames: usize) -> Vec<Decoded> {
 
 #[test]
 fn live_test_pattern_to_rtmp_and_recording() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let nginx = Nginx::start(dir.path(), free_port());
@@ -256,19 +269,26 @@ fn live_test_pattern_to_rtmp_and_recording() {
     assert!(close(px(last, W, YELLOW_X, BAR_Y), YELLOW, 14), "yellow bar: {:?}", px(last, W, YELLOW_X, BAR_Y));
     // The recording has the whole run, and the report says what happened.
     let r = report(&rep);
-    let out = r["summary"]["output"].as_u64().unwrap();
-    assert!((220..=260).contains(&out), "8 s at 30 fps, got {out} frames");
-    let rec_frames = check_recording(&rec, 200);
+    let s = &r["summary"];
+    let out = s["output"].as_u64().unwrap();
+    // Was a fixed 220..=260 frames. The source's rate holds: at least 90 % of the frames 8 s at 30 fps make, and
+    // no more than the source made in the whole run (frames are not duplicated).
+    assert_rate_held(s, 8.0);
+    let rec_frames = check_recording(&rec, recorded_at_least(s));
     let lf = &rec_frames.last().unwrap().rgba;
     assert!(close(px(lf, W, CYAN_X, BAR_Y), GREEN_BG, 14));
-    let g2g = &r["summary"]["glass_to_glass"];
-    assert!(g2g["count"].as_u64().unwrap() > 100 && g2g["p95"].as_f64().unwrap() < 500.0, "latency: {g2g}");
+    // Latency does not build up: the 95th percentile stays under 15 frame intervals (500 ms at 30 fps), where a
+    // queue growing over 8 s would reach seconds. Measured on most frames (was > 100 of ~240).
+    let g2g = &s["glass_to_glass"];
+    assert!(g2g["count"].as_u64().unwrap() as f64 > 0.4 * out as f64, "latency measured on too few frames: {g2g}");
+    assert!(g2g["p95"].as_f64().unwrap() < 15.0 * 1000.0 / FPS, "latency: {g2g}");
     assert!(log.contains("glass-to-glass p50"), "periodic statistics lines: {log}");
     assert_no_partials(dir.path());
 }
 
 #[test]
 fn rtmp_server_dies_mid_stream_recording_continues_and_stream_reconnects() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let mut nginx = Nginx::start(dir.path(), free_port());
@@ -297,13 +317,18 @@ fn rtmp_server_dies_mid_stream_recording_continues_and_stream_reconnects() {
     assert!(log.contains("reconnected"), "{log}");
     let r = report(&rep);
     assert!(r["summary"]["reconnects"].as_u64().unwrap() >= 1, "{r}");
-    // The recording went on through the outage: ~14 s, no holes.
-    check_recording(&rec, 380);
+    // The recording went on through the outage: ~14 s, no holes. Was ≥ 380 frames (90 % of 14 s at 30 fps);
+    // now the frames the run handed to the outputs (less a margin), spanning the run to within 1.5 s.
+    assert_rate_held(&r["summary"], 14.0);
+    let frames = check_recording(&rec, recorded_at_least(&r["summary"]));
+    let span = (frames.last().unwrap().pts.unwrap() - frames[0].pts.unwrap()) as f64 / 1e9;
+    assert!(span >= 14.0 - 1.5, "the recording spans {span:.1} s of a 14 s run: {r}");
     assert_no_partials(dir.path());
 }
 
 #[test]
 fn rtmp_server_down_at_start_is_a_clear_error() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let rec = dir.path().join("rec.mp4");
@@ -318,6 +343,7 @@ fn rtmp_server_down_at_start_is_a_clear_error() {
 
 #[test]
 fn slow_model_keeps_the_frame_rate_and_counts_reused_masks() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let frame_ms = 1000.0 / FPS;
 
@@ -405,6 +431,7 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 
 #[test]
 fn control_endpoint_changes_the_background_of_the_running_stream() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let rec = dir.path().join("rec.mkv");
@@ -450,8 +477,12 @@ fn control_endpoint_changes_the_background_of_the_running_stream() {
     std::thread::sleep(Duration::from_secs(1));
     // Pause: frames pass through unmatted (the cyan bar shows cyan).
     assert_eq!(http(&addr, "POST", "/pause", "").0, 200);
+    let pause_started = Instant::now();
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(http(&addr, "POST", "/resume", "").0, 200);
+    // Was a fixed ≥ 20 paused frames (of ~36 in 1.2 s); now 55 % of the frames the pause measured here lasted
+    // (from the answer to /pause to that to /resume) holds at the source's rate.
+    let paused_at_least = (0.55 * pause_started.elapsed().as_secs_f64() * FPS) as u64;
     // Switch the model to a shipped one (loaded in the background, swapped between frames).
     let (c, b) = http(&addr, "POST", "/model", "selfie-landscape");
     assert_eq!(c, 200, "{b}");
@@ -463,7 +494,7 @@ fn control_endpoint_changes_the_background_of_the_running_stream() {
         .find(|l| l.starts_with("matteflow_frames_passthrough_total "))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap();
-    assert!(passthrough >= 20, "about 36 frames were paused: {passthrough}");
+    assert!(passthrough >= paused_at_least, "{paused_at_least} frames or more were paused: {passthrough}");
     let st = wait_exit(&mut child, Duration::from_secs(30));
     assert!(st.success(), "{}", log.lock().unwrap());
     // The recording shows the switch: green, then magenta, then the image's blue, in the cyan bar.
@@ -474,34 +505,37 @@ fn control_endpoint_changes_the_background_of_the_running_stream() {
     assert!(close(cyan[0], GREEN_BG, 6) && first_magenta < first_blue, "{:?}", &cyan[..5]);
     assert!(cyan[first_magenta..first_blue].iter().all(|p| close(*p, [255, 0, 255], 6)));
     let paused = cyan[first_blue..].iter().filter(|p| close(**p, [0, 255, 255], 12)).count();
-    assert!(paused >= 20, "paused frames show the picture itself (cyan): {paused}");
+    assert!(paused as u64 >= paused_at_least, "paused frames show the picture itself (cyan): {paused} < {paused_at_least}");
 }
 
 #[test]
 fn sigint_and_sigterm_finish_the_recording() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
-    let rec = dir.path().join("rec.mp4");
-    let mut child = live_cmd(&manifest, &["--output", rec.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
-    let log = collect_stderr(&mut child);
-    std::thread::sleep(Duration::from_secs(4));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let st = wait_exit(&mut child, Duration::from_secs(20));
-    assert!(st.success(), "Ctrl-C ends a live run normally: {st} {}", log.lock().unwrap());
-    check_recording(&rec, 60);
-    assert_no_partials(dir.path());
-    // SIGTERM (a service manager stopping it) likewise.
-    let rec2 = dir.path().join("rec2.mkv");
-    let mut child = live_cmd(&manifest, &["--output", rec2.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
-    check_recording(&rec2, 40);
-    assert_no_partials(dir.path());
+    // Ctrl-C ends a live run normally, SIGTERM (a service manager stopping it) likewise: the recording is
+    // finished and playable and the report written. Was ≥ 60 and ≥ 40 frames after 4 s and 3 s; now every frame
+    // the run handed to the recording (less a margin), and at least a second's worth.
+    for (signal, name, secs) in [(libc::SIGINT, "rec.mp4", 4), (libc::SIGTERM, "rec2.mkv", 3)] {
+        let rec = dir.path().join(name);
+        let rep = dir.path().join(format!("{name}.json"));
+        let mut child =
+            live_cmd(&manifest, &["--output", rec.to_str().unwrap(), "--report", rep.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
+        let log = collect_stderr(&mut child);
+        std::thread::sleep(Duration::from_secs(secs));
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let st = wait_exit(&mut child, Duration::from_secs(20));
+        assert!(st.success(), "signal {signal} ends a live run normally: {st} {}", log.lock().unwrap());
+        let s = &report(&rep)["summary"];
+        assert!(s["output"].as_u64().unwrap() as f64 >= FPS, "less than a second of output in {secs} s: {s}");
+        check_recording(&rec, recorded_at_least(s));
+        assert_no_partials(dir.path());
+    }
 }
 
 #[test]
 fn input_cut_off_mid_stream_finishes_the_recording_and_says_why() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     // A stream cut off in the middle (as when a camera is unplugged or a network source drops): the first
@@ -514,6 +548,9 @@ fn input_cut_off_mid_stream_finishes_the_recording_and_says_why() {
     let data = std::fs::read(&flv).unwrap();
     let cut = dir.path().join("cut.flv");
     std::fs::write(&cut, &data[..data.len() * 4 / 10]).unwrap();
+    // How many frames the cut stream holds (about 120).
+    let frames_in = decode(&cut).len();
+    assert!(frames_in >= 100, "the cut stream has {frames_in} frames");
     let rec = dir.path().join("rec.mp4");
     let t = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_matteflow"))
@@ -523,16 +560,20 @@ fn input_cut_off_mid_stream_finishes_the_recording_and_says_why() {
         .unwrap();
     let log = stderr_of(&out);
     assert!(log.contains("the input ended") || log.contains("stopped:"), "{log}");
-    // Played at its own pace (about 4 s), not as fast as possible.
-    assert!(t.elapsed() > Duration::from_secs(3), "a file input is paced like a camera: {:?}", t.elapsed());
+    // Played at its own pace (about 4 s), not as fast as possible. Was > 3 s and ≥ 100 frames; now relative to
+    // the frames the cut stream holds: 75 % of their duration at least, and 80 % of them in the recording.
+    let paced = Duration::from_secs_f64(0.75 * frames_in as f64 / FPS);
+    assert!(t.elapsed() > paced, "a file input is paced like a camera: {frames_in} frames in {:?}", t.elapsed());
+    let least = (0.8 * frames_in as f64) as usize;
     let frames = decode(&rec);
-    assert!(frames.len() >= 100, "{} frames in the recording: {log}", frames.len());
-    check_recording(&rec, 100);
+    assert!(frames.len() >= least, "{} of {frames_in} frames in the recording: {log}", frames.len());
+    check_recording(&rec, least);
     assert_no_partials(dir.path());
 }
 
 #[test]
 fn rtmp_input_is_matted() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let nginx = Nginx::start(dir.path(), free_port());
@@ -619,6 +660,7 @@ fn run_virtual_camera_branch(opts: &matteflow::live::OutputOptions, w: u32, h: u
 
 #[test]
 fn virtual_camera_branch_negotiates_its_format_and_a_missing_device_is_a_clear_error() {
+    let _serial = serial();
     use matteflow::live::OutputOptions;
     // The default format (YUY2, what browsers take) and an override, at the frames' size and rate.
     for (opts, w, h) in [
@@ -648,6 +690,7 @@ fn virtual_camera_branch_negotiates_its_format_and_a_missing_device_is_a_clear_e
 
 #[test]
 fn screen_output_without_a_display_is_a_clear_error() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let out = live_cmd(&manifest, &["--output", "screen", "--duration", "2"]).env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY").output().unwrap();
@@ -658,6 +701,7 @@ fn screen_output_without_a_display_is_a_clear_error() {
 
 #[test]
 fn shipped_pipeline_files_parse_and_run() {
+    let _serial = serial();
     use matteflow::live::job::JobFile;
     let dir = root().join("pipelines");
     let mut n = 0;
@@ -707,6 +751,7 @@ fn gst_launch(args: &str) -> Child {
 
 #[test]
 fn srt_input_is_matted_and_latency_is_measured_on_every_frame() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let port = free_port();
@@ -741,6 +786,7 @@ fn srt_input_is_matted_and_latency_is_measured_on_every_frame() {
 
 #[test]
 fn file_served_over_http_is_played_at_its_own_frame_rate() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     // 90 frames (3 s at 30 fps) of colour bars, served by a plain HTTP server.
