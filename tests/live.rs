@@ -182,6 +182,17 @@ fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     buf
 }
 
+/// Waits until a live run says it has started (outputs open, frames flowing), so that what a test times from
+/// then on is the run itself and not the start-up (loading ONNX Runtime and the model, building pipelines),
+/// which takes seconds on a loaded machine.
+fn wait_started(log: &Mutex<String>) {
+    let t = Instant::now();
+    while !log.lock().unwrap().contains("(Ctrl-C to stop)") {
+        assert!(t.elapsed() < Duration::from_secs(30), "the live run did not start: {}", log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let t = Instant::now();
     loop {
@@ -256,6 +267,7 @@ fn live_test_pattern_to_rtmp_and_recording() {
         .spawn()
         .unwrap();
     let log = collect_stderr(&mut child);
+    wait_started(&log);
     std::thread::sleep(Duration::from_millis(1500));
     let frames = pull_rtmp(&url, 5.0);
     let status = wait_exit(&mut child, Duration::from_secs(30));
@@ -303,6 +315,8 @@ fn rtmp_server_dies_mid_stream_recording_continues_and_stream_reconnects() {
     .spawn()
     .unwrap();
     let log = collect_stderr(&mut child);
+    // The outage must come mid-stream, after the stream started (however long start-up took).
+    wait_started(&log);
     std::thread::sleep(Duration::from_secs(3));
     nginx.kill();
     std::thread::sleep(Duration::from_secs(3));
@@ -514,14 +528,18 @@ fn sigint_and_sigterm_finish_the_recording() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     // Ctrl-C ends a live run normally, SIGTERM (a service manager stopping it) likewise: the recording is
-    // finished and playable and the report written. Was ≥ 60 and ≥ 40 frames after 4 s and 3 s; now every frame
-    // the run handed to the recording (less a margin), and at least a second's worth.
+    // finished and playable and the report written. Was ≥ 60 and ≥ 40 frames 4 s and 3 s after spawning; now
+    // every frame the run handed to the recording (less a margin), and at least a second's worth in the 3–4 s
+    // after the run started.
     for (signal, name, secs) in [(libc::SIGINT, "rec.mp4", 4), (libc::SIGTERM, "rec2.mkv", 3)] {
         let rec = dir.path().join(name);
         let rep = dir.path().join(format!("{name}.json"));
         let mut child =
             live_cmd(&manifest, &["--output", rec.to_str().unwrap(), "--report", rep.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
         let log = collect_stderr(&mut child);
+        // The signal comes `secs` into the run itself: start-up can take seconds on a loaded machine (a SIGTERM
+        // 3 s after spawning once found only 1 s of output).
+        wait_started(&log);
         std::thread::sleep(Duration::from_secs(secs));
         unsafe { libc::kill(child.id() as i32, signal) };
         let st = wait_exit(&mut child, Duration::from_secs(20));
