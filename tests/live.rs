@@ -207,13 +207,14 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
-/// The source's rate held through a run of `secs` seconds (`--duration`): the report counts at least 90 % of the
-/// frames that time makes at the source's rate, and no more than the source can have made in the whole run
+/// The source's rate held through a run of `secs` seconds (`--duration`): the report counts at least `share` of
+/// the frames that time makes at the source's rate, and no more than the source can have made in the whole run
 /// (start-up and wind-down included; more would mean duplicated frames).
-fn assert_rate_held(summary: &serde_json::Value, secs: f64) {
+fn assert_rate_held(summary: &serde_json::Value, secs: f64, share: f64) {
     let out = summary["output"].as_u64().unwrap() as f64;
     let run = summary["seconds"].as_f64().unwrap();
-    assert!(out >= 0.9 * secs * FPS, "output fell behind the source: {out} frames in {secs} s at {FPS} fps: {summary}");
+    eprintln!("rate: {out} frames out in a {secs} s run = {:.2} of {FPS} fps", out / (secs * FPS));
+    assert!(out >= share * secs * FPS, "output fell behind the source: {out} frames in {secs} s at {FPS} fps: {summary}");
     assert!(out <= run * FPS + 2.0, "{out} frames in {run} s is more than the source made at {FPS} fps: {summary}");
 }
 
@@ -285,15 +286,18 @@ fn live_test_pattern_to_rtmp_and_recording() {
     let out = s["output"].as_u64().unwrap();
     // Was a fixed 220..=260 frames. The source's rate holds: at least 90 % of the frames 8 s at 30 fps make, and
     // no more than the source made in the whole run (frames are not duplicated).
-    assert_rate_held(s, 8.0);
+    assert_rate_held(s, 8.0, 0.9);
     let rec_frames = check_recording(&rec, recorded_at_least(s));
     let lf = &rec_frames.last().unwrap().rgba;
     assert!(close(px(lf, W, CYAN_X, BAR_Y), GREEN_BG, 14));
-    // Latency does not build up: the 95th percentile stays under 15 frame intervals (500 ms at 30 fps), where a
-    // queue growing over 8 s would reach seconds. Measured on most frames (was > 100 of ~240).
+    // Latency does not build up. Was p95 < 500 ms, which one stall of the machine (another build taking the
+    // cores for a second) breaks; now the median stays under 5 frame intervals (167 ms at 30 fps) and the 95th
+    // percentile under 30 (1 s), where a queue growing over 8 s reaches seconds. Measured on most frames (was
+    // > 100 of ~240).
     let g2g = &s["glass_to_glass"];
     assert!(g2g["count"].as_u64().unwrap() as f64 > 0.4 * out as f64, "latency measured on too few frames: {g2g}");
-    assert!(g2g["p95"].as_f64().unwrap() < 15.0 * 1000.0 / FPS, "latency: {g2g}");
+    let frame_ms = 1000.0 / FPS;
+    assert!(g2g["p50"].as_f64().unwrap() < 5.0 * frame_ms && g2g["p95"].as_f64().unwrap() < 30.0 * frame_ms, "latency: {g2g}");
     assert!(log.contains("glass-to-glass p50"), "periodic statistics lines: {log}");
     assert_no_partials(dir.path());
 }
@@ -333,7 +337,7 @@ fn rtmp_server_dies_mid_stream_recording_continues_and_stream_reconnects() {
     assert!(r["summary"]["reconnects"].as_u64().unwrap() >= 1, "{r}");
     // The recording went on through the outage: ~14 s, no holes. Was ≥ 380 frames (90 % of 14 s at 30 fps);
     // now the frames the run handed to the outputs (less a margin), spanning the run to within 1.5 s.
-    assert_rate_held(&r["summary"], 14.0);
+    assert_rate_held(&r["summary"], 14.0, 0.9);
     let frames = check_recording(&rec, recorded_at_least(&r["summary"]));
     let span = (frames.last().unwrap().pts.unwrap() - frames[0].pts.unwrap()) as f64 / 1e9;
     assert!(span >= 14.0 - 1.5, "the recording spans {span:.1} s of a 14 s run: {r}");
@@ -373,12 +377,13 @@ fn slow_model_keeps_the_frame_rate_and_counts_reused_masks() {
     let s = &report(&rep3)["summary"];
     let inferred = s["inferred"].as_u64().unwrap();
     assert!((28..=32).contains(&inferred), "--infer-every 3 over 90 frames inferred {inferred}: {s}");
-    let base_p95 = s["glass_to_glass"]["p95"].as_f64().unwrap();
+    let base_p50 = s["glass_to_glass"]["p50"].as_f64().unwrap();
 
-    // A model that really costs about 150 ms a frame (4.5 frame intervals) on one CPU thread, calibrated on
-    // this machine; one thread, as on a 2-core machine the model must leave a core to capture, composite
-    // and encode. Run through the selfie manifest's real preprocess and postprocess.
-    let (slow, calibrated_ms) = slow_model(dir.path(), 150.0, 1);
+    // A model that really costs about 200 ms a frame (6 frame intervals) on one CPU thread, calibrated on this
+    // machine (aimed well above the 2.5 intervals asserted below: other work on the machine makes its cost vary
+    // by 2× between calibration and run); one thread, as on a 2-core machine the model must leave a core to
+    // capture, composite and encode. Run through the selfie manifest's real preprocess and postprocess.
+    let (slow, calibrated_ms) = slow_model(dir.path(), 200.0, 1);
     let rec = dir.path().join("rec.mp4");
     let rep = dir.path().join("report.json");
     let out = live_cmd(&slow, &["--threads", "1", "--output", rec.to_str().unwrap(), "--duration", "5", "--report", rep.to_str().unwrap()])
@@ -394,22 +399,28 @@ fn slow_model_keeps_the_frame_rate_and_counts_reused_masks() {
     );
     // What the model cost in this run (the hook this test used to rely on slept a fixed 100 ms; a real model's
     // cost is measured instead). It must be slow, or nothing below means anything.
-    let (infer_ms, matte_ms) = (s["infer"]["p50"].as_f64().unwrap(), s["matte"]["p50"].as_f64().unwrap());
+    let ms = |m: &str, q: &str| s[m][q].as_f64().unwrap();
+    let infer_ms = ms("infer", "p50");
     assert!(
         infer_ms > 2.5 * frame_ms,
         "the slow model ran in {infer_ms:.0} ms (calibrated {calibrated_ms:.0} ms), not the several frame intervals this test needs: {s}"
     );
+    let (p50, p95) = (ms("glass_to_glass", "p50"), ms("glass_to_glass", "p95"));
     eprintln!(
         "slow model: {calibrated_ms:.0} ms calibrated, {infer_ms:.0} ms (p50) in the run; {outn} frames, {inferred} inferred, \
-         {reused} reused, {stale} skipped stale; glass-to-glass p95 {:.0} ms (fast model {base_p95:.0} ms)",
-        s["glass_to_glass"]["p95"].as_f64().unwrap()
+         {reused} reused, {stale} skipped stale; glass-to-glass p50 {p50:.0} ms (fast model {base_p50:.0} ms), p95 {p95:.0} ms"
     );
-    // The source rate holds (30 fps for 5 s) although the model manages a few frames a second.
-    assert_rate_held(s, 5.0);
+    // The source rate holds (30 fps for 5 s) although the model manages a few frames a second. Was ≥ 135 frames
+    // (90 %); now 80 %, as the model itself takes one of the two cores here, leaving the rest of the pipeline
+    // less room when other work loads the machine. A model the frames waited for would give 1 in 6 (17 %).
+    assert_rate_held(s, 5.0, 0.8);
     // The model runs as often as its cost allows, and no more: was 25..=55 runs for a 100 ms model in 5 s; now
-    // between 60 % of 5 s / (its matte time + one frame interval, the longest a free model waits for the next
-    // frame) and 120 % of 5 s / its inference time, from the costs this run measured.
-    let (least, most) = (0.6 * 5000.0 / (matte_ms + frame_ms) - 2.0, 1.2 * 5000.0 / infer_ms + 2.0);
+    // from the costs this run measured. At most 120 % of 5 s / its median inference time. At least 80 % of 5 s /
+    // (its mean matte time + one frame interval, the longest a free model waits for the next frame); the report
+    // gives quantiles, so the mean is bounded from above by them (half the runs ≤ p50, 45 % ≤ p95, 5 % ≤ max),
+    // which keeps the bound true when the machine stalls a few runs for a second.
+    let mean_at_most = 0.5 * ms("matte", "p50") + 0.45 * ms("matte", "p95") + 0.05 * ms("matte", "max");
+    let (least, most) = (0.8 * 5000.0 / (mean_at_most + frame_ms) - 1.0, 1.2 * 5000.0 / infer_ms + 2.0);
     assert!(
         (least..=most).contains(&(inferred as f64)),
         "a {infer_ms:.0} ms model ran {inferred} times in 5 s, expected {least:.0}..={most:.0}: {s}"
@@ -419,11 +430,12 @@ fn slow_model_keeps_the_frame_rate_and_counts_reused_masks() {
     // fewer than half of the frames.
     assert!(inferred + stale + 5 >= outn && inferred + stale <= outn + 5, "inferred {inferred} + skipped {stale} ≠ {outn} frames: {s}");
     assert!(reused + 5 >= outn - inferred && stale >= outn / 2, "reused {reused}, skipped {stale} of {outn}: {s}");
-    // No latency build-up: a frame waits at most the 40 ms budget for its mask, so the 95th percentile is
-    // within that budget and a frame interval of the fast model's (was a fixed 150 ms). Waiting for every
-    // mask would add the model's whole cost (≥ 2.5 frame intervals) instead.
-    let p95 = s["glass_to_glass"]["p95"].as_f64().unwrap();
-    assert!(p95 < base_p95 + 40.0 + frame_ms, "glass-to-glass p95 {p95:.0} ms against {base_p95:.0} ms with a fast model: latency builds up: {s}");
+    // No latency build-up: a frame waits at most the 40 ms budget for its mask. Was p95 < 150 ms (for a 100 ms
+    // model), which one stall of the machine breaks; now two relations that waiting for masks breaks: the median
+    // is within the budget and a frame interval of the fast model's, and the 95th percentile stays below the
+    // model's own 95th percentile (a frame that waited for its mask would take at least the model's time).
+    assert!(p50 < base_p50 + 40.0 + frame_ms, "glass-to-glass p50 {p50:.0} ms against {base_p50:.0} ms with a fast model: latency builds up: {s}");
+    assert!(p95 < ms("infer", "p95"), "glass-to-glass p95 {p95:.0} ms is as long as the model's runs: frames wait for masks: {s}");
     // The reused masks are real masks of the picture: the recording is matted (the cyan bar, mask 0, shows
     // the green background; the yellow bar, mask 1, stays yellow).
     let frames = check_recording(&rec, recorded_at_least(s));
