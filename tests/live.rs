@@ -245,12 +245,19 @@ fn check_recording(path: &Path, min_frames: usize) -> Vec<Decoded> {
     assert!(frames.iter().all(|f| (f.width, f.height) == (W, H)));
     // Timestamps increase and have no hole near as long as the 3 s RTMP outage (nothing lost while it was
     // down; a loaded 2-core CI machine may drop a few frames before matting, which is by design).
+    // The first gap is the start-up, not a hole: the first frame is captured before the outputs are built and
+    // waits for the first mask (up to 3 s by design, see live/matte.rs), while the frames behind it are dropped;
+    // a slow model's first run, on a loaded machine, once made it 1.3 s.
     let pts: Vec<u64> = frames.iter().filter_map(|f| f.pts).collect();
     assert_eq!(pts.len(), frames.len(), "every frame has a timestamp");
-    for w in pts.windows(2) {
+    let gap_ms = |w: &[u64]| (w[1] - w[0]) / 1_000_000;
+    for (i, w) in pts.windows(2).enumerate() {
         assert!(w[1] > w[0], "timestamps must increase: {} then {}", w[0], w[1]);
-        assert!(w[1] - w[0] < 1_000_000_000, "a {} ms hole in the recording", (w[1] - w[0]) / 1_000_000);
+        let limit = if i == 0 { 4000 } else { 1000 };
+        assert!(gap_ms(w) < limit, "a {} ms hole in the recording after frame {i}", gap_ms(w));
     }
+    let later = pts.windows(2).skip(1).map(gap_ms).max().unwrap_or(0);
+    eprintln!("{}: {} frames, start-up gap {} ms, largest gap after it {later} ms", path.display(), frames.len(), pts.get(..2).map_or(0, gap_ms));
     frames
 }
 
