@@ -1,7 +1,12 @@
 //! Live matting against real parts: a real nginx-rtmp server started by the test, a live test-pattern source,
 //! the stream pulled back with GStreamer and checked pixel by pixel where the mask is known (a known-answer
 //! model whose mask is the red channel, over SMPTE colour bars), recordings decoded back, the server killed
-//! and restarted mid-stream, a slowed model, signals, and the control endpoint.
+//! and restarted mid-stream, a genuinely slow model, signals, and the control endpoint.
+//!
+//! Every test here holds one lock (`serial`) for its whole run: they run matteflow live in real time, most
+//! assert on frame rates or latency, and cargo runs a binary's tests on parallel threads, where two live runs
+//! on a 2-core machine take each other's CPU. Rates are asserted relative to what each run asked for or
+//! measured itself (its duration, the source's frame rate, the model's own cost), not as fixed windows.
 
 mod common;
 
@@ -24,6 +29,15 @@ const YELLOW_X: u32 = 68;
 const CYAN_X: u32 = 114;
 const BAR_Y: u32 = 60;
 const GREEN_BG: [u8; 3] = [0, 177, 64];
+/// The source's frame rate in `live_cmd` (and of the streams the tests publish).
+const FPS: f64 = 30.0;
+
+/// Serialises the tests of this binary (see the module comment). A failed test poisons the lock; the others
+/// still run.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -168,6 +182,17 @@ fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     buf
 }
 
+/// Waits until a live run says it has started (outputs open, frames flowing), so that what a test times from
+/// then on is the run itself and not the start-up (loading ONNX Runtime and the model, building pipelines),
+/// which takes seconds on a loaded machine.
+fn wait_started(log: &Mutex<String>) {
+    let t = Instant::now();
+    while !log.lock().unwrap().contains("(Ctrl-C to stop)") {
+        assert!(t.elapsed() < Duration::from_secs(30), "the live run did not start: {}", log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let t = Instant::now();
     loop {
@@ -182,23 +207,63 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// The source's rate held through a run of `secs` seconds (`--duration`): the report counts at least `share` of
+/// the frames that time makes at the source's rate, and no more than the source can have made in the whole run
+/// (start-up and wind-down included; more would mean duplicated frames).
+fn assert_rate_held(summary: &serde_json::Value, secs: f64, share: f64) {
+    let out = summary["output"].as_u64().unwrap() as f64;
+    let run = summary["seconds"].as_f64().unwrap();
+    eprintln!("rate: {out} frames out in a {secs} s run = {:.2} of {FPS} fps", out / (secs * FPS));
+    assert!(out >= share * secs * FPS, "output fell behind the source: {out} frames in {secs} s at {FPS} fps: {summary}");
+    assert!(out <= run * FPS + 2.0, "{out} frames in {run} s is more than the source made at {FPS} fps: {summary}");
+}
+
+/// Frames a recording must hold after a run: every frame handed to the outputs except those a loaded machine
+/// made the output queue drop (counted), less a 10 % margin (the drop count is read when a frame is pushed,
+/// not when the queue drops it).
+fn recorded_at_least(summary: &serde_json::Value) -> usize {
+    let handed = summary["output"].as_u64().unwrap() - summary["output_dropped"].as_u64().unwrap();
+    (0.9 * handed as f64) as usize
+}
+
+/// Runs a command to its end, killing it (and failing) after `limit`; returns its exit status and stderr.
+fn run_within(mut cmd: Command, limit: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_exit(&mut child, limit);
+    (status, reader.join().unwrap())
+}
+
 fn check_recording(path: &Path, min_frames: usize) -> Vec<Decoded> {
     let frames = decode(path);
     assert!(frames.len() >= min_frames, "{} has {} frames, expected ≥ {min_frames}", path.display(), frames.len());
     assert!(frames.iter().all(|f| (f.width, f.height) == (W, H)));
     // Timestamps increase and have no hole near as long as the 3 s RTMP outage (nothing lost while it was
     // down; a loaded 2-core CI machine may drop a few frames before matting, which is by design).
+    // The first gap is the start-up, not a hole: the first frame is captured before the outputs are built and
+    // waits for the first mask (up to 3 s by design, see live/matte.rs), while the frames behind it are dropped;
+    // a slow model's first run, on a loaded machine, once made it 1.3 s.
     let pts: Vec<u64> = frames.iter().filter_map(|f| f.pts).collect();
     assert_eq!(pts.len(), frames.len(), "every frame has a timestamp");
-    for w in pts.windows(2) {
+    let gap_ms = |w: &[u64]| (w[1] - w[0]) / 1_000_000;
+    for (i, w) in pts.windows(2).enumerate() {
         assert!(w[1] > w[0], "timestamps must increase: {} then {}", w[0], w[1]);
-        assert!(w[1] - w[0] < 1_000_000_000, "a {} ms hole in the recording", (w[1] - w[0]) / 1_000_000);
+        let limit = if i == 0 { 4000 } else { 1000 };
+        assert!(gap_ms(w) < limit, "a {} ms hole in the recording after frame {i}", gap_ms(w));
     }
+    let later = pts.windows(2).skip(1).map(gap_ms).max().unwrap_or(0);
+    eprintln!("{}: {} frames, start-up gap {} ms, largest gap after it {later} ms", path.display(), frames.len(), pts.get(..2).map_or(0, gap_ms));
     frames
 }
 
 #[test]
 fn live_test_pattern_to_rtmp_and_recording() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let nginx = Nginx::start(dir.path(), free_port());
@@ -210,6 +275,7 @@ fn live_test_pattern_to_rtmp_and_recording() {
         .spawn()
         .unwrap();
     let log = collect_stderr(&mut child);
+    wait_started(&log);
     std::thread::sleep(Duration::from_millis(1500));
     let frames = pull_rtmp(&url, 5.0);
     let status = wait_exit(&mut child, Duration::from_secs(30));
@@ -223,19 +289,29 @@ fn live_test_pattern_to_rtmp_and_recording() {
     assert!(close(px(last, W, YELLOW_X, BAR_Y), YELLOW, 14), "yellow bar: {:?}", px(last, W, YELLOW_X, BAR_Y));
     // The recording has the whole run, and the report says what happened.
     let r = report(&rep);
-    let out = r["summary"]["output"].as_u64().unwrap();
-    assert!((220..=260).contains(&out), "8 s at 30 fps, got {out} frames");
-    let rec_frames = check_recording(&rec, 200);
+    let s = &r["summary"];
+    let out = s["output"].as_u64().unwrap();
+    // Was a fixed 220..=260 frames. The source's rate holds: at least 90 % of the frames 8 s at 30 fps make, and
+    // no more than the source made in the whole run (frames are not duplicated).
+    assert_rate_held(s, 8.0, 0.9);
+    let rec_frames = check_recording(&rec, recorded_at_least(s));
     let lf = &rec_frames.last().unwrap().rgba;
     assert!(close(px(lf, W, CYAN_X, BAR_Y), GREEN_BG, 14));
-    let g2g = &r["summary"]["glass_to_glass"];
-    assert!(g2g["count"].as_u64().unwrap() > 100 && g2g["p95"].as_f64().unwrap() < 500.0, "latency: {g2g}");
+    // Latency does not build up. Was p95 < 500 ms, which one stall of the machine (another build taking the
+    // cores for a second) breaks; now the median stays under 5 frame intervals (167 ms at 30 fps) and the 95th
+    // percentile under 30 (1 s), where a queue growing over 8 s reaches seconds. Measured on most frames (was
+    // > 100 of ~240).
+    let g2g = &s["glass_to_glass"];
+    assert!(g2g["count"].as_u64().unwrap() as f64 > 0.4 * out as f64, "latency measured on too few frames: {g2g}");
+    let frame_ms = 1000.0 / FPS;
+    assert!(g2g["p50"].as_f64().unwrap() < 5.0 * frame_ms && g2g["p95"].as_f64().unwrap() < 30.0 * frame_ms, "latency: {g2g}");
     assert!(log.contains("glass-to-glass p50"), "periodic statistics lines: {log}");
     assert_no_partials(dir.path());
 }
 
 #[test]
 fn rtmp_server_dies_mid_stream_recording_continues_and_stream_reconnects() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let mut nginx = Nginx::start(dir.path(), free_port());
@@ -250,6 +326,8 @@ fn rtmp_server_dies_mid_stream_recording_continues_and_stream_reconnects() {
     .spawn()
     .unwrap();
     let log = collect_stderr(&mut child);
+    // The outage must come mid-stream, after the stream started (however long start-up took).
+    wait_started(&log);
     std::thread::sleep(Duration::from_secs(3));
     nginx.kill();
     std::thread::sleep(Duration::from_secs(3));
@@ -264,13 +342,18 @@ fn rtmp_server_dies_mid_stream_recording_continues_and_stream_reconnects() {
     assert!(log.contains("reconnected"), "{log}");
     let r = report(&rep);
     assert!(r["summary"]["reconnects"].as_u64().unwrap() >= 1, "{r}");
-    // The recording went on through the outage: ~14 s, no holes.
-    check_recording(&rec, 380);
+    // The recording went on through the outage: ~14 s, no holes. Was ≥ 380 frames (90 % of 14 s at 30 fps);
+    // now the frames the run handed to the outputs (less a margin), spanning the run to within 1.5 s.
+    assert_rate_held(&r["summary"], 14.0, 0.9);
+    let frames = check_recording(&rec, recorded_at_least(&r["summary"]));
+    let span = (frames.last().unwrap().pts.unwrap() - frames[0].pts.unwrap()) as f64 / 1e9;
+    assert!(span >= 14.0 - 1.5, "the recording spans {span:.1} s of a 14 s run: {r}");
     assert_no_partials(dir.path());
 }
 
 #[test]
 fn rtmp_server_down_at_start_is_a_clear_error() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let rec = dir.path().join("rec.mp4");
@@ -285,34 +368,13 @@ fn rtmp_server_down_at_start_is_a_clear_error() {
 
 #[test]
 fn slow_model_keeps_the_frame_rate_and_counts_reused_masks() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let manifest = known_answer(dir.path());
-    let rec = dir.path().join("rec.mp4");
-    let rep = dir.path().join("report.json");
-    let out = live_cmd(
-        &manifest,
-        &["--output", rec.to_str().unwrap(), "--duration", "5", "--simulate-slow-model-ms", "100", "--report", rep.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    let s = &report(&rep)["summary"];
-    let (outn, inferred, reused, stale) = (
-        s["output"].as_u64().unwrap(),
-        s["inferred"].as_u64().unwrap(),
-        s["reused"].as_u64().unwrap(),
-        s["skipped_stale"].as_u64().unwrap(),
-    );
-    // The source rate holds (30 fps for 5 s) although the model manages < 10 fps.
-    assert!(outn >= 135, "output fell behind the source: {outn} frames in 5 s: {s}");
-    assert!(inferred <= 55 && inferred >= 25, "a 100 ms model runs ≤ 10 times a second: {inferred}: {s}");
-    assert!(reused + 5 >= outn - inferred && stale >= outn / 2, "reused {reused}, skipped {stale} of {outn}: {s}");
-    // No latency build-up: the frame waits at most the 40 ms budget for a mask.
-    let p95 = s["glass_to_glass"]["p95"].as_f64().unwrap();
-    assert!(p95 < 150.0, "glass-to-glass p95 {p95} ms: latency builds up: {s}");
-    check_recording(&rec, 135);
+    let frame_ms = 1000.0 / FPS;
 
-    // Every third frame by choice: a third of the frames are inferred.
+    // First the same outputs with the fast known-answer model, every third frame by choice: a third of the
+    // frames are inferred. Its latency is the baseline the slow model's run is held to.
+    let manifest = known_answer(dir.path());
     let rep3 = dir.path().join("r3.json");
     let rec3 = dir.path().join("rec3.mp4");
     let out = live_cmd(&manifest, &["--output", rec3.to_str().unwrap(), "--max-frames", "90", "--infer-every", "3", "--report", rep3.to_str().unwrap()])
@@ -322,6 +384,71 @@ fn slow_model_keeps_the_frame_rate_and_counts_reused_masks() {
     let s = &report(&rep3)["summary"];
     let inferred = s["inferred"].as_u64().unwrap();
     assert!((28..=32).contains(&inferred), "--infer-every 3 over 90 frames inferred {inferred}: {s}");
+    let base_p50 = s["glass_to_glass"]["p50"].as_f64().unwrap();
+
+    // A model that really costs about 200 ms a frame (6 frame intervals) on one CPU thread, calibrated on this
+    // machine (aimed well above the 2.5 intervals asserted below: other work on the machine makes its cost vary
+    // by 2× between calibration and run); one thread, as on a 2-core machine the model must leave a core to
+    // capture, composite and encode. Run through the selfie manifest's real preprocess and postprocess.
+    let (slow, calibrated_ms) = slow_model(dir.path(), 200.0, 1);
+    let rec = dir.path().join("rec.mp4");
+    let rep = dir.path().join("report.json");
+    let out = live_cmd(&slow, &["--threads", "1", "--output", rec.to_str().unwrap(), "--duration", "5", "--report", rep.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let s = &report(&rep)["summary"];
+    let (outn, inferred, reused, stale) = (
+        s["output"].as_u64().unwrap(),
+        s["inferred"].as_u64().unwrap(),
+        s["reused"].as_u64().unwrap(),
+        s["skipped_stale"].as_u64().unwrap(),
+    );
+    // What the model cost in this run (the hook this test used to rely on slept a fixed 100 ms; a real model's
+    // cost is measured instead). It must be slow, or nothing below means anything.
+    let ms = |m: &str, q: &str| s[m][q].as_f64().unwrap();
+    let infer_ms = ms("infer", "p50");
+    assert!(
+        infer_ms > 2.5 * frame_ms,
+        "the slow model ran in {infer_ms:.0} ms (calibrated {calibrated_ms:.0} ms), not the several frame intervals this test needs: {s}"
+    );
+    let (p50, p95) = (ms("glass_to_glass", "p50"), ms("glass_to_glass", "p95"));
+    eprintln!(
+        "slow model: {calibrated_ms:.0} ms calibrated, {infer_ms:.0} ms (p50) in the run; {outn} frames, {inferred} inferred, \
+         {reused} reused, {stale} skipped stale; glass-to-glass p50 {p50:.0} ms (fast model {base_p50:.0} ms), p95 {p95:.0} ms"
+    );
+    // The source rate holds (30 fps for 5 s) although the model manages a few frames a second. Was ≥ 135 frames
+    // (90 %); now 80 %, as the model itself takes one of the two cores here, leaving the rest of the pipeline
+    // less room when other work loads the machine. A model the frames waited for would give 1 in 6 (17 %).
+    assert_rate_held(s, 5.0, 0.8);
+    // The model runs as often as its cost allows, and no more: was 25..=55 runs for a 100 ms model in 5 s; now
+    // from the costs this run measured. At most 120 % of 5 s / its median inference time. At least 80 % of 5 s /
+    // (its mean matte time + one frame interval, the longest a free model waits for the next frame); the report
+    // gives quantiles, so the mean is bounded from above by them (half the runs ≤ p50, 45 % ≤ p95, 5 % ≤ max),
+    // which keeps the bound true when the machine stalls a few runs for a second.
+    let mean_at_most = 0.5 * ms("matte", "p50") + 0.45 * ms("matte", "p95") + 0.05 * ms("matte", "max");
+    let (least, most) = (0.8 * 5000.0 / (mean_at_most + frame_ms) - 1.0, 1.2 * 5000.0 / infer_ms + 2.0);
+    assert!(
+        (least..=most).contains(&(inferred as f64)),
+        "a {infer_ms:.0} ms model ran {inferred} times in 5 s, expected {least:.0}..={most:.0}: {s}"
+    );
+    // Every frame either went to the model or was skipped as stale while it was busy (nothing queued for it),
+    // and every frame not inferred was shown with a reused mask. With the model ≥ 2.5 frame intervals, it saw
+    // fewer than half of the frames.
+    assert!(inferred + stale + 5 >= outn && inferred + stale <= outn + 5, "inferred {inferred} + skipped {stale} ≠ {outn} frames: {s}");
+    assert!(reused + 5 >= outn - inferred && stale >= outn / 2, "reused {reused}, skipped {stale} of {outn}: {s}");
+    // No latency build-up: a frame waits at most the 40 ms budget for its mask. Was p95 < 150 ms (for a 100 ms
+    // model), which one stall of the machine breaks; now two relations that waiting for masks breaks: the median
+    // is within the budget and a frame interval of the fast model's, and the 95th percentile stays below the
+    // model's own 95th percentile (a frame that waited for its mask would take at least the model's time).
+    assert!(p50 < base_p50 + 40.0 + frame_ms, "glass-to-glass p50 {p50:.0} ms against {base_p50:.0} ms with a fast model: latency builds up: {s}");
+    assert!(p95 < ms("infer", "p95"), "glass-to-glass p95 {p95:.0} ms is as long as the model's runs: frames wait for masks: {s}");
+    // The reused masks are real masks of the picture: the recording is matted (the cyan bar, mask 0, shows
+    // the green background; the yellow bar, mask 1, stays yellow).
+    let frames = check_recording(&rec, recorded_at_least(s));
+    let last = &frames.last().unwrap().rgba;
+    assert!(close(px(last, W, CYAN_X, BAR_Y), GREEN_BG, 14), "cyan bar: {:?}", px(last, W, CYAN_X, BAR_Y));
+    assert!(close(px(last, W, YELLOW_X, BAR_Y), YELLOW, 24), "yellow bar: {:?}", px(last, W, YELLOW_X, BAR_Y));
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -337,6 +464,7 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 
 #[test]
 fn control_endpoint_changes_the_background_of_the_running_stream() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let rec = dir.path().join("rec.mkv");
@@ -382,8 +510,12 @@ fn control_endpoint_changes_the_background_of_the_running_stream() {
     std::thread::sleep(Duration::from_secs(1));
     // Pause: frames pass through unmatted (the cyan bar shows cyan).
     assert_eq!(http(&addr, "POST", "/pause", "").0, 200);
+    let pause_started = Instant::now();
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(http(&addr, "POST", "/resume", "").0, 200);
+    // Was a fixed ≥ 20 paused frames (of ~36 in 1.2 s); now 55 % of the frames the pause measured here lasted
+    // (from the answer to /pause to that to /resume) holds at the source's rate.
+    let paused_at_least = (0.55 * pause_started.elapsed().as_secs_f64() * FPS) as u64;
     // Switch the model to a shipped one (loaded in the background, swapped between frames).
     let (c, b) = http(&addr, "POST", "/model", "selfie-landscape");
     assert_eq!(c, 200, "{b}");
@@ -395,7 +527,7 @@ fn control_endpoint_changes_the_background_of_the_running_stream() {
         .find(|l| l.starts_with("matteflow_frames_passthrough_total "))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap();
-    assert!(passthrough >= 20, "about 36 frames were paused: {passthrough}");
+    assert!(passthrough >= paused_at_least, "{paused_at_least} frames or more were paused: {passthrough}");
     let st = wait_exit(&mut child, Duration::from_secs(30));
     assert!(st.success(), "{}", log.lock().unwrap());
     // The recording shows the switch: green, then magenta, then the image's blue, in the cyan bar.
@@ -406,34 +538,41 @@ fn control_endpoint_changes_the_background_of_the_running_stream() {
     assert!(close(cyan[0], GREEN_BG, 6) && first_magenta < first_blue, "{:?}", &cyan[..5]);
     assert!(cyan[first_magenta..first_blue].iter().all(|p| close(*p, [255, 0, 255], 6)));
     let paused = cyan[first_blue..].iter().filter(|p| close(**p, [0, 255, 255], 12)).count();
-    assert!(paused >= 20, "paused frames show the picture itself (cyan): {paused}");
+    assert!(paused as u64 >= paused_at_least, "paused frames show the picture itself (cyan): {paused} < {paused_at_least}");
 }
 
 #[test]
 fn sigint_and_sigterm_finish_the_recording() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
-    let rec = dir.path().join("rec.mp4");
-    let mut child = live_cmd(&manifest, &["--output", rec.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
-    let log = collect_stderr(&mut child);
-    std::thread::sleep(Duration::from_secs(4));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let st = wait_exit(&mut child, Duration::from_secs(20));
-    assert!(st.success(), "Ctrl-C ends a live run normally: {st} {}", log.lock().unwrap());
-    check_recording(&rec, 60);
-    assert_no_partials(dir.path());
-    // SIGTERM (a service manager stopping it) likewise.
-    let rec2 = dir.path().join("rec2.mkv");
-    let mut child = live_cmd(&manifest, &["--output", rec2.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
-    check_recording(&rec2, 40);
-    assert_no_partials(dir.path());
+    // Ctrl-C ends a live run normally, SIGTERM (a service manager stopping it) likewise: the recording is
+    // finished and playable and the report written. Was ≥ 60 and ≥ 40 frames 4 s and 3 s after spawning; now
+    // every frame the run handed to the recording (less a margin), and at least a second's worth in the 3–4 s
+    // after the run started.
+    for (signal, name, secs) in [(libc::SIGINT, "rec.mp4", 4), (libc::SIGTERM, "rec2.mkv", 3)] {
+        let rec = dir.path().join(name);
+        let rep = dir.path().join(format!("{name}.json"));
+        let mut child =
+            live_cmd(&manifest, &["--output", rec.to_str().unwrap(), "--report", rep.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
+        let log = collect_stderr(&mut child);
+        // The signal comes `secs` into the run itself: start-up can take seconds on a loaded machine (a SIGTERM
+        // 3 s after spawning once found only 1 s of output).
+        wait_started(&log);
+        std::thread::sleep(Duration::from_secs(secs));
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let st = wait_exit(&mut child, Duration::from_secs(20));
+        assert!(st.success(), "signal {signal} ends a live run normally: {st} {}", log.lock().unwrap());
+        let s = &report(&rep)["summary"];
+        assert!(s["output"].as_u64().unwrap() as f64 >= FPS, "less than a second of output in {secs} s: {s}");
+        check_recording(&rec, recorded_at_least(s));
+        assert_no_partials(dir.path());
+    }
 }
 
 #[test]
 fn input_cut_off_mid_stream_finishes_the_recording_and_says_why() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     // A stream cut off in the middle (as when a camera is unplugged or a network source drops): the first
@@ -446,6 +585,9 @@ fn input_cut_off_mid_stream_finishes_the_recording_and_says_why() {
     let data = std::fs::read(&flv).unwrap();
     let cut = dir.path().join("cut.flv");
     std::fs::write(&cut, &data[..data.len() * 4 / 10]).unwrap();
+    // How many frames the cut stream holds (about 120).
+    let frames_in = decode(&cut).len();
+    assert!(frames_in >= 100, "the cut stream has {frames_in} frames");
     let rec = dir.path().join("rec.mp4");
     let t = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_matteflow"))
@@ -455,16 +597,20 @@ fn input_cut_off_mid_stream_finishes_the_recording_and_says_why() {
         .unwrap();
     let log = stderr_of(&out);
     assert!(log.contains("the input ended") || log.contains("stopped:"), "{log}");
-    // Played at its own pace (about 4 s), not as fast as possible.
-    assert!(t.elapsed() > Duration::from_secs(3), "a file input is paced like a camera: {:?}", t.elapsed());
+    // Played at its own pace (about 4 s), not as fast as possible. Was > 3 s and ≥ 100 frames; now relative to
+    // the frames the cut stream holds: 75 % of their duration at least, and 80 % of them in the recording.
+    let paced = Duration::from_secs_f64(0.75 * frames_in as f64 / FPS);
+    assert!(t.elapsed() > paced, "a file input is paced like a camera: {frames_in} frames in {:?}", t.elapsed());
+    let least = (0.8 * frames_in as f64) as usize;
     let frames = decode(&rec);
-    assert!(frames.len() >= 100, "{} frames in the recording: {log}", frames.len());
-    check_recording(&rec, 100);
+    assert!(frames.len() >= least, "{} of {frames_in} frames in the recording: {log}", frames.len());
+    check_recording(&rec, least);
     assert_no_partials(dir.path());
 }
 
 #[test]
 fn rtmp_input_is_matted() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let nginx = Nginx::start(dir.path(), free_port());
@@ -494,27 +640,94 @@ fn rtmp_input_is_matted() {
     assert!(close(px(last, W, YELLOW_X, BAR_Y), YELLOW, 24), "yellow bar: {:?}", px(last, W, YELLOW_X, BAR_Y));
 }
 
-#[test]
-fn virtual_camera_negotiates_yuy2_and_explains_a_missing_device() {
-    use matteflow::live::output::{vcam_caps, OutputOptions};
-    let caps = vcam_caps(&OutputOptions::default(), 1280, 720, 30).unwrap();
-    let s = caps.structure(0).unwrap();
-    assert_eq!(s.get::<&str>("format").unwrap(), "YUY2");
-    assert_eq!((s.get::<i32>("width").unwrap(), s.get::<i32>("height").unwrap()), (1280, 720));
-    let opts = OutputOptions { vcam_format: "I420".into(), ..Default::default() };
-    assert_eq!(vcam_caps(&opts, 640, 480, 30).unwrap().structure(0).unwrap().get::<&str>("format").unwrap(), "I420");
-    assert!(vcam_caps(&OutputOptions { vcam_format: "NOPE".into(), ..Default::default() }, 64, 64, 30).is_err());
+/// The output pipeline `matteflow live` builds for `--output v4l2:/dev/video99` (`Outputs::build`, the
+/// production code), with `frames` RGBA frames of `w`×`h` at 30 fps pushed through it. Only the device's
+/// v4l2sink is swapped for a fakesink after it is checked: these machines have no V4L2 in the kernel, so it
+/// cannot open (the test below checks that failure through the CLI). Returns the caps the virtual camera's
+/// capsfilter negotiated.
+fn run_virtual_camera_branch(opts: &matteflow::live::OutputOptions, w: u32, h: u32) -> gst::Caps {
+    use matteflow::live::output::{ClockRef, Outputs};
+    use matteflow::live::{LiveStats, OutputSpec};
+    gst::init().unwrap();
+    let clock = gst::SystemClock::obtain();
+    let clock_ref = ClockRef { base_time: clock.time(), clock };
+    let spec = OutputSpec::VirtualCamera("/dev/video99".into());
+    let mut outputs = Outputs::build(&[spec], opts, 30, clock_ref, Arc::new(LiveStats::default())).unwrap();
+    assert_eq!(outputs.descriptions, [format!("virtual camera /dev/video99 ({})", opts.vcam_format)]);
+    // The chain from the output tee: queue ─ videoconvert ─ capsfilter ─ v4l2sink on the device.
+    let pipeline = outputs.pipeline.clone();
+    let factory = |e: &gst::Element| e.factory().unwrap().name().to_string();
+    let next = |e: &gst::Element| e.src_pads()[0].peer().and_then(|p| p.parent_element()).unwrap();
+    let tee = pipeline.iterate_elements().into_iter().map(Result::unwrap).find(|e| factory(e) == "tee").unwrap();
+    let queue = next(&tee);
+    let (convert, capsfilter) = (next(&queue), next(&next(&queue)));
+    let sink = next(&capsfilter);
+    let chain: Vec<String> = [&queue, &convert, &capsfilter, &sink].into_iter().map(factory).collect();
+    assert_eq!(chain, ["queue", "videoconvert", "capsfilter", "v4l2sink"]);
+    assert!(queue.name().starts_with("vcam"), "the branch's queue names its thread: {}", queue.name());
+    assert_eq!(sink.property::<String>("device"), "/dev/video99");
+    assert!(!sink.property::<bool>("sync"), "the virtual camera must not wait on the clock");
+    let wanted = capsfilter.property::<gst::Caps>("caps");
+    assert_eq!(wanted.structure(0).unwrap().get::<&str>("format").unwrap(), opts.vcam_format);
 
+    capsfilter.unlink(&sink);
+    pipeline.remove(&sink).unwrap();
+    let stand_in = gst::ElementFactory::make("fakesink").property("sync", false).build().unwrap();
+    pipeline.add(&stand_in).unwrap();
+    capsfilter.link(&stand_in).unwrap();
+    outputs.start().unwrap();
+    let frame_ns = gst::ClockTime::SECOND.nseconds() / 30;
+    for i in 0..5u64 {
+        let pts = gst::ClockTime::from_nseconds(i * frame_ns);
+        outputs.push(vec![128u8; (w * h * 4) as usize], w, h, gst::Fraction::new(30, 1), Some(pts)).unwrap();
+    }
+    let pad = capsfilter.static_pad("src").unwrap();
+    let t = Instant::now();
+    let caps = loop {
+        if let Some(c) = pad.current_caps() {
+            break c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the virtual camera branch did not negotiate");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(outputs.poll_error().is_none());
+    outputs.finish().unwrap();
+    caps
+}
+
+#[test]
+fn virtual_camera_branch_negotiates_its_format_and_a_missing_device_is_a_clear_error() {
+    let _serial = serial();
+    use matteflow::live::OutputOptions;
+    // The default format (YUY2, what browsers take) and an override, at the frames' size and rate.
+    for (opts, w, h) in [
+        (OutputOptions::default(), 1280, 720),
+        (OutputOptions { vcam_format: "I420".into(), ..Default::default() }, 640, 480),
+    ] {
+        let caps = run_virtual_camera_branch(&opts, w, h);
+        let s = caps.structure(0).unwrap();
+        assert_eq!(s.get::<&str>("format").unwrap(), opts.vcam_format, "{caps}");
+        assert_eq!((s.get::<i32>("width").unwrap(), s.get::<i32>("height").unwrap()), (w as i32, h as i32), "{caps}");
+        assert_eq!(s.get::<gst::Fraction>("framerate").unwrap(), gst::Fraction::new(30, 1), "{caps}");
+    }
+    // A format the branch cannot make is refused by name when the outputs are built.
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
-    let out = live_cmd(&manifest, &["--output", "v4l2:/dev/video99", "--duration", "2"]).output().unwrap();
-    let err = stderr_of(&out);
-    assert!(!out.status.success());
-    assert!(err.contains("/dev/video99") && err.contains("v4l2loopback"), "{err}");
+    let (status, err) = run_within(live_cmd(&manifest, &["--output", "v4l2:/dev/video99", "--vcam-format", "NOPE", "--duration", "2"]), Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("'NOPE'") && err.contains("YUY2") && err.contains("--vcam-format"), "{err}");
+
+    // The real thing here: the device cannot be opened. The run ends at once, in an error (exit code 1: not a
+    // panic, not a signal, not a hang) that names the device and says how to make one.
+    let (status, err) = run_within(live_cmd(&manifest, &["--output", "v4l2:/dev/video99", "--duration", "2"]), Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("/dev/video99") && err.contains("v4l2loopback") && err.contains("modprobe"), "{err}");
 }
 
 #[test]
 fn screen_output_without_a_display_is_a_clear_error() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let out = live_cmd(&manifest, &["--output", "screen", "--duration", "2"]).env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY").output().unwrap();
@@ -525,6 +738,7 @@ fn screen_output_without_a_display_is_a_clear_error() {
 
 #[test]
 fn shipped_pipeline_files_parse_and_run() {
+    let _serial = serial();
     use matteflow::live::job::JobFile;
     let dir = root().join("pipelines");
     let mut n = 0;
@@ -574,6 +788,7 @@ fn gst_launch(args: &str) -> Child {
 
 #[test]
 fn srt_input_is_matted_and_latency_is_measured_on_every_frame() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     let port = free_port();
@@ -608,6 +823,7 @@ fn srt_input_is_matted_and_latency_is_measured_on_every_frame() {
 
 #[test]
 fn file_served_over_http_is_played_at_its_own_frame_rate() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let manifest = known_answer(dir.path());
     // 90 frames (3 s at 30 fps) of colour bars, served by a plain HTTP server.

@@ -304,10 +304,7 @@ impl Outputs {
                     descriptions.push("screen preview".into());
                 }
                 OutputSpec::VirtualCamera(dev) => {
-                    let (q, conv, caps, sink) = vcam_branch(dev, opts)?;
-                    pipeline.add_many([&q, &conv, &caps, &sink])?;
-                    gst::Element::link_many([&q, &conv, &caps, &sink])?;
-                    tee.link(&q)?;
+                    let sink = add_vcam_branch(&pipeline, &tee, dev, opts)?;
                     probe_latency(&sink.static_pad("sink").unwrap(), clock.clone(), stats.clone());
                     descriptions.push(format!("virtual camera {dev} ({})", opts.vcam_format));
                 }
@@ -499,42 +496,34 @@ fn screen_sink() -> Result<gst::Element> {
         .ok_or_else(|| Error::Gst(format!("no video window sink installed ({}): install gstreamer1.0-plugins-base/-good/-gl", candidates.join(", "))))
 }
 
-fn vcam_branch(dev: &str, opts: &OutputOptions) -> Result<(gst::Element, gst::Element, gst::Element, gst::Element)> {
+/// Adds the virtual camera branch, `queue ─ videoconvert ─ capsfilter (opts.vcam_format) ─ v4l2sink`, fed by
+/// `tee`; returns the sink. A format that videoconvert cannot make or v4l2sink does not take is refused here,
+/// by name, rather than left to fail as an unexplained link or negotiation error.
+fn add_vcam_branch(pipeline: &gst::Pipeline, tee: &gst::Element, dev: &str, opts: &OutputOptions) -> Result<gst::Element> {
     let q = queue("vcam", true)?;
     let conv = make("videoconvert")?;
-    let caps = gst::ElementFactory::make("capsfilter")
-        .property("caps", gst::Caps::builder("video/x-raw").field("format", opts.vcam_format.as_str()).build())
-        .build()?;
     let sink = make("v4l2sink")?;
+    let format = opts.vcam_format.trim();
+    let wanted = gst::Caps::builder("video/x-raw").field("format", format).build();
+    let takes = |e: &gst::Element, pad: &str| e.static_pad(pad).is_some_and(|p| p.pad_template_caps().can_intersect(&wanted));
+    if format.is_empty() || !takes(&conv, "src") || !takes(&sink, "sink") {
+        return Err(Error::config(format!(
+            "virtual camera format '{format}' is not a raw video format that v4l2sink takes: use YUY2 (what browsers \
+             and most apps accept), I420 or NV12 (--vcam-format, or vcam_format in a pipeline file)"
+        )));
+    }
+    let caps = gst::ElementFactory::make("capsfilter").property("caps", wanted).build()?;
     sink.set_property("device", dev);
     sink.set_property("sync", false);
-    Ok((q, conv, caps, sink))
-}
-
-/// The caps a virtual camera branch negotiates for frames of this size and rate, found by running the branch
-/// with a fakesink in place of v4l2sink (the kernel module cannot be loaded everywhere; this checks our side).
-pub fn vcam_caps(opts: &OutputOptions, w: u32, h: u32, fps: u32) -> Result<gst::Caps> {
-    gst::init()?;
-    let p = gst::parse::launch(&format!(
-        "videotestsrc num-buffers=1 ! video/x-raw,format=RGBA,width={w},height={h},framerate={fps}/1 ! videoconvert ! \
-         video/x-raw,format={} ! fakesink name=s",
-        opts.vcam_format
-    ))
-    .map_err(|e| Error::config(format!("virtual camera format {}: {e}", opts.vcam_format)))?
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    p.set_state(gst::State::Playing)?;
-    let bus = p.bus().unwrap();
-    let r = bus.timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Eos, gst::MessageType::Error]);
-    let caps = p.by_name("s").and_then(|s| s.static_pad("sink")).and_then(|pad| pad.current_caps());
-    let _ = p.set_state(gst::State::Null);
-    match (r.as_ref().map(|m| m.view()), caps) {
-        (Some(gst::MessageView::Eos(_)), Some(c)) => Ok(c),
-        _ => Err(Error::config(format!("virtual camera format {} does not negotiate from RGBA", opts.vcam_format))),
-    }
+    pipeline.add_many([&q, &conv, &caps, &sink])?;
+    gst::Element::link_many([&q, &conv, &caps, &sink])?;
+    tee.link(&q)?;
+    Ok(sink)
 }
 
 fn explain_output_error(e: &str) -> Error {
+    // GStreamer's messages end with a full stop; ours follow them.
+    let e = e.trim_end_matches('.');
     if e.contains("Cannot identify device") || e.contains("/dev/video") || e.contains("not a output device") || e.contains("output device") {
         Error::Gst(format!(
             "virtual camera: {e}. Create one with v4l2loopback: `sudo modprobe v4l2loopback devices=1 video_nr=10 \

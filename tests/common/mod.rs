@@ -242,3 +242,47 @@ pub fn noise_input(state: &mut u64) -> matteflow::preprocess::ModelInput {
         geometry: None,
     }
 }
+
+/// Milliseconds per run of a model on the CPU with `threads` threads: the median of `runs` runs on noise, after
+/// two warm-up runs (the first run of a session pays for memory planning).
+pub fn cpu_ms_per_run(manifest: &Path, threads: usize, runs: usize) -> f64 {
+    use matteflow::infer::{LowResMask, Segmenter};
+    let opts = matteflow::runtime::ProviderOptions {
+        device: matteflow::runtime::DeviceChoice::Cpu,
+        threads: Some(threads),
+        ..Default::default()
+    };
+    let model = matteflow::model::resolve(manifest.to_str().unwrap(), None, &Default::default()).unwrap();
+    let mut seg = matteflow::open_segmenter(model, &opts).unwrap();
+    let input = noise_input(&mut 7u64);
+    let mut mask = LowResMask::default();
+    let mut ms: Vec<f64> = (0..runs + 2)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            seg.run(&input, &mut mask).unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .skip(2)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms[ms.len() / 2]
+}
+
+/// A genuinely slow model with the shipped selfie model's interface and manifest (tests/fixtures/make_slow.py:
+/// a chain of MatMuls; the mask is the input's red channel), its length calibrated on this machine so that one
+/// run costs about `target_ms` on `threads` CPU threads. Returns its manifest and the cost measured here, ms.
+/// The cost is only aimed at: tests read what the model really cost from their own run.
+pub fn slow_model(dir: &Path, target_ms: f64, threads: usize) -> (PathBuf, f64) {
+    let build = |layers: usize| {
+        let onnx = dir.join(format!("slow_{layers}.onnx"));
+        let n = layers.to_string();
+        fixture_py("make_slow.py", &[&onnx, Path::new(&n)]);
+        selfie_manifest_for(&onnx, "slow")
+    };
+    const PROBE: usize = 8;
+    let per_layer = cpu_ms_per_run(&build(PROBE), threads, 5) / PROBE as f64;
+    let layers = (target_ms / per_layer).round().clamp(1.0, 1000.0) as usize;
+    let manifest = build(layers);
+    let ms = cpu_ms_per_run(&manifest, threads, 3);
+    (manifest, ms)
+}
