@@ -79,6 +79,8 @@ pub struct State {
     index: u64,
 }
 
+// One per running element, made once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Policy {
     Ordered(OrderedPolicy),
     Budgeted(BudgetedPolicy),
@@ -93,6 +95,7 @@ struct OrderedPolicy {
 
 /// The segmenter until the first batch, then the stages: they are opened on the streaming thread, which runs
 /// them (the device stages' IO binding is per thread).
+#[allow(clippy::large_enum_variant)]
 enum Stages {
     Closed(OnnxSegmenter, usize),
     Open(Ordered),
