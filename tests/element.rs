@@ -55,18 +55,27 @@ fn bus_error(p: &gst::Pipeline, wait: gst::ClockTime) -> Option<String> {
 }
 
 /// Pulls frames until end of stream; `on_frame(i)` runs after frame `i` is taken. Errors come back as text.
-fn pull_all(p: &gst::Pipeline, sink: &gst_app::AppSink, mut on_frame: impl FnMut(usize)) -> Result<Vec<Out>, String> {
-    let mut frames = Vec::new();
+fn pull_all(p: &gst::Pipeline, sink: &gst_app::AppSink, on_frame: impl FnMut(usize)) -> Result<Vec<Out>, String> {
+    pull_all_warned(p, sink, on_frame).map(|(frames, _)| frames)
+}
+
+/// [`pull_all`], also returning the warnings posted meanwhile.
+fn pull_all_warned(p: &gst::Pipeline, sink: &gst_app::AppSink, mut on_frame: impl FnMut(usize)) -> Result<(Vec<Out>, Vec<String>), String> {
+    let (mut frames, mut warnings) = (Vec::new(), Vec::new());
     let t = Instant::now();
     loop {
         if let Some(s) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
             frames.push(out_of(&s));
             on_frame(frames.len() - 1);
         } else if sink.is_eos() {
-            return Ok(frames);
+            return Ok((frames, warnings));
         }
-        if let Some(e) = bus_error(p, gst::ClockTime::ZERO) {
-            return Err(e);
+        while let Some(msg) = p.bus().unwrap().pop() {
+            match msg.view() {
+                gst::MessageView::Error(e) => return Err(format!("{} ({:?})", e.error(), e.debug())),
+                gst::MessageView::Warning(w) => warnings.push(w.error().to_string()),
+                _ => {}
+            }
         }
         assert!(t.elapsed() < Duration::from_secs(240), "no end of stream after {} frames", frames.len());
     }
@@ -248,6 +257,27 @@ fn a_model_change_while_playing_is_swapped_in_between_frames() {
         let want = if i < from_b { x } else { y };
         assert!(f.rgba == want.rgba, "frame {i}: not the {} model's output (switch at {from_b})", if i < from_b { "first" } else { "second" });
     }
+}
+
+#[test]
+fn a_model_that_fails_to_load_while_playing_leaves_the_old_one_running() {
+    let (p, sink) = pipeline(
+        "videotestsrc num-buffers=30 pattern=ball ! video/x-raw,format=RGBA,width=96,height=72,framerate=30/1 ! \
+         matteflow name=m background=green ! appsink name=out sync=false max-buffers=1",
+    );
+    let m = p.by_name("m").unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let pulled = pull_all_warned(&p, &sink, |i| {
+        if i == 3 {
+            m.set_property("model", "no-such-model");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    });
+    p.set_state(gst::State::Null).unwrap();
+    let (frames, warnings) = pulled.unwrap();
+    assert_eq!(frames.len(), 30, "the stream must go on with the old model");
+    assert!(warnings.iter().any(|w| w.contains("no-such-model") && w.contains("still matting with 'selfie'")), "{warnings:?}");
+    assert_eq!(m.property::<String>("model"), "selfie", "the property goes back to the model in use");
 }
 
 /// Hands decoded RGBA frames to `element` through appsrc, and returns what comes out.
