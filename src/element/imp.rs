@@ -438,7 +438,13 @@ impl MatteFlow {
 
     /// Applies settings changed since the last frame and a model that finished loading.
     fn follow(&self, st: &mut State) {
-        let s = self.settings();
+        let s = {
+            let s = self.settings.lock().unwrap();
+            if s.generation == st.generation && s.matte.model == st.applied.model {
+                return;
+            }
+            s.clone()
+        };
         if s.generation != st.generation {
             for why in st.apply(s.matte_with(st.fixed_kind), s.generation) {
                 gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", why));

@@ -196,6 +196,8 @@ impl State {
     /// Takes one input buffer; finished frames queue up for [`State::next_output`].
     pub fn push(&mut self, buffer: gst::Buffer) -> Result<()> {
         let frame = self.frame(buffer)?;
+        // Paused frames go out as they came; an NV12 frame in CUDA memory has no RGBA picture to pass on without
+        // the GPU stages, so it is matted as usual.
         if self.applied.paused && frame.cuda.is_none() {
             self.drain()?;
             self.out.push_back(passthrough(frame, self.applied.kind));
@@ -257,6 +259,7 @@ impl State {
     pub fn apply(&mut self, mut new: MatteSettings, generation: u64) -> Vec<String> {
         self.generation = generation;
         new.model = self.applied.model.clone();
+        new.fg_estimate = self.applied.fg_estimate; // not changeable while playing (the property says so)
         let mut refused = Vec::new();
         if (&new.background, new.kind) != (&self.applied.background, self.applied.kind) {
             if let Err(e) = self.set_background(&new) {
