@@ -461,7 +461,9 @@ impl MatteFlow {
         }
         if load.wanted.as_deref() != Some(s.matte.model.as_str()) {
             *load = ModelLoad { wanted: Some(s.matte.model.clone()), ready: None };
-            self.spawn_load(s, st.batch_requested);
+            if let Err(e) = self.spawn_load(s, st.batch_requested) {
+                load.ready = Some((s.matte.model.clone(), Err(e)));
+            }
             return;
         }
         let Some((name, loaded)) = load.ready.take() else { return };
@@ -484,21 +486,22 @@ impl MatteFlow {
     }
 
     /// Loads the model `s` names on a thread of its own; the streaming thread swaps it in when it is ready.
-    fn spawn_load(&self, s: &Settings, batch: usize) {
+    fn spawn_load(&self, s: &Settings, batch: usize) -> crate::Result<()> {
         let (name, manifest, device) = (s.matte.model.clone(), s.manifest.clone(), s.device.parse().unwrap_or_default());
         let loading = self.loading.clone();
         gst::info!(CAT, imp = self, "loading model {name}");
-        let spawned = std::thread::Builder::new().name("mf-model-load".into()).spawn(move || {
-            let loaded = policy::open_model(&name, manifest.as_deref(), device, batch);
-            let mut load = loading.lock().unwrap();
-            if load.wanted.as_deref() == Some(name.as_str()) {
-                load.ready = Some((name, loaded));
-            }
-        });
-        if let Err(e) = spawned {
-            let failed = crate::Error::io("starting the model loading thread", e);
-            self.loading.lock().unwrap().ready = Some((s.matte.model.clone(), Err(failed)));
-        }
+        std::thread::Builder::new()
+            .name("mf-model-load".into())
+            .spawn(move || {
+                let loaded = policy::open_model(&name, manifest.as_deref(), device, batch);
+                let mut load = loading.lock().unwrap();
+                // A load superseded by another model change (or a stop) is dropped here.
+                if load.wanted.as_deref() == Some(name.as_str()) {
+                    load.ready = Some((name, loaded));
+                }
+            })
+            .map(drop)
+            .map_err(|e| crate::Error::io("starting the model loading thread", e))
     }
 
     /// Records the latency this element adds now and tells the pipeline when it changed.
