@@ -6,5 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 ./scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --locked
+# --workspace: also the plugin, target/release/libgstmatteflow.so (tests/element.rs runs gst-inspect-1.0 and
+# gst-launch-1.0 against it).
+cargo build --release --locked --workspace
 cargo test --release --locked "$@"

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod config;
 pub mod cuda;
 pub mod doctor;
+pub mod element;
 pub mod engine;
 pub mod error;
 pub mod eval;

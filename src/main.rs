@@ -542,6 +542,7 @@ fn main() {
     }
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    matteflow::element::register_static().unwrap_or_else(|e| eprintln!("matteflow: the matteflow GStreamer element is unavailable: {e}"));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
     let cancel = Arc::new(AtomicBool::new(false));
     install_signal_handlers(&rt, cancel.clone());

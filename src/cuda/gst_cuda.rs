@@ -71,6 +71,11 @@ impl GstCuda {
         Ok(GstCuda { context, _lib: lib })
     }
 
+    /// The context itself, for an element that answers its neighbours' context queries with it.
+    pub fn context(&self) -> &gst::Context {
+        &self.context
+    }
+
     /// Gives the pipeline (and every element added to it later, decodebin's decoders included) our context.
     pub fn attach(&self, pipeline: &gst::Pipeline) {
         pipeline.set_context(&self.context);

@@ -27,6 +27,8 @@ pub enum ToWorker {
     Frame { idx: u64, data: Vec<u8>, w: u32, h: u32 },
     Post(PostprocessConfig),
     Swap(Box<OnnxSegmenter>),
+    /// The next frame does not follow the last one (a seek): temporal state starts afresh.
+    Reset,
 }
 
 pub struct Done {
@@ -79,6 +81,7 @@ fn work(matter: &mut Matter, mut post: PostprocessConfig, rx: &Receiver<ToWorker
                     matter.set_post(post);
                 }
             }
+            ToWorker::Reset => matter.reset(post),
             ToWorker::Swap(s) => {
                 matter.swap_model(*s, post);
                 tracing::warn!("now matting with model {}", matter.segmenter().model().manifest.name);

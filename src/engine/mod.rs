@@ -223,6 +223,26 @@ impl Matter {
         }
     }
 
+    /// Forgets what earlier frames left behind (temporal smoothing, a recurrent model's state): for a seek or a
+    /// new stream, where the next frame does not follow the last one.
+    pub fn reset(&mut self, post: PostprocessConfig) {
+        self.set_post(post);
+        match self {
+            Matter::Host(m) => m.seg.reset(),
+            Matter::Device(m) => m.seg.reset(),
+        }
+    }
+
+    /// A new background or output kind between frames. The host stages composite after the mask (in a
+    /// [`Compositor`] or [`ordered::Finisher`], which the caller opens anew); the device's ordered path composites
+    /// in its stages, here.
+    pub fn set_background(&mut self, s: &MatteSettings) -> Result<()> {
+        match self {
+            Matter::Host(_) => Ok(()),
+            Matter::Device(m) => m.stages.set_background(s.kind, &s.background),
+        }
+    }
+
     /// Switches to another model between frames (mask settings kept).
     pub fn swap_model(&mut self, seg: OnnxSegmenter, post: PostprocessConfig) {
         let manifest = seg.model().manifest.clone();

@@ -40,6 +40,11 @@ impl Ordered {
         self.batch
     }
 
+    /// A new batch size (after a model change: ask the new model with `OnnxSegmenter::configure_batch`).
+    pub fn set_batch(&mut self, batch: usize) {
+        self.batch = batch.max(1);
+    }
+
     pub fn matter_mut(&mut self) -> &mut Matter {
         &mut self.matter
     }
