@@ -19,7 +19,7 @@ use gstreamer_video as gst_video;
 use crate::config::OutputKind;
 use crate::cuda::gst_cuda::{CudaFrame, GstCuda};
 use crate::engine::budget::{self, MaskScheduler, ToWorker};
-use crate::engine::ordered::{Finisher, Ordered};
+use crate::engine::ordered::{to_buffer, Finisher, Ordered};
 use crate::engine::{Compositor, Matter, MatteSettings, Placement, StagesChoice};
 use crate::error::{Error, Result};
 use crate::infer::{OnnxSegmenter, Segmenter};
@@ -430,9 +430,6 @@ fn to_rgba(px: &mut [u8], format: gst_video::VideoFormat) {
 /// An NV12 frame in CUDA memory: read by device pointer; `data` is where the finished RGBA frame goes.
 fn cuda_frame(buffer: gst::Buffer, v: &Video, index: u64) -> Result<Frame> {
     let sample = gst::Sample::builder().buffer(&buffer).caps(&v.caps).build();
-    if CudaFrame::full_range(&sample) {
-        return Err(Error::Gst("full-range NV12 in CUDA memory cannot be converted on the GPU yet: put cudadownload ! videoconvert in front of matteflow".into()));
-    }
     let cuda = CudaFrame::map(&sample)?;
     let (w, h) = (cuda.width, cuda.height);
     let data = gst::Buffer::with_size((w * h * 4) as usize)
@@ -452,15 +449,3 @@ fn passthrough(f: Frame, kind: OutputKind) -> gst::Buffer {
     to_buffer(f, Some(wide))
 }
 
-/// The finished frame as a buffer with the input's timestamps (`wider` replaces the pixels for side-by-side).
-fn to_buffer(f: Frame, wider: Option<Vec<u8>>) -> gst::Buffer {
-    let (pts, duration) = (f.pts, f.duration);
-    let mut buffer = match wider {
-        Some(v) => gst::Buffer::from_mut_slice(v),
-        None => f.data.into_buffer(),
-    };
-    let b = buffer.make_mut();
-    b.set_pts(pts);
-    b.set_duration(duration);
-    buffer
-}

@@ -271,11 +271,7 @@ impl Compositor {
     /// another thread beside the model's.
     pub fn open(s: &MatteSettings, place: &Placement) -> Result<Compositor> {
         Ok(match place {
-            Placement::Host => {
-                let mut c = CpuComposite::new(s.kind, Background::open(&s.background)?);
-                c.set_foreground_estimation(s.fg_estimate);
-                Compositor::Host(c)
-            }
+            Placement::Host => Compositor::Host(host_compositor(s)?),
             Placement::Device(gpu) => Compositor::Device(GpuCompositor::new(gpu.on_new_stream()?, s.kind, &s.background)?),
         })
     }
@@ -294,6 +290,13 @@ impl Compositor {
     }
 }
 
+/// What the GPU stages do not do of `s` (output kind, model, matte options), for a front end that checks a change
+/// of settings before applying it.
+pub fn device_supports(s: &MatteSettings, manifest: &crate::model::Manifest) -> std::result::Result<(), String> {
+    GpuStages::supports(s.kind, manifest)?;
+    GpuStages::supports_options(&s.post, s.fg_estimate)
+}
+
 /// Checks that the GPU stages do what `s` asks (output kind and model, when known; matte options), then opens
 /// the GPU. Each refusal names what is not supported and what to do, before any GPU work.
 pub fn open_gpu_for(s: &MatteSettings, manifest: Option<&crate::model::Manifest>) -> Result<Gpu> {
@@ -304,6 +307,13 @@ pub fn open_gpu_for(s: &MatteSettings, manifest: Option<&crate::model::Manifest>
         Error::Cuda(format!("--cuda-stages does not apply {o} yet; run without --cuda-stages (the CPU stages do) or without {o}"))
     })?;
     GpuStages::open_gpu(0)
+}
+
+/// The host compositor for `s`'s kind, background and edge colour estimation.
+pub(crate) fn host_compositor(s: &MatteSettings) -> Result<CpuComposite> {
+    let mut c = CpuComposite::new(s.kind, Background::open(&s.background)?);
+    c.set_foreground_estimation(s.fg_estimate);
+    Ok(c)
 }
 
 /// The background spec's output kind when the caller has none of its own.

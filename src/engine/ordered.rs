@@ -12,7 +12,7 @@ use cudarc::driver::CudaStream;
 use gstreamer as gst;
 
 use super::{Matter, MatteSettings, Placement, StepTimes};
-use crate::composite::{Background, Composite, CpuComposite};
+use crate::composite::{Composite, CpuComposite};
 use crate::cuda::stages::Queued;
 use crate::error::{Error, Result};
 use crate::source::Frame;
@@ -92,11 +92,7 @@ impl Finisher {
     /// The finisher for `ordered`'s stages; on the device, downloads get a stream of their own.
     pub fn open(s: &MatteSettings, place: &Placement) -> Result<Finisher> {
         Ok(match place {
-            Placement::Host => {
-                let mut c = CpuComposite::new(s.kind, Background::open(&s.background)?);
-                c.set_foreground_estimation(s.fg_estimate);
-                Finisher::Host(c)
-            }
+            Placement::Host => Finisher::Host(super::host_compositor(s)?),
             Placement::Device(gpu) => Finisher::Device(gpu.ctx.new_stream().map_err(|e| Error::Cuda(format!("stream: {e}")))?),
         })
     }
@@ -125,7 +121,7 @@ impl Finisher {
 }
 
 /// The finished frame as a buffer with the input's timestamps (`wider` replaces the pixels for side-by-side).
-fn to_buffer(f: Frame, wider: Option<Vec<u8>>) -> gst::Buffer {
+pub(crate) fn to_buffer(f: Frame, wider: Option<Vec<u8>>) -> gst::Buffer {
     let (pts, dur) = (f.pts, f.duration);
     let mut buffer = match wider {
         Some(v) => gst::Buffer::from_mut_slice(v),
