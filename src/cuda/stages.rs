@@ -52,9 +52,8 @@ impl<'a> Pixels<'a> {
     }
 }
 
-/// One inference call's result on the device: the model's mask and where each frame sat in its input.
-struct Inferred {
-    mask: DeviceMask,
+/// The model input of one call, complete on the device: where each frame sat in it.
+struct Prepared {
     geo: Geometry,
     /// Device address of the model input and the bytes of one frame's slice of it.
     input: u64,
@@ -62,6 +61,12 @@ struct Inferred {
     elem: TensorElem,
     /// When the input tensor was complete (preprocess done, inference about to start).
     preprocessed: Instant,
+}
+
+/// One inference call's result on the device: the model's mask and its input.
+struct Inferred {
+    mask: DeviceMask,
+    prep: Prepared,
 }
 
 pub struct GpuStages {
@@ -219,10 +224,10 @@ impl GpuStages {
         }
     }
 
-    /// Preprocesses the frames into the model's bound input (each frame also lands, as RGBA, in its device
-    /// frame of `set`) and runs the model once on `batch` slots (a short group leaves the spare slots as they
-    /// were; their masks are not used), so the bound shapes never change. Frames must share a size.
-    fn infer(&mut self, seg: &mut OnnxSegmenter, frames: &[Pixels], w: u32, h: u32, set: &mut [CudaSlice<u8>], batch: usize) -> Result<Inferred> {
+    /// Preprocesses the frames into the model's bound input of `batch` slots (each frame also lands, as RGBA, in
+    /// its device frame of `set`; a short group leaves the spare slots as they were, their masks are not used, so
+    /// the bound shapes never change), and waits until the input is complete. Frames must share a size.
+    fn prepare(&mut self, seg: &mut OnnxSegmenter, frames: &[Pixels], w: u32, h: u32, set: &mut [CudaSlice<u8>], batch: usize) -> Result<Prepared> {
         let st = self.gpu.stream.clone();
         let n = (w * h) as usize;
         let (mw, mh) = self.manifest.model_size_for(w, h);
@@ -258,14 +263,17 @@ impl GpuStages {
         // ONNX Runtime runs on its own stream: the tensor must be complete before it starts. (This also waits
         // for the previous call's composites, which read that call's output: ONNX Runtime may overwrite it now.)
         st.synchronize().map_err(|x| e("sync", x))?;
-        let preprocessed = Instant::now();
-        let mask = seg.run_device(&mut self.io)?;
-        Ok(Inferred { mask, geo, input, per_frame, elem, preprocessed })
+        Ok(Prepared { geo, input, per_frame, elem, preprocessed: Instant::now() })
+    }
+
+    /// Runs the model once on the prepared input.
+    fn infer(&mut self, seg: &mut OnnxSegmenter, prep: Prepared) -> Result<Inferred> {
+        Ok(Inferred { mask: seg.run_device(&mut self.io)?, prep })
     }
 
     /// Makes sure the smoothing state fits this mask (allocated on first use and when the size changes).
     fn smoothing_for(&mut self, inf: &Inferred) -> Result<()> {
-        let (mw, mh) = (inf.geo.model_w, inf.geo.model_h);
+        let (mw, mh) = (inf.prep.geo.model_w, inf.prep.geo.model_h);
         let (smooth, mask) = (self.post.smooth.clamp(0.0, 0.95), &inf.mask);
         let mn = (mask.width * mask.height) as usize;
         if self.smoothing.as_ref().is_some_and(|s| s.cur.len() == mn) {
@@ -283,7 +291,7 @@ impl GpuStages {
         self.smoothing = Some(Smoothing {
             cur: z(mn)?,
             prev: z(mn)?,
-            prev_input: st.alloc_zeros::<u8>(inf.per_frame as usize).map_err(|x| e("alloc", x))?,
+            prev_input: st.alloc_zeros::<u8>(inf.prep.per_frame as usize).map_err(|x| e("alloc", x))?,
             scratch: z(mn)?,
             has_prev: false,
         });
@@ -295,7 +303,7 @@ impl GpuStages {
     /// for the next —, the threshold remap), then the upsampling of the content box.
     fn alpha_of(&mut self, inf: &Inferred, i: usize, alpha: &mut CudaSlice<u8>, w: u32, h: u32) -> Result<()> {
         let mask = &inf.mask;
-        let g = &inf.geo;
+        let g = &inf.prep.geo;
         let sx = mask.width as f32 / g.model_w as f32;
         let sy = mask.height as f32 / g.model_h as f32;
         let crop = (g.content_x as f32 * sx, g.content_y as f32 * sy, g.content_w as f32 * sx, g.content_h as f32 * sy);
@@ -310,11 +318,11 @@ impl GpuStages {
         let sm = self.smoothing.as_mut().unwrap();
         self.gpu.mask_prob(mask.frame(i), mask.elem, mask.sigmoid, mn, &mut sm.cur)?;
         if smooth > 0.0 {
-            let cur_input = inf.input + i as u64 * inf.per_frame;
+            let cur_input = inf.prep.input + i as u64 * inf.prep.per_frame;
             if sm.has_prev {
                 let (prev_input, _g) = sm.prev_input.device_ptr(&st);
                 self.gpu.temporal_blend_raw(
-                    cur_input, prev_input, inf.elem, nchw, self.std_over_scale, smooth, self.post.motion_threshold,
+                    cur_input, prev_input, inf.prep.elem, nchw, self.std_over_scale, smooth, self.post.motion_threshold,
                     &sm.prev, &mut sm.cur, &mut sm.scratch, g.model_w, g.model_h,
                 )?;
             }
@@ -322,7 +330,7 @@ impl GpuStages {
             {
                 let (dst, _g) = sm.prev_input.device_ptr_mut(&st);
                 // SAFETY: both hold per_frame bytes (one frame's model input); ordered on `st`.
-                unsafe { cudarc::driver::result::memcpy_dtod_async(dst, cur_input, inf.per_frame as usize, st.cu_stream()) }
+                unsafe { cudarc::driver::result::memcpy_dtod_async(dst, cur_input, inf.prep.per_frame as usize, st.cu_stream()) }
                     .map_err(|x| e("copy", x))?;
             }
             sm.has_prev = true;
@@ -344,13 +352,14 @@ impl GpuStages {
         let (w, h) = same_size(frames.iter().map(|f| (f.width, f.height)), k, batch)?;
         let mut set = self.take_set((w * h * 4) as usize, batch)?;
         let pixels: Vec<Pixels> = frames.iter().map(Pixels::of).collect();
-        let inf = self.infer(seg, &pixels, w, h, &mut set, batch)?;
+        let prepared = self.prepare(seg, &pixels, w, h, &mut set, batch)?;
         drop(pixels);
-        let t1 = Instant::now();
-        // The decoder's buffers can go back to its pool now.
+        // The decoder's buffers go back to its pool before inference, so it decodes the next frames meanwhile.
         for f in frames.iter_mut() {
             f.cuda = None;
         }
+        let inf = self.infer(seg, prepared)?;
+        let t1 = Instant::now();
         let mut alpha = self.alpha.take().ok_or_else(|| Error::Cuda("no alpha buffer".into()))?;
         let composited = (0..k).try_for_each(|i| {
             self.alpha_of(&inf, i, &mut alpha, w, h)?;
@@ -359,7 +368,7 @@ impl GpuStages {
         self.alpha = Some(alpha);
         composited?;
         let queued = Queued { set, k, give_back: self.give_back.clone() };
-        let times = GpuTimes { preprocess: inf.preprocessed - t0, infer: t1 - inf.preprocessed, post_composite: t1.elapsed() };
+        let times = GpuTimes { preprocess: inf.prep.preprocessed - t0, infer: t1 - inf.prep.preprocessed, post_composite: t1.elapsed() };
         Ok((times, queued))
     }
 
@@ -368,14 +377,14 @@ impl GpuStages {
     pub fn mask(&mut self, seg: &mut OnnxSegmenter, frame: Pixels, w: u32, h: u32) -> Result<(CudaSlice<u8>, GpuTimes)> {
         let t0 = Instant::now();
         let mut set = self.take_set((w * h * 4) as usize, 1)?;
-        let inf = self.infer(seg, &[frame], w, h, &mut set, 1);
+        let inf = self.prepare(seg, &[frame], w, h, &mut set, 1).and_then(|p| self.infer(seg, p));
         // The device frame only carried the upload; it goes back for the next call.
         drop(Queued { set, k: 1, give_back: self.give_back.clone() });
         let inf = inf?;
         let t1 = Instant::now();
         let mut alpha = self.gpu.stream.alloc_zeros::<u8>((w * h) as usize).map_err(|x| e("alloc", x))?;
         self.alpha_of(&inf, 0, &mut alpha, w, h)?;
-        let times = GpuTimes { preprocess: inf.preprocessed - t0, infer: t1 - inf.preprocessed, post_composite: t1.elapsed() };
+        let times = GpuTimes { preprocess: inf.prep.preprocessed - t0, infer: t1 - inf.prep.preprocessed, post_composite: t1.elapsed() };
         Ok((alpha, times))
     }
 }
