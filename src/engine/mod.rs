@@ -25,7 +25,6 @@ use cudarc::driver::CudaSlice;
 pub use settings::MatteSettings;
 
 use crate::composite::{Background, Composite, CpuComposite};
-use crate::config::{BackgroundSpec, OutputKind};
 use crate::cuda::composite::GpuCompositor;
 use crate::cuda::stages::{GpuStages, Pixels};
 use crate::cuda::Gpu;
@@ -314,9 +313,4 @@ pub(crate) fn host_compositor(s: &MatteSettings) -> Result<CpuComposite> {
     let mut c = CpuComposite::new(s.kind, Background::open(&s.background)?);
     c.set_foreground_estimation(s.fg_estimate);
     Ok(c)
-}
-
-/// The background spec's output kind when the caller has none of its own.
-pub fn kind_for(bg: &BackgroundSpec) -> OutputKind {
-    MatteSettings::kind_for(bg)
 }
