@@ -8,6 +8,7 @@
 #   scripts/gpu-bench.sh STEP...      steps: env peers-l peers-t mf-general mf-lite mf-isnet export-t8 mf-batch
 #                                     decode-check e2e-decode batch-lite determinism contention f16io bg-check
 #                                     smooth-check live-gpu chroma-check
+#                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -68,6 +69,14 @@ e2e() { # LABEL ONNX MANIFEST ARGS...: 1080p file conversion, GPU memory and loa
   T 120 matteflow bench "$CLIP" --device cuda --model "$onnx" --manifest "$man" -f h264 -k composite -b green --runs 1 "$@"
   kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
   awk -F', ' '{ if ($1 > m) m = $1; u += $2; n++ } END { if (n) printf "GPU memory peak %d MiB, mean utilisation %.0f%% (%d samples)\n", m, u / n, n }' "$W/smi-$label.csv"
+}
+
+ncu_model() { # LABEL ONNX MANIFEST: Nsight Compute over one steady-state run (gpu-bench --profile-run), summarised
+  local label=$1 onnx=$2 man=$3
+  T 400 ncu --clock-control none --cache-control none --profile-from-start off --metrics gpu__time_duration.sum \
+    --csv --page raw --print-units base --log-file "$W/ncu-$label.csv" \
+    matteflow gpu-bench --device cuda --model "$onnx" --manifest "$man" --runs 3 --device-only --profile-run --timeout 390 | tail -3
+  python3 "$ROOT/scripts/ncu_summary.py" "$W/ncu-$label.csv" --label "$label" --json "$W/ncusum-$label.json" --top ${NCU_TOP:-25}
 }
 
 step() {
@@ -269,6 +278,33 @@ PY
         if diff -rq "/tmp/det-alone/$n" "/tmp/det-out/$n" >/dev/null; then echo "IDENTICAL $n: $a frames alone, $b batched"
         else echo "DIFFERENT $n: $a frames alone, $b batched; $(diff -rq "/tmp/det-alone/$n" "/tmp/det-out/$n" | wc -l) files differ"; fi
       done
+      ;;
+    ncu-*)
+      # Kernels of one steady-state run by GPU time (Nsight Compute), for a model file: ncu-lite, ncu-general,
+      # ncu-isnet take the fp16 exports / IS-Net; NCU_MODEL=path NCU_MANIFEST=name override (issue 15, item 0).
+      local which=${1#ncu-} onnx man
+      case $which in
+        lite) onnx=$MODELS/birefnet-lite-fp16.onnx man=birefnet-lite ;;
+        general) onnx=$MODELS/birefnet-general-fp16.onnx man=birefnet-general ;;
+        isnet) onnx=$ISNET man=isnet ;;
+        *) onnx=$MODELS/$which.onnx man=${NCU_MANIFEST:-birefnet-general} ;;
+      esac
+      ncu_model "$which" "${NCU_MODEL:-$onnx}" "$ROOT/models/$man.toml"
+      ;;
+    prep-lite | prep-general)
+      # `matteflow prepare` against the plain fp16 export: model alone (IO binding, batch 1) and Nsight Compute
+      # kernel tables of both, outputs compared on random input (issue 15).
+      local name=birefnet-${1#prep-} g=2362
+      [ "$name" = birefnet-lite ] && g=469
+      local man="$ROOT/models/$name.toml"
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+      local ex=export-l1; [ "$name" = birefnet-lite ] && ex=export-t1
+      [ -f "$MODELS/$name-fp16.onnx" ] || step $ex
+      T 300 python3 "$ROOT/src/model/prepare.py" "$MODELS/$name.onnx" "$MODELS/$name-prep-fp16.onnx" --fp16 \
+        ${PREP_PASSES:+--passes $PREP_PASSES} --report "$W/prep-$name.json"
+      gpu_bench "$name-fp16" "$MODELS/$name-fp16.onnx" "$man" $g --batch 1 --device-only
+      gpu_bench "$name-prep-fp16" "$MODELS/$name-prep-fp16.onnx" "$man" $g --batch 1 --device-only
+      [ -n "${NO_NCU:-}" ] || { ncu_model "$name-fp16" "$MODELS/$name-fp16.onnx" "$man"; ncu_model "$name-prep-fp16" "$MODELS/$name-prep-fp16.onnx" "$man"; }
       ;;
     live-gpu)
       # Live on the GPU stages against the CPU stages (issue 13): a 1920x1080@30 live test pattern → RTMP to a

@@ -100,6 +100,10 @@ enum Cmd {
         /// this shows what idle gaps cost: clocks, wake-ups)
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
+        /// After the timed runs of the first batch size, one more run between cuProfilerStart and cuProfilerStop:
+        /// `ncu --profile-from-start off` then times exactly one steady-state run (scripts/gpu-bench.sh ncu-*)
+        #[arg(long)]
+        profile_run: bool,
     },
     /// Convert the shipped sample clip with the default model (the README's first command)
     Demo {
@@ -642,7 +646,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
             anyhow::ensure!(bad == 0, "{bad} kernel(s) disagree with the CPU beyond tolerance");
         }
-        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms } => {
+        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms, profile_run } => {
             let _dog = matteflow::cuda::bench::Watchdog::start("gpu-bench", timeout);
             // The CUDA context first (current on this thread), so memory in use is measured from before the model.
             let _gpu = matteflow::cuda::Gpu::open(0)?;
@@ -663,6 +667,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 device_id: 0,
                 host_path: !device_only,
                 pause: std::time::Duration::from_millis(pause_ms),
+                profile_run,
             };
             let rows = matteflow::cuda::bench::run(&mut seg, &o)?;
             print!("{}", matteflow::cuda::bench::table(&name, &rows));
