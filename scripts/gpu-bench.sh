@@ -8,7 +8,8 @@
 #   scripts/gpu-bench.sh STEP...      steps: env peers-l peers-t mf-general mf-lite mf-isnet export-t8 mf-batch
 #                                     decode-check e2e-decode batch-lite determinism contention f16io bg-check
 #                                     smooth-check live-gpu chroma-check
-#                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general
+#                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
+#                                     peers-fixed-l peers-fixed-t
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -305,6 +306,46 @@ PY
       gpu_bench "$name-fp16" "$MODELS/$name-fp16.onnx" "$man" $g --batch 1 --device-only
       gpu_bench "$name-prep-fp16" "$MODELS/$name-prep-fp16.onnx" "$man" $g --batch 1 --device-only
       [ -n "${NO_NCU:-}" ] || { ncu_model "$name-fp16" "$MODELS/$name-fp16.onnx" "$man"; ncu_model "$name-prep-fp16" "$MODELS/$name-prep-fp16.onnx" "$man"; }
+      ;;
+    prep2)
+      # Both BiRefNet sizes: export, `prepare` (all default passes, fp16), then model alone (IO binding, batch 1):
+      # the plain fp16 export, the prepared one, the prepared one with CUDA graphs; Nsight Compute of the prepared.
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+      local name g ex
+      for name in birefnet-lite birefnet-general; do
+        g=2362 ex=export-l1; [ $name = birefnet-lite ] && g=469 ex=export-t1
+        [ -f "$MODELS/$name-fp16.onnx" ] || step $ex
+        T 300 python3 "$ROOT/src/model/prepare.py" "$MODELS/$name.onnx" "$MODELS/$name-prep-fp16.onnx" --fp16 \
+          ${PREP_PASSES:+--passes $PREP_PASSES} --report "$W/prep-$name.json" 2>&1 | grep -v "warn"
+        gpu_bench "$name-fp16" "$MODELS/$name-fp16.onnx" "$ROOT/models/$name.toml" $g --batch 1 --device-only
+        gpu_bench "$name-prep-fp16" "$MODELS/$name-prep-fp16.onnx" "$ROOT/models/$name.toml" $g --batch 1 --device-only
+        gpu_bench "$name-prep-fp16-graph" "$MODELS/$name-prep-fp16.onnx" "$ROOT/models/$name.toml" $g --batch 1 --device-only --cuda-graph
+        [ -n "${NO_NCU:-}" ] || [ $name = birefnet-lite -a -z "${NCU_LITE:-}" ] || ncu_model "$name-prep-fp16" "$MODELS/$name-prep-fp16.onnx" "$ROOT/models/$name.toml"
+      done
+      ;;
+    prep-quality)
+      # Masks of the prepared fp16 model against the fp32 export on the shipped clips' frames (random weights),
+      # and end to end (1080p H.264 → composite, GPU stages) with the prepared models.
+      local name clip
+      for name in birefnet-lite birefnet-general; do
+        for clip in carphone_pristine bikes; do
+          for v in "" -fp16 -prep-fp16; do
+            T 120 matteflow convert "$ROOT/assets/media/$clip.mp4" -k mask -o "/tmp/q/$name$v-$clip/" --model "$MODELS/$name$v.onnx" \
+              --manifest "$ROOT/models/$name.toml" --device cuda --cuda-stages --overwrite 2>&1 | tail -1
+          done
+          echo "QUALITY $name $clip fp16 export vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-$clip" "/tmp/q/$name-fp16-$clip")"
+          echo "QUALITY $name $clip prepared fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-$clip" "/tmp/q/$name-prep-fp16-$clip")"
+        done
+        e2e "$name-prep-fp16-cuda-stages" "$MODELS/$name-prep-fp16.onnx" "$ROOT/models/$name.toml" --cuda-stages
+      done
+      ;;
+    peers-fixed-l | peers-fixed-t)
+      # PyTorch peers of issue 15 on the same run: eager as published, with the contiguous-mask fix, that as a
+      # CUDA graph, torch.compile of it (COMPILE_MODE, default "default"); batch 1 and 4 (Swin-L) / 8 (Swin-T).
+      local v=swin_v1_l b=4
+      [ "$1" = peers-fixed-t ] && v=swin_v1_t b=8
+      T 580 python3 "$ROOT/scripts/gpu_bench_peers.py" --repo "$BIREFNET_REPO" --variant "$v" --models "$MODELS" \
+        --out "$W" --runs "$RUNS" --batch $b --fixed --compile-mode "${COMPILE_MODE:-default}"
       ;;
     live-gpu)
       # Live on the GPU stages against the CPU stages (issue 13): a 1920x1080@30 live test pattern → RTMP to a
