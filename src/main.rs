@@ -105,6 +105,31 @@ enum Cmd {
         #[arg(long)]
         profile_run: bool,
     },
+    /// Rewrite an ONNX model (BiRefNet and kin) once into the graph ONNX Runtime's CUDA provider runs fastest,
+    /// same outputs (window padding as concatenation, MatMul biases fused into BiasGelu / SkipLayerNormalization,
+    /// optional float16). Cached by the model's hash; prints the prepared file's path. Needs Python 3 with onnx
+    Prepare {
+        /// The .onnx file (an official BiRefNet export or your own)
+        model: PathBuf,
+        /// Also convert to float16 (input and output stay float32); needs onnxconverter-common
+        #[arg(long)]
+        fp16: bool,
+        /// Passes in order, comma-separated (default: window-pad,bias-gelu,skip-layernorm; none for none)
+        #[arg(long)]
+        passes: Option<String>,
+        /// With --fp16: operators kept in float32 (e.g. DeformConv)
+        #[arg(long, value_delimiter = ',')]
+        keep_fp32: Vec<String>,
+        /// Write here instead of the cache ($MATTEFLOW_CACHE_DIR or ~/.cache/matteflow/prepared/)
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Python with the onnx package (default: $MATTEFLOW_PYTHON, else python3)
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Also write the passes' report (rewrites per pass, node counts before and after) as JSON here
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Convert the shipped sample clip with the default model (the README's first command)
     Demo {
         /// Folder for the outputs
@@ -551,7 +576,7 @@ fn main() {
     let cancel = Arc::new(AtomicBool::new(false));
     install_signal_handlers(&rt, cancel.clone());
     if let Err(e) = matteflow::runtime::init(cli.ort_lib.as_deref()) {
-        if !matches!(cli.cmd, Cmd::Models | Cmd::Doctor(_) | Cmd::GpuCheck { .. } | Cmd::GpuBench { .. }) {
+        if !matches!(cli.cmd, Cmd::Models | Cmd::Prepare { .. } | Cmd::Doctor(_) | Cmd::GpuCheck { .. } | Cmd::GpuBench { .. }) {
             eprintln!("matteflow: {e}");
             std::process::exit(2);
         }
@@ -590,6 +615,14 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 println!("{:<18} {}", "", m.description);
                 println!("{:<18} licence: {}", "", m.licence);
             }
+        }
+        Cmd::Prepare { model, fp16, passes, keep_fp32, output, python, report } => {
+            let o = model::prepare::PrepareOptions { fp16, passes, keep_fp32, python, output, report };
+            let p = model::prepare::prepare(&model, &o)?;
+            if !p.fresh {
+                eprintln!("already prepared (cached by the model's hash)");
+            }
+            println!("{}", p.path.display());
         }
         Cmd::Doctor(m) => {
             let mut bad = 0;

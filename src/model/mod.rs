@@ -2,6 +2,7 @@
 //! and turning a `--model` argument (a name, a manifest, or an ONNX file plus flags) into a [`ResolvedModel`].
 
 pub mod manifest;
+pub mod prepare;
 
 use std::path::{Path, PathBuf};
 

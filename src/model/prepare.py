@@ -335,7 +335,7 @@ def main():
         if fired:
             g.refresh()
         report["passes"].append({"pass": name, "fired": fired, "seconds": round(time.time() - t, 2)})
-        print(f"prepare: {name}: {fired} rewrites", flush=True)
+        print(f"prepare: {name}: {fired} rewrites", file=sys.stderr, flush=True)
     topo_sort(g.model)
     if any(n.domain == MS for n in g.g.node) and not any(o.domain == MS for o in g.model.opset_import):
         g.model.opset_import.append(helper.make_opsetid(MS, 1))
@@ -353,7 +353,8 @@ def main():
     big = model.ByteSize() > 2**31 - 2**20
     onnx.save(model, tmp, save_as_external_data=big, location=os.path.basename(a.output) + ".data" if big else None)
     os.replace(tmp, a.output)
-    print(f"prepare: {report['nodes_before']} → {report['nodes_after']} nodes in {report['seconds']} s → {a.output}")
+    print(f"prepare: {report['nodes_before']} → {report['nodes_after']} nodes in {report['seconds']} s → {a.output}",
+          file=sys.stderr)
     if a.report:
         with open(a.report, "w") as f:
             json.dump(report, f, indent=1)

@@ -1,0 +1,168 @@
+//! `matteflow prepare` on the CPU provider (what CI can run): the passes fire on a small Swin-like block
+//! (tests/fixtures/make_swin_block.py) and the prepared graph gives the same masks through matteflow's own
+//! model path; the shipped selfie model passes through unchanged; the cache; the errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use matteflow::infer::{LowResMask, Segmenter};
+
+fn prepare(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .arg("prepare")
+        .args(args)
+        .env("PYTHONPATH", root().join(".deps/py"))
+        .env("MATTEFLOW_CACHE_DIR", cache)
+        .output()
+        .expect("run matteflow prepare")
+}
+
+fn prepare_ok(args: &[&str], cache: &Path) -> (String, String) {
+    let out = prepare(args, cache);
+    let (so, se) = (String::from_utf8_lossy(&out.stdout).into_owned(), stderr_of(&out));
+    assert!(out.status.success(), "matteflow prepare {args:?} failed: {se}");
+    (so, se)
+}
+
+/// Masks of `manifest` on three noise inputs, through matteflow's CPU model path.
+fn masks(manifest: &Path) -> Vec<Vec<f32>> {
+    let opts = matteflow::runtime::ProviderOptions {
+        device: matteflow::runtime::DeviceChoice::Cpu,
+        threads: Some(1),
+        ..Default::default()
+    };
+    let model = matteflow::model::resolve(manifest.to_str().unwrap(), None, &Default::default()).unwrap();
+    let mut seg = matteflow::open_segmenter(model, &opts).unwrap();
+    let mut state = 11u64;
+    (0..3)
+        .map(|_| {
+            let mut m = LowResMask::default();
+            seg.run(&noise_input(&mut state), &mut m).unwrap();
+            m.data
+        })
+        .collect()
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).flat_map(|(x, y)| {
+        assert_eq!(x.len(), y.len());
+        x.iter().zip(y).map(|(p, q)| (p - q).abs())
+    })
+    .fold(0.0, f32::max)
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn fired(r: &serde_json::Value, pass: &str) -> i64 {
+    r["passes"].as_array().unwrap().iter().find(|p| p["pass"] == pass).unwrap()["fired"].as_i64().unwrap()
+}
+
+#[test]
+fn passes_fire_on_a_swin_block_and_the_masks_stay_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("swin.onnx");
+    fixture_py("make_swin_block.py", &[&onnx]);
+    let prepared = dir.path().join("swin-prepared.onnx");
+    let rep = dir.path().join("report.json");
+    let (stdout, _) = prepare_ok(
+        &[onnx.to_str().unwrap(), "-o", prepared.to_str().unwrap(), "--report", rep.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(stdout.trim(), prepared.to_str().unwrap(), "prints the prepared file");
+    let r = report(&rep);
+    for pass in ["window-pad", "bias-gelu", "skip-layernorm"] {
+        assert_eq!(fired(&r, pass), 1, "{pass} fires once: {r}");
+    }
+    let ops = &r["ops_after"];
+    assert!(ops.get("Pad").is_none() && ops.get("Gelu").is_none(), "Pad and Gelu are gone: {ops}");
+    assert_eq!(ops["BiasGelu"], 1);
+    assert_eq!(ops["SkipLayerNormalization"], 1);
+    assert_eq!(ops["LayerNormalization"], 1, "the first norm (after a Reshape) stays");
+    assert_eq!(r["nodes_before"], 16);
+    assert_eq!(r["nodes_after"], 14);
+
+    let before = masks(&selfie_manifest_for(&onnx, "swin"));
+    let after = masks(&selfie_manifest_for(&prepared, "swin_prepared"));
+    let d = max_diff(&before, &after);
+    assert!(d <= 1e-5, "prepared masks differ by {d} (tolerance 1e-5)");
+    // The block is not trivial: its masks vary with the input.
+    assert!(max_diff(&before[..1], &before[1..2]) > 0.01);
+}
+
+#[test]
+fn the_shipped_selfie_model_passes_through_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("selfie.onnx");
+    std::fs::copy(root().join("models/selfie_segmentation.onnx"), &onnx).unwrap();
+    let prepared = dir.path().join("selfie-prepared.onnx");
+    let rep = dir.path().join("report.json");
+    prepare_ok(&[onnx.to_str().unwrap(), "-o", prepared.to_str().unwrap(), "--report", rep.to_str().unwrap()], dir.path());
+    let r = report(&rep);
+    for pass in ["window-pad", "bias-gelu", "skip-layernorm"] {
+        assert_eq!(fired(&r, pass), 0, "{pass} finds nothing in the selfie model");
+    }
+    assert_eq!(r["nodes_before"], r["nodes_after"]);
+    let d = max_diff(&masks(&selfie_manifest_for(&onnx, "a")), &masks(&selfie_manifest_for(&prepared, "b")));
+    assert_eq!(d, 0.0);
+}
+
+#[test]
+fn results_are_cached_by_the_models_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("swin.onnx");
+    fixture_py("make_swin_block.py", &[&onnx]);
+    let cache = dir.path().join("cache");
+    let (first, err1) = prepare_ok(&[onnx.to_str().unwrap()], &cache);
+    let path = PathBuf::from(first.trim());
+    assert!(path.starts_with(cache.join("prepared")) && path.is_file(), "{path:?}");
+    assert!(err1.contains("window-pad: 1 rewrites"), "{err1}");
+    let (second, err2) = prepare_ok(&[onnx.to_str().unwrap()], &cache);
+    assert_eq!(first, second);
+    assert!(err2.contains("already prepared"), "{err2}");
+    // Options are part of the key; a changed model is a new entry.
+    let (none, _) = prepare_ok(&[onnx.to_str().unwrap(), "--passes", "none"], &cache);
+    assert_ne!(none, first);
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    bytes.extend_from_slice(b"\x32\x01x"); // ModelProto.doc_string = "x": the same graph, another file
+    std::fs::write(&onnx, bytes).unwrap();
+    let (third, _) = prepare_ok(&[onnx.to_str().unwrap()], &cache);
+    assert_ne!(third, first);
+    assert_eq!(std::fs::read_dir(cache.join("prepared")).unwrap().count(), 3, "no partial files left");
+}
+
+#[test]
+fn errors_name_the_problem_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("swin.onnx");
+    fixture_py("make_swin_block.py", &[&onnx]);
+    let out_path = dir.path().join("out.onnx");
+
+    let out = prepare(&[onnx.to_str().unwrap(), "-o", out_path.to_str().unwrap(), "--python", "/nonexistent/python3"], dir.path());
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs Python 3 with onnx") && err.contains("--python"), "{err}");
+
+    let out = prepare(&[dir.path().join("missing.onnx").to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("missing.onnx: no such file"), "{}", stderr_of(&out));
+
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let out = prepare(&[junk.to_str().unwrap(), "-o", out_path.to_str().unwrap()], dir.path());
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("junk.onnx: preparation failed"), "{err}");
+
+    let out = prepare(&[onnx.to_str().unwrap(), "-o", out_path.to_str().unwrap(), "--passes", "window-pad,fold-everything"], dir.path());
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown pass fold-everything"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!out_path.exists() && left.iter().all(|n| !n.to_string_lossy().contains("partial")), "{left:?}");
+}
