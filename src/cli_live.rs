@@ -183,6 +183,9 @@ fn go_live(cfg: &LiveConfig, model: &job::ModelSection, cancel: Arc<AtomicBool>,
     if !r.summary.cpu_by_thread.is_empty() {
         eprintln!("matteflow live: CPU by thread: {}", r.summary.cpu_breakdown(8));
     }
+    for f in &r.output_failures {
+        eprintln!("matteflow live: {f}");
+    }
     for p in &r.recordings {
         println!("{}", p.display());
     }

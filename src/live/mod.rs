@@ -17,6 +17,7 @@ pub mod input;
 pub mod job;
 pub mod matte;
 pub mod output;
+mod recording;
 pub mod rtmp;
 pub mod stats;
 
@@ -155,6 +156,8 @@ pub struct LiveReport {
     pub recordings: Vec<PathBuf>,
     /// Why it stopped.
     pub stopped: String,
+    /// Outputs that failed while the others went on ("disk full: PATH (…)"); their recordings are kept.
+    pub output_failures: Vec<String>,
 }
 
 /// Runs until the source ends, `cancel` is set, a limit is reached, or something fails. Outputs are always
@@ -253,10 +256,11 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     if let Some(s) = server {
         s.stop();
     }
+    let output_failures = outputs.failures();
     let finished = outputs.finish();
     let summary = stats.total();
     match (outcome, finished) {
-        (Ok(stopped), Ok(recordings)) => Ok(LiveReport { summary, recordings, stopped }),
+        (Ok(stopped), Ok(recordings)) => Ok(LiveReport { summary, recordings, stopped, output_failures }),
         (Err(e), Ok(recordings)) => {
             if recordings.is_empty() {
                 Err(e)
