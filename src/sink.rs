@@ -138,8 +138,8 @@ pub fn disk_of(path: &Path) -> String {
         .filter(|(m, _)| dir.starts_with(m))
         .max_by_key(|(m, _)| m.len());
     match mount {
-        Some((m, fs)) => format!("no space left on the file system mounted at {m} ({fs}); free some space there or record elsewhere"),
-        None => format!("no space left on the disk holding {}; free some space there or record elsewhere", dir.display()),
+        Some((m, fs)) => format!("no space left on the file system mounted at {m} ({fs}); free some space there or write elsewhere"),
+        None => format!("no space left on the disk holding {}; free some space there or write elsewhere", dir.display()),
     }
 }
 

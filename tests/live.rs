@@ -869,3 +869,50 @@ fn file_served_over_http_is_played_at_its_own_frame_rate() {
     let last = &frames.last().unwrap().rgba;
     assert!(close(px(last, W, CYAN_X, BAR_Y), GREEN_BG, 14), "cyan bar: {:?}", px(last, W, CYAN_X, BAR_Y));
 }
+
+#[test]
+fn disk_full_ends_that_recording_alone_and_keeps_it() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // A real file system that fills up: 600 KiB hold a few seconds of the recording.
+    let Some(disk) = SmallDisk::mount(&dir.path().join("small"), 600) else { return };
+    let manifest = known_answer(dir.path());
+    let nginx = Nginx::start(dir.path(), free_port());
+    let url = nginx.url("diskfull");
+    let full = disk.dir.join("rec.mp4");
+    let other = dir.path().join("other.mkv");
+    let rep = dir.path().join("report.json");
+    let mut child = live_cmd(&manifest, &["--output", &url, "--output", full.to_str().unwrap(), "--output", other.to_str().unwrap()])
+        .args(["--duration", "12", "--report", rep.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect_stderr(&mut child);
+    wait_started(&log);
+    let t = Instant::now();
+    while !log.lock().unwrap().contains("frames written before are kept") {
+        assert!(t.elapsed() < Duration::from_secs(20), "the disk did not fill: {}", log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // After the disk filled, the RTMP stream goes on.
+    let frames = pull_rtmp(&url, 4.0);
+    let status = wait_exit(&mut child, Duration::from_secs(40));
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "the run goes on to its end: {log}");
+    assert!(frames.len() >= 30, "RTMP after the disk filled: {} frames: {log}", frames.len());
+    assert!(log.contains(&format!("disk full: {}", full.display())), "{log}");
+    assert!(!log.contains("multiplex") && !log.contains("filesink"), "{log}");
+    // The full disk's recording is kept under its name, playable, with the frames up to the failure.
+    let said: usize = log.split(" frames written before are kept").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    let kept = check_recording(&full, 30);
+    assert_eq!(kept.len(), said, "{log}");
+    // The other recording has the whole run.
+    let r = report(&rep);
+    let s = &r["summary"];
+    assert_rate_held(s, 12.0, 0.9);
+    let whole = check_recording(&other, recorded_at_least(s));
+    assert!(kept.len() < whole.len() / 2, "the full disk's recording stopped early: {} of {}", kept.len(), whole.len());
+    assert_eq!(r["output_failures"].as_array().unwrap().len(), 1, "{r}");
+    assert_no_partials(dir.path());
+    assert_no_partials(&disk.dir);
+}
