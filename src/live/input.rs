@@ -114,6 +114,20 @@ fn make(name: &str) -> Result<gst::Element> {
         .map_err(|_| Error::Gst(format!("element '{name}' is missing: install {}", crate::sink::package_of(name))))
 }
 
+/// Checks, without opening it, that the input is there: the camera's device node, the file.
+pub fn check(spec: &InputSpec) -> Result<()> {
+    match spec {
+        InputSpec::Webcam(dev) if !Path::new(dev).exists() => Err(Error::Input {
+            path: dev.clone(),
+            reason: "no such video device: list cameras with `v4l2-ctl --list-devices` (package v4l-utils) and check \
+                     the user is in the 'video' group"
+                .into(),
+        }),
+        InputSpec::File(f) => crate::source::input_uri(f).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
 /// Builds (but does not start) the input pipeline.
 pub fn build(spec: &InputSpec, cap: Capture) -> Result<LiveInput> {
     gst::init()?;
@@ -171,14 +185,7 @@ pub fn build(spec: &InputSpec, cap: Capture) -> Result<LiveInput> {
             true
         }
         InputSpec::Webcam(dev) => {
-            if !Path::new(dev).exists() {
-                return Err(Error::Input {
-                    path: dev.clone(),
-                    reason: "no such video device: list cameras with `v4l2-ctl --list-devices` (package v4l-utils) \
-                             and check the user is in the 'video' group"
-                        .into(),
-                });
-            }
+            check(spec)?;
             let src = make("v4l2src")?;
             src.set_property("device", dev);
             // Let the camera pick raw or MJPEG at the requested mode (most webcams only give 720p30 as MJPEG).

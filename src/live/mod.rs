@@ -117,9 +117,7 @@ impl LiveConfig {
                 )));
             }
         }
-        if self.matte.infer_every == 0 {
-            return Err(Error::config("--infer-every must be 1 or more"));
-        }
+        self.matte.validate()?;
         let mut seen = std::collections::HashSet::new();
         for o in &self.outputs {
             if !seen.insert(String::from(o.clone())) {
@@ -170,7 +168,9 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     settings.kind = MatteSettings::kind_for(&settings.background);
     settings.model = segmenter.model().manifest.name.clone();
     let controls = Controls::new(settings.clone());
-    // Check what can be checked before going live.
+    // Check what can be checked before going live: the input first (a missing camera is the first thing to
+    // say, at once, before any wait for an RTMP server).
+    input::check(&cfg.input)?;
     Background::open(&settings.background)?;
     for o in &cfg.outputs {
         if let OutputSpec::Rtmp(url) = o {
