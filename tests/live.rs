@@ -916,3 +916,41 @@ fn disk_full_ends_that_recording_alone_and_keeps_it() {
     assert_no_partials(dir.path());
     assert_no_partials(&disk.dir);
 }
+
+#[test]
+fn live_from_a_file_loses_no_frame() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = known_answer(dir.path());
+    // 120 frames; the first ones used to vanish (uncounted) while the outputs were being built.
+    let clip = dir.path().join("clip.mp4");
+    gst_make(&format!(
+        "videotestsrc num-buffers=120 pattern=ball ! video/x-raw,width={W},height={H},framerate=30/1 ! x264enc speed-preset=ultrafast ! mp4mux ! filesink location={}",
+        clip.display()
+    ));
+    let rec = dir.path().join("rec.mkv");
+    let rep = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["live", "--input", clip.to_str().unwrap(), "--model", manifest.to_str().unwrap(), "--background", "green"])
+        .args(["--output", rec.to_str().unwrap(), "--report", rep.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = stderr_of(&out);
+    assert!(out.status.success(), "{log}");
+    let s = &report(&rep)["summary"];
+    let frames = decode(&rec);
+    // Every frame reaches the recording, or its loss is counted: a file waits, so the source drops nothing, and
+    // only the output queue may (counted) on a loaded machine.
+    assert_eq!(s["captured"].as_u64().unwrap(), 120, "{s}");
+    assert_eq!(s["dropped"].as_u64().unwrap(), 0, "{s}");
+    assert_eq!(s["output"].as_u64().unwrap(), 120, "{s}");
+    assert_eq!(frames.len() as u64 + s["output_dropped"].as_u64().unwrap(), 120, "{s}");
+    if s["output_dropped"].as_u64().unwrap() == 0 {
+        // The file's own timestamps, one frame apart from the first (frames 2–4 were the ones lost).
+        let pts: Vec<u64> = frames.iter().map(|f| f.pts.unwrap()).collect();
+        for (i, w) in pts.windows(2).enumerate() {
+            let gap = (w[1] - w[0]) as f64 / 1e6;
+            assert!((gap - 1000.0 / FPS).abs() < 2.0, "a {gap} ms gap after frame {i}");
+        }
+    }
+}

@@ -522,6 +522,7 @@ impl CaptureThread {
         let _ = tx.try_send((started.first.clone(), started.clock.running_now()));
         stats.captured.fetch_add(1, Ordering::Relaxed);
         let (appsink, pipeline, clock) = (started.input.appsink.clone(), started.input.pipeline.clone(), started.clock.clone());
+        let paced = started.input.paced.clone();
         let (stop2, end2, rx2) = (stop.clone(), end.clone(), rx.clone());
         let thread = std::thread::Builder::new()
             .name("mf-capture".into())
@@ -530,6 +531,17 @@ impl CaptureThread {
                     match appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
                         Some(s) => {
                             stats.captured.fetch_add(1, Ordering::Relaxed);
+                            if paced.load(Ordering::SeqCst) {
+                                // A file waits for us: every frame goes on.
+                                let mut item = (s, clock.running_now());
+                                while let Err(crossbeam_channel::SendTimeoutError::Timeout(back)) = tx.send_timeout(item, Duration::from_millis(100)) {
+                                    if stop2.load(Ordering::SeqCst) {
+                                        break;
+                                    }
+                                    item = back;
+                                }
+                                continue;
+                            }
                             if let Err(crossbeam_channel::TrySendError::Full(s)) = tx.try_send((s, clock.running_now())) {
                                 if rx2.try_recv().is_ok() {
                                     stats.dropped.fetch_add(1, Ordering::Relaxed);
