@@ -954,3 +954,34 @@ fn live_from_a_file_loses_no_frame() {
         }
     }
 }
+
+#[test]
+fn a_recording_left_by_kill_9_is_announced_at_the_next_start() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = known_answer(dir.path());
+    let rec = dir.path().join("rec.mp4");
+    let mut child = live_cmd(&manifest, &["--output", rec.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
+    let log = collect_stderr(&mut child);
+    wait_started(&log);
+    std::thread::sleep(Duration::from_secs(3));
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let left = dir.path().join(format!(".rec.mp4.partial-{}", child.id()));
+    assert!(left.exists() && !rec.exists(), "kill -9 leaves the hidden partial recording");
+    // The next run says where it is, how many frames it holds and how to keep it, and leaves it alone.
+    let out = live_cmd(&manifest, &["--output", rec.to_str().unwrap(), "--max-frames", "5"]).output().unwrap();
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&left.display().to_string()) && err.contains("killed"), "{err}");
+    let line = err.lines().find(|l| l.contains("was killed")).unwrap();
+    let frames: usize = line.split(" frames").next().unwrap().rsplit('(').next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"));
+    assert!(frames >= 30, "3 s of recording: {line}");
+    // Following the hint keeps a playable recording with that many frames.
+    let cmd = line.split('`').nth(1).unwrap_or_else(|| panic!("no command in: {line}"));
+    let st = Command::new("sh").args(["-c", cmd]).status().unwrap();
+    assert!(st.success(), "{cmd}");
+    let kept = dir.path().join(format!("rec-recovered-{}.mp4", child.id()));
+    assert_eq!(decode(&kept).len(), frames, "{line}");
+    assert_eq!(decode(&rec).len(), 5, "the new run's own recording");
+}

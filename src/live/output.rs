@@ -323,6 +323,7 @@ impl Outputs {
                         _ => Format::H264,
                     };
                     let st = StagedOutput::prepare(path, format_for_staging, opts.overwrite)?;
+                    super::recording::announce_leftovers(&st.final_path);
                     descriptions.push(format!("recording {}", st.final_path.display()));
                     let feed = match rf {
                         RecordFormat::Mp4 | RecordFormat::Flv => ensure_h264(&pipeline, &tee)?,

@@ -270,3 +270,38 @@ pub fn count_frames(path: &Path) -> Option<u64> {
     let _ = p.set_state(gst::State::Null);
     Some(count.load(Ordering::Relaxed))
 }
+
+/// Says so when earlier runs that were killed (`kill -9`, a crash, power loss) left recordings of `final_path`
+/// behind as `.NAME.partial-PID` (hidden, their process gone): where each is, how many frames it holds and how
+/// to keep it. They are left alone: a fragmented MP4 or MOV cut short still plays.
+pub(super) fn announce_leftovers(final_path: &Path) {
+    let (Some(name), Some(parent)) = (final_path.file_name(), final_path.parent()) else { return };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let prefix = format!(".{}.partial-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue; // ours, or a run still writing it
+        }
+        let temp = entry.path();
+        let frames = if temp.is_dir() {
+            std::fs::read_dir(&temp).map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "png")).count() as u64).ok()
+        } else {
+            count_frames(&temp)
+        };
+        let stem = final_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let ext = final_path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+        let keep = parent.join(format!("{stem}-recovered-{pid}{ext}"));
+        tracing::warn!(
+            "an earlier run (process {pid}) was killed while recording {}: what it wrote is in {} ({} frames, \
+             playable up to where it stopped). Keep it with `mv -n '{}' '{}'`, or delete it; matteflow leaves it alone",
+            final_path.display(),
+            temp.display(),
+            frames.map_or("unknown number of".into(), |n| n.to_string()),
+            temp.display(),
+            keep.display()
+        );
+    }
+}
