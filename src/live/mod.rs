@@ -384,7 +384,12 @@ impl MatteStage {
         let (w, h) = (info.width(), info.height());
         let pts = self.stamper.stamp(crate::source::running_pts(sample), arrival);
         let now = Instant::now();
-        let age = match (pts, self.clock.running_now()) {
+        // The budget counts from capture: a camera's timestamp, or when a network frame reached us. A network
+        // frame's stamp says when the least-delayed frame would have arrived (see `Stamper`): counting from it
+        // charged the stream's own jitter and the decoder's reordering delay (~100 ms with B-frames) to the
+        // budget, and most frames then got an earlier frame's mask without waiting at all.
+        let since = if self.stamper.network { arrival } else { pts };
+        let age = match (since, self.clock.running_now()) {
             (Some(p), Some(n)) => n.checked_sub(p).map(|d| Duration::from_nanos(d.nseconds())).unwrap_or_default(),
             _ => Duration::ZERO,
         };
