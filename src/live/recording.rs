@@ -126,13 +126,14 @@ impl Recording {
     }
 
     /// Ends a recording whose bin failed: detaches it from the tee and the pipeline (the other outputs go on),
-    /// then keeps what it wrote (see [`salvage`]). Returns the message, once.
-    pub(super) fn fail(&mut self, pipeline: &gst::Pipeline, err: &gst::message::Error) -> Option<String> {
+    /// then keeps what it wrote on a thread of its own (see [`salvage`], which says what was kept). Later
+    /// errors from the same bin are ignored.
+    pub(super) fn fail(&mut self, pipeline: &gst::Pipeline, err: &gst::message::Error) {
         if self.failure.is_some() {
-            return None;
+            return;
         }
         self.failed.store(true, Ordering::SeqCst);
-        let staged = self.staged.take()?;
+        let Some(staged) = self.staged.take() else { return };
         let path = staged.final_path.clone();
         let msg = if err.error().matches(gst::ResourceError::NoSpaceLeft) {
             format!("disk full: {} ({})", path.display(), crate::sink::disk_of(&path))
@@ -152,8 +153,7 @@ impl Recording {
             .name("mf-salvage".into())
             .spawn(move || salvage(staged, format, &m))
             .ok();
-        self.failure = Some(msg.clone());
-        Some(msg)
+        self.failure = Some(msg);
     }
 
     /// Commits a recording that finished normally, or waits for a failed one's salvage. Returns its path.
