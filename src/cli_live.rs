@@ -131,6 +131,12 @@ pub struct RunArgs {
     /// Write the final statistics (live) or report (conversion) as JSON to this file
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Replace outputs that exist (= --set encode.overwrite=true)
+    #[arg(long)]
+    overwrite: bool,
+    /// RTMP server not answering at start: wait up to this many seconds (= --set encode.rtmp_start_timeout_s=S)
+    #[arg(long, value_name = "S")]
+    rtmp_start_timeout: Option<u32>,
 }
 
 fn parse_wh(s: &str) -> Result<[u32; 2], String> {
@@ -182,6 +188,9 @@ fn go_live(cfg: &LiveConfig, model: &job::ModelSection, cancel: Arc<AtomicBool>,
     eprintln!("matteflow live: {}; whole run: {}", r.stopped, r.summary);
     if !r.summary.cpu_by_thread.is_empty() {
         eprintln!("matteflow live: CPU by thread: {}", r.summary.cpu_breakdown(8));
+    }
+    for f in &r.output_failures {
+        eprintln!("matteflow live: {f}");
     }
     for p in &r.recordings {
         println!("{}", p.display());
@@ -248,6 +257,12 @@ pub fn run_file(a: RunArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     }
     if let Some(m) = a.max_frames {
         sets.push(format!("run.max_frames={m}"));
+    }
+    if a.overwrite {
+        sets.push("encode.overwrite=true".into());
+    }
+    if let Some(s) = a.rtmp_start_timeout {
+        sets.push(format!("encode.rtmp_start_timeout_s={s}"));
     }
     if !a.outputs.is_empty() {
         let list: Vec<String> = a.outputs.iter().map(|o| format!("{{ target = {} }}", toml_string(o))).collect();

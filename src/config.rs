@@ -205,7 +205,9 @@ impl ConvertConfig {
     /// given background).
     pub fn resolve(&self) -> Result<(Format, MatteSettings)> {
         let (format, kind, background) = self.resolve_kind()?;
-        Ok((format, MatteSettings { kind, background, ..self.matte.clone() }))
+        let settings = MatteSettings { kind, background, ..self.matte.clone() };
+        settings.validate()?;
+        Ok((format, settings))
     }
 
     fn resolve_kind(&self) -> Result<(Format, OutputKind, BackgroundSpec)> {

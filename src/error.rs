@@ -23,6 +23,10 @@ pub enum Error {
     #[error("manifest {path}: {reason}")]
     Manifest { path: String, reason: String },
 
+    /// A `matteflow run` pipeline file that cannot be read or is wrong (TOML errors keep their caret lines).
+    #[error("pipeline file {path}: {reason}")]
+    PipelineFile { path: String, reason: String },
+
     #[error("ONNX Runtime: {0}")]
     Runtime(String),
 

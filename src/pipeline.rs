@@ -558,6 +558,10 @@ fn explain_error(cfg: &ConvertConfig, graph: &Graph, err: &gst::message::Error, 
                 .into(),
         },
         (true, None) => source::explain_decode_error(&cfg.input, err),
+        (false, _) if err.error().matches(gst::ResourceError::NoSpaceLeft) => Error::Output {
+            path: graph.output.clone(),
+            reason: format!("disk full: {}. Nothing was kept", sink::disk_of(&graph.output)),
+        },
         (false, _) => Error::Output {
             path: graph.output.clone(),
             reason: format!(

@@ -123,6 +123,26 @@ impl Drop for StagedOutput {
     }
 }
 
+/// The disk a path is on, for "disk full" messages: "the file system mounted at /mnt/x (ext4), 0 bytes free".
+pub fn disk_of(path: &Path) -> String {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    // The longest mount point the folder is under; /proc/mounts writes spaces in names as \040.
+    let mount = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some((f.get(1)?.replace("\\040", " "), f.get(2)?.to_string()))
+        })
+        .filter(|(m, _)| dir.starts_with(m))
+        .max_by_key(|(m, _)| m.len());
+    match mount {
+        Some((m, fs)) => format!("no space left on the file system mounted at {m} ({fs}); free some space there or write elsewhere"),
+        None => format!("no space left on the disk holding {}; free some space there or write elsewhere", dir.display()),
+    }
+}
+
 /// The audio elements for a container; empty (audio dropped, with a warning) when one is not installed, so
 /// video-only work never fails for want of an audio encoder.
 fn audio_chain(names: &[&str], raw_format: Option<&str>) -> Vec<gst::Element> {
@@ -183,7 +203,7 @@ pub fn build(pipeline: &gst::Pipeline, format: Format, location: &Path, frame_by
 
 /// Builds videoconvert → encoder → mux → file for `format` inside `pipeline` and returns its head (to link
 /// raw video to) and, when the container carries audio, the pad an audio stream links to.
-pub fn encoder_chain(pipeline: &gst::Pipeline, format: Format, location: &Path, gpu: bool) -> Result<(gst::Element, Option<gst::Pad>)> {
+pub fn encoder_chain(pipeline: &impl IsA<gst::Bin>, format: Format, location: &Path, gpu: bool) -> Result<(gst::Element, Option<gst::Pad>)> {
     let convert = gst::ElementFactory::make("videoconvert").property("n-threads", 2u32).build()?;
     let caps = |fmt: &str| -> Result<gst::Element> {
         Ok(gst::ElementFactory::make("capsfilter")

@@ -192,3 +192,17 @@ fn unsafe_kill(pid: u32, sig: i32) {
     let ok = std::process::Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status().unwrap();
     assert!(ok.success());
 }
+
+#[test]
+fn disk_full_during_convert_names_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("small"), 100) else { return };
+    let out = disk.dir.join("out.mov");
+    let o = matteflow(&["convert", sample("carphone_pristine.mp4").to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let err = stderr_of(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("disk full") && err.contains(&format!("mounted at {}", disk.dir.display())), "{err}");
+    assert!(!err.contains("filesink") && !err.contains("panicked"), "{err}");
+    assert!(!out.exists());
+    assert_no_partials(&disk.dir);
+}

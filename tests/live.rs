@@ -869,3 +869,162 @@ fn file_served_over_http_is_played_at_its_own_frame_rate() {
     let last = &frames.last().unwrap().rgba;
     assert!(close(px(last, W, CYAN_X, BAR_Y), GREEN_BG, 14), "cyan bar: {:?}", px(last, W, CYAN_X, BAR_Y));
 }
+
+#[test]
+fn disk_full_ends_that_recording_alone_and_keeps_it() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // A real file system that fills up: 600 KiB hold a few seconds of the recording.
+    let Some(disk) = SmallDisk::mount(&dir.path().join("small"), 600) else { return };
+    let manifest = known_answer(dir.path());
+    let nginx = Nginx::start(dir.path(), free_port());
+    let url = nginx.url("diskfull");
+    let full = disk.dir.join("rec.mp4");
+    let other = dir.path().join("other.mkv");
+    let rep = dir.path().join("report.json");
+    let mut child = live_cmd(&manifest, &["--output", &url, "--output", full.to_str().unwrap(), "--output", other.to_str().unwrap()])
+        .args(["--duration", "12", "--report", rep.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect_stderr(&mut child);
+    wait_started(&log);
+    let t = Instant::now();
+    while !log.lock().unwrap().contains("frames written before are kept") {
+        assert!(t.elapsed() < Duration::from_secs(20), "the disk did not fill: {}", log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // After the disk filled, the RTMP stream goes on.
+    let frames = pull_rtmp(&url, 4.0);
+    let status = wait_exit(&mut child, Duration::from_secs(40));
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "the run goes on to its end: {log}");
+    assert!(frames.len() >= 30, "RTMP after the disk filled: {} frames: {log}", frames.len());
+    assert!(log.contains(&format!("disk full: {}", full.display())), "{log}");
+    assert!(!log.contains("multiplex") && !log.contains("filesink"), "{log}");
+    // The full disk's recording is kept under its name, playable, with the frames up to the failure.
+    let said: usize = log.split(" frames written before are kept").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    let kept = check_recording(&full, 30);
+    assert_eq!(kept.len(), said, "{log}");
+    // The other recording has the whole run.
+    let r = report(&rep);
+    let s = &r["summary"];
+    assert_rate_held(s, 12.0, 0.9);
+    let whole = check_recording(&other, recorded_at_least(s));
+    assert!(kept.len() < whole.len() / 2, "the full disk's recording stopped early: {} of {}", kept.len(), whole.len());
+    assert_eq!(r["output_failures"].as_array().unwrap().len(), 1, "{r}");
+    assert_no_partials(dir.path());
+    assert_no_partials(&disk.dir);
+}
+
+#[test]
+fn live_from_a_file_loses_no_frame() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = known_answer(dir.path());
+    // 120 frames; the first ones used to vanish (uncounted) while the outputs were being built.
+    let clip = dir.path().join("clip.mp4");
+    gst_make(&format!(
+        "videotestsrc num-buffers=120 pattern=ball ! video/x-raw,width={W},height={H},framerate=30/1 ! x264enc speed-preset=ultrafast ! mp4mux ! filesink location={}",
+        clip.display()
+    ));
+    let rec = dir.path().join("rec.mkv");
+    let rep = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["live", "--input", clip.to_str().unwrap(), "--model", manifest.to_str().unwrap(), "--background", "green"])
+        .args(["--output", rec.to_str().unwrap(), "--report", rep.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = stderr_of(&out);
+    assert!(out.status.success(), "{log}");
+    let s = &report(&rep)["summary"];
+    let frames = decode(&rec);
+    // Every frame reaches the recording, or its loss is counted: a file waits, so the source drops nothing, and
+    // only the output queue may (counted) on a loaded machine.
+    assert_eq!(s["captured"].as_u64().unwrap(), 120, "{s}");
+    assert_eq!(s["dropped"].as_u64().unwrap(), 0, "{s}");
+    assert_eq!(s["output"].as_u64().unwrap(), 120, "{s}");
+    assert_eq!(frames.len() as u64 + s["output_dropped"].as_u64().unwrap(), 120, "{s}");
+    if s["output_dropped"].as_u64().unwrap() == 0 {
+        // The file's own timestamps, one frame apart from the first (frames 2–4 were the ones lost).
+        let pts: Vec<u64> = frames.iter().map(|f| f.pts.unwrap()).collect();
+        for (i, w) in pts.windows(2).enumerate() {
+            let gap = (w[1] - w[0]) as f64 / 1e6;
+            assert!((gap - 1000.0 / FPS).abs() < 2.0, "a {gap} ms gap after frame {i}");
+        }
+    }
+}
+
+#[test]
+fn a_recording_left_by_kill_9_is_announced_at_the_next_start() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = known_answer(dir.path());
+    let rec = dir.path().join("rec.mp4");
+    let mut child = live_cmd(&manifest, &["--output", rec.to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
+    let log = collect_stderr(&mut child);
+    wait_started(&log);
+    std::thread::sleep(Duration::from_secs(3));
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let left = dir.path().join(format!(".rec.mp4.partial-{}", child.id()));
+    assert!(left.exists() && !rec.exists(), "kill -9 leaves the hidden partial recording");
+    // The next run says where it is, how many frames it holds and how to keep it, and leaves it alone.
+    let out = live_cmd(&manifest, &["--output", rec.to_str().unwrap(), "--max-frames", "5"]).output().unwrap();
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&left.display().to_string()) && err.contains("killed"), "{err}");
+    let line = err.lines().find(|l| l.contains("was killed")).unwrap();
+    let frames: usize = line.split(" frames").next().unwrap().rsplit('(').next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"));
+    assert!(frames >= 30, "3 s of recording: {line}");
+    // Following the hint keeps a playable recording with that many frames.
+    let cmd = line.split('`').nth(1).unwrap_or_else(|| panic!("no command in: {line}"));
+    let st = Command::new("sh").args(["-c", cmd]).status().unwrap();
+    assert!(st.success(), "{cmd}");
+    let kept = dir.path().join(format!("rec-recovered-{}.mp4", child.id()));
+    assert_eq!(decode(&kept).len(), frames, "{line}");
+    assert_eq!(decode(&rec).len(), 5, "the new run's own recording");
+}
+
+#[test]
+fn udp_mpeg_ts_stream_frames_get_their_own_mask() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = known_answer(dir.path());
+    // H.264 with B-frames (ffmpeg's default), as phones and encoders send: the decoder's reordering delays each
+    // frame by ~100 ms behind the stream's earliest arrival, which was charged to the 40 ms budget, so most
+    // frames got an earlier frame's mask although the model keeps up easily.
+    let clip = dir.path().join("clip.ts");
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-f", "lavfi", "-i", &format!("testsrc2=size={W}x{H}:rate=25"), "-t", "10"])
+        .args(["-c:v", "libx264", "-bf", "3", "-g", "25", "-pix_fmt", "yuv420p", clip.to_str().unwrap()])
+        .status()
+        .expect("ffmpeg");
+    assert!(st.success());
+    let port = free_port();
+    let rep = dir.path().join("report.json");
+    let rec = dir.path().join("rec.mkv");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["live", "--input", &format!("udp://127.0.0.1:{port}"), "--model", manifest.to_str().unwrap()])
+        .args(["--background", "green", "--output", rec.to_str().unwrap(), "--max-frames", "150", "--report", rep.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect_stderr(&mut child);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut sender = Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-i", clip.to_str().unwrap(), "-c", "copy", "-f", "mpegts", &format!("udp://127.0.0.1:{port}")])
+        .spawn()
+        .expect("ffmpeg");
+    let status = wait_exit(&mut child, Duration::from_secs(40));
+    let _ = sender.kill();
+    let _ = sender.wait();
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "{log}");
+    let s = &report(&rep)["summary"];
+    let (out, reused) = (s["output"].as_u64().unwrap(), s["reused"].as_u64().unwrap());
+    assert_eq!(out, 150, "{s}");
+    // With a model that keeps up, at least 95 % of the frames carry their own mask.
+    assert!(reused as f64 <= 0.05 * out as f64, "{reused} of {out} frames shown with an earlier frame's mask: {s}");
+    assert_eq!(decode(&rec).len() as u64 + s["output_dropped"].as_u64().unwrap(), out);
+}

@@ -61,10 +61,16 @@ impl MatteSettings {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<()> {
         if self.infer_every == 0 {
-            return Err(Error::config("infer-every must be 1 or more"));
+            return Err(Error::config("infer-every 0 is out of range: it must be 1 or more"));
         }
         if !(0.0..=0.95).contains(&self.post.smooth) {
-            return Err(Error::config(format!("smooth {} must be from 0 to 0.95", self.post.smooth)));
+            return Err(Error::config(format!("smooth {} is out of range: it must be from 0 to 0.95", self.post.smooth)));
+        }
+        if !(0.0..=1.0).contains(&self.post.motion_threshold) {
+            return Err(Error::config(format!(
+                "motion threshold {} is out of range: it must be from 0 to 1",
+                self.post.motion_threshold
+            )));
         }
         if let Some((lo, hi)) = self.post.threshold {
             if !(0.0..=1.0).contains(&lo) || !(0.0..=1.0).contains(&hi) || lo >= hi {

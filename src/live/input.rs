@@ -106,12 +106,29 @@ pub struct LiveInput {
     pub appsink: gst_app::AppSink,
     /// Source frames are timestamped on this pipeline's clock; true for cameras, test patterns, network.
     pub live: bool,
+    /// The source waits for us (a file, or a network source that is not live): its appsink blocks instead of
+    /// dropping and the capture thread takes every frame, so none is lost. Set when the source is known.
+    pub paced: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn make(name: &str) -> Result<gst::Element> {
     gst::ElementFactory::make(name)
         .build()
         .map_err(|_| Error::Gst(format!("element '{name}' is missing: install {}", crate::sink::package_of(name))))
+}
+
+/// Checks, without opening it, that the input is there: the camera's device node, the file.
+pub fn check(spec: &InputSpec) -> Result<()> {
+    match spec {
+        InputSpec::Webcam(dev) if !Path::new(dev).exists() => Err(Error::Input {
+            path: dev.clone(),
+            reason: "no such video device: list cameras with `v4l2-ctl --list-devices` (package v4l-utils) and check \
+                     the user is in the 'video' group"
+                .into(),
+        }),
+        InputSpec::File(f) => crate::source::input_uri(f).map(|_| ()),
+        _ => Ok(()),
+    }
 }
 
 /// Builds (but does not start) the input pipeline.
@@ -137,9 +154,11 @@ pub fn build(spec: &InputSpec, cap: Capture) -> Result<LiveInput> {
     let caps = caps.field("pixel-aspect-ratio", gst::Fraction::new(1, 1)).build();
     let capsfilter = gst::ElementFactory::make("capsfilter").property("caps", &caps).build()?;
     let is_file = matches!(spec, InputSpec::File(_));
+    let paced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(is_file));
     let appsink = gst_app::AppSink::builder()
         .max_buffers(2)
-        .drop(true)
+        // A live source cannot wait: the oldest frame goes (the capture thread takes them at once). A file can.
+        .drop(!is_file)
         // A file is paced to its own frame rate as if it were a camera; live sources come at their pace.
         .sync(is_file)
         .build();
@@ -171,14 +190,7 @@ pub fn build(spec: &InputSpec, cap: Capture) -> Result<LiveInput> {
             true
         }
         InputSpec::Webcam(dev) => {
-            if !Path::new(dev).exists() {
-                return Err(Error::Input {
-                    path: dev.clone(),
-                    reason: "no such video device: list cameras with `v4l2-ctl --list-devices` (package v4l-utils) \
-                             and check the user is in the 'video' group"
-                        .into(),
-                });
-            }
+            check(spec)?;
             let src = make("v4l2src")?;
             src.set_property("device", dev);
             // Let the camera pick raw or MJPEG at the requested mode (most webcams only give 720p30 as MJPEG).
@@ -210,12 +222,15 @@ pub fn build(spec: &InputSpec, cap: Capture) -> Result<LiveInput> {
             // Network sources: keep their jitter buffers short, this is live. A source that is not live (a
             // file served over HTTP, say) is paced to its own frame rate, like a local file.
             let sink = appsink.clone();
+            let paced2 = paced.clone();
             dec.connect("source-setup", false, move |args| {
                 let src = args[1].get::<gst::Element>().ok()?;
                 let live = src.downcast_ref::<gstreamer_base::BaseSrc>().is_none_or(|b| gstreamer_base::prelude::BaseSrcExt::is_live(b));
                 if !live {
                     tracing::info!("input {} is not live: played at its own frame rate", src.factory().map(|f| f.name().to_string()).unwrap_or_default());
                     sink.set_property("sync", true);
+                    sink.set_property("drop", false);
+                    paced2.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 if src.has_property("latency") {
                     // rtspsrc takes ms as guint, srtsrc as gint: from a string fits both.
@@ -228,5 +243,5 @@ pub fn build(spec: &InputSpec, cap: Capture) -> Result<LiveInput> {
             !is_file
         }
     };
-    Ok(LiveInput { pipeline, appsink, live })
+    Ok(LiveInput { pipeline, appsink, live, paced })
 }

@@ -210,15 +210,14 @@ impl JobFile {
     /// Parses a pipeline file, then applies `--set key=value` overrides (values are TOML; bare words are
     /// taken as strings).
     pub fn load(path: &Path, overrides: &[String]) -> Result<JobFile> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Manifest {
-            path: path.display().to_string(),
-            reason: format!("cannot read the pipeline file: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::PipelineFile { path: path.display().to_string(), reason: format!("cannot be read: {e}") })?;
         Self::parse(&text, &path.display().to_string(), overrides)
     }
 
     pub fn parse(text: &str, name: &str, overrides: &[String]) -> Result<JobFile> {
-        let perr = |e: toml::de::Error| Error::Manifest { path: name.to_string(), reason: e.to_string().trim_end().replace('\n', " ") };
+        // TOML's message is kept as it is, on its lines, so the caret stays under the column it points at.
+        let perr = |e: toml::de::Error| Error::PipelineFile { path: name.to_string(), reason: e.to_string().trim_end().to_string() };
         // First as written, so mistakes in the file come with their line and column.
         let job: JobFile = toml::from_str(text).map_err(perr)?;
         if overrides.is_empty() {
@@ -235,9 +234,9 @@ impl JobFile {
                 .unwrap_or_else(|| toml::Value::String(v.to_string()));
             set_path(&mut table, k.trim(), value)?;
         }
-        table.try_into().map_err(|e: toml::de::Error| Error::Manifest {
+        table.try_into().map_err(|e: toml::de::Error| Error::PipelineFile {
             path: name.to_string(),
-            reason: format!("after the --set overrides: {}", e.to_string().trim_end().replace('\n', " ")),
+            reason: format!("with the command line's changes (--set, --input, --output, …): {}", e.to_string().trim_end()),
         })
     }
 
@@ -259,6 +258,13 @@ impl JobFile {
         let mode = self.mode.unwrap_or(if file_in && all_files && outputs.len() == 1 { Mode::Convert } else { Mode::Live });
         match mode {
             Mode::Convert => {
+                if self.run.max_frames.is_some() || self.run.duration_s.is_some() {
+                    return Err(Error::config(
+                        "--max-frames and --duration (max_frames, duration_s under [run]) stop live jobs, but this \
+                         pipeline file converts a file, which always takes every frame: leave them out, or play the \
+                         file live with --set mode=live",
+                    ));
+                }
                 let InputSpec::File(input) = &self.input.source else {
                     return Err(Error::config("mode = \"convert\" needs a file as [input] source; use mode = \"live\" for streams and cameras"));
                 };

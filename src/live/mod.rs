@@ -17,6 +17,7 @@ pub mod input;
 pub mod job;
 pub mod matte;
 pub mod output;
+mod recording;
 pub mod rtmp;
 pub mod stats;
 
@@ -116,9 +117,7 @@ impl LiveConfig {
                 )));
             }
         }
-        if self.matte.infer_every == 0 {
-            return Err(Error::config("--infer-every must be 1 or more"));
-        }
+        self.matte.validate()?;
         let mut seen = std::collections::HashSet::new();
         for o in &self.outputs {
             if !seen.insert(String::from(o.clone())) {
@@ -155,6 +154,8 @@ pub struct LiveReport {
     pub recordings: Vec<PathBuf>,
     /// Why it stopped.
     pub stopped: String,
+    /// Outputs that failed while the others went on ("disk full: PATH (…)"); their recordings are kept.
+    pub output_failures: Vec<String>,
 }
 
 /// Runs until the source ends, `cancel` is set, a limit is reached, or something fails. Outputs are always
@@ -167,7 +168,9 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     settings.kind = MatteSettings::kind_for(&settings.background);
     settings.model = segmenter.model().manifest.name.clone();
     let controls = Controls::new(settings.clone());
-    // Check what can be checked before going live.
+    // Check what can be checked before going live: the input first (a missing camera is the first thing to
+    // say, at once, before any wait for an RTMP server).
+    input::check(&cfg.input)?;
     Background::open(&settings.background)?;
     for o in &cfg.outputs {
         if let OutputSpec::Rtmp(url) = o {
@@ -253,10 +256,11 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     if let Some(s) = server {
         s.stop();
     }
+    let output_failures = outputs.failures();
     let finished = outputs.finish();
     let summary = stats.total();
     match (outcome, finished) {
-        (Ok(stopped), Ok(recordings)) => Ok(LiveReport { summary, recordings, stopped }),
+        (Ok(stopped), Ok(recordings)) => Ok(LiveReport { summary, recordings, stopped, output_failures }),
         (Err(e), Ok(recordings)) => {
             if recordings.is_empty() {
                 Err(e)
@@ -380,7 +384,12 @@ impl MatteStage {
         let (w, h) = (info.width(), info.height());
         let pts = self.stamper.stamp(crate::source::running_pts(sample), arrival);
         let now = Instant::now();
-        let age = match (pts, self.clock.running_now()) {
+        // The budget counts from capture: a camera's timestamp, or when a network frame reached us. A network
+        // frame's stamp says when the least-delayed frame would have arrived (see `Stamper`): counting from it
+        // charged the stream's own jitter and the decoder's reordering delay (~100 ms with B-frames) to the
+        // budget, and most frames then got an earlier frame's mask without waiting at all.
+        let since = if self.stamper.network { arrival } else { pts };
+        let age = match (since, self.clock.running_now()) {
             (Some(p), Some(n)) => n.checked_sub(p).map(|d| Duration::from_nanos(d.nseconds())).unwrap_or_default(),
             _ => Duration::ZERO,
         };
@@ -518,6 +527,7 @@ impl CaptureThread {
         let _ = tx.try_send((started.first.clone(), started.clock.running_now()));
         stats.captured.fetch_add(1, Ordering::Relaxed);
         let (appsink, pipeline, clock) = (started.input.appsink.clone(), started.input.pipeline.clone(), started.clock.clone());
+        let paced = started.input.paced.clone();
         let (stop2, end2, rx2) = (stop.clone(), end.clone(), rx.clone());
         let thread = std::thread::Builder::new()
             .name("mf-capture".into())
@@ -526,6 +536,17 @@ impl CaptureThread {
                     match appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
                         Some(s) => {
                             stats.captured.fetch_add(1, Ordering::Relaxed);
+                            if paced.load(Ordering::SeqCst) {
+                                // A file waits for us: every frame goes on.
+                                let mut item = (s, clock.running_now());
+                                while let Err(crossbeam_channel::SendTimeoutError::Timeout(back)) = tx.send_timeout(item, Duration::from_millis(100)) {
+                                    if stop2.load(Ordering::SeqCst) {
+                                        break;
+                                    }
+                                    item = back;
+                                }
+                                continue;
+                            }
                             if let Err(crossbeam_channel::TrySendError::Full(s)) = tx.try_send((s, clock.running_now())) {
                                 if rx2.try_recv().is_ok() {
                                     stats.dropped.fetch_add(1, Ordering::Relaxed);

@@ -5,15 +5,17 @@
 //! ```text
 //! appsrc (RGBA, live, leaky) ─ tee ─┬─ queue ─ videoconvert ─ xvimagesink/waylandsink   (screen)
 //!                                   ├─ queue ─ videoconvert ─ YUY2 ─ v4l2sink           (virtual camera)
-//!                                   ├─ queue ─ encoder ─ mux ─ filesink                  (.mov / .mkv / .webm / PNG)
-//!                                   └─ queue ─ x264enc ─ h264parse ─ tee ─┬─ mp4mux (fragmented) ─ filesink (.mp4)
-//!                                                                         ├─ flvmux ─ filesink (.flv)
+//!                                   ├─ [bin: queue ─ encoder ─ mux ─ filesink]          (.mov / .mkv / .webm / PNG)
+//!                                   └─ queue ─ x264enc ─ h264parse ─ tee ─┬─ [bin: queue ─ mp4mux (fragmented) ─ filesink] (.mp4)
+//!                                                                         ├─ [bin: queue ─ flvmux ─ filesink] (.flv)
 //!                                                                         └─ appsink ─▶ [feeder thread]
 //! per RTMP URL, its own pipeline (rtmp.rs), rebuilt when the server drops:  appsrc ─ flvmux ─ rtmp2sink
 //! ```
 //!
 //! RTMP streams live in pipelines of their own so that a server going away cannot stall or fail the recording:
 //! the feeder drops that stream's pipeline, keeps feeding the others, and reconnects at the next keyframe.
+//! Each recording is a bin of its own (recording.rs): one that fails (disk full) is cut off its tee and kept up
+//! to the failure, and everything else goes on.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +31,7 @@ use super::stats::{LiveStats, Measure};
 use crate::config::Format;
 use crate::error::{Error, Result};
 use crate::sink::StagedOutput;
+use super::recording::Recording;
 
 /// Where live frames go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,7 +168,7 @@ fn make(name: &str) -> Result<gst::Element> {
 
 /// A queue, named for the branch it feeds: GStreamer names each streaming thread after its queue's pad, so
 /// the CPU-by-thread summary reads `h264enc0:src`, `screen1:src`… instead of `queue3:src`.
-fn queue(branch: &str, leaky: bool) -> Result<gst::Element> {
+pub(super) fn queue(branch: &str, leaky: bool) -> Result<gst::Element> {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let q = gst::ElementFactory::make("queue")
@@ -229,7 +232,9 @@ fn first_error(p: &gst::Pipeline, wait: Duration) -> Option<String> {
 pub struct Outputs {
     pub pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
-    staged: Vec<StagedOutput>,
+    recordings: Vec<Recording>,
+    /// Outputs that are not recordings (RTMP, virtual camera, screen).
+    others: usize,
     feeder: Option<std::thread::JoinHandle<()>>,
     stop_feeder: Arc<AtomicBool>,
     stats: Arc<LiveStats>,
@@ -260,9 +265,11 @@ impl Outputs {
             .leaky_type(gst_app::AppLeakyType::Downstream)
             .build();
         let tee = make("tee")?;
+        // A recording that failed leaves the tee (recording.rs); the rest go on even when none is left.
+        tee.set_property("allow-not-linked", true);
         pipeline.add_many([appsrc.upcast_ref(), &tee])?;
         appsrc.link(&tee)?;
-        let mut staged = Vec::new();
+        let mut recordings = Vec::new();
         let mut descriptions = Vec::new();
         let mut h264_tee: Option<gst::Element> = None;
         let mut ensure_h264 = |pipeline: &gst::Pipeline, tee: &gst::Element| -> Result<gst::Element> {
@@ -282,6 +289,7 @@ impl Outputs {
             let parse = make("h264parse")?;
             parse.set_property("config-interval", -1i32);
             let t = make("tee")?;
+            t.set_property("allow-not-linked", true);
             pipeline.add_many([&q, &conv, &caps, &enc, &parse, &t])?;
             gst::Element::link_many([&q, &conv, &caps, &enc, &parse, &t])?;
             tee.link(&q)?;
@@ -315,42 +323,17 @@ impl Outputs {
                         _ => Format::H264,
                     };
                     let st = StagedOutput::prepare(path, format_for_staging, opts.overwrite)?;
-                    match rf {
-                        RecordFormat::Mp4 | RecordFormat::Flv => {
-                            let t = ensure_h264(&pipeline, &tee)?;
-                            let q = queue("mux", false)?;
-                            q.set_property("max-size-buffers", 0u32);
-                            q.set_property("max-size-time", 2 * gst::ClockTime::SECOND.nseconds());
-                            let mux = if rf == RecordFormat::Mp4 {
-                                let m = make("mp4mux")?;
-                                // Fragments: a recording cut short by a crash still plays.
-                                m.set_property("fragment-duration", 1000u32);
-                                m
-                            } else {
-                                let m = make("flvmux")?;
-                                m.set_property("streamable", false);
-                                m
-                            };
-                            let sink = make("filesink")?;
-                            sink.set_property("location", st.temp_path.display().to_string());
-                            sink.set_property("sync", false);
-                            sink.set_property("async", false);
-                            pipeline.add_many([&q, &mux, &sink])?;
-                            gst::Element::link_many([&t, &q, &mux, &sink])?;
-                        }
-                        RecordFormat::Convert(f) => {
-                            let q = queue("encode", false)?;
-                            q.set_property("max-size-buffers", 0u32);
-                            q.set_property("max-size-time", 2 * gst::ClockTime::SECOND.nseconds());
-                            pipeline.add(&q)?;
-                            tee.link(&q)?;
-                            let (head, _audio) = crate::sink::encoder_chain(&pipeline, f, &st.temp_path, false)?;
-                            q.link(&head)?;
-                            probe_latency(&head.static_pad("sink").unwrap(), clock.clone(), stats.clone());
-                        }
-                    }
+                    super::recording::announce_leftovers(&st.final_path);
                     descriptions.push(format!("recording {}", st.final_path.display()));
-                    staged.push(st);
+                    let feed = match rf {
+                        RecordFormat::Mp4 | RecordFormat::Flv => ensure_h264(&pipeline, &tee)?,
+                        RecordFormat::Convert(_) => tee.clone(),
+                    };
+                    let (rec, head) = Recording::attach(&pipeline, &feed, rf, st)?;
+                    if matches!(rf, RecordFormat::Convert(_)) {
+                        probe_latency(&head, clock.clone(), stats.clone());
+                    }
+                    recordings.push(rec);
                 }
                 OutputSpec::Rtmp(url) => {
                     ensure_h264(&pipeline, &tee)?;
@@ -373,7 +356,9 @@ impl Outputs {
             gst::Element::link_many([&t, &q, sink.upcast_ref()])?;
             feeder = Some(super::rtmp::spawn_feeder(sink, rtmp_urls, opts.clone(), stop_feeder.clone(), stats.clone())?);
         }
-        Ok(Outputs { pipeline, appsrc, staged, feeder, stop_feeder, stats, caps_set: false, descriptions })
+        pipeline.bus().unwrap().set_sync_handler(Recording::sync_handler(&recordings));
+        let others = specs.len() - recordings.len();
+        Ok(Outputs { pipeline, appsrc, recordings, others, feeder, stop_feeder, stats, caps_set: false, descriptions })
     }
 
     /// Starts the output pipeline; fails at once with the device or element's own words when an output
@@ -423,16 +408,38 @@ impl Outputs {
         Ok(())
     }
 
-    /// An error from the output pipeline, if one happened (disk full, preview window closed, …).
-    pub fn poll_error(&self) -> Option<Error> {
+    /// An error that stops the outputs, if one happened (preview window closed, virtual camera gone, …). A
+    /// recording that fails (disk full) ends alone: it is kept up to the failure, a warning says so, and this
+    /// only returns an error once no output is left.
+    pub fn poll_error(&mut self) -> Option<Error> {
         let bus = self.pipeline.bus()?;
         while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
             if let gst::MessageView::Error(e) = msg.view() {
+                if self.recording_failed(&e) {
+                    continue;
+                }
                 let who = e.src().map(|s| s.path_string().to_string()).unwrap_or_default();
                 return Some(Error::Gst(format!("output failed in {who}: {}", e.error())));
             }
         }
+        let failures = self.failures();
+        if self.others == 0 && !self.recordings.is_empty() && failures.len() == self.recordings.len() {
+            return Some(Error::Runtime(format!("no output is left: {}", failures.join("; "))));
+        }
         None
+    }
+
+    /// Handles an error from inside a recording's bin (see [`Recording::fail`]); false if it came from elsewhere.
+    fn recording_failed(&mut self, e: &gst::message::Error) -> bool {
+        let Some(r) = self.recordings.iter_mut().find(|r| r.owns(e.src())) else { return false };
+        // It says what it kept once the file is trimmed and renamed (recording.rs, `salvage`).
+        r.fail(&self.pipeline, e);
+        true
+    }
+
+    /// The recordings that failed, in words ("disk full: PATH (…)").
+    pub fn failures(&self) -> Vec<String> {
+        self.recordings.iter().filter_map(|r| r.failure().map(str::to_string)).collect()
     }
 
     /// Ends every output properly (end of stream through the muxers, so files are complete and playable),
@@ -453,8 +460,15 @@ impl Outputs {
             };
             match msg.view() {
                 gst::MessageView::Eos(_) => break,
+                gst::MessageView::Error(e) if self.recording_failed(&e) => {
+                    // Without that bin the others may all be done already.
+                    if self.recordings.iter().all(|r| r.failure().is_some()) && self.others == 0 {
+                        break;
+                    }
+                }
                 gst::MessageView::Error(e) => {
-                    err = Some(Error::Gst(format!("finishing the outputs failed: {}", e.error())));
+                    let who = e.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                    err = Some(Error::Gst(format!("finishing the outputs failed in {who}: {}", e.error())));
                     break;
                 }
                 _ => {}
@@ -465,14 +479,17 @@ impl Outputs {
             let _ = f.join();
         }
         let _ = self.pipeline.set_state(gst::State::Null);
-        if let Some(e) = err {
-            return Err(e);
-        }
         let mut done = Vec::new();
-        for st in self.staged.drain(..) {
-            done.push(st.commit()?);
+        for r in self.recordings.drain(..) {
+            // After an error only the failed recordings' salvage is waited for; the others are removed.
+            if err.is_none() || r.failure().is_some() {
+                done.extend(r.finish()?);
+            }
         }
-        Ok(done)
+        match err {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 }
 

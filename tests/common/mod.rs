@@ -286,3 +286,29 @@ pub fn slow_model(dir: &Path, target_ms: f64, threads: usize) -> (PathBuf, f64) 
     let ms = cpu_ms_per_run(&manifest, threads, 3);
     (manifest, ms)
 }
+
+/// A small real file system (tmpfs of `kib` KiB) mounted at `dir`, to fill up; unmounted on drop. Mounting
+/// needs root: without it this returns `None` and the caller skips, saying so (it panics if root cannot mount).
+pub struct SmallDisk {
+    pub dir: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(dir: &Path, kib: u32) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        // SAFETY: geteuid only reads the process's user id.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a small file system to fill up needs root");
+            return None;
+        }
+        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"]).arg(dir).status().unwrap();
+        assert!(st.success(), "mount -t tmpfs failed as root");
+        Some(SmallDisk { dir: dir.to_path_buf() })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
