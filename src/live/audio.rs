@@ -294,13 +294,14 @@ fn open_element(src: gst::Element, name: String, clock: &ClockRef) -> Result<Dev
         if let Some(e) = bus_error(&pipeline) {
             return Err(fail(e));
         }
-        if sink.try_pull_preroll(gst::ClockTime::ZERO).is_some() || sink.current_state() == gst::State::Playing && started.is_ok() {
+        // A device counts as open once sound comes from it (servers report a missing device only after
+        // the element is already playing).
+        if started.is_ok() && sink.try_pull_sample(gst::ClockTime::from_mseconds(20)).is_some() {
             return Ok(DeviceInput { pipeline, sink, name });
         }
         if started.is_err() || Instant::now() > deadline {
             return Err(fail(bus_error(&pipeline).unwrap_or_else(|| "it did not start".into())));
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -499,6 +500,10 @@ struct Feed {
 impl Feed {
     /// Takes what the input has (up to 10 ms wait), stamped on the picture's time base.
     fn take(&mut self) {
+        if self.gone {
+            std::thread::sleep(Duration::from_millis(10));
+            return;
+        }
         let Some(s) = self.input.sink().try_pull_sample(gst::ClockTime::from_mseconds(10)) else {
             self.check_gone();
             return;

@@ -294,8 +294,9 @@ impl Outputs {
             enc.set_property_from_str("speed-preset", &opts.x264_preset);
             enc.set_property("bitrate", opts.bitrate_kbps);
             enc.set_property("key-int-max", (fps.max(1) * 2) as u32);
-            // Real CBR (filler data where the picture needs fewer bits), as ingest services ask.
-            enc.set_property("option-string", "nal-hrd=cbr");
+            // As ingest services ask: real CBR (filler data where the picture needs fewer bits) and a keyframe
+            // exactly every 2 s (none extra at scene cuts).
+            enc.set_property("option-string", "nal-hrd=cbr:scenecut=0");
             let parse = make("h264parse")?;
             parse.set_property("config-interval", -1i32);
             let t = make("tee")?;
