@@ -541,17 +541,11 @@ impl Feed {
     /// Silence up to `until`, in 20 ms buffers, continuing the timeline.
     fn fill_silence(&mut self, until: gst::ClockTime) {
         let step = gst::ClockTime::from_mseconds(20);
-        let mut t = self.next.unwrap_or(until);
+        let mut t = self.held.back().and_then(|b| Some(b.pts()? + b.duration()?)).or(self.next).unwrap_or(until);
         while t + step <= until {
-            let bytes = (RATE as u64 / 50 * BYTES_PER_FRAME) as usize;
-            let mut b = gst::Buffer::from_mut_slice(vec![0u8; bytes]);
-            let bm = b.get_mut().unwrap();
-            bm.set_pts(t);
-            bm.set_duration(step);
-            self.held.push_back(b);
+            self.held.push_back(silence(t, step));
             t += step;
         }
-        self.next = Some(t);
     }
 
     /// Sends every held buffer whose picture has reached the outputs by now.
@@ -573,20 +567,37 @@ impl Feed {
         }
         while self.held.front().is_some_and(|b| b.pts().is_some_and(|p| p <= due)) {
             let b = self.held.pop_front().unwrap();
-            let Some(mut b) = trim_before(b, first) else { continue };
+            // One unbroken timeline from the first picture on: MP4 fragments and FLV players place sound by
+            // its length, not its timestamps, so a hole would put everything after it early and an overlap late.
+            let Some(b) = trim_before(b, self.next.unwrap_or(first).max(first)) else { continue };
             let (pts, dur) = (b.pts().unwrap(), b.duration().unwrap_or(gst::ClockTime::ZERO));
-            if !self.gone && self.next.is_some_and(|n| pts + dur <= n) {
-                continue; // overlaps what was already sent (a stream re-anchoring its timestamps)
-            }
-            if self.shared.muted.load(Ordering::Relaxed) {
-                if let Ok(mut m) = b.make_mut().map_writable() {
-                    m.as_mut_slice().fill(0);
-                }
+            if let Some(n) = self.next.filter(|n| pts > *n + gst::ClockTime::from_mseconds(1)) {
+                tracing::debug!("audio: {} ms hole before {pts}, filled with silence", (pts - n).mseconds());
+                self.push(silence(n, pts - n));
             }
             self.next = Some(pts + dur);
-            let _ = self.out.push_buffer(b);
+            self.push(b);
         }
     }
+
+    fn push(&mut self, mut b: gst::Buffer) {
+        if self.shared.muted.load(Ordering::Relaxed) {
+            if let Ok(mut m) = b.make_mut().map_writable() {
+                m.as_mut_slice().fill(0);
+            }
+        }
+        let _ = self.out.push_buffer(b);
+    }
+}
+
+/// `length` of silence at `pts` (whole samples).
+fn silence(pts: gst::ClockTime, length: gst::ClockTime) -> gst::Buffer {
+    let frames = length.nseconds().mul_div_floor(RATE as u64, gst::ClockTime::SECOND.nseconds()).unwrap_or(0);
+    let mut b = gst::Buffer::from_mut_slice(vec![0u8; (frames * BYTES_PER_FRAME) as usize]);
+    let bm = b.get_mut().unwrap();
+    bm.set_pts(pts);
+    bm.set_duration(duration_of(bm.size()));
+    b
 }
 
 /// The part of `b` from `start` on (`None`: all of it is earlier).
