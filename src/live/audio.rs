@@ -569,9 +569,15 @@ impl Feed {
             let b = self.held.pop_front().unwrap();
             // One unbroken timeline from the first picture on: MP4 fragments and FLV players place sound by
             // its length, not its timestamps, so a hole would put everything after it early and an overlap late.
+            // Timestamps jitter (FLV's are whole milliseconds, capture clocks wander): within the tolerance a
+            // buffer continues the timeline where the last one ended.
+            let b = match self.next {
+                Some(n) if b.pts().unwrap().nseconds().abs_diff(n.nseconds()) <= TOLERANCE.nseconds() => restamp(b, n),
+                _ => b,
+            };
             let Some(b) = trim_before(b, self.next.unwrap_or(first).max(first)) else { continue };
             let (pts, dur) = (b.pts().unwrap(), b.duration().unwrap_or(gst::ClockTime::ZERO));
-            if let Some(n) = self.next.filter(|n| pts > *n + gst::ClockTime::from_mseconds(1)) {
+            if let Some(n) = self.next.filter(|n| pts > *n) {
                 tracing::debug!("audio: {} ms hole before {pts}, filled with silence", (pts - n).mseconds());
                 self.push(silence(n, pts - n));
             }
@@ -588,6 +594,15 @@ impl Feed {
         }
         let _ = self.out.push_buffer(b);
     }
+}
+
+/// How far a buffer's timestamp may stray from where the timeline has reached and still be taken as following
+/// on (below one frame at 60 fps).
+const TOLERANCE: gst::ClockTime = gst::ClockTime::from_mseconds(15);
+
+fn restamp(mut b: gst::Buffer, pts: gst::ClockTime) -> gst::Buffer {
+    b.make_mut().set_pts(pts);
+    b
 }
 
 /// `length` of silence at `pts` (whole samples).
