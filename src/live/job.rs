@@ -327,7 +327,7 @@ mod tests {
         let Job::Live(c) = JobFile::parse(BASIC, "a.toml", &[]).unwrap().into_job().unwrap() else { panic!("not live") };
         assert_eq!(c.audio.source, AudioSpec::Auto);
         let e = JobFile::parse(&format!("{BASIC}\n[audio]\nsource = \"mic\"\n"), "b.toml", &[]).unwrap_err().to_string();
-        assert!(e.contains("b.toml") && e.contains("line 8") && e.contains("pulse"), "{e}");
+        assert!(e.contains("b.toml") && e.contains("line 9") && e.contains("pulse[:DEVICE]"), "{e}");
     }
 
     #[test]
