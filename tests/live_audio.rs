@@ -42,6 +42,10 @@ impl Drop for Guard {
 /// An unprivileged nginx with the RTMP module on a free port.
 fn nginx(dir: &Path) -> (Guard, u16) {
     let port = free_port();
+    (nginx_on(dir, port), port)
+}
+
+fn nginx_on(dir: &Path, port: u16) -> Guard {
     let d = dir.join("nginx");
     std::fs::create_dir_all(d.join("logs")).unwrap();
     let module = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
@@ -68,7 +72,7 @@ fn nginx(dir: &Path) -> (Guard, u16) {
         assert!(t.elapsed() < Duration::from_secs(10), "nginx did not start listening");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (g, port)
+    g
 }
 
 /// A clip that flashes white for 5 frames and beeps (1 kHz) for the same 5/30 s at the start of every second.
@@ -416,4 +420,37 @@ fn audio_choices_that_cannot_work_are_clear_errors() {
     let o = live(dir.path(), &["--input", "testsrc", "--audio", "microphone", "--output", "x.mp4"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("pulse[:DEVICE]") && err.contains("alsa:hw:N"), "{err}");
+}
+
+/// The RTMP server goes away mid-stream and comes back: the stream reconnects with picture and sound, still in
+/// sync.
+#[test]
+fn rtmp_reconnect_resumes_sound_and_picture_in_sync() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("flash_beep.mp4");
+    flash_beep_clip(&clip, 30);
+    let (nginx, port) = nginx(dir.path());
+    let url = format!("rtmp://127.0.0.1:{port}/live/out");
+    let child = live(dir.path(), &["--input", clip.to_str().unwrap(), "--output", &url, "--output", "rec.mp4", "--duration", "22", "--rtmp-retry", "1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    drop(nginx); // the server dies
+    std::thread::sleep(Duration::from_secs(3));
+    let _nginx = nginx_on(dir.path(), port);
+    std::thread::sleep(Duration::from_secs(3));
+    let pulled = dir.path().join("pulled.flv");
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-rw_timeout", "15000000", "-i", &url, "-c", "copy", "-t", "7"])
+        .arg(&pulled)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "nothing could be pulled after the reconnection");
+    let (status, log) = wait_output(child, Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    assert!(log.contains("reconnected"), "{log}");
+    assert_in_sync(&pulled, 5);
 }
