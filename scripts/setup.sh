@@ -12,7 +12,8 @@ ORT_VERSION="${MATTEFLOW_ORT_VERSION:-1.31.1}"
 
 APT_PACKAGES=(libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-  gstreamer1.0-tools pkg-config build-essential ffmpeg nginx libnginx-mod-rtmp python3 python3-pip curl)
+  gstreamer1.0-tools gstreamer1.0-pulseaudio pulseaudio pkg-config build-essential ffmpeg nginx libnginx-mod-rtmp python3
+  python3-pip curl)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

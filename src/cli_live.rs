@@ -36,6 +36,16 @@ pub struct LiveArgs {
     matte: LiveMatteArgs,
     #[command(flatten)]
     encode: EncodeArgs,
+    /// Sound: auto (the source's, else the default microphone, else none), none, source, pulse[:DEVICE],
+    /// alsa:hw:N, pipewire[:TARGET]
+    #[arg(long, default_value = "auto", help_heading = "Sound")]
+    audio: live::audio::AudioSpec,
+    /// AAC bitrate for RTMP and .mp4/.flv recordings, kbit/s
+    #[arg(long, default_value_t = 160, help_heading = "Sound")]
+    audio_bitrate: u32,
+    /// Start with the sound muted (POST /unmute on the control endpoint turns it on)
+    #[arg(long, help_heading = "Sound")]
+    mute: bool,
     /// Serve metrics and live control on this address (default 127.0.0.1:8787; a bare port means loopback)
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8787", value_parser = parse_addr)]
     control: Option<std::net::SocketAddr>,
@@ -175,7 +185,9 @@ fn go_live(cfg: &LiveConfig, model: &job::ModelSection, cancel: Arc<AtomicBool>,
         let outs: Vec<String> = cfg.outputs.iter().map(|o| String::from(o.clone())).collect();
         eprintln!("matteflow live: {} → {} (Ctrl-C to stop)", cfg.input.describe(), outs.join(", "));
         if let Some(a) = addr {
-            eprintln!("matteflow live: control on http://{a} (GET /metrics, /status; POST /background, /model, /pause, /resume, /matte)");
+            eprintln!(
+                "matteflow live: control on http://{a} (GET /metrics, /status; POST /background, /model, /pause, /resume, /matte, /mute, /unmute)"
+            );
         }
     };
     let hooks = live::LiveHooks {
@@ -223,6 +235,7 @@ pub fn live(a: LiveArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         vcam_format: a.encode.vcam_format,
         overwrite: a.encode.overwrite,
     };
+    cfg.audio = live::audio::AudioOptions { source: a.audio, bitrate_kbps: a.audio_bitrate, muted: a.mute };
     cfg.control = a.control.map(|listen| ControlConfig { listen, background_dir: a.background_dir.clone(), models: Vec::new() });
     cfg.stats_interval_s = a.stats_interval;
     cfg.max_frames = a.max_frames;

@@ -487,7 +487,8 @@ impl ModelArgs {
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        0 => "warn",
+        // Which sound a live run carries is said at start, also without -v.
+        0 => "warn,matteflow::live::audio=info",
         1 => "info,ort=warn",
         _ => "debug",
     };

@@ -7,6 +7,7 @@
 //! | `POST /background` | body `blur=20`, `#00ff00`, `green`, `transparent`, or a file name inside `background_dir` |
 //! | `POST /model` | body: a model name from the allowed list (loaded in the background, then switched) |
 //! | `POST /pause`, `POST /resume` | stop / restart matting (frames pass through) |
+//! | `POST /mute`, `POST /unmute` | silence / restore the sound (the audio track goes on, silent) |
 //! | `POST /matte` | JSON `{"smooth":0.6,"feather":2,"infer_every":2,"threshold":[0.1,0.9]}` (any subset) |
 //!
 //! Bad requests get 4xx with a one-line reason. The endpoint never reads a file outside `background_dir`
@@ -42,6 +43,8 @@ pub struct State {
     pub open_model: Option<ModelOpener>,
     /// The model runs on CUDA: report GPU memory too.
     pub gpu: bool,
+    /// The run's sound, when it has some (`POST /mute`, `/unmute`).
+    pub audio: Option<Arc<super::audio::AudioShared>>,
 }
 
 #[derive(Clone)]
@@ -85,7 +88,11 @@ impl Server {
             .route("/pause", post(pause))
             .route("/resume", post(resume))
             .route("/matte", post(set_matte))
-            .fallback(|| async { (StatusCode::NOT_FOUND, "unknown path: try GET /metrics, GET /status, POST /background, /model, /pause, /resume, /matte\n") })
+            .route("/mute", post(mute))
+            .route("/unmute", post(unmute))
+            .fallback(|| async {
+                (StatusCode::NOT_FOUND, "unknown path: try GET /metrics, GET /status, POST /background, /model, /pause, /resume, /matte, /mute, /unmute\n")
+            })
             .with_state(app);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -139,6 +146,7 @@ async fn status(AxState(app): AxState<App>) -> Response {
     let v = serde_json::json!({
         "settings": app.state.controls.get(),
         "stats": app.state.stats.total(),
+        "audio": app.state.audio.as_ref().map(|a| serde_json::json!({ "muted": a.muted.load(std::sync::atomic::Ordering::Relaxed) })),
     });
     ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
@@ -225,6 +233,24 @@ async fn set_model(AxState(app): AxState<App>, body: String) -> Response {
         Ok(Err(e)) => bad(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         Err(e) => bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+fn set_muted(app: &App, muted: bool) -> Response {
+    match &app.state.audio {
+        Some(a) => {
+            a.muted.store(muted, std::sync::atomic::Ordering::Relaxed);
+            (StatusCode::OK, if muted { "muted\n" } else { "unmuted\n" }).into_response()
+        }
+        None => (StatusCode::CONFLICT, "this stream has no sound (--audio none, or the input has none and no capture device was found)\n").into_response(),
+    }
+}
+
+async fn mute(AxState(app): AxState<App>) -> Response {
+    set_muted(&app, true)
+}
+
+async fn unmute(AxState(app): AxState<App>) -> Response {
+    set_muted(&app, false)
 }
 
 async fn pause(AxState(app): AxState<App>) -> Response {

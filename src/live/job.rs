@@ -182,6 +182,9 @@ pub struct JobFile {
     pub outputs: Vec<OutputSection>,
     #[serde(default)]
     pub encode: OutputOptions,
+    /// Sound: `source = "auto" | "none" | "source" | "pulse[:DEVICE]" | "alsa:hw:N" | "pipewire"`, `bitrate_kbps`, `muted`.
+    #[serde(default)]
+    pub audio: super::audio::AudioOptions,
     pub control: Option<ControlConfig>,
     #[serde(default)]
     pub run: RunSection,
@@ -284,6 +287,7 @@ impl JobFile {
                 let mut c = LiveConfig::new(self.input.source.clone(), outputs);
                 c.capture = Capture { width: self.input.width, height: self.input.height, fps: self.input.fps };
                 c.output_options = self.encode.clone();
+                c.audio = self.audio.clone();
                 if let Some(b) = &self.matte.background {
                     c.matte.set_background(b.clone());
                 }
@@ -317,6 +321,19 @@ mod tests {
         assert_eq!(j.matte.infer_every, 3);
         assert_eq!(j.input.source, InputSpec::TestPattern("ball".into()));
         assert!(matches!(j.into_job().unwrap(), Job::Live(_)));
+    }
+
+    #[test]
+    fn audio_section_reaches_the_live_config() {
+        use crate::live::audio::AudioSpec;
+        let text = format!("{BASIC}\n[audio]\nsource = \"pulse:mic.monitor\"\nbitrate_kbps = 128\nmuted = true\n");
+        let Job::Live(c) = JobFile::parse(&text, "a.toml", &[]).unwrap().into_job().unwrap() else { panic!("not live") };
+        assert_eq!(c.audio.source, AudioSpec::Pulse(Some("mic.monitor".into())));
+        assert_eq!((c.audio.bitrate_kbps, c.audio.muted), (128, true));
+        let Job::Live(c) = JobFile::parse(BASIC, "a.toml", &[]).unwrap().into_job().unwrap() else { panic!("not live") };
+        assert_eq!(c.audio.source, AudioSpec::Auto);
+        let e = JobFile::parse(&format!("{BASIC}\n[audio]\nsource = \"mic\"\n"), "b.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("b.toml") && e.contains("line 9") && e.contains("pulse[:DEVICE]"), "{e}");
     }
 
     #[test]

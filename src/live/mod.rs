@@ -9,9 +9,10 @@
 //! control endpoint (tokio): /metrics, /status, POST /background /model /pause /resume /matte
 //! ```
 //!
-//! Modules: [`input`] (sources), [`matte`] (the budgeted model scheduling), [`output`] (sinks), [`rtmp`]
+//! Modules: [`audio`] (sound from the source or a capture device, in sync), [`input`] (sources), [`matte`] (the budgeted model scheduling), [`output`] (sinks), [`rtmp`]
 //! (RTMP streams and reconnection), [`stats`] (latency and counters), [`control`] (HTTP), [`job`] (pipeline files).
 
+pub mod audio;
 pub mod control;
 pub mod input;
 pub mod job;
@@ -69,6 +70,8 @@ pub struct LiveConfig {
     pub capture: Capture,
     pub outputs: Vec<OutputSpec>,
     pub output_options: OutputOptions,
+    /// Where the sound comes from and how it is encoded.
+    pub audio: audio::AudioOptions,
     /// Background, mask settings, infer-every: the engine's settings, changeable while running.
     pub matte: MatteSettings,
     /// CPU or GPU stages (auto: the GPU's when the model runs on CUDA and they do what was asked).
@@ -91,6 +94,7 @@ impl LiveConfig {
             capture: Capture::default(),
             outputs,
             output_options: OutputOptions::default(),
+            audio: audio::AudioOptions::default(),
             matte: MatteSettings { post: PostprocessConfig { smooth: 0.5, ..Default::default() }, ..Default::default() },
             stages: StagesChoice::Auto,
             budget_ms: 40,
@@ -118,6 +122,7 @@ impl LiveConfig {
             }
         }
         self.matte.validate()?;
+        self.audio.validate()?;
         let mut seen = std::collections::HashSet::new();
         for o in &self.outputs {
             if !seen.insert(String::from(o.clone())) {
@@ -179,11 +184,19 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     }
     let place = Placement::resolve(cfg.stages, segmenter.provider(), &segmenter.model().manifest, &settings)?;
     let comp = Compositor::open(&settings, &place)?;
-    let started = StartedInput::start(cfg, &cancel)?;
+    let mut started = StartedInput::start(cfg, &cancel)?;
     let stats = Arc::new(LiveStats::default());
     let fps = started.info.fps();
     let fps_u = if fps.numer() > 0 { (fps.numer() as f64 / fps.denom() as f64).round() as u32 } else { 30 };
-    let outputs = output::Outputs::build(&cfg.outputs, &cfg.output_options, fps_u, started.clock.clone(), stats.clone())
+    let sound = match audio::resolve(&cfg.audio.source, started.audio_tap.take(), &started.clock, &cfg.input.describe()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = started.input.pipeline.set_state(gst::State::Null);
+            return Err(e);
+        }
+    };
+    let audio_opts = sound.as_ref().map(|_| &cfg.audio);
+    let outputs = output::Outputs::build_with_audio(&cfg.outputs, &cfg.output_options, fps_u, started.clock.clone(), stats.clone(), audio_opts)
         .and_then(|o| o.start().map(|_| o));
     let mut outputs = match outputs {
         Ok(o) => o,
@@ -206,6 +219,9 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     );
 
     let gpu_in_use = segmenter.provider() != crate::runtime::Provider::Cpu;
+    let audio_shared = audio::AudioShared::new(cfg.audio.muted);
+    let network = matches!(cfg.input, InputSpec::Uri(_));
+
     let (wtx, wrx, worker) = match budget::spawn_worker(segmenter, &settings, place.clone(), stats.clone()) {
         Ok(w) => w,
         Err(e) => {
@@ -222,6 +238,7 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
                 controls: controls.clone(),
                 stats: stats.clone(),
                 alpha_outputs: cfg.outputs.iter().all(|o| o.keeps_alpha()),
+                audio: outputs.audio.as_ref().map(|_| audio_shared.clone()),
                 open_model,
                 gpu: gpu_in_use,
             },
@@ -232,6 +249,13 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
         f(server.as_ref().map(|s| s.addr));
     }
 
+    // The sound starts with the picture; it never waits on the model.
+    let audio_feed = match (sound, outputs.audio.as_ref()) {
+        (Some(input), Some(branch)) => {
+            Some(audio::spawn_feed(input, branch.appsrc.clone(), started.clock.clone(), audio_shared.clone(), network)?)
+        }
+        _ => None,
+    };
     let capture = CaptureThread::spawn(&started, stats.clone())?;
     let mut stage = MatteStage {
         sched: budget::MaskScheduler::new(wtx, wrx),
@@ -240,8 +264,9 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
         settings,
         generation: controls.generation(),
         budget: Duration::from_millis(cfg.budget_ms as u64),
-        stamper: Stamper::new(matches!(cfg.input, InputSpec::Uri(_))),
+        stamper: Stamper::new(network),
         clock: started.clock.clone(),
+        audio: audio_shared.clone(),
         idx: 0,
     };
     let limits = Limits { cancel: &cancel, max_frames: cfg.max_frames, duration_s: cfg.duration_s, stats_interval_s: cfg.stats_interval_s };
@@ -250,6 +275,9 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     // Wind down: stop the source, finish the outputs (always, so recordings are playable), stop the threads.
     stats.sample_threads();
     capture.stop(&started.input.pipeline);
+    if let Some(f) = audio_feed {
+        f.stop();
+    }
     *controls.worker.lock().unwrap() = None;
     drop(stage);
     let _ = worker.join();
@@ -328,6 +356,7 @@ fn frame_loop(
         if let Err(e) = outputs.push(data, w, h, capture.fps, pts) {
             return Err(outputs.poll_error().unwrap_or(e));
         }
+        stage.pushed(pts);
         stats.output.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -342,10 +371,23 @@ struct MatteStage {
     budget: Duration,
     stamper: Stamper,
     clock: output::ClockRef,
+    /// Where the sound learns how long the picture waited (it is held as long) and the stream's time offset.
+    audio: Arc<audio::AudioShared>,
     idx: u64,
 }
 
 impl MatteStage {
+    /// A frame stamped `pts` has just been handed to the outputs: the sound of its instant may follow.
+    fn pushed(&self, pts: Option<gst::ClockTime>) {
+        if let (Some(p), Some(n)) = (pts, self.clock.running_now()) {
+            self.audio.video_delay_ns.store(n.saturating_sub(p).nseconds(), Ordering::Relaxed);
+            let _ = self.audio.first_video_ns.compare_exchange(u64::MAX, p.nseconds(), Ordering::SeqCst, Ordering::SeqCst);
+        }
+        if let Some(off) = self.stamper.offset {
+            self.audio.stream_offset_ns.store(off as i64, Ordering::SeqCst);
+        }
+    }
+
     /// Picks up settings changed through the control endpoint.
     fn follow(&mut self, controls: &Controls) {
         let g = controls.generation();
@@ -458,6 +500,8 @@ impl Stamper {
 /// The input pipeline, started, with its first frame's format and the clock frames are stamped on.
 struct StartedInput {
     input: input::LiveInput,
+    /// The source's audio track, tapped when the run may use it.
+    audio_tap: Option<audio::SourceTap>,
     first: gst::Sample,
     info: gstreamer_video::VideoInfo,
     clock: output::ClockRef,
@@ -468,6 +512,10 @@ impl StartedInput {
     /// in time is reported as such.
     fn start(cfg: &LiveConfig, cancel: &AtomicBool) -> Result<StartedInput> {
         let input = input::build(&cfg.input, cfg.capture)?;
+        let audio_tap = match cfg.audio.source {
+            audio::AudioSpec::Auto | audio::AudioSpec::Source => audio::tap_source(&input),
+            _ => None,
+        };
         let clock = gst::SystemClock::obtain();
         input.pipeline.use_clock(Some(&clock));
         let fail = |input: &input::LiveInput, reason: String| {
@@ -495,7 +543,7 @@ impl StartedInput {
             return Err(fail(&input, "gave a frame without video caps".into()));
         };
         let base_time = input.pipeline.base_time().unwrap_or(gst::ClockTime::ZERO);
-        Ok(StartedInput { first, info, clock: output::ClockRef { clock: clock.upcast(), base_time }, input })
+        Ok(StartedInput { first, info, clock: output::ClockRef { clock: clock.upcast(), base_time }, input, audio_tap })
     }
 }
 

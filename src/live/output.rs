@@ -240,12 +240,26 @@ pub struct Outputs {
     stats: Arc<LiveStats>,
     caps_set: bool,
     pub descriptions: Vec<String>,
+    /// The sound's way in, when the run has sound.
+    pub audio: Option<super::audio::AudioBranch>,
 }
 
 impl Outputs {
     /// Checks every output (files writable, devices present) and builds the pipelines; nothing is written
     /// at the final names until `finish`.
     pub fn build(specs: &[OutputSpec], opts: &OutputOptions, fps: u32, clock: ClockRef, stats: Arc<LiveStats>) -> Result<Outputs> {
+        Self::build_with_audio(specs, opts, fps, clock, stats, None)
+    }
+
+    /// As [`Outputs::build`], with sound (`audio`: its options) for the outputs that carry it.
+    pub fn build_with_audio(
+        specs: &[OutputSpec],
+        opts: &OutputOptions,
+        fps: u32,
+        clock: ClockRef,
+        stats: Arc<LiveStats>,
+        audio: Option<&super::audio::AudioOptions>,
+    ) -> Result<Outputs> {
         if specs.is_empty() {
             return Err(Error::config(
                 "no output: give at least one --output (rtmp://…, v4l2:/dev/videoN, screen, or a file such as rec.mp4)",
@@ -269,6 +283,7 @@ impl Outputs {
         tee.set_property("allow-not-linked", true);
         pipeline.add_many([appsrc.upcast_ref(), &tee])?;
         appsrc.link(&tee)?;
+        let mut sound = audio.map(|a| super::audio::AudioBranch::build(&pipeline, a)).transpose()?;
         let mut recordings = Vec::new();
         let mut descriptions = Vec::new();
         let mut h264_tee: Option<gst::Element> = None;
@@ -286,6 +301,9 @@ impl Outputs {
             enc.set_property_from_str("speed-preset", &opts.x264_preset);
             enc.set_property("bitrate", opts.bitrate_kbps);
             enc.set_property("key-int-max", (fps.max(1) * 2) as u32);
+            // As ingest services ask: real CBR (filler data where the picture needs fewer bits) and a keyframe
+            // exactly every 2 s (none extra at scene cuts).
+            enc.set_property("option-string", "nal-hrd=cbr:scenecut=0");
             let parse = make("h264parse")?;
             parse.set_property("config-interval", -1i32);
             let t = make("tee")?;
@@ -329,7 +347,7 @@ impl Outputs {
                         RecordFormat::Mp4 | RecordFormat::Flv => ensure_h264(&pipeline, &tee)?,
                         RecordFormat::Convert(_) => tee.clone(),
                     };
-                    let (rec, head) = Recording::attach(&pipeline, &feed, rf, st)?;
+                    let (rec, head) = Recording::attach(&pipeline, &feed, rf, st, sound.as_mut())?;
                     if matches!(rf, RecordFormat::Convert(_)) {
                         probe_latency(&head, clock.clone(), stats.clone());
                     }
@@ -354,11 +372,16 @@ impl Outputs {
             sink.set_property("wait-on-eos", false);
             pipeline.add_many([&q, sink.upcast_ref()])?;
             gst::Element::link_many([&t, &q, sink.upcast_ref()])?;
-            feeder = Some(super::rtmp::spawn_feeder(sink, rtmp_urls, opts.clone(), stop_feeder.clone(), stats.clone())?);
+            let audio_sink = sound.as_mut().map(|a| a.rtmp_sink(&pipeline)).transpose()?;
+            feeder = Some(super::rtmp::spawn_feeder(sink, audio_sink, rtmp_urls, opts.clone(), stop_feeder.clone(), stats.clone())?);
         }
         pipeline.bus().unwrap().set_sync_handler(Recording::sync_handler(&recordings));
         let others = specs.len() - recordings.len();
-        Ok(Outputs { pipeline, appsrc, recordings, others, feeder, stop_feeder, stats, caps_set: false, descriptions })
+        if sound.is_some() {
+            super::audio::say_silent_outputs(specs);
+            super::audio::let_muxers_wait(&pipeline);
+        }
+        Ok(Outputs { pipeline, appsrc, recordings, others, feeder, stop_feeder, stats, caps_set: false, descriptions, audio: sound })
     }
 
     /// Starts the output pipeline; fails at once with the device or element's own words when an output
@@ -446,6 +469,9 @@ impl Outputs {
     /// then renames recordings into place. Returns the paths written.
     pub fn finish(mut self) -> Result<Vec<PathBuf>> {
         let _ = self.appsrc.end_of_stream();
+        if let Some(a) = &self.audio {
+            let _ = a.appsrc.end_of_stream();
+        }
         let bus = self.pipeline.bus().unwrap();
         let mut err = None;
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -27,6 +27,8 @@ pub(super) struct Recording {
     staged: Option<StagedOutput>,
     bin: gst::Bin,
     tee_pad: gst::Pad,
+    /// The sound tee's pad feeding this recording, when it has sound.
+    audio_pad: Option<gst::Pad>,
     failed: Arc<AtomicBool>,
     format: RecordFormat,
     /// What went wrong, once the failure was handled.
@@ -44,14 +46,20 @@ fn make(name: &str) -> Result<gst::Element> {
 impl Recording {
     /// Builds the recording's bin, links it to `feed` (the H.264 tee for .mp4/.flv, the raw tee otherwise) and
     /// returns it with the pad the encoder's input arrives on (for latency probes).
-    pub(super) fn attach(pipeline: &gst::Pipeline, feed: &gst::Element, format: RecordFormat, staged: StagedOutput) -> Result<(Recording, gst::Pad)> {
+    pub(super) fn attach(
+        pipeline: &gst::Pipeline,
+        feed: &gst::Element,
+        format: RecordFormat,
+        staged: StagedOutput,
+        sound: Option<&mut super::audio::AudioBranch>,
+    ) -> Result<(Recording, gst::Pad)> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let bin = gst::Bin::with_name(&format!("record{}", N.fetch_add(1, Ordering::Relaxed)));
         let q = super::output::queue(if matches!(format, RecordFormat::Convert(_)) { "encode" } else { "mux" }, false)?;
         q.set_property("max-size-buffers", 0u32);
         q.set_property("max-size-time", 2 * gst::ClockTime::SECOND.nseconds());
         bin.add(&q)?;
-        let head = match format {
+        let (head, audio_target) = match format {
             RecordFormat::Mp4 | RecordFormat::Flv => {
                 let mux = if format == RecordFormat::Mp4 {
                     let m = make("mp4mux")?;
@@ -71,32 +79,51 @@ impl Recording {
                 // The video pad by name: the queue's caps are not known yet, so linking by caps could take audio.
                 q.link_pads(Some("src"), &mux, Some(if format == RecordFormat::Mp4 { "video_%u" } else { "video" }))?;
                 mux.link(&sink)?;
-                q.static_pad("sink").unwrap()
+                // Sound (the shared AAC stream) through a queue of the bin's own, so a failure takes it too.
+                let audio = match sound.is_some() {
+                    true => {
+                        let aq = super::audio::audio_queue()?;
+                        bin.add(&aq)?;
+                        aq.link_pads(Some("src"), &mux, Some(if format == RecordFormat::Mp4 { "audio_%u" } else { "audio" }))?;
+                        aq.static_pad("sink")
+                    }
+                    false => None,
+                };
+                (q.static_pad("sink").unwrap(), audio)
             }
             RecordFormat::Convert(f) => {
-                let (head, _audio) = crate::sink::encoder_chain(&bin, f, &staged.temp_path, false)?;
+                let (head, audio) = crate::sink::encoder_chain(&bin, f, &staged.temp_path, false)?;
                 q.link(&head)?;
                 if f == Format::Prores {
                     fragment_qtmux(&bin);
                 }
-                head.static_pad("sink").unwrap()
+                (head.static_pad("sink").unwrap(), audio.filter(|_| sound.is_some()))
             }
         };
         let ghost = gst::GhostPad::with_target(&q.static_pad("sink").unwrap())?;
         bin.add_pad(&ghost)?;
+        // Ghosted only when there is sound: linking the encoder's audio queue is what makes its muxer wait for it.
+        let audio_ghost = audio_target.map(|t| gst::GhostPad::builder_with_target(&t).map(|b| b.name("audio").build())).transpose()?;
+        if let Some(g) = &audio_ghost {
+            bin.add_pad(g)?;
+        }
         pipeline.add(&bin)?;
+        let linking = |e| Error::Gst(format!("linking the recording {}: {e:?}", staged.final_path.display()));
         let tee_pad = feed.request_pad_simple("src_%u").ok_or_else(|| Error::Gst("the output tee gave no pad".into()))?;
-        tee_pad.link(&ghost).map_err(|e| Error::Gst(format!("linking the recording {}: {e:?}", staged.final_path.display())))?;
+        tee_pad.link(&ghost).map_err(linking)?;
         let failed = Arc::new(AtomicBool::new(false));
-        let f = failed.clone();
-        tee_pad.add_probe(gst::PadProbeType::DATA_DOWNSTREAM, move |_, _| {
-            if f.load(Ordering::SeqCst) {
-                gst::PadProbeReturn::Drop
-            } else {
-                gst::PadProbeReturn::Ok
+        drop_when_failed(&tee_pad, &failed);
+        let audio_pad = match (sound, audio_ghost) {
+            (Some(a), Some(g)) => {
+                let aac = matches!(format, RecordFormat::Mp4 | RecordFormat::Flv);
+                let p = a.tee_pad(pipeline, aac)?;
+                p.link(&g).map_err(linking)?;
+                drop_when_failed(&p, &failed);
+                Some(p)
             }
-        });
-        let rec = Recording { staged: Some(staged), bin, tee_pad, failed, format, failure: None, salvage: None };
+            _ => None,
+        };
+        let rec = Recording { staged: Some(staged), bin, tee_pad, audio_pad, failed, format, failure: None, salvage: None };
         Ok((rec, head))
     }
 
@@ -140,11 +167,13 @@ impl Recording {
         } else {
             format!("recording {} failed: {}", path.display(), err.error())
         };
-        if let Some(ghost) = self.tee_pad.peer() {
-            let _ = self.tee_pad.unlink(&ghost);
-        }
-        if let Some(tee) = self.tee_pad.parent_element() {
-            tee.release_request_pad(&self.tee_pad);
+        for pad in std::iter::once(&self.tee_pad).chain(self.audio_pad.as_ref()) {
+            if let Some(ghost) = pad.peer() {
+                let _ = pad.unlink(&ghost);
+            }
+            if let Some(tee) = pad.parent_element() {
+                tee.release_request_pad(pad);
+            }
         }
         let _ = self.bin.set_state(gst::State::Null);
         let _ = pipeline.remove(&self.bin);
@@ -166,6 +195,18 @@ impl Recording {
             None => Ok(None),
         }
     }
+}
+
+/// Drops what a tee pushes into a recording once it failed, before the failure can reach the tee.
+fn drop_when_failed(tee_pad: &gst::Pad, failed: &Arc<AtomicBool>) {
+    let f = failed.clone();
+    tee_pad.add_probe(gst::PadProbeType::DATA_DOWNSTREAM, move |_, _| {
+        if f.load(Ordering::SeqCst) {
+            gst::PadProbeReturn::Drop
+        } else {
+            gst::PadProbeReturn::Ok
+        }
+    });
 }
 
 /// Live .mov recordings are fragmented like .mp4 ones, so a crash or a full disk leaves a playable file.

@@ -27,7 +27,7 @@ fn make(name: &str) -> Result<gst::Element> {
 /// One RTMP destination and its (re)connection state.
 struct RtmpStream {
     url: String,
-    live: Option<(gst::Pipeline, gst_app::AppSrc, ErrorSlot)>,
+    live: Option<Connection>,
     /// Subtracted from timestamps so each connection's stream starts at 0.
     offset: Option<gst::ClockTime>,
     next_try: Instant,
@@ -72,7 +72,28 @@ fn watch_server(url: &str, stop: Arc<AtomicBool>) -> Arc<AtomicBool> {
 /// seen even while nobody pops the bus).
 type ErrorSlot = Arc<std::sync::Mutex<Option<String>>>;
 
-fn rtmp_pipeline(url: &str, caps: &gst::Caps) -> Result<(gst::Pipeline, gst_app::AppSrc, ErrorSlot)> {
+/// One connection's pipeline: the picture's appsrc, the sound's (when the run has sound), and its error slot.
+struct Connection {
+    pipeline: gst::Pipeline,
+    video: gst_app::AppSrc,
+    audio: Option<gst_app::AppSrc>,
+    slot: ErrorSlot,
+}
+
+fn stream_src(caps: &gst::Caps) -> gst_app::AppSrc {
+    gst_app::AppSrc::builder()
+        .caps(caps)
+        .format(gst::Format::Time)
+        .is_live(true)
+        .block(false)
+        .max_buffers(120)
+        .max_bytes(0)
+        .max_time(gst::ClockTime::ZERO)
+        .leaky_type(gst_app::AppLeakyType::Downstream)
+        .build()
+}
+
+fn rtmp_pipeline(url: &str, caps: &gst::Caps, audio_caps: Option<&gst::Caps>) -> Result<Connection> {
     let p = gst::Pipeline::with_name("matteflow-rtmp");
     let slot: ErrorSlot = Default::default();
     {
@@ -84,16 +105,7 @@ fn rtmp_pipeline(url: &str, caps: &gst::Caps) -> Result<(gst::Pipeline, gst_app:
             gst::BusSyncReply::Pass
         });
     }
-    let src = gst_app::AppSrc::builder()
-        .caps(caps)
-        .format(gst::Format::Time)
-        .is_live(true)
-        .block(false)
-        .max_buffers(120)
-        .max_bytes(0)
-        .max_time(gst::ClockTime::ZERO)
-        .leaky_type(gst_app::AppLeakyType::Downstream)
-        .build();
+    let src = stream_src(caps);
     let mux = make("flvmux")?;
     mux.set_property("streamable", true);
     let sink = make("rtmp2sink")?;
@@ -102,8 +114,81 @@ fn rtmp_pipeline(url: &str, caps: &gst::Caps) -> Result<(gst::Pipeline, gst_app:
     sink.set_property("async", false);
     p.add_many([src.upcast_ref(), &mux, &sink])?;
     gst::Element::link_many([src.upcast_ref(), &mux, &sink])?;
+    let audio = match audio_caps {
+        Some(c) => {
+            let a = stream_src(c);
+            p.add(&a)?;
+            let pad = mux.request_pad_simple("audio").ok_or_else(|| Error::Gst("flvmux gave no audio pad".into()))?;
+            a.static_pad("src").unwrap().link(&pad).map_err(|e| Error::Gst(format!("the sound ({c}) does not go into FLV: {e:?}")))?;
+            // The sound is encoded sooner than the picture of the same instant: let the muxer wait for it.
+            super::audio::let_muxers_wait(&p);
+            Some(a)
+        }
+        None => None,
+    };
     p.set_state(gst::State::Playing)?;
-    Ok((p, src, slot))
+    Ok(Connection { pipeline: p, video: src, audio, slot })
+}
+
+/// A buffer's timestamps as running time on its sample's segment (encoders may shift both, e.g. x264enc by
+/// 1000 h), less `offset`; `None` when it lies before `offset`.
+fn rebased(sample: &gst::Sample, offset: gst::ClockTime) -> Option<gst::Buffer> {
+    let buf = sample.buffer()?;
+    let seg = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
+    let rt = |t: Option<gst::ClockTime>| match (&seg, t) {
+        (Some(s), Some(t)) => s.to_running_time(t),
+        (None, t) => t,
+        _ => None,
+    };
+    let pts = rt(buf.pts()).map(|t| t.checked_sub(offset));
+    if pts == Some(None) {
+        return None;
+    }
+    let mut b = buf.copy();
+    let bm = b.make_mut();
+    bm.set_pts(pts.flatten());
+    bm.set_dts(rt(buf.dts()).map(|t| t.saturating_sub(offset)));
+    Some(b)
+}
+
+/// A sample's start as running time.
+fn running_start(sample: &gst::Sample) -> Option<gst::ClockTime> {
+    let buf = sample.buffer()?;
+    let t = buf.dts_or_pts()?;
+    match sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned()) {
+        Some(s) => s.to_running_time(t),
+        None => Some(t),
+    }
+}
+
+/// The last second of encoded sound, so a connection that starts (or restarts) at a keyframe gets the sound
+/// of that keyframe's instant even when it was encoded before the picture.
+struct SoundBacklog {
+    sink: gst_app::AppSink,
+    recent: std::collections::VecDeque<gst::Sample>,
+    caps: Option<gst::Caps>,
+}
+
+impl SoundBacklog {
+    /// Takes what the encoder has; returns the new samples.
+    fn drain(&mut self) -> Vec<gst::Sample> {
+        let mut new = Vec::new();
+        while let Some(s) = self.sink.try_pull_sample(gst::ClockTime::ZERO) {
+            if self.caps.is_none() {
+                self.caps = s.caps_owned();
+            }
+            self.recent.push_back(s.clone());
+            new.push(s);
+        }
+        let newest = self.recent.back().and_then(running_start);
+        while let (Some(n), Some(o)) = (newest, self.recent.front().and_then(running_start)) {
+            if n.saturating_sub(o) <= gst::ClockTime::SECOND {
+                break;
+            }
+            self.recent.pop_front();
+        }
+        new
+    }
 }
 
 fn wait_error(slot: &ErrorSlot, wait: Duration) -> Option<String> {
@@ -122,6 +207,7 @@ fn wait_error(slot: &ErrorSlot, wait: Duration) -> Option<String> {
 
 pub(crate) fn spawn_feeder(
     sink: gst_app::AppSink,
+    audio: Option<gst_app::AppSink>,
     urls: Vec<String>,
     opts: OutputOptions,
     stop: Arc<AtomicBool>,
@@ -135,11 +221,16 @@ pub(crate) fn spawn_feeder(
             RtmpStream { url, live: None, offset: None, next_try: Instant::now(), broken: false, since: None, announced: false, refused }
         })
         .collect();
+    let mut sound = audio.map(|sink| SoundBacklog { sink, recent: Default::default(), caps: None });
     std::thread::Builder::new()
         .name("mf-rtmp".into())
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) else {
+                let new_sound = sound.as_mut().map(|s| s.drain()).unwrap_or_default();
+                for s in streams.iter_mut() {
+                    push_sound(s, &new_sound);
+                }
+                let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(20)) else {
                     // An appsink that has not started yet answers at once and calls itself at end of stream:
                     // only believe it once the output pipeline is running (this thread starts before it is).
                     if sink.current_state() < gst::State::Paused {
@@ -149,78 +240,92 @@ pub(crate) fn spawn_feeder(
                     }
                     continue;
                 };
-                let (Some(buf), Some(caps)) = (sample.buffer(), sample.caps()) else { continue };
-                let keyframe = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
                 for s in streams.iter_mut() {
-                    // A broken connection: drop it and try again later, at a keyframe.
-                    if let Some((p, _, slot)) = &s.live {
-                        // The watcher's answer may predate this connection: only trust it once the connection
-                        // has been up longer than one probe interval.
-                        let settled = s.since.is_some_and(|t| t.elapsed() > Duration::from_secs(3));
-                        let e = wait_error(slot, Duration::ZERO).or_else(|| {
-                            (settled && s.refused.load(Ordering::SeqCst)).then(|| "the server stopped accepting connections".to_string())
-                        });
-                        if let Some(e) = e {
-                            let _ = p.set_state(gst::State::Null);
-                            s.live = None;
-                            s.since = None;
-                            if !s.broken || s.announced {
-                                tracing::warn!(
-                                    "RTMP {}: {e}; other outputs continue, reconnecting every {} s",
-                                    s.url,
-                                    retry.as_secs()
-                                );
-                            }
-                            s.broken = true;
-                            s.announced = false;
-                            s.next_try = Instant::now() + retry;
-                        }
-                    }
-                    if s.live.is_none() && keyframe && Instant::now() >= s.next_try {
-                        match rtmp_pipeline(&s.url, &caps.to_owned()) {
-                            Ok(l) => {
-                                s.live = Some(l);
-                                s.offset = buf.dts_or_pts();
-                                s.since = Some(Instant::now());
-                            }
-                            Err(e) => {
-                                tracing::warn!("RTMP {}: {e}", s.url);
-                                s.next_try = Instant::now() + retry;
-                            }
-                        }
-                    }
-                    if let Some((_, src, _)) = &s.live {
-                        let mut b = buf.copy();
-                        {
-                            let bm = b.make_mut();
-                            let off = s.offset.unwrap_or(gst::ClockTime::ZERO);
-                            bm.set_pts(buf.pts().map(|t| t.saturating_sub(off)));
-                            bm.set_dts(buf.dts().map(|t| t.saturating_sub(off)));
-                        }
-                        let _ = src.push_buffer(b);
-                        if let Some(t) = s.since {
-                            if !s.announced && t.elapsed() > Duration::from_secs(1) {
-                                s.announced = true;
-                                if s.broken {
-                                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                                    tracing::warn!("RTMP {}: reconnected, streaming again", s.url);
-                                } else {
-                                    tracing::info!("RTMP {}: streaming", s.url);
-                                }
-                            }
-                        }
-                    }
+                    feed_stream(s, &sample, sound.as_ref(), retry, &stats);
                 }
             }
             for s in streams {
-                if let Some((p, src, _)) = s.live {
-                    let _ = src.end_of_stream();
-                    let _ = p.bus().map(|b| b.timed_pop_filtered(gst::ClockTime::from_seconds(2), &[gst::MessageType::Eos, gst::MessageType::Error]));
-                    let _ = p.set_state(gst::State::Null);
+                if let Some(c) = s.live {
+                    let _ = c.video.end_of_stream();
+                    if let Some(a) = &c.audio {
+                        let _ = a.end_of_stream();
+                    }
+                    let _ = c.pipeline.bus().map(|b| b.timed_pop_filtered(gst::ClockTime::from_seconds(2), &[gst::MessageType::Eos, gst::MessageType::Error]));
+                    let _ = c.pipeline.set_state(gst::State::Null);
                 }
             }
         })
         .map_err(|e| Error::io("starting the RTMP thread", e))
+}
+
+/// Sends newly encoded sound to a connected stream.
+fn push_sound(s: &RtmpStream, new: &[gst::Sample]) {
+    let (Some(c), Some(off)) = (&s.live, s.offset) else { return };
+    let Some(a) = &c.audio else { return };
+    for smp in new {
+        if let Some(b) = rebased(smp, off) {
+            let _ = a.push_buffer(b);
+        }
+    }
+}
+
+/// Hands one encoded frame to one RTMP destination: drops a broken connection, reconnects at a keyframe
+/// (with the sound from that keyframe's instant on), and announces the state changes.
+fn feed_stream(s: &mut RtmpStream, sample: &gst::Sample, sound: Option<&SoundBacklog>, retry: Duration, stats: &LiveStats) {
+    let (Some(buf), Some(caps)) = (sample.buffer(), sample.caps()) else { return };
+    let keyframe = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
+    // A broken connection: drop it and try again later, at a keyframe.
+    if let Some(c) = &s.live {
+        // The watcher's answer may predate this connection: only trust it once the connection has been up
+        // longer than one probe interval.
+        let settled = s.since.is_some_and(|t| t.elapsed() > Duration::from_secs(3));
+        let e = wait_error(&c.slot, Duration::ZERO)
+            .or_else(|| (settled && s.refused.load(Ordering::SeqCst)).then(|| "the server stopped accepting connections".to_string()));
+        if let Some(e) = e {
+            let _ = c.pipeline.set_state(gst::State::Null);
+            s.live = None;
+            s.since = None;
+            if !s.broken || s.announced {
+                tracing::warn!("RTMP {}: {e}; other outputs continue, reconnecting every {} s", s.url, retry.as_secs());
+            }
+            s.broken = true;
+            s.announced = false;
+            s.next_try = Instant::now() + retry;
+        }
+    }
+    // With sound, a connection starts once the sound's format is known (its first encoded buffer).
+    let sound_ready = sound.is_none_or(|a| a.caps.is_some());
+    if s.live.is_none() && keyframe && sound_ready && Instant::now() >= s.next_try {
+        match rtmp_pipeline(&s.url, &caps.to_owned(), sound.and_then(|a| a.caps.as_ref())) {
+            Ok(c) => {
+                s.offset = running_start(sample);
+                s.live = Some(c);
+                s.since = Some(Instant::now());
+                if let Some(a) = sound {
+                    push_sound(s, &a.recent.iter().cloned().collect::<Vec<_>>());
+                }
+            }
+            Err(e) => {
+                tracing::warn!("RTMP {}: {e}", s.url);
+                s.next_try = Instant::now() + retry;
+            }
+        }
+    }
+    let Some(c) = &s.live else { return };
+    if let Some(b) = rebased(sample, s.offset.unwrap_or(gst::ClockTime::ZERO)) {
+        let _ = c.video.push_buffer(b);
+    }
+    if let Some(t) = s.since {
+        if !s.announced && t.elapsed() > Duration::from_secs(1) {
+            s.announced = true;
+            if s.broken {
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("RTMP {}: reconnected, streaming again", s.url);
+            } else {
+                tracing::info!("RTMP {}: streaming", s.url);
+            }
+        }
+    }
 }
 
 fn server_addr(url: &str) -> String {
