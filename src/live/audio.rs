@@ -367,15 +367,6 @@ impl AudioBranch {
         Ok(AudioBranch { appsrc, raw_tee, aac_tee: None, bitrate_kbps: opts.bitrate_kbps })
     }
 
-    /// Links raw sound to `pad` (a recording's own audio encoder, from `sink::encoder_chain`).
-    pub fn link_raw(&self, pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<()> {
-        let q = audio_queue()?;
-        pipeline.add(&q)?;
-        self.raw_tee.link(&q)?;
-        q.static_pad("src").unwrap().link(pad).map_err(|e| Error::Gst(format!("linking audio to a recording: {e:?}")))?;
-        Ok(())
-    }
-
     /// The shared AAC-LC stream (built on first use).
     fn aac(&mut self, pipeline: &gst::Pipeline) -> Result<gst::Element> {
         if let Some(t) = &self.aac_tee {
@@ -400,15 +391,6 @@ impl AudioBranch {
     pub fn tee_pad(&mut self, pipeline: &gst::Pipeline, aac: bool) -> Result<gst::Pad> {
         let t = if aac { self.aac(pipeline)? } else { self.raw_tee.clone() };
         t.request_pad_simple("src_%u").ok_or_else(|| Error::Gst("the sound tee gave no pad".into()))
-    }
-
-    /// Feeds the shared AAC stream into an MP4 or FLV muxer.
-    pub fn link_aac_to(&mut self, pipeline: &gst::Pipeline, mux: &gst::Element) -> Result<()> {
-        let t = self.aac(pipeline)?;
-        let q = audio_queue()?;
-        pipeline.add(&q)?;
-        gst::Element::link_many([&t, &q, mux])?;
-        Ok(())
     }
 
     /// An appsink with the shared AAC stream, for the RTMP feeder.
