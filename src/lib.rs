@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod element;
 pub mod engine;
 pub mod error;
+pub mod evenpad;
 pub mod eval;
 pub mod infer;
 pub mod live;

@@ -15,6 +15,11 @@ use gstreamer_app as gst_app;
 use crate::config::Format;
 use crate::error::{Error, Result};
 
+/// The element that pads odd frame sizes to even ones for 4:2:0 H.264 ([`crate::evenpad`]).
+pub fn even_pad() -> Result<gst::Element> {
+    crate::evenpad::make().map_err(|e| Error::Gst(format!("the padding element cannot be created: {e}")))
+}
+
 /// The elements each format needs, so `doctor` can say what is missing.
 pub fn required_elements(f: Format) -> &'static [&'static str] {
     match f {
@@ -207,6 +212,8 @@ pub fn encoder_chain(pipeline: &gst::Pipeline, format: Format, location: &Path, 
             (Some(make("matroskamux")?), audio_chain(&["audioconvert", "flacenc"], None))
         }
         Format::H264 => {
+            // 4:2:0 H.264 takes only even sizes: odd frames are padded (the element passes even ones through).
+            chain.insert(0, even_pad()?);
             let name = h264_encoder(gpu, |e| gst::ElementFactory::find(e).is_some());
             if name == "nvh264enc" {
                 // NVENC at constant QP 20, as x264 below (NV12 is what every NVENC generation takes).

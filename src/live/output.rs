@@ -270,6 +270,7 @@ impl Outputs {
                 return Ok(t.clone());
             }
             let q = queue("h264enc", false)?;
+            let pad = crate::sink::even_pad()?;
             let conv = gst::ElementFactory::make("videoconvert").property("n-threads", 2u32).build()?;
             let caps = gst::ElementFactory::make("capsfilter")
                 .property("caps", gst::Caps::builder("video/x-raw").field("format", "I420").build())
@@ -282,8 +283,8 @@ impl Outputs {
             let parse = make("h264parse")?;
             parse.set_property("config-interval", -1i32);
             let t = make("tee")?;
-            pipeline.add_many([&q, &conv, &caps, &enc, &parse, &t])?;
-            gst::Element::link_many([&q, &conv, &caps, &enc, &parse, &t])?;
+            pipeline.add_many([&q, &pad, &conv, &caps, &enc, &parse, &t])?;
+            gst::Element::link_many([&q, &pad, &conv, &caps, &enc, &parse, &t])?;
             tee.link(&q)?;
             probe_latency(&t.static_pad("sink").unwrap(), clock.clone(), stats.clone());
             h264_tee = Some(t.clone());
