@@ -749,6 +749,9 @@ fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Format::Ffv1 => "x.mkv",
         Format::H264 => "x.mp4",
         Format::Vp9 => "x.webm",
+        Format::PngImage => "x.png",
+        Format::JpegImage => "x.jpg",
+        Format::WebpImage => "x.webp",
     };
     let mut best: Option<matteflow::stats::Report> = None;
     for i in 0..a.runs.max(1) {

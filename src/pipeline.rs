@@ -25,6 +25,7 @@ use crate::config::{ConvertConfig, Format};
 use crate::engine::ordered::{Finisher, Matted, Ordered};
 use crate::engine::{Matter, MatteSettings, Placement};
 use crate::error::{Error, Result};
+use crate::images::ImageInput;
 use crate::infer::{BatchClient, OnnxSegmenter, Segmenter};
 use crate::model::ResolvedModel;
 use crate::runtime::ProviderOptions;
@@ -117,12 +118,28 @@ struct Plan {
     staged: StagedOutput,
     model_name: String,
     provider: crate::runtime::Provider,
+    /// A photo or an animated image, decoded by [`crate::images`] instead of GStreamer.
+    image: Option<ImageInput>,
 }
 
 impl Plan {
     fn settle(cfg: &ConvertConfig, segmenter: &OnnxSegmenter, shared_batch: bool) -> Result<Plan> {
         let (format, settings) = cfg.resolve()?;
         let uri = source::input_uri(&cfg.input)?;
+        let image = if cfg.input.contains("://") { None } else { ImageInput::sniff(std::path::Path::new(&cfg.input)) };
+        if format.is_image() && image.is_none() {
+            return Err(Error::Output {
+                path: cfg.output.clone(),
+                reason: format!(
+                    "is one {}, but {} is a video: write PNG frames (-o frames/), .mov or .mkv (alpha), or .mp4/.webm",
+                    format.describe(),
+                    cfg.input
+                ),
+            });
+        }
+        if let Some(i) = image {
+            tracing::info!("{} is {} {}", cfg.input, if i.animated { "an" } else { "a" }, i.describe());
+        }
         if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&cfg.input), std::fs::canonicalize(&cfg.output)) {
             if a == b {
                 return Err(Error::Output { path: cfg.output.clone(), reason: "is the input file; choose another name".into() });
@@ -145,7 +162,7 @@ impl Plan {
             manifest.name,
             provider.name()
         );
-        Ok(Plan { format, settings, place, uri, staged, model_name: manifest.name.clone(), provider })
+        Ok(Plan { format, settings, place, uri, staged, model_name: manifest.name.clone(), provider, image })
     }
 }
 
@@ -162,12 +179,15 @@ fn convert_with(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Option<B
     let (tx_frames, rx_frames) = crossbeam_channel::bounded::<Frame>(cfg.queue.max(1));
     let (tx_matted, rx_matted) = crossbeam_channel::bounded::<Matted>(cfg.queue.max(1));
     let (tx_done, rx_done) = crossbeam_channel::bounded::<Vec<gst::Buffer>>(cfg.queue.max(1));
-    let threads = [
+    let mut threads = vec![
         spawn("mf-pull", pull_frames(graph.appsink.clone(), graph.on_device, shared.clone(), tx_frames))?,
         spawn("mf-infer", matte_frames(cfg, &plan, segmenter, batcher, shared.clone(), rx_frames, tx_matted, start))?,
         spawn("mf-finish", finish_frames(&plan, shared.clone(), rx_matted, tx_done))?,
-        spawn("mf-push", push_frames(plan.settings.kind, graph.appsrc.clone(), shared.clone(), rx_done))?,
+        spawn("mf-push", push_frames(&plan, cfg, graph.appsrc.clone(), shared.clone(), rx_done))?,
     ];
+    if let (Some(src), Some(input)) = (graph.image_src.clone(), plan.image) {
+        threads.push(spawn("mf-image", feed_image(cfg, input, src, shared.clone()))?);
+    }
     let mut progress = ctl.progress;
     let outcome = watch(cfg, &graph, &shared, &ctl.cancel, &mut progress);
     shared.stop.store(true, Ordering::SeqCst);
@@ -183,6 +203,16 @@ fn convert_with(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Option<B
     report(cfg, plan, &shared, start.elapsed(), graph.has_audio.load(Ordering::SeqCst))
 }
 
+/// Thread 0 for image inputs: decodes the image's frames into the pipeline's appsrc.
+fn feed_image(cfg: &ConvertConfig, input: ImageInput, src: gst_app::AppSrc, shared: Arc<Shared>) -> impl FnOnce() + Send {
+    let path = std::path::PathBuf::from(&cfg.input);
+    move || {
+        if let Err(e) = crate::images::feed(&path, input, &src, || shared.stopped()) {
+            shared.fail(e);
+        }
+    }
+}
+
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(name.into()).spawn(body).map_err(|e| Error::io("starting a thread", e))
 }
@@ -195,6 +225,8 @@ struct Graph {
     video_head: gst::Element,
     appsink: gst_app::AppSink,
     appsrc: gst_app::AppSrc,
+    /// Where an image input's frames enter (instead of a decoder).
+    image_src: Option<gst_app::AppSrc>,
     on_device: bool,
     has_audio: Arc<AtomicBool>,
     /// The output's final name, for errors.
@@ -206,7 +238,7 @@ impl Graph {
         let pipeline = gst::Pipeline::new();
         // With the GPU stages, decoded frames stay in CUDA memory when GStreamer's nvcodec can give them in our
         // context; otherwise they are decoded to system memory and uploaded.
-        let device_decode = match (&plan.place, cfg.cuda_decode) {
+        let device_decode = match (&plan.place, cfg.cuda_decode && plan.image.is_none()) {
             (Placement::Device(g), true) => match crate::cuda::gst_cuda::GstCuda::new(g) {
                 Ok(c) => {
                     c.attach(&pipeline);
@@ -220,7 +252,11 @@ impl Graph {
             },
             _ => false,
         };
-        let decode = gst::ElementFactory::make("uridecodebin").property("uri", &plan.uri).build()?;
+        let image_src = plan.image.map(|_| crate::images::appsrc());
+        let decode = match &image_src {
+            Some(src) => src.clone().upcast::<gst::Element>(),
+            None => gst::ElementFactory::make("uridecodebin").property("uri", &plan.uri).build()?,
+        };
         pipeline.add(&decode)?;
         let (video_head, appsink) = if device_decode {
             crate::cuda::gst_cuda::prefer_cuda_output(&decode);
@@ -232,8 +268,11 @@ impl Graph {
         };
         let on_gpu = matches!(plan.provider, crate::runtime::Provider::Cuda | crate::runtime::Provider::TensorRt);
         let enc = sink::build(&pipeline, plan.format, &plan.staged.temp_path, 1 << 20, on_gpu)?;
-        let graph = Graph { pipeline, decode, video_head, appsink, appsrc: enc.appsrc, on_device: device_decode, has_audio: Default::default(), output: plan.staged.final_path.clone() };
-        graph.link_pads(enc.audio_sink, &cfg.input);
+        let graph = Graph { pipeline, decode, video_head, appsink, appsrc: enc.appsrc, image_src, on_device: device_decode, has_audio: Default::default(), output: plan.staged.final_path.clone() };
+        match &graph.image_src {
+            Some(src) => src.link(&graph.video_head)?,
+            None => graph.link_pads(enc.audio_sink, &cfg.input),
+        }
         Ok(graph)
     }
 
@@ -440,13 +479,25 @@ fn finish_frames(plan: &Plan, shared: Arc<Shared>, rx: crossbeam_channel::Receiv
 }
 
 /// Thread 4: finished frames to the encoder (caps set from the first), then end of stream.
-fn push_frames(kind: crate::config::OutputKind, appsrc: gst_app::AppSrc, shared: Arc<Shared>, rx: crossbeam_channel::Receiver<Vec<gst::Buffer>>) -> impl FnOnce() + Send {
+fn push_frames(plan: &Plan, cfg: &ConvertConfig, appsrc: gst_app::AppSrc, shared: Arc<Shared>, rx: crossbeam_channel::Receiver<Vec<gst::Buffer>>) -> impl FnOnce() + Send {
+    let kind = plan.settings.kind;
+    let one_image = plan.format.is_image().then(|| Error::Input {
+        path: cfg.input.clone(),
+        reason: format!(
+            "has more than one frame, and a {} holds one: write PNG frames (-o frames/), .mov or .mkv (alpha), or .mp4/.webm",
+            plan.format.describe()
+        ),
+    });
     move || {
         let mut push_time = Duration::ZERO;
         let mut caps_set = false;
+        let mut one_image = one_image;
         for buffer in rx.iter().flatten() {
             if shared.stopped() {
                 break;
+            }
+            if caps_set && one_image.is_some() {
+                return shared.fail(one_image.take().unwrap());
             }
             let t = Instant::now();
             if !caps_set {
@@ -572,7 +623,7 @@ fn explain_error(cfg: &ConvertConfig, graph: &Graph, err: &gst::message::Error, 
 
 /// Waits for the stage threads, but never forever: a thread stuck in a driver call must not turn an error or a
 /// Ctrl-C into a hang. Abandoned threads die with the process; the staged output is removed on return.
-fn join_or_abandon(threads: [std::thread::JoinHandle<()>; 4], outcome: Result<()>) -> Result<()> {
+fn join_or_abandon(threads: Vec<std::thread::JoinHandle<()>>, outcome: Result<()>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -28,6 +28,9 @@ pub fn required_elements(f: Format) -> &'static [&'static str] {
         Format::Ffv1 => &["avenc_ffv1", "matroskamux", "filesink", "flacenc"],
         Format::H264 => &["x264enc", "mp4mux", "filesink", "avenc_aac"],
         Format::Vp9 => &["vp9enc", "webmmux", "filesink", "opusenc"],
+        Format::PngImage => &["pngenc", "filesink"],
+        Format::JpegImage => &["jpegenc", "filesink"],
+        Format::WebpImage => &["webpenc", "filesink"],
     }
 }
 
@@ -42,7 +45,8 @@ pub fn package_of(element: &str) -> &'static str {
         "opusenc" | "videoconvert" | "appsrc" | "appsink" | "uridecodebin" | "audioconvert" => {
             "gstreamer1.0-plugins-base"
         }
-        "rtmp2sink" | "h264parse" => "gstreamer1.0-plugins-bad",
+        "rtmp2sink" | "h264parse" | "webpenc" => "gstreamer1.0-plugins-bad",
+        "jpegenc" => "gstreamer1.0-plugins-good",
         _ => "the GStreamer plugin packages (see `matteflow doctor`)",
     }
 }
@@ -270,6 +274,15 @@ pub fn encoder_chain(pipeline: &gst::Pipeline, format: Format, location: &Path, 
             chain.push(sink);
             (None, vec![])
         }
+        Format::PngImage | Format::JpegImage | Format::WebpImage => {
+            chain.extend(image_encoder(format)?);
+            let sink = make("filesink")?;
+            sink.set_property("location", &loc);
+            sink.set_property("sync", false);
+            sink.set_property("async", false); // see multifilesink above
+            chain.push(sink);
+            (None, vec![])
+        }
     };
     pipeline.add_many(&chain)?;
     gst::Element::link_many(&chain)?;
@@ -308,6 +321,24 @@ pub fn encoder_chain(pipeline: &gst::Pipeline, format: Format, location: &Path, 
         }
     }
     Ok((chain[0].clone(), audio_sink))
+}
+
+/// The encoder of a one-image output (its raw format forced where alpha must survive).
+fn image_encoder(format: Format) -> Result<Vec<gst::Element>> {
+    let rgba = || -> Result<gst::Element> {
+        Ok(gst::ElementFactory::make("capsfilter")
+            .property("caps", gst::Caps::builder("video/x-raw").field("format", "RGBA").build())
+            .build()?)
+    };
+    Ok(match format {
+        Format::PngImage => vec![rgba()?, make("pngenc")?],
+        Format::WebpImage => vec![rgba()?, make("webpenc")?],
+        _ => {
+            let enc = make("jpegenc")?;
+            enc.set_property("quality", 92i32);
+            vec![enc]
+        }
+    })
 }
 
 #[cfg(test)]

@@ -100,3 +100,144 @@ fn odd_sizes_into_a_live_h264_recording() {
     assert_eq!(&fields[..2], ["194", "146"], "{probe}");
     assert!(fields[2].parse::<u32>().unwrap() >= 5, "{probe}");
 }
+
+/// Runs ffmpeg quietly, insisting it succeeded.
+fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).output().unwrap();
+    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A photo of a person: one frame of the shipped sample, as a JPEG.
+fn photo(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    ffmpeg(&["-ss", "1", "-i", s(&sample("carphone_pristine.mp4")), "-frames:v", "1", "-q:v", "2", s(&p)]);
+    p
+}
+
+/// Share of pixels whose alpha is above half.
+fn opaque_share(img: &image::RgbaImage) -> f64 {
+    img.pixels().filter(|p| p[3] > 128).count() as f64 / (img.width() * img.height()) as f64
+}
+
+#[test]
+fn a_photo_becomes_a_png_with_alpha_a_jpeg_or_webp_of_the_same_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let jpg = photo(dir.path(), "photo.jpg");
+    let png = dir.path().join("cut.png");
+    matteflow_ok(&["convert", s(&jpg), "-o", s(&png)]);
+    let cut = image::open(&png).unwrap();
+    assert!(cut.color().has_alpha(), "PNG with alpha");
+    let cut = cut.to_rgba8();
+    assert_eq!(cut.dimensions(), (176, 144), "same size as the photo");
+    let share = opaque_share(&cut);
+    assert!((0.05..0.9).contains(&share), "the person is kept, the background cut: {share:.2} opaque");
+    // The subject's pixels are the photo's own.
+    let src = image::open(&jpg).unwrap().to_rgba8();
+    let kept: Vec<(u8, u8)> = cut.pixels().zip(src.pixels()).filter(|(c, _)| c[3] == 255).map(|(c, p)| (c[0], p[0])).collect();
+    assert!(mean_abs_diff(kept.iter().map(|k| k.0), kept.iter().map(|k| k.1)) < 2.0);
+
+    let composite = dir.path().join("cut.jpg");
+    matteflow_ok(&["convert", s(&jpg), "-o", s(&composite), "-b", "#0000ff"]);
+    let c = image::open(&composite).unwrap().to_rgb8();
+    assert_eq!(c.dimensions(), (176, 144));
+    let corner = c.get_pixel(2, 2);
+    assert!(corner[2] > 200 && corner[0] < 60, "background replaced by blue: {corner:?}");
+
+    let webp = dir.path().join("cut.webp");
+    matteflow_ok(&["convert", s(&jpg), "-o", s(&webp)]);
+    let w = image::open(&webp).unwrap();
+    assert!(w.color().has_alpha(), "WebP keeps alpha");
+    assert_eq!(w.to_rgba8().dimensions(), (176, 144));
+    assert!((opaque_share(&w.to_rgba8()) - share).abs() < 0.05);
+    assert_no_partials(dir.path());
+}
+
+#[test]
+fn a_photo_into_a_video_container_is_a_one_frame_video_and_a_video_into_an_image_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let jpg = photo(dir.path(), "photo.jpg");
+    for name in ["still.mp4", "still.mov"] {
+        let out = dir.path().join(name);
+        matteflow_ok(&["convert", s(&jpg), "-o", s(&out)]);
+        assert_eq!(ffprobe(&out, "stream=width,height,nb_read_frames"), "176,144,1", "{name}");
+        let frames = decode(&out);
+        assert_eq!(frames.len(), 1, "{name} plays its one frame");
+    }
+    let clip = lossless_clip(dir.path(), "clip.mkv", 64, 48, 3);
+    let png = dir.path().join("x.png");
+    let out = matteflow(&["convert", s(&clip), "-o", s(&png)]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("is a video") && err.contains("-o frames/"), "{err}");
+    assert!(!png.exists());
+    assert_no_partials(dir.path());
+}
+
+#[test]
+fn batch_converts_a_folder_of_photos_mirrored_resumable_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(photos.join("day1")).unwrap();
+    photo(&photos.join("day1"), "a.jpg");
+    let b = photo(dir.path(), "b.jpg");
+    image::open(&b).unwrap().save(photos.join("b.png")).unwrap();
+    std::fs::write(photos.join("notes.txt"), "not a picture").unwrap();
+    let cut = dir.path().join("cut");
+    let out = matteflow_ok(&["batch", s(&photos), "-o", s(&cut)]);
+    for rel in ["day1/a.png", "b.png"] {
+        let img = image::open(cut.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}\n{out}"));
+        assert!(img.color().has_alpha(), "{rel}");
+        assert_eq!(img.to_rgba8().dimensions(), (176, 144), "{rel}");
+    }
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cut.join("matteflow-report.json")).unwrap()).unwrap();
+    let rows = report.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["status"] == "done" && r["frames"] == 1), "{report}");
+    // A second run skips both.
+    matteflow_ok(&["batch", s(&photos), "-o", s(&cut)]);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cut.join("matteflow-report.json")).unwrap()).unwrap();
+    assert!(report.as_array().unwrap().iter().all(|r| r["status"] == "skipped"), "{report}");
+}
+
+/// Converts an animated image and checks every frame with its timestamp arrives in each output.
+fn check_animation(dir: &Path, input: &Path, frames: usize, step_ns: u64) {
+    for out in ["a.mov", "a.webm", "a.mp4"] {
+        let path = dir.join(format!("{}.{out}", input.file_name().unwrap().to_str().unwrap()));
+        matteflow_ok(&["convert", s(input), "-o", s(&path)]);
+        let got = decode(&path);
+        assert_eq!(got.len(), frames, "{} → {out}: frame count", input.display());
+        for (i, f) in got.iter().enumerate() {
+            let want = i as u64 * step_ns;
+            assert!(f.pts.unwrap().abs_diff(want) <= 1_000_000, "{} → {out}: frame {i} at {:?}, want {want}", input.display(), f.pts);
+        }
+    }
+    let pngs = dir.join(format!("{}_frames/", input.file_name().unwrap().to_str().unwrap()));
+    matteflow_ok(&["convert", s(input), "-o", s(&pngs)]);
+    let frames_out = read_png_dir(&pngs);
+    assert_eq!(frames_out.len(), frames);
+    assert_eq!(frames_out[0].dimensions(), (160, 120));
+}
+
+#[test]
+fn animated_gif_apng_and_webp_convert_every_frame_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-frames:v", "12"];
+    let gif = dir.path().join("anim.gif");
+    ffmpeg(&[&src[..], &[s(&gif)]].concat());
+    let apng = dir.path().join("anim.png");
+    ffmpeg(&[&src[..], &["-plays", "0", "-f", "apng", s(&apng)]].concat());
+    let webp = dir.path().join("anim.webp");
+    ffmpeg(&[&src[..], &["-c:v", "libwebp_anim", "-loop", "0", s(&webp)]].concat());
+    let t = std::time::Instant::now();
+    for input in [&gif, &apng, &webp] {
+        check_animation(dir.path(), input, 12, 100_000_000);
+    }
+    assert!(t.elapsed().as_secs() < 60, "no stall: {:?}", t.elapsed());
+    // One picture of an animation is refused (the frames would be lost), naming what to write instead.
+    let one = dir.path().join("one.png");
+    let out = matteflow(&["convert", s(&gif), "-o", s(&one)]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("more than one frame"), "{}", stderr_of(&out));
+    assert!(!one.exists());
+    assert_no_partials(dir.path());
+}

@@ -60,7 +60,7 @@ impl RecordFormat {
         match p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("mp4") | Some("m4v") => Some(RecordFormat::Mp4),
             Some("flv") => Some(RecordFormat::Flv),
-            _ => Format::from_path(p).map(RecordFormat::Convert),
+            _ => Format::from_path(p).filter(|f| !f.is_image()).map(RecordFormat::Convert),
         }
     }
     pub fn keeps_alpha(self) -> bool {
