@@ -201,6 +201,10 @@ pub struct ConvertConfig {
     pub queue: usize,
     /// Consecutive frames run in one inference call (1: one at a time). Output is the same either way.
     pub batch: usize,
+    /// Deinterlace interlaced input before the model (progressive input is never touched).
+    pub deinterlace: bool,
+    /// Which video stream of the input to convert (0: the first).
+    pub video_stream: usize,
 }
 
 impl ConvertConfig {
@@ -217,6 +221,8 @@ impl ConvertConfig {
             cuda_decode: true,
             queue: 4,
             batch: 1,
+            deinterlace: true,
+            video_stream: 0,
         }
     }
 

@@ -181,9 +181,11 @@ struct ModelArgs {
 
 #[derive(Args)]
 struct ConvertArgs {
-    /// Input video: a file path or a URI (file://, http://, rtsp://)
+    /// Input video, photo (JPEG, PNG, WebP) or animated image (GIF, APNG, WebP): a file path or a URI (file://,
+    /// http://, rtsp://)
     input: String,
-    /// Output: .mov (ProRes 4444, alpha), .mkv (FFV1, alpha), .mp4 (H.264), .webm (VP9), or folder/ (PNG frames)
+    /// Output: .mov (ProRes 4444, alpha), .mkv (FFV1, alpha), .mp4 (H.264), .webm (VP9), folder/ (PNG frames), or
+    /// for a photo .png (alpha), .jpg (composite), .webp (alpha)
     #[arg(short, long)]
     output: PathBuf,
     #[command(flatten)]
@@ -205,6 +207,13 @@ struct ConvertArgs {
     /// Keep the decodable frames of a truncated input instead of failing
     #[arg(long)]
     allow_short: bool,
+    /// Leave interlaced input as it is (both fields woven into each frame); by default interlaced video is
+    /// deinterlaced before the model and written progressive (progressive input is never touched)
+    #[arg(long)]
+    no_deinterlace: bool,
+    /// Which video stream to convert when the input has several (0: the first; the log lists them)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    video_stream: usize,
     /// Print per-stage timings at the end
     #[arg(long)]
     stats: bool,
@@ -498,6 +507,8 @@ fn run_convert(a: &ConvertArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<matte
     cfg.stages = a.quality.stages();
     cfg.cuda_decode = !a.quality.host_decode;
     cfg.batch = a.batch;
+    cfg.deinterlace = !a.no_deinterlace;
+    cfg.video_stream = a.video_stream;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -719,6 +730,8 @@ fn demo(out_dir: &std::path::Path, cancel: Arc<AtomicBool>) -> anyhow::Result<()
             overwrite: true,
             quality: QualityArgs { motion_threshold: 0.03, ..Default::default() },
             allow_short: false,
+            no_deinterlace: false,
+            video_stream: 0,
             stats: false,
             report: None,
             batch: 1,

@@ -264,31 +264,37 @@ impl Graph {
             pipeline.add(&sink)?;
             (sink.clone().upcast::<gst::Element>(), sink)
         } else {
-            source::video_branch(&pipeline, cfg.queue.max(1) as u32)?
+            source::video_branch(&pipeline, cfg.queue.max(1) as u32, cfg.deinterlace)?
         };
         let on_gpu = matches!(plan.provider, crate::runtime::Provider::Cuda | crate::runtime::Provider::TensorRt);
         let enc = sink::build(&pipeline, plan.format, &plan.staged.temp_path, 1 << 20, on_gpu)?;
         let graph = Graph { pipeline, decode, video_head, appsink, appsrc: enc.appsrc, image_src, on_device: device_decode, has_audio: Default::default(), output: plan.staged.final_path.clone() };
         match &graph.image_src {
             Some(src) => src.link(&graph.video_head)?,
-            None => graph.link_pads(enc.audio_sink, &cfg.input),
+            None => graph.link_pads(enc.audio_sink, &cfg.input, cfg.video_stream),
         }
         Ok(graph)
     }
 
-    /// Links the decoder's pads as they appear: the first video to the video branch, audio to the encoder's
-    /// audio branch (if the format carries audio), anything else to a fakesink. No video at all is reported on the
-    /// bus as an application message.
-    fn link_pads(&self, audio_sink: Option<gst::Pad>, input: &str) {
-        let video_linked = Arc::new(AtomicBool::new(false));
-        let (pipeline_weak, head, has_audio, linked) =
-            (self.pipeline.downgrade(), self.video_head.downgrade(), self.has_audio.clone(), video_linked.clone());
+    /// Links the decoder's pads as they appear: video stream `wanted` (counted in the order the decoder exposes
+    /// them) to the video branch, audio to the encoder's audio branch (if the format carries audio), anything else
+    /// to a fakesink. Several video streams are named in the log with the one used; no such stream is reported on
+    /// the bus as an application message.
+    fn link_pads(&self, audio_sink: Option<gst::Pad>, input: &str, wanted: usize) {
+        let (videos, video_linked): (Arc<Mutex<Vec<String>>>, Arc<AtomicBool>) = Default::default();
+        let (pipeline_weak, head, has_audio, seen, linked) =
+            (self.pipeline.downgrade(), self.video_head.downgrade(), self.has_audio.clone(), videos.clone(), video_linked.clone());
         let on_device = self.on_device;
         self.decode.connect_pad_added(move |_, pad| {
             let Some(name) = source::pad_media_type(pad) else { return };
             let Some(pipeline) = pipeline_weak.upgrade() else { return };
-            if name.starts_with("video/") && !linked.load(Ordering::SeqCst) {
-                if let Some(head) = head.upgrade() {
+            if name.starts_with("video/") {
+                let index = {
+                    let mut v = seen.lock().unwrap();
+                    v.push(describe_video_pad(pad));
+                    v.len() - 1
+                };
+                if let (true, Some(head)) = (index == wanted, head.upgrade()) {
                     if link_video(&pipeline, pad, &head, on_device) {
                         linked.store(true, Ordering::SeqCst);
                         return;
@@ -303,18 +309,33 @@ impl Graph {
                     }
                 }
             }
-            // Anything else (a second video, audio this format cannot carry, subtitles) is discarded.
+            // Anything else (another video stream, audio this format cannot carry, subtitles) is discarded.
             discard(&pipeline, pad);
         });
         let input = input.to_string();
         self.decode.connect("no-more-pads", false, move |args| {
+            let videos = videos.lock().unwrap();
+            if videos.len() > 1 && wanted < videos.len() {
+                let list: Vec<String> = videos.iter().enumerate().map(|(i, d)| format!("{i}: {d}")).collect();
+                tracing::warn!("{input} has {} video streams ({}); converting stream {wanted} (--video-stream N picks another)", videos.len(), list.join(", "));
+            }
             if !video_linked.load(Ordering::SeqCst) {
                 let el = args[0].get::<gst::Element>().unwrap();
-                let s = gst::Structure::builder("matteflow-no-video").field("input", &input).build();
+                let s = gst::Structure::builder("matteflow-no-video").field("input", &input).field("streams", videos.len() as u32).build();
                 let _ = el.post_message(gst::message::Application::builder(s).src(&el).build());
             }
             None
         });
+    }
+}
+
+/// "1280×720 at 25/1 fps" for a decoded video pad.
+fn describe_video_pad(pad: &gst::Pad) -> String {
+    let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+    match caps.structure(0).and_then(|s| Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?, s.get::<gst::Fraction>("framerate").ok()))) {
+        Some((w, h, Some(f))) => format!("{w}×{h} at {}/{} fps", f.numer(), f.denom()),
+        Some((w, h, None)) => format!("{w}×{h}"),
+        None => caps.to_string(),
     }
 }
 
@@ -573,9 +594,16 @@ fn watch(cfg: &ConvertConfig, graph: &Graph, shared: &Shared, cancel: &AtomicBoo
                 }
             }
             gst::MessageView::Application(a) if a.structure().is_some_and(|s| s.name() == "matteflow-no-video") => {
-                let reason = match &missing_plugin {
-                    Some(p) => format!("its video cannot be decoded: no plugin for {p}"),
-                    None => "has no video stream (audio only?)".into(),
+                let streams = a.structure().and_then(|s| s.get::<u32>("streams").ok()).unwrap_or(0);
+                let reason = match (&missing_plugin, streams) {
+                    (Some(p), _) => format!("its video cannot be decoded: no plugin for {p}"),
+                    (None, 0) => "has no video stream (audio only?)".into(),
+                    (None, n) => format!(
+                        "has {n} video stream{}, so --video-stream {} does not exist: pick 0{}",
+                        if n == 1 { "" } else { "s" },
+                        cfg.video_stream,
+                        if n > 1 { format!(" to {}", n - 1) } else { String::new() }
+                    ),
                 };
                 return Err(Error::Input { path: cfg.input.clone(), reason });
             }

@@ -241,3 +241,120 @@ fn animated_gif_apng_and_webp_convert_every_frame_in_time() {
     assert!(!one.exists());
     assert_no_partials(dir.path());
 }
+
+/// A clip stored red over blue (64×48) whose MP4 display matrix says to turn it by `degrees` clockwise, as a
+/// phone writes it (the matrix set in the track header, as ffmpeg's `-display_rotation` does).
+fn rotated_clip(dir: &Path, degrees: u32) -> PathBuf {
+    let plain = dir.join("plain.mp4");
+    gst_make(&format!(
+        "videotestsrc num-buffers=5 pattern=red ! video/x-raw,width=64,height=24,framerate=10/1 ! videobox bottom=-24 fill=blue \
+         ! videoconvert ! video/x-raw,format=I420,width=64,height=48 ! x264enc ! mp4mux ! filesink location={}",
+        plain.display()
+    ));
+    let mut data = std::fs::read(&plain).unwrap();
+    let tkhd = data.windows(4).position(|w| w == b"tkhd").unwrap() - 4;
+    assert_eq!(data[tkhd + 8], 0, "version 0 track header");
+    let (b, c) = match degrees {
+        90 => (1i32, -1i32),
+        270 => (-1, 1),
+        _ => unreachable!(),
+    };
+    let matrix = [0, b << 16, 0, c << 16, 0, 0, 0, 0, 1 << 30];
+    let bytes: Vec<u8> = matrix.iter().flat_map(|v: &i32| v.to_be_bytes()).collect();
+    data[tkhd + 48..tkhd + 84].copy_from_slice(&bytes);
+    let path = dir.join(format!("rot{degrees}.mp4"));
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+#[test]
+fn rotated_phone_clips_are_matted_and_written_upright() {
+    let dir = tempfile::tempdir().unwrap();
+    // Turned clockwise, the top (red) goes right: 90° → blue left, red right; 270° → red left, blue right.
+    for (degrees, left_is_red) in [(90, false), (270, true)] {
+        let clip = rotated_clip(dir.path(), degrees);
+        let frames = dir.path().join(format!("out{degrees}/"));
+        matteflow_ok(&["convert", s(&clip), "-o", s(&frames), "-k", "alpha"]);
+        let pngs = read_png_dir(&frames);
+        assert_eq!(pngs.len(), 5, "{degrees}°: frame count");
+        for f in &pngs {
+            assert_eq!(f.dimensions(), (48, 64), "{degrees}°: upright size");
+            let (left, right) = (f.get_pixel(8, 32), f.get_pixel(40, 32));
+            let red = |p: &image::Rgba<u8>| p[0] > 200 && p[2] < 60;
+            let blue = |p: &image::Rgba<u8>| p[2] > 200 && p[0] < 60;
+            assert!(if left_is_red { red(left) && blue(right) } else { blue(left) && red(right) }, "{degrees}°: {left:?} | {right:?}");
+        }
+        let mp4 = dir.path().join(format!("out{degrees}.mp4"));
+        matteflow_ok(&["convert", s(&clip), "-o", s(&mp4)]);
+        // Written upright: the stored size is the upright one and there is no rotation left to apply.
+        assert_eq!(ffprobe(&mp4, "stream=width,height,nb_read_frames"), "48,64,5", "{degrees}°");
+        assert_eq!(ffprobe(&mp4, "stream_side_data=rotation"), "", "{degrees}°: no display matrix left");
+    }
+}
+
+/// How combed a frame is: mean difference of each row from the average of its neighbours (grey levels).
+fn combing(img: &image::RgbaImage) -> f64 {
+    let grey = |x: u32, y: u32| {
+        let p = img.get_pixel(x, y);
+        (p[0] as f64 + p[1] as f64 + p[2] as f64) / 3.0
+    };
+    let (w, h) = img.dimensions();
+    let mut sum = 0.0;
+    for y in 1..h - 1 {
+        for x in 0..w {
+            sum += (grey(x, y) - (grey(x, y - 1) + grey(x, y + 1)) / 2.0).abs();
+        }
+    }
+    sum / (w * (h - 2)) as f64
+}
+
+#[test]
+fn interlaced_input_is_deinterlaced_unless_asked_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("interlaced.mp4");
+    // Fields from a picture scrolling sideways at 50 fields/s, woven into 25 interlaced frames/s (top first).
+    ffmpeg(&[
+        "-f", "lavfi", "-i", "testsrc=size=320x240:rate=50,scroll=h=0.02", "-vf", "tinterlace=mode=interleave_top,setfield=tff",
+        "-frames:v", "10", "-c:v", "libx264", "-qp", "10", "-flags", "+ildct+ilme", "-x264opts", "tff=1", s(&clip),
+    ]);
+    assert_eq!(ffprobe(&clip, "stream=field_order"), "tt");
+    let on = dir.path().join("on/");
+    let off = dir.path().join("off/");
+    matteflow_ok(&["convert", s(&clip), "-o", s(&on), "-k", "alpha"]);
+    matteflow_ok(&["convert", s(&clip), "-o", s(&off), "-k", "alpha", "--no-deinterlace"]);
+    let (on, off) = (read_png_dir(&on), read_png_dir(&off));
+    assert_eq!((on.len(), off.len()), (10, 10), "one frame out per frame in");
+    for (i, (a, b)) in on.iter().zip(&off).enumerate().skip(1) {
+        let (ca, cb) = (combing(a), combing(b));
+        assert!(cb > 10.0 && ca < cb / 5.0, "frame {i}: combing {ca:.1} deinterlaced, {cb:.1} kept");
+    }
+    let mp4 = dir.path().join("o.mp4");
+    matteflow_ok(&["convert", s(&clip), "-o", s(&mp4)]);
+    assert_eq!(ffprobe(&mp4, "stream=field_order,nb_read_frames"), "progressive,10");
+}
+
+#[test]
+fn several_video_streams_are_named_and_one_is_picked() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("two.mkv");
+    ffmpeg(&[
+        "-f", "lavfi", "-i", "color=red:size=64x48:rate=10:d=0.4", "-f", "lavfi", "-i", "color=blue:size=96x64:rate=10:d=0.4",
+        "-map", "0", "-map", "1", "-c:v", "ffv1", s(&clip),
+    ]);
+    let first = dir.path().join("first/");
+    let out = matteflow(&["convert", s(&clip), "-o", s(&first), "-k", "alpha"]);
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("has 2 video streams (0: 64×48") && err.contains("converting stream 0"), "{err}");
+    assert_eq!(read_png_dir(&first)[0].dimensions(), (64, 48));
+    let second = dir.path().join("second/");
+    matteflow_ok(&["convert", s(&clip), "-o", s(&second), "-k", "alpha", "--video-stream", "1"]);
+    let frames = read_png_dir(&second);
+    assert_eq!(frames.len(), 4);
+    assert_eq!(frames[0].dimensions(), (96, 64));
+    assert!(frames[0].get_pixel(10, 10)[2] > 200, "the blue stream");
+    let out = matteflow(&["convert", s(&clip), "-o", s(&dir.path().join("x/")), "--video-stream", "2"]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("has 2 video streams, so --video-stream 2 does not exist: pick 0 to 1"), "{}", stderr_of(&out));
+    assert_no_partials(dir.path());
+}
