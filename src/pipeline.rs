@@ -58,6 +58,8 @@ impl Default for RunControl<'_> {
 /// State the threads share.
 struct Shared {
     stop: AtomicBool,
+    /// The demuxer gives the video no frame rate: timestamps vary (set before the first frame is decoded).
+    variable_rate: Arc<AtomicBool>,
     error: Mutex<Option<Error>>,
     frames_out: AtomicU64,
     duration_ns: AtomicU64,
@@ -70,6 +72,7 @@ impl Shared {
     fn new() -> Self {
         Shared {
             stop: AtomicBool::new(false),
+            variable_rate: Default::default(),
             error: Mutex::new(None),
             frames_out: AtomicU64::new(0),
             duration_ns: AtomicU64::new(u64::MAX),
@@ -171,6 +174,7 @@ fn convert_with(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Option<B
     let plan = Plan::settle(cfg, &segmenter, batcher.is_some())?;
     let graph = Graph::build(cfg, &plan)?;
     let shared = Arc::new(Shared::new());
+    watch_frame_rate(&graph.pipeline, shared.variable_rate.clone());
     let start = Instant::now();
     if graph.pipeline.set_state(gst::State::Playing).is_err() {
         // The bus says why; the bus loop reads it.
@@ -268,6 +272,7 @@ impl Graph {
         };
         let on_gpu = matches!(plan.provider, crate::runtime::Provider::Cuda | crate::runtime::Provider::TensorRt);
         let enc = sink::build(&pipeline, plan.format, &plan.staged.temp_path, 1 << 20, on_gpu)?;
+        hold_h264_encoder(&pipeline);
         let graph = Graph { pipeline, decode, video_head, appsink, appsrc: enc.appsrc, image_src, on_device: device_decode, has_audio: Default::default(), output: plan.staged.final_path.clone() };
         match &graph.image_src {
             Some(src) => src.link(&graph.video_head)?,
@@ -513,12 +518,14 @@ fn push_frames(plan: &Plan, cfg: &ConvertConfig, appsrc: gst_app::AppSrc, shared
         let mut push_time = Duration::ZERO;
         let mut caps_set = false;
         let mut one_image = one_image;
-        for buffer in rx.iter().flatten() {
+        let mut durations = Durations::default();
+        let mut push = |buffer: gst::Buffer| -> bool {
             if shared.stopped() {
-                break;
+                return false;
             }
             if caps_set && one_image.is_some() {
-                return shared.fail(one_image.take().unwrap());
+                shared.fail(one_image.take().unwrap());
+                return false;
             }
             let t = Instant::now();
             if !caps_set {
@@ -527,15 +534,60 @@ fn push_frames(plan: &Plan, cfg: &ConvertConfig, appsrc: gst_app::AppSrc, shared
             }
             if appsrc.push_buffer(buffer).is_err() {
                 // Flushing: the pipeline was stopped (error or cancel); the bus loop reports why.
-                return;
+                return false;
             }
             shared.frames_out.fetch_add(1, Ordering::SeqCst);
             push_time += t.elapsed();
-        }
-        if !shared.stopped() {
+            true
+        };
+        let vfr = shared.variable_rate.clone();
+        let all_pushed = rx.iter().flatten().all(|b| durations.settle(b, vfr.load(Ordering::SeqCst)).into_iter().all(&mut push));
+        if all_pushed && durations.finish().is_none_or(&mut push) && !shared.stopped() {
             let _ = appsrc.end_of_stream();
         }
         shared.times.lock().unwrap().encode_push += push_time;
+    }
+}
+
+/// Frames of a variable-frame-rate input come with no duration or one the decoder derived from a frame rate the
+/// stream does not keep, and a muxer then gives the last frame almost none (ProRes: 1 µs): it would hardly be
+/// shown. Such frames (and any without a duration) are held until the next says how long they last; the last
+/// lasts as long as the one before. Other frames pass at once.
+#[derive(Default)]
+struct Durations {
+    held: Option<gst::Buffer>,
+    last: Option<gst::ClockTime>,
+}
+
+impl Durations {
+    /// The frames ready to go on, in order (at most two).
+    fn settle(&mut self, buffer: gst::Buffer, variable_rate: bool) -> Vec<gst::Buffer> {
+        let mut ready = Vec::with_capacity(2);
+        if let Some(mut held) = self.held.take() {
+            if let (Some(p), Some(n)) = (held.pts(), buffer.pts()) {
+                if n > p {
+                    held.make_mut().set_duration(n - p);
+                }
+            }
+            self.last = held.duration().or(self.last);
+            ready.push(held);
+        }
+        if !variable_rate && buffer.duration().is_some_and(|d| d > gst::ClockTime::ZERO) {
+            self.last = buffer.duration();
+            ready.push(buffer);
+        } else {
+            self.held = Some(buffer);
+        }
+        ready
+    }
+
+    /// The last frame, if it was held.
+    fn finish(&mut self) -> Option<gst::Buffer> {
+        let mut held = self.held.take()?;
+        if let Some(d) = self.last {
+            held.make_mut().set_duration(d);
+        }
+        Some(held)
     }
 }
 
@@ -556,6 +608,57 @@ fn set_output_caps(appsrc: &gst_app::AppSrc, shared: &Shared, kind: crate::confi
             .build(),
     ));
     appsrc.set_max_bytes(ow as u64 * oh as u64 * 4 * 3);
+    start_h264_encoder(appsrc, shared.variable_rate.load(Ordering::SeqCst));
+}
+
+/// Sets `flag` when a demuxer inside `pipeline` exposes a video stream without a frame rate (qtdemux does so for
+/// a variable-frame-rate MP4; the decoder after it then invents one from the bitstream).
+fn watch_frame_rate(pipeline: &gst::Pipeline, flag: Arc<AtomicBool>) {
+    pipeline.connect_deep_element_added(move |_, _, element| {
+        let demuxer = element.factory().is_some_and(|f| f.metadata(gst::ELEMENT_METADATA_KLASS).is_some_and(|k| k.contains("Demux")));
+        if !demuxer {
+            return;
+        }
+        let flag = flag.clone();
+        element.connect_pad_added(move |_, pad| {
+            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+            let Some(s) = caps.structure(0).filter(|s| s.name().starts_with("video/")) else { return };
+            if s.get::<gst::Fraction>("framerate").map_or(true, |f| f.numer() == 0) {
+                tracing::info!("the video has a variable frame rate: each frame keeps its own timestamp and duration");
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+    });
+}
+
+/// A variable frame rate into MP4: x264's B-frames make decoding lag presentation by a fixed number of frames,
+/// which lasts longer where the rate drops, and mp4mux's edit list (the sum of decoding durations) then ends
+/// before the last frames (ffmpeg decoded 42 of 44). Without B-frames decoding and presentation times are the
+/// same and every frame is inside the edit list. Constant-rate inputs keep them.
+///
+/// x264enc takes that setting only in NULL or READY, and the frame rate is known once the demuxer has exposed
+/// the stream (after the pipeline started), so [`hold_h264_encoder`] keeps it in NULL until here, before the first
+/// frame reaches it.
+fn start_h264_encoder(appsrc: &gst_app::AppSrc, variable_rate: bool) {
+    let Some(bin) = appsrc.parent().and_downcast::<gst::Bin>() else { return };
+    for enc in bin.iterate_all_by_element_factory_name("x264enc").into_iter().flatten() {
+        if variable_rate {
+            // (the `bframes` property cannot say 0: that is its "the preset decides" default)
+            enc.set_property("option-string", "bframes=0");
+            tracing::info!("variable frame rate: H.264 is encoded without B-frames so that every frame stays in the MP4's edit list");
+        }
+        enc.set_locked_state(false);
+        if let Err(e) = enc.sync_state_with_parent() {
+            tracing::warn!("the H.264 encoder did not start: {e}");
+        }
+    }
+}
+
+/// See [`start_h264_encoder`].
+fn hold_h264_encoder(pipeline: &gst::Pipeline) {
+    for enc in pipeline.iterate_all_by_element_factory_name("x264enc").into_iter().flatten() {
+        enc.set_locked_state(true);
+    }
 }
 
 /// The bus loop: errors, end of stream, cancellation, progress, and the stall watchdog.

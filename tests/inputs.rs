@@ -358,3 +358,36 @@ fn several_video_streams_are_named_and_one_is_picked() {
     assert!(stderr_of(&out).contains("has 2 video streams, so --video-stream 2 does not exist: pick 0 to 1"), "{}", stderr_of(&out));
     assert_no_partials(dir.path());
 }
+
+#[test]
+fn variable_frame_rate_every_frame_decodes_from_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("vfr.mp4");
+    // One second at 25 fps, then two at 10 fps, in one MP4 with each frame's own timestamp.
+    ffmpeg(&[
+        "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:d=1", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:d=2",
+        "-filter_complex", "[0][1]concat=n=2:v=1", "-fps_mode", "passthrough", "-c:v", "libx264", s(&clip),
+    ]);
+    let frames: usize = ffprobe(&clip, "stream=nb_read_frames").parse().unwrap();
+    assert!(frames >= 40, "{frames}");
+    let src = decode(&clip);
+    let last_pts = src.last().unwrap().pts.unwrap() as f64 / 1e9;
+    for out in ["o.mp4", "o.mov", "o.mkv", "o.webm"] {
+        let path = dir.path().join(out);
+        matteflow_ok(&["convert", s(&clip), "-o", s(&path)]);
+        assert_eq!(ffprobe(&path, "stream=nb_read_frames"), frames.to_string(), "{out}: every frame decodes (ffmpeg)");
+        let got = decode(&path);
+        assert_eq!(got.len(), frames, "{out}: every frame decodes (GStreamer)");
+        for (i, (a, b)) in src.iter().zip(&got).enumerate() {
+            assert!(a.pts.unwrap().abs_diff(b.pts.unwrap()) <= 1_000_000, "{out}: frame {i} at {:?}, input at {:?}", b.pts, a.pts);
+        }
+        if out != "o.webm" && out != "o.mkv" {
+            // The last frame is shown for its 100 ms, not for an instant.
+            let d: f64 = ffprobe(&path, "stream=duration").parse().unwrap();
+            assert!(d >= last_pts + 0.09, "{out}: lasts {d} s, last frame at {last_pts} s");
+        }
+    }
+    let pngs = dir.path().join("frames/");
+    matteflow_ok(&["convert", s(&clip), "-o", s(&pngs)]);
+    assert_eq!(read_png_dir(&pngs).len(), frames);
+}
