@@ -18,6 +18,7 @@ pub mod infer;
 pub mod live;
 pub mod model;
 pub mod pipeline;
+pub mod probe;
 pub mod postprocess;
 pub mod preprocess;
 pub mod runtime;

@@ -40,6 +40,11 @@ enum Cmd {
     Bench(BenchArgs),
     /// List the shipped model manifests and whether their files are present
     Models,
+    /// Say what a conversion will do to an input: size, rotation, scan type, streams, frame-rate mode, output size
+    Probe {
+        /// Video, photo or animated image
+        input: String,
+    },
     /// Check GStreamer plugins, ONNX Runtime and its execution providers, CUDA
     Doctor(ModelArgs),
     /// Measure matte quality (alpha error, composite error, flicker, lag) of settings side by side on
@@ -558,7 +563,7 @@ fn main() {
     let cancel = Arc::new(AtomicBool::new(false));
     install_signal_handlers(&rt, cancel.clone());
     if let Err(e) = matteflow::runtime::init(cli.ort_lib.as_deref()) {
-        if !matches!(cli.cmd, Cmd::Models | Cmd::Doctor(_) | Cmd::GpuCheck { .. } | Cmd::GpuBench { .. }) {
+        if !matches!(cli.cmd, Cmd::Models | Cmd::Probe { .. } | Cmd::Doctor(_) | Cmd::GpuCheck { .. } | Cmd::GpuBench { .. }) {
             eprintln!("matteflow: {e}");
             std::process::exit(2);
         }
@@ -591,6 +596,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Cmd::Live(a) => cli_live::live(a, cancel)?,
         Cmd::Run(a) => cli_live::run_file(a, cancel)?,
         Cmd::Batch(a) => return batch(a, cancel),
+        Cmd::Probe { input } => print!("{}", matteflow::probe::probe(&input)?),
         Cmd::Models => {
             for m in model::list() {
                 println!("{:<18} {:<22} {}", m.name, m.input, m.status);
