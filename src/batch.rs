@@ -58,6 +58,8 @@ pub struct Job {
     /// Output path relative to the output folder.
     pub rel: PathBuf,
     pub output: PathBuf,
+    /// The batch's format, or [`Format::PngImage`] for a photo.
+    pub format: Format,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,11 +106,27 @@ fn ext(format: Format) -> &'static str {
         Format::H264 => "mp4",
         Format::Vp9 => "webm",
         Format::Png => "",
+        Format::PngImage => "png",
+        Format::JpegImage => "jpg",
+        Format::WebpImage => "webp",
     }
 }
 
+fn has_ext(p: &Path, list: &[&str]) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| list.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 fn is_video(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| VIDEO_EXT.contains(&e.to_ascii_lowercase().as_str()))
+    has_ext(p, VIDEO_EXT) || has_ext(p, crate::images::IMAGE_EXT)
+}
+
+/// A photo (one frame) becomes a PNG image (alpha, or the composite with --output-kind composite); videos and
+/// animated images the batch's format.
+fn job_format(batch_format: Format, input: &Path) -> Format {
+    match has_ext(input, crate::images::IMAGE_EXT).then(|| crate::images::ImageInput::sniff(input)).flatten() {
+        Some(i) if !i.animated => Format::PngImage,
+        _ => batch_format,
+    }
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>, ignored: &mut Vec<PathBuf>) -> Result<()> {
@@ -231,7 +249,8 @@ pub fn plan(cfg: &BatchConfig) -> Result<Plan> {
     let mut jobs = Vec::new();
     let mut other = 0;
     for (input, rel) in pairs {
-        let rel = match cfg.format {
+        let format = job_format(cfg.format, &input);
+        let rel = match format {
             Format::Png => rel.with_extension(""),
             f => rel.with_extension(ext(f)),
         };
@@ -242,7 +261,7 @@ pub fn plan(cfg: &BatchConfig) -> Result<Plan> {
             }
         }
         let output = cfg.out_dir.join(&rel);
-        jobs.push(Job { input, rel, output });
+        jobs.push(Job { input, rel, output, format });
     }
     Ok(Plan { jobs, ignored, other_shards: other })
 }
@@ -442,7 +461,7 @@ fn convert_one(
     // An output without a matching record is unfinished or stale: it is replaced.
     let _ = std::fs::remove_file(record_path(&cfg.out_dir, &job.rel));
     let mut c = ConvertConfig::new(job.input.display().to_string(), job.output.clone());
-    c.format = Some(cfg.format);
+    c.format = Some(job.format);
     c.kind = cfg.kind;
     c.background = cfg.background.clone();
     c.overwrite = true;

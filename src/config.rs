@@ -126,6 +126,15 @@ pub enum Format {
     H264,
     /// VP9 in WebM (no alpha).
     Vp9,
+    /// One PNG image (alpha kept); chosen by an output name ending in .png.
+    #[value(skip)]
+    PngImage,
+    /// One JPEG image (no alpha); chosen by .jpg/.jpeg.
+    #[value(skip)]
+    JpegImage,
+    /// One WebP image (alpha kept); chosen by .webp.
+    #[value(skip)]
+    WebpImage,
 }
 
 impl Format {
@@ -139,13 +148,21 @@ impl Format {
             Some("mkv") => Some(Format::Ffv1),
             Some("mp4") | Some("m4v") => Some(Format::H264),
             Some("webm") => Some(Format::Vp9),
+            Some("png") => Some(Format::PngImage),
+            Some("jpg") | Some("jpeg") => Some(Format::JpegImage),
+            Some("webp") => Some(Format::WebpImage),
             None => None,
             _ => None,
         }
     }
 
     pub fn keeps_alpha(self) -> bool {
-        matches!(self, Format::Prores | Format::Png | Format::Ffv1)
+        matches!(self, Format::Prores | Format::Png | Format::Ffv1 | Format::PngImage | Format::WebpImage)
+    }
+
+    /// One picture, not a video: the input must be a still image (or an animation of one frame).
+    pub fn is_image(self) -> bool {
+        matches!(self, Format::PngImage | Format::JpegImage | Format::WebpImage)
     }
 
     pub fn describe(self) -> &'static str {
@@ -155,6 +172,9 @@ impl Format {
             Format::Ffv1 => "FFV1 .mkv",
             Format::H264 => "H.264 .mp4",
             Format::Vp9 => "VP9 .webm",
+            Format::PngImage => "PNG image",
+            Format::JpegImage => "JPEG image",
+            Format::WebpImage => "WebP image",
         }
     }
 }
@@ -181,6 +201,10 @@ pub struct ConvertConfig {
     pub queue: usize,
     /// Consecutive frames run in one inference call (1: one at a time). Output is the same either way.
     pub batch: usize,
+    /// Deinterlace interlaced input before the model (progressive input is never touched).
+    pub deinterlace: bool,
+    /// Which video stream of the input to convert (0: the first).
+    pub video_stream: usize,
 }
 
 impl ConvertConfig {
@@ -197,6 +221,8 @@ impl ConvertConfig {
             cuda_decode: true,
             queue: 4,
             batch: 1,
+            deinterlace: true,
+            video_stream: 0,
         }
     }
 
@@ -217,7 +243,7 @@ impl ConvertConfig {
                 return Err(Error::Output {
                     path: self.output.clone(),
                     reason: "cannot tell the format from the name: use .mov (ProRes 4444, alpha), .mkv (FFV1, alpha), \
-                             .mp4 (H.264), .webm (VP9), a folder ending in / for PNG frames, or --format"
+                             .mp4 (H.264), .webm (VP9), a folder ending in / for PNG frames, .png/.jpg/.webp for one image, or --format"
                         .into(),
                 })
             }

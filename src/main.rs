@@ -40,6 +40,11 @@ enum Cmd {
     Bench(BenchArgs),
     /// List the shipped model manifests and whether their files are present
     Models,
+    /// Say what a conversion will do to an input: size, rotation, scan type, streams, frame-rate mode, output size
+    Probe {
+        /// Video, photo or animated image
+        input: String,
+    },
     /// Check GStreamer plugins, ONNX Runtime and its execution providers, CUDA
     Doctor(ModelArgs),
     /// Measure matte quality (alpha error, composite error, flicker, lag) of settings side by side on
@@ -210,9 +215,11 @@ struct ModelArgs {
 
 #[derive(Args)]
 struct ConvertArgs {
-    /// Input video: a file path or a URI (file://, http://, rtsp://)
+    /// Input video, photo (JPEG, PNG, WebP) or animated image (GIF, APNG, WebP): a file path or a URI (file://,
+    /// http://, rtsp://)
     input: String,
-    /// Output: .mov (ProRes 4444, alpha), .mkv (FFV1, alpha), .mp4 (H.264), .webm (VP9), or folder/ (PNG frames)
+    /// Output: .mov (ProRes 4444, alpha), .mkv (FFV1, alpha), .mp4 (H.264), .webm (VP9), folder/ (PNG frames), or
+    /// for a photo .png (alpha), .jpg (composite), .webp (alpha)
     #[arg(short, long)]
     output: PathBuf,
     #[command(flatten)]
@@ -234,6 +241,13 @@ struct ConvertArgs {
     /// Keep the decodable frames of a truncated input instead of failing
     #[arg(long)]
     allow_short: bool,
+    /// Leave interlaced input as it is (both fields woven into each frame); by default interlaced video is
+    /// deinterlaced before the model and written progressive (progressive input is never touched)
+    #[arg(long)]
+    no_deinterlace: bool,
+    /// Which video stream to convert when the input has several (0: the first; the log lists them)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    video_stream: usize,
     /// Print per-stage timings at the end
     #[arg(long)]
     stats: bool,
@@ -528,6 +542,8 @@ fn run_convert(a: &ConvertArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<matte
     cfg.stages = a.quality.stages();
     cfg.cuda_decode = !a.quality.host_decode;
     cfg.batch = a.batch;
+    cfg.deinterlace = !a.no_deinterlace;
+    cfg.video_stream = a.video_stream;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -577,7 +593,7 @@ fn main() {
     let cancel = Arc::new(AtomicBool::new(false));
     install_signal_handlers(&rt, cancel.clone());
     if let Err(e) = matteflow::runtime::init(cli.ort_lib.as_deref()) {
-        if !matches!(cli.cmd, Cmd::Models | Cmd::Prepare { .. } | Cmd::Doctor(_) | Cmd::GpuCheck { .. } | Cmd::GpuBench { .. }) {
+        if !matches!(cli.cmd, Cmd::Models | Cmd::Prepare { .. } | Cmd::Probe { .. } | Cmd::Doctor(_) | Cmd::GpuCheck { .. } | Cmd::GpuBench { .. }) {
             eprintln!("matteflow: {e}");
             std::process::exit(2);
         }
@@ -610,6 +626,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Cmd::Live(a) => cli_live::live(a, cancel)?,
         Cmd::Run(a) => cli_live::run_file(a, cancel)?,
         Cmd::Batch(a) => return batch(a, cancel),
+        Cmd::Probe { input } => print!("{}", matteflow::probe::probe(&input)?),
         Cmd::Models => {
             for m in model::list() {
                 println!("{:<18} {:<22} {}", m.name, m.input, m.status);
@@ -758,6 +775,8 @@ fn demo(out_dir: &std::path::Path, cancel: Arc<AtomicBool>) -> anyhow::Result<()
             overwrite: true,
             quality: QualityArgs { motion_threshold: 0.03, ..Default::default() },
             allow_short: false,
+            no_deinterlace: false,
+            video_stream: 0,
             stats: false,
             report: None,
             batch: 1,
@@ -788,6 +807,9 @@ fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         Format::Ffv1 => "x.mkv",
         Format::H264 => "x.mp4",
         Format::Vp9 => "x.webm",
+        Format::PngImage => "x.png",
+        Format::JpegImage => "x.jpg",
+        Format::WebpImage => "x.webp",
     };
     let mut best: Option<matteflow::stats::Report> = None;
     for i in 0..a.runs.max(1) {

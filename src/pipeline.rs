@@ -25,6 +25,7 @@ use crate::config::{ConvertConfig, Format};
 use crate::engine::ordered::{Finisher, Matted, Ordered};
 use crate::engine::{Matter, MatteSettings, Placement};
 use crate::error::{Error, Result};
+use crate::images::ImageInput;
 use crate::infer::{BatchClient, OnnxSegmenter, Segmenter};
 use crate::model::ResolvedModel;
 use crate::runtime::ProviderOptions;
@@ -57,6 +58,8 @@ impl Default for RunControl<'_> {
 /// State the threads share.
 struct Shared {
     stop: AtomicBool,
+    /// The demuxer gives the video no frame rate: timestamps vary (set before the first frame is decoded).
+    variable_rate: Arc<AtomicBool>,
     error: Mutex<Option<Error>>,
     frames_out: AtomicU64,
     duration_ns: AtomicU64,
@@ -69,6 +72,7 @@ impl Shared {
     fn new() -> Self {
         Shared {
             stop: AtomicBool::new(false),
+            variable_rate: Default::default(),
             error: Mutex::new(None),
             frames_out: AtomicU64::new(0),
             duration_ns: AtomicU64::new(u64::MAX),
@@ -117,12 +121,28 @@ struct Plan {
     staged: StagedOutput,
     model_name: String,
     provider: crate::runtime::Provider,
+    /// A photo or an animated image, decoded by [`crate::images`] instead of GStreamer.
+    image: Option<ImageInput>,
 }
 
 impl Plan {
     fn settle(cfg: &ConvertConfig, segmenter: &OnnxSegmenter, shared_batch: bool) -> Result<Plan> {
         let (format, settings) = cfg.resolve()?;
         let uri = source::input_uri(&cfg.input)?;
+        let image = if cfg.input.contains("://") { None } else { ImageInput::sniff(std::path::Path::new(&cfg.input)) };
+        if format.is_image() && image.is_none() {
+            return Err(Error::Output {
+                path: cfg.output.clone(),
+                reason: format!(
+                    "is one {}, but {} is a video: write PNG frames (-o frames/), .mov or .mkv (alpha), or .mp4/.webm",
+                    format.describe(),
+                    cfg.input
+                ),
+            });
+        }
+        if let Some(i) = image {
+            tracing::info!("{} is {} {}", cfg.input, if i.animated { "an" } else { "a" }, i.describe());
+        }
         if let (Ok(a), Ok(b)) = (std::fs::canonicalize(&cfg.input), std::fs::canonicalize(&cfg.output)) {
             if a == b {
                 return Err(Error::Output { path: cfg.output.clone(), reason: "is the input file; choose another name".into() });
@@ -145,7 +165,7 @@ impl Plan {
             manifest.name,
             provider.name()
         );
-        Ok(Plan { format, settings, place, uri, staged, model_name: manifest.name.clone(), provider })
+        Ok(Plan { format, settings, place, uri, staged, model_name: manifest.name.clone(), provider, image })
     }
 }
 
@@ -154,6 +174,7 @@ fn convert_with(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Option<B
     let plan = Plan::settle(cfg, &segmenter, batcher.is_some())?;
     let graph = Graph::build(cfg, &plan)?;
     let shared = Arc::new(Shared::new());
+    watch_frame_rate(&graph.pipeline, shared.variable_rate.clone());
     let start = Instant::now();
     if graph.pipeline.set_state(gst::State::Playing).is_err() {
         // The bus says why; the bus loop reads it.
@@ -162,12 +183,15 @@ fn convert_with(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Option<B
     let (tx_frames, rx_frames) = crossbeam_channel::bounded::<Frame>(cfg.queue.max(1));
     let (tx_matted, rx_matted) = crossbeam_channel::bounded::<Matted>(cfg.queue.max(1));
     let (tx_done, rx_done) = crossbeam_channel::bounded::<Vec<gst::Buffer>>(cfg.queue.max(1));
-    let threads = [
+    let mut threads = vec![
         spawn("mf-pull", pull_frames(graph.appsink.clone(), graph.on_device, shared.clone(), tx_frames))?,
         spawn("mf-infer", matte_frames(cfg, &plan, segmenter, batcher, shared.clone(), rx_frames, tx_matted, start))?,
         spawn("mf-finish", finish_frames(&plan, shared.clone(), rx_matted, tx_done))?,
-        spawn("mf-push", push_frames(plan.settings.kind, graph.appsrc.clone(), shared.clone(), rx_done))?,
+        spawn("mf-push", push_frames(&plan, cfg, graph.appsrc.clone(), shared.clone(), rx_done))?,
     ];
+    if let (Some(src), Some(input)) = (graph.image_src.clone(), plan.image) {
+        threads.push(spawn("mf-image", feed_image(cfg, input, src, shared.clone()))?);
+    }
     let mut progress = ctl.progress;
     let outcome = watch(cfg, &graph, &shared, &ctl.cancel, &mut progress);
     shared.stop.store(true, Ordering::SeqCst);
@@ -183,6 +207,16 @@ fn convert_with(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Option<B
     report(cfg, plan, &shared, start.elapsed(), graph.has_audio.load(Ordering::SeqCst))
 }
 
+/// Thread 0 for image inputs: decodes the image's frames into the pipeline's appsrc.
+fn feed_image(cfg: &ConvertConfig, input: ImageInput, src: gst_app::AppSrc, shared: Arc<Shared>) -> impl FnOnce() + Send {
+    let path = std::path::PathBuf::from(&cfg.input);
+    move || {
+        if let Err(e) = crate::images::feed(&path, input, &src, || shared.stopped()) {
+            shared.fail(e);
+        }
+    }
+}
+
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(name.into()).spawn(body).map_err(|e| Error::io("starting a thread", e))
 }
@@ -195,6 +229,8 @@ struct Graph {
     video_head: gst::Element,
     appsink: gst_app::AppSink,
     appsrc: gst_app::AppSrc,
+    /// Where an image input's frames enter (instead of a decoder).
+    image_src: Option<gst_app::AppSrc>,
     on_device: bool,
     has_audio: Arc<AtomicBool>,
     /// The output's final name, for errors.
@@ -206,7 +242,7 @@ impl Graph {
         let pipeline = gst::Pipeline::new();
         // With the GPU stages, decoded frames stay in CUDA memory when GStreamer's nvcodec can give them in our
         // context; otherwise they are decoded to system memory and uploaded.
-        let device_decode = match (&plan.place, cfg.cuda_decode) {
+        let device_decode = match (&plan.place, cfg.cuda_decode && plan.image.is_none()) {
             (Placement::Device(g), true) => match crate::cuda::gst_cuda::GstCuda::new(g) {
                 Ok(c) => {
                     c.attach(&pipeline);
@@ -220,7 +256,11 @@ impl Graph {
             },
             _ => false,
         };
-        let decode = gst::ElementFactory::make("uridecodebin").property("uri", &plan.uri).build()?;
+        let image_src = plan.image.map(|_| crate::images::appsrc());
+        let decode = match &image_src {
+            Some(src) => src.clone().upcast::<gst::Element>(),
+            None => gst::ElementFactory::make("uridecodebin").property("uri", &plan.uri).build()?,
+        };
         pipeline.add(&decode)?;
         let (video_head, appsink) = if device_decode {
             crate::cuda::gst_cuda::prefer_cuda_output(&decode);
@@ -228,28 +268,38 @@ impl Graph {
             pipeline.add(&sink)?;
             (sink.clone().upcast::<gst::Element>(), sink)
         } else {
-            source::video_branch(&pipeline, cfg.queue.max(1) as u32)?
+            source::video_branch(&pipeline, cfg.queue.max(1) as u32, cfg.deinterlace)?
         };
         let on_gpu = matches!(plan.provider, crate::runtime::Provider::Cuda | crate::runtime::Provider::TensorRt);
         let enc = sink::build(&pipeline, plan.format, &plan.staged.temp_path, 1 << 20, on_gpu)?;
-        let graph = Graph { pipeline, decode, video_head, appsink, appsrc: enc.appsrc, on_device: device_decode, has_audio: Default::default(), output: plan.staged.final_path.clone() };
-        graph.link_pads(enc.audio_sink, &cfg.input);
+        hold_h264_encoder(&pipeline);
+        let graph = Graph { pipeline, decode, video_head, appsink, appsrc: enc.appsrc, image_src, on_device: device_decode, has_audio: Default::default(), output: plan.staged.final_path.clone() };
+        match &graph.image_src {
+            Some(src) => src.link(&graph.video_head)?,
+            None => graph.link_pads(enc.audio_sink, &cfg.input, cfg.video_stream),
+        }
         Ok(graph)
     }
 
-    /// Links the decoder's pads as they appear: the first video to the video branch, audio to the encoder's
-    /// audio branch (if the format carries audio), anything else to a fakesink. No video at all is reported on the
-    /// bus as an application message.
-    fn link_pads(&self, audio_sink: Option<gst::Pad>, input: &str) {
-        let video_linked = Arc::new(AtomicBool::new(false));
-        let (pipeline_weak, head, has_audio, linked) =
-            (self.pipeline.downgrade(), self.video_head.downgrade(), self.has_audio.clone(), video_linked.clone());
+    /// Links the decoder's pads as they appear: video stream `wanted` (counted in the order the decoder exposes
+    /// them) to the video branch, audio to the encoder's audio branch (if the format carries audio), anything else
+    /// to a fakesink. Several video streams are named in the log with the one used; no such stream is reported on
+    /// the bus as an application message.
+    fn link_pads(&self, audio_sink: Option<gst::Pad>, input: &str, wanted: usize) {
+        let (videos, video_linked): (Arc<Mutex<Vec<String>>>, Arc<AtomicBool>) = Default::default();
+        let (pipeline_weak, head, has_audio, seen, linked) =
+            (self.pipeline.downgrade(), self.video_head.downgrade(), self.has_audio.clone(), videos.clone(), video_linked.clone());
         let on_device = self.on_device;
         self.decode.connect_pad_added(move |_, pad| {
             let Some(name) = source::pad_media_type(pad) else { return };
             let Some(pipeline) = pipeline_weak.upgrade() else { return };
-            if name.starts_with("video/") && !linked.load(Ordering::SeqCst) {
-                if let Some(head) = head.upgrade() {
+            if name.starts_with("video/") {
+                let index = {
+                    let mut v = seen.lock().unwrap();
+                    v.push(describe_video_pad(pad));
+                    v.len() - 1
+                };
+                if let (true, Some(head)) = (index == wanted, head.upgrade()) {
                     if link_video(&pipeline, pad, &head, on_device) {
                         linked.store(true, Ordering::SeqCst);
                         return;
@@ -264,18 +314,33 @@ impl Graph {
                     }
                 }
             }
-            // Anything else (a second video, audio this format cannot carry, subtitles) is discarded.
+            // Anything else (another video stream, audio this format cannot carry, subtitles) is discarded.
             discard(&pipeline, pad);
         });
         let input = input.to_string();
         self.decode.connect("no-more-pads", false, move |args| {
+            let videos = videos.lock().unwrap();
+            if videos.len() > 1 && wanted < videos.len() {
+                let list: Vec<String> = videos.iter().enumerate().map(|(i, d)| format!("{i}: {d}")).collect();
+                tracing::warn!("{input} has {} video streams ({}); converting stream {wanted} (--video-stream N picks another)", videos.len(), list.join(", "));
+            }
             if !video_linked.load(Ordering::SeqCst) {
                 let el = args[0].get::<gst::Element>().unwrap();
-                let s = gst::Structure::builder("matteflow-no-video").field("input", &input).build();
+                let s = gst::Structure::builder("matteflow-no-video").field("input", &input).field("streams", videos.len() as u32).build();
                 let _ = el.post_message(gst::message::Application::builder(s).src(&el).build());
             }
             None
         });
+    }
+}
+
+/// "1280×720 at 25/1 fps" for a decoded video pad.
+fn describe_video_pad(pad: &gst::Pad) -> String {
+    let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+    match caps.structure(0).and_then(|s| Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?, s.get::<gst::Fraction>("framerate").ok()))) {
+        Some((w, h, Some(f))) => format!("{w}×{h} at {}/{} fps", f.numer(), f.denom()),
+        Some((w, h, None)) => format!("{w}×{h}"),
+        None => caps.to_string(),
     }
 }
 
@@ -440,13 +505,27 @@ fn finish_frames(plan: &Plan, shared: Arc<Shared>, rx: crossbeam_channel::Receiv
 }
 
 /// Thread 4: finished frames to the encoder (caps set from the first), then end of stream.
-fn push_frames(kind: crate::config::OutputKind, appsrc: gst_app::AppSrc, shared: Arc<Shared>, rx: crossbeam_channel::Receiver<Vec<gst::Buffer>>) -> impl FnOnce() + Send {
+fn push_frames(plan: &Plan, cfg: &ConvertConfig, appsrc: gst_app::AppSrc, shared: Arc<Shared>, rx: crossbeam_channel::Receiver<Vec<gst::Buffer>>) -> impl FnOnce() + Send {
+    let kind = plan.settings.kind;
+    let one_image = plan.format.is_image().then(|| Error::Input {
+        path: cfg.input.clone(),
+        reason: format!(
+            "has more than one frame, and a {} holds one: write PNG frames (-o frames/), .mov or .mkv (alpha), or .mp4/.webm",
+            plan.format.describe()
+        ),
+    });
     move || {
         let mut push_time = Duration::ZERO;
         let mut caps_set = false;
-        for buffer in rx.iter().flatten() {
+        let mut one_image = one_image;
+        let mut durations = Durations::default();
+        let mut push = |buffer: gst::Buffer| -> bool {
             if shared.stopped() {
-                break;
+                return false;
+            }
+            if caps_set && one_image.is_some() {
+                shared.fail(one_image.take().unwrap());
+                return false;
             }
             let t = Instant::now();
             if !caps_set {
@@ -455,15 +534,60 @@ fn push_frames(kind: crate::config::OutputKind, appsrc: gst_app::AppSrc, shared:
             }
             if appsrc.push_buffer(buffer).is_err() {
                 // Flushing: the pipeline was stopped (error or cancel); the bus loop reports why.
-                return;
+                return false;
             }
             shared.frames_out.fetch_add(1, Ordering::SeqCst);
             push_time += t.elapsed();
-        }
-        if !shared.stopped() {
+            true
+        };
+        let vfr = shared.variable_rate.clone();
+        let all_pushed = rx.iter().flatten().all(|b| durations.settle(b, vfr.load(Ordering::SeqCst)).into_iter().all(&mut push));
+        if all_pushed && durations.finish().is_none_or(&mut push) && !shared.stopped() {
             let _ = appsrc.end_of_stream();
         }
         shared.times.lock().unwrap().encode_push += push_time;
+    }
+}
+
+/// Frames of a variable-frame-rate input come with no duration or one the decoder derived from a frame rate the
+/// stream does not keep, and a muxer then gives the last frame almost none (ProRes: 1 µs): it would hardly be
+/// shown. Such frames (and any without a duration) are held until the next says how long they last; the last
+/// lasts as long as the one before. Other frames pass at once.
+#[derive(Default)]
+struct Durations {
+    held: Option<gst::Buffer>,
+    last: Option<gst::ClockTime>,
+}
+
+impl Durations {
+    /// The frames ready to go on, in order (at most two).
+    fn settle(&mut self, buffer: gst::Buffer, variable_rate: bool) -> Vec<gst::Buffer> {
+        let mut ready = Vec::with_capacity(2);
+        if let Some(mut held) = self.held.take() {
+            if let (Some(p), Some(n)) = (held.pts(), buffer.pts()) {
+                if n > p {
+                    held.make_mut().set_duration(n - p);
+                }
+            }
+            self.last = held.duration().or(self.last);
+            ready.push(held);
+        }
+        if !variable_rate && buffer.duration().is_some_and(|d| d > gst::ClockTime::ZERO) {
+            self.last = buffer.duration();
+            ready.push(buffer);
+        } else {
+            self.held = Some(buffer);
+        }
+        ready
+    }
+
+    /// The last frame, if it was held.
+    fn finish(&mut self) -> Option<gst::Buffer> {
+        let mut held = self.held.take()?;
+        if let Some(d) = self.last {
+            held.make_mut().set_duration(d);
+        }
+        Some(held)
     }
 }
 
@@ -484,6 +608,57 @@ fn set_output_caps(appsrc: &gst_app::AppSrc, shared: &Shared, kind: crate::confi
             .build(),
     ));
     appsrc.set_max_bytes(ow as u64 * oh as u64 * 4 * 3);
+    start_h264_encoder(appsrc, shared.variable_rate.load(Ordering::SeqCst));
+}
+
+/// Sets `flag` when a demuxer inside `pipeline` exposes a video stream without a frame rate (qtdemux does so for
+/// a variable-frame-rate MP4; the decoder after it then invents one from the bitstream).
+fn watch_frame_rate(pipeline: &gst::Pipeline, flag: Arc<AtomicBool>) {
+    pipeline.connect_deep_element_added(move |_, _, element| {
+        let demuxer = element.factory().is_some_and(|f| f.metadata(gst::ELEMENT_METADATA_KLASS).is_some_and(|k| k.contains("Demux")));
+        if !demuxer {
+            return;
+        }
+        let flag = flag.clone();
+        element.connect_pad_added(move |_, pad| {
+            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+            let Some(s) = caps.structure(0).filter(|s| s.name().starts_with("video/")) else { return };
+            if s.get::<gst::Fraction>("framerate").map_or(true, |f| f.numer() == 0) {
+                tracing::info!("the video has a variable frame rate: each frame keeps its own timestamp and duration");
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+    });
+}
+
+/// A variable frame rate into MP4: x264's B-frames make decoding lag presentation by a fixed number of frames,
+/// which lasts longer where the rate drops, and mp4mux's edit list (the sum of decoding durations) then ends
+/// before the last frames (ffmpeg decoded 42 of 44). Without B-frames decoding and presentation times are the
+/// same and every frame is inside the edit list. Constant-rate inputs keep them.
+///
+/// x264enc takes that setting only in NULL or READY, and the frame rate is known once the demuxer has exposed
+/// the stream (after the pipeline started), so [`hold_h264_encoder`] keeps it in NULL until here, before the first
+/// frame reaches it.
+fn start_h264_encoder(appsrc: &gst_app::AppSrc, variable_rate: bool) {
+    let Some(bin) = appsrc.parent().and_downcast::<gst::Bin>() else { return };
+    for enc in bin.iterate_all_by_element_factory_name("x264enc").into_iter().flatten() {
+        if variable_rate {
+            // (the `bframes` property cannot say 0: that is its "the preset decides" default)
+            enc.set_property("option-string", "bframes=0");
+            tracing::info!("variable frame rate: H.264 is encoded without B-frames so that every frame stays in the MP4's edit list");
+        }
+        enc.set_locked_state(false);
+        if let Err(e) = enc.sync_state_with_parent() {
+            tracing::warn!("the H.264 encoder did not start: {e}");
+        }
+    }
+}
+
+/// See [`start_h264_encoder`].
+fn hold_h264_encoder(pipeline: &gst::Pipeline) {
+    for enc in pipeline.iterate_all_by_element_factory_name("x264enc").into_iter().flatten() {
+        enc.set_locked_state(true);
+    }
 }
 
 /// The bus loop: errors, end of stream, cancellation, progress, and the stall watchdog.
@@ -522,9 +697,16 @@ fn watch(cfg: &ConvertConfig, graph: &Graph, shared: &Shared, cancel: &AtomicBoo
                 }
             }
             gst::MessageView::Application(a) if a.structure().is_some_and(|s| s.name() == "matteflow-no-video") => {
-                let reason = match &missing_plugin {
-                    Some(p) => format!("its video cannot be decoded: no plugin for {p}"),
-                    None => "has no video stream (audio only?)".into(),
+                let streams = a.structure().and_then(|s| s.get::<u32>("streams").ok()).unwrap_or(0);
+                let reason = match (&missing_plugin, streams) {
+                    (Some(p), _) => format!("its video cannot be decoded: no plugin for {p}"),
+                    (None, 0) => "has no video stream (audio only?)".into(),
+                    (None, n) => format!(
+                        "has {n} video stream{}, so --video-stream {} does not exist: pick 0{}",
+                        if n == 1 { "" } else { "s" },
+                        cfg.video_stream,
+                        if n > 1 { format!(" to {}", n - 1) } else { String::new() }
+                    ),
                 };
                 return Err(Error::Input { path: cfg.input.clone(), reason });
             }
@@ -576,7 +758,7 @@ fn explain_error(cfg: &ConvertConfig, graph: &Graph, err: &gst::message::Error, 
 
 /// Waits for the stage threads, but never forever: a thread stuck in a driver call must not turn an error or a
 /// Ctrl-C into a hang. Abandoned threads die with the process; the staged output is removed on return.
-fn join_or_abandon(threads: [std::thread::JoinHandle<()>; 4], outcome: Result<()>) -> Result<()> {
+fn join_or_abandon(threads: Vec<std::thread::JoinHandle<()>>, outcome: Result<()>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

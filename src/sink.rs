@@ -15,6 +15,11 @@ use gstreamer_app as gst_app;
 use crate::config::Format;
 use crate::error::{Error, Result};
 
+/// The element that pads odd frame sizes to even ones for 4:2:0 H.264 ([`crate::evenpad`]).
+pub fn even_pad() -> Result<gst::Element> {
+    crate::evenpad::make().map_err(|e| Error::Gst(format!("the padding element cannot be created: {e}")))
+}
+
 /// The elements each format needs, so `doctor` can say what is missing.
 pub fn required_elements(f: Format) -> &'static [&'static str] {
     match f {
@@ -23,6 +28,9 @@ pub fn required_elements(f: Format) -> &'static [&'static str] {
         Format::Ffv1 => &["avenc_ffv1", "matroskamux", "filesink", "flacenc"],
         Format::H264 => &["x264enc", "mp4mux", "filesink", "avenc_aac"],
         Format::Vp9 => &["vp9enc", "webmmux", "filesink", "opusenc"],
+        Format::PngImage => &["pngenc", "filesink"],
+        Format::JpegImage => &["jpegenc", "filesink"],
+        Format::WebpImage => &["webpenc", "filesink"],
     }
 }
 
@@ -37,7 +45,8 @@ pub fn package_of(element: &str) -> &'static str {
         "opusenc" | "videoconvert" | "appsrc" | "appsink" | "uridecodebin" | "audioconvert" => {
             "gstreamer1.0-plugins-base"
         }
-        "rtmp2sink" | "h264parse" => "gstreamer1.0-plugins-bad",
+        "rtmp2sink" | "h264parse" | "webpenc" => "gstreamer1.0-plugins-bad",
+        "jpegenc" => "gstreamer1.0-plugins-good",
         _ => "the GStreamer plugin packages (see `matteflow doctor`)",
     }
 }
@@ -227,6 +236,8 @@ pub fn encoder_chain(pipeline: &impl IsA<gst::Bin>, format: Format, location: &P
             (Some(make("matroskamux")?), audio_chain(&["audioconvert", "flacenc"], None))
         }
         Format::H264 => {
+            // 4:2:0 H.264 takes only even sizes: odd frames are padded (the element passes even ones through).
+            chain.insert(0, even_pad()?);
             let name = h264_encoder(gpu, |e| gst::ElementFactory::find(e).is_some());
             if name == "nvh264enc" {
                 // NVENC at constant QP 20, as x264 below (NV12 is what every NVENC generation takes).
@@ -283,6 +294,15 @@ pub fn encoder_chain(pipeline: &impl IsA<gst::Bin>, format: Format, location: &P
             chain.push(sink);
             (None, vec![])
         }
+        Format::PngImage | Format::JpegImage | Format::WebpImage => {
+            chain.extend(image_encoder(format)?);
+            let sink = make("filesink")?;
+            sink.set_property("location", &loc);
+            sink.set_property("sync", false);
+            sink.set_property("async", false); // see multifilesink above
+            chain.push(sink);
+            (None, vec![])
+        }
     };
     pipeline.add_many(&chain)?;
     gst::Element::link_many(&chain)?;
@@ -321,6 +341,24 @@ pub fn encoder_chain(pipeline: &impl IsA<gst::Bin>, format: Format, location: &P
         }
     }
     Ok((chain[0].clone(), audio_sink))
+}
+
+/// The encoder of a one-image output (its raw format forced where alpha must survive).
+fn image_encoder(format: Format) -> Result<Vec<gst::Element>> {
+    let rgba = || -> Result<gst::Element> {
+        Ok(gst::ElementFactory::make("capsfilter")
+            .property("caps", gst::Caps::builder("video/x-raw").field("format", "RGBA").build())
+            .build()?)
+    };
+    Ok(match format {
+        Format::PngImage => vec![rgba()?, make("pngenc")?],
+        Format::WebpImage => vec![rgba()?, make("webpenc")?],
+        _ => {
+            let enc = make("jpegenc")?;
+            enc.set_property("quality", 92i32);
+            vec![enc]
+        }
+    })
 }
 
 #[cfg(test)]

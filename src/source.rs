@@ -1,9 +1,13 @@
 //! Source: GStreamer decodes any input (file, URI) into RGBA frames for the CPU stages.
 //!
 //! ```text
-//! uridecodebin ─┬─ video ─ videoconvert ─ RGBA ─ appsink (bounded) ──▶ Frame
+//! uridecodebin ─┬─ video ─ videoconvert ─ RGBA ─ deinterlace ─ videoflip ─ appsink (bounded) ──▶ Frame
 //!               └─ audio ─ (handed to the sink's audio branch, or dropped)
 //! ```
+//!
+//! `deinterlace` (mode auto: only interlaced caps are touched, one frame out per frame in) and `videoflip`
+//! (video-direction auto: turns the picture upright by the stream's `image-orientation` tag, which qtdemux reads
+//! from a phone's display matrix) pass progressive, upright video through without a copy.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -106,18 +110,28 @@ pub fn link_video_pads(dec: &gst::Element, head: &gst::Element) {
     });
 }
 
-/// The video branch: videoconvert ! RGBA ! appsink, added to `pipeline` and returned unlinked at its head.
-pub fn video_branch(pipeline: &gst::Pipeline, max_buffers: u32) -> Result<(gst::Element, gst_app::AppSink)> {
+/// The video branch: videoconvert ! RGBA ! deinterlace ! videoflip ! appsink, added to `pipeline` and returned
+/// unlinked at its head. `deinterlace`: false leaves interlaced frames as they are (both fields woven).
+pub fn video_branch(pipeline: &gst::Pipeline, max_buffers: u32, deinterlace: bool) -> Result<(gst::Element, gst_app::AppSink)> {
     // The GPU stages reproduce this converter's output, thread stripes included (cuda::nv12).
     let convert = gst::ElementFactory::make("videoconvert").property("n-threads", crate::cuda::nv12::VIDEOCONVERT_THREADS).build()?;
+    let rgba = gst::ElementFactory::make("capsfilter")
+        .property("caps", gst::Caps::builder("video/x-raw").field("format", "RGBA").build())
+        .build()?;
+    let deint = gst::ElementFactory::make("deinterlace").build()?;
+    // One frame out per frame in (the default, "all", would double the frame rate).
+    deint.set_property_from_str("fields", "top");
+    deint.set_property_from_str("mode", if deinterlace { "auto" } else { "disabled" });
+    let flip = gst::ElementFactory::make("videoflip").build()?;
+    flip.set_property_from_str("video-direction", "auto");
     let appsink = gst_app::AppSink::builder()
         .caps(&gst::Caps::builder("video/x-raw").field("format", "RGBA").build())
         .max_buffers(max_buffers)
         .drop(false)
         .sync(false)
         .build();
-    pipeline.add_many([&convert, appsink.upcast_ref()])?;
-    convert.link(&appsink)?;
+    pipeline.add_many([&convert, &rgba, &deint, &flip, appsink.upcast_ref()])?;
+    gst::Element::link_many([&convert, &rgba, &deint, &flip, appsink.upcast_ref()])?;
     Ok((convert, appsink))
 }
 
@@ -281,7 +295,7 @@ pub fn decode_frames(path: &Path, max: usize) -> Result<Vec<(u32, u32, Vec<u8>)>
     let pipeline = gst::Pipeline::new();
     let dec = gst::ElementFactory::make("uridecodebin").property("uri", &uri).build()?;
     pipeline.add(&dec)?;
-    let (head, appsink) = video_branch(&pipeline, 4)?;
+    let (head, appsink) = video_branch(&pipeline, 4, true)?;
     link_video_pads(&dec, &head);
     pipeline.set_state(gst::State::Playing)?;
     let mut out = Vec::new();

@@ -312,7 +312,7 @@ mod tests {
         let pipeline = gst::Pipeline::new();
         let dec = gst::ElementFactory::make("uridecodebin").property("uri", uri.as_str()).build().unwrap();
         prefer_cuda_output(&dec);
-        let (head, sink) = crate::source::video_branch(&pipeline, 4).unwrap();
+        let (head, sink) = crate::source::video_branch(&pipeline, 4, true).unwrap();
         pipeline.add(&dec).unwrap();
         crate::source::link_video_pads(&dec, &head);
         pipeline.set_state(gst::State::Playing).unwrap();

@@ -63,7 +63,7 @@ impl RecordFormat {
         match p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
             Some("mp4") | Some("m4v") => Some(RecordFormat::Mp4),
             Some("flv") => Some(RecordFormat::Flv),
-            _ => Format::from_path(p).map(RecordFormat::Convert),
+            _ => Format::from_path(p).filter(|f| !f.is_image()).map(RecordFormat::Convert),
         }
     }
     pub fn keeps_alpha(self) -> bool {
@@ -292,6 +292,7 @@ impl Outputs {
                 return Ok(t.clone());
             }
             let q = queue("h264enc", false)?;
+            let pad = crate::sink::even_pad()?;
             let conv = gst::ElementFactory::make("videoconvert").property("n-threads", 2u32).build()?;
             let caps = gst::ElementFactory::make("capsfilter")
                 .property("caps", gst::Caps::builder("video/x-raw").field("format", "I420").build())
@@ -308,8 +309,8 @@ impl Outputs {
             parse.set_property("config-interval", -1i32);
             let t = make("tee")?;
             t.set_property("allow-not-linked", true);
-            pipeline.add_many([&q, &conv, &caps, &enc, &parse, &t])?;
-            gst::Element::link_many([&q, &conv, &caps, &enc, &parse, &t])?;
+            pipeline.add_many([&q, &pad, &conv, &caps, &enc, &parse, &t])?;
+            gst::Element::link_many([&q, &pad, &conv, &caps, &enc, &parse, &t])?;
             tee.link(&q)?;
             probe_latency(&t.static_pad("sink").unwrap(), clock.clone(), stats.clone());
             h264_tee = Some(t.clone());
