@@ -874,8 +874,9 @@ fn file_served_over_http_is_played_at_its_own_frame_rate() {
 fn disk_full_ends_that_recording_alone_and_keeps_it() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    // A real file system that fills up: 600 KiB hold a few seconds of the recording.
-    let Some(disk) = SmallDisk::mount(&dir.path().join("small"), 600) else { return };
+    // A real file system that fills up: 1200 KiB hold about 5 s of the recording (the live H.264 is CBR with
+    // filler, for ingest servers, so the file grows at exactly the bitrate: 2000 kbit/s here).
+    let Some(disk) = SmallDisk::mount(&dir.path().join("small"), 1200) else { return };
     let manifest = known_answer(dir.path());
     let nginx = Nginx::start(dir.path(), free_port());
     let url = nginx.url("diskfull");
@@ -883,7 +884,7 @@ fn disk_full_ends_that_recording_alone_and_keeps_it() {
     let other = dir.path().join("other.mkv");
     let rep = dir.path().join("report.json");
     let mut child = live_cmd(&manifest, &["--output", &url, "--output", full.to_str().unwrap(), "--output", other.to_str().unwrap()])
-        .args(["--duration", "12", "--report", rep.to_str().unwrap()])
+        .args(["--duration", "12", "--bitrate", "2000", "--report", rep.to_str().unwrap()])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
