@@ -17,6 +17,7 @@ pub mod input;
 pub mod job;
 pub mod matte;
 pub mod output;
+pub mod panel;
 pub mod rtmp;
 pub mod stats;
 
@@ -53,11 +54,13 @@ pub struct ControlConfig {
     pub background_dir: Option<PathBuf>,
     /// Models the endpoint may switch to (empty: every shipped manifest).
     pub models: Vec<String>,
+    /// Every request must carry this token; off loopback one is generated (and printed once) when none is given.
+    pub token: Option<String>,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8787)), background_dir: None, models: Vec::new() }
+        ControlConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8787)), background_dir: None, models: Vec::new(), token: None }
     }
 }
 
@@ -212,8 +215,12 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
         }
     };
     *controls.worker.lock().unwrap() = Some(wtx.clone());
-    let server = match &cfg.control {
-        Some(c) => Some(control::Server::start(
+    let panel = match &cfg.control {
+        Some(_) => Some(panel::Panel::start()?),
+        None => None,
+    };
+    let server = match (&cfg.control, &panel) {
+        (Some(c), Some(panel)) => Some(control::Server::start(
             c.clone(),
             control::State {
                 controls: controls.clone(),
@@ -221,9 +228,10 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
                 alpha_outputs: cfg.outputs.iter().all(|o| o.keeps_alpha()),
                 open_model,
                 gpu: gpu_in_use,
+                panel: panel.clone(),
             },
         )?),
-        None => None,
+        _ => None,
     };
     if let Some(f) = on_started.as_mut() {
         f(server.as_ref().map(|s| s.addr));
@@ -240,6 +248,7 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
         stamper: Stamper::new(matches!(cfg.input, InputSpec::Uri(_))),
         clock: started.clock.clone(),
         idx: 0,
+        preview: panel.map(|p| p.preview.clone()),
     };
     let limits = Limits { cancel: &cancel, max_frames: cfg.max_frames, duration_s: cfg.duration_s, stats_interval_s: cfg.stats_interval_s };
     let outcome = frame_loop(cfg, &limits, &capture, &mut stage, &controls, &mut outputs, &stats, &mut on_window);
@@ -321,6 +330,9 @@ fn frame_loop(
         };
         stage.follow(controls);
         let Some((data, w, h, pts)) = stage.matte(&sample, arrival, stats)? else { continue };
+        if let Some(p) = &stage.preview {
+            p.offer(&data, w, h);
+        }
         if let Err(e) = outputs.push(data, w, h, capture.fps, pts) {
             return Err(outputs.poll_error().unwrap_or(e));
         }
@@ -339,6 +351,8 @@ struct MatteStage {
     stamper: Stamper,
     clock: output::ClockRef,
     idx: u64,
+    /// The control panel's preview, offered each output frame.
+    preview: Option<Arc<panel::Preview>>,
 }
 
 impl MatteStage {
