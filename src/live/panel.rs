@@ -349,9 +349,14 @@ async fn upload(AxState(app): AxState<App>, Query(q): Query<UploadQuery>, req: R
     let Some(dir) = app.cfg.background_dir.clone() else {
         return text(StatusCode::FORBIDDEN, "uploads need a background folder: start with --background-dir DIR");
     };
+    let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, format!("the file is larger than {} MiB: choose a smaller image", UPLOAD_LIMIT >> 20));
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > UPLOAD_LIMIT) {
+        return too_large();
+    }
     let bytes = match axum::body::to_bytes(req.into_body(), UPLOAD_LIMIT).await {
         Ok(b) => b,
-        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("the file is larger than {} MiB: choose a smaller image", UPLOAD_LIMIT >> 20)),
+        Err(_) => return too_large(),
     };
     let ext = match image::guess_format(&bytes) {
         Ok(image::ImageFormat::Png) => "png",
