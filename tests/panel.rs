@@ -16,6 +16,12 @@ use common::*;
 const W: u32 = 320;
 const H: u32 = 240;
 
+/// One live run at a time (the machine has two cores).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -123,12 +129,14 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 
 #[test]
 fn every_refusal_of_the_control_endpoint() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let bgdir = dir.path().join("bg");
     std::fs::create_dir(&bgdir).unwrap();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     png(&bgdir.join("red.png"), [250, 10, 10]);
     std::fs::write(dir.path().join("secret.png"), b"not yours").unwrap();
-    let (_live, log, addr) = start_live(dir.path(), &bgdir, &["--control", "127.0.0.1:0", "--duration", "30"]);
+    let (_live, log, addr) = start_live(dir.path(), &bgdir, &["--control", "127.0.0.1:0", "--output", &out("a.mkv"), "--duration", "30"]);
     let a = addr.as_str();
 
     // The page and the preview are served on loopback without a token.
@@ -175,13 +183,15 @@ fn every_refusal_of_the_control_endpoint() {
 
 #[test]
 fn off_loopback_every_request_needs_the_token() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let bgdir = dir.path().join("bg");
     std::fs::create_dir(&bgdir).unwrap();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let port = free_port();
     let listen = format!("0.0.0.0:{port}");
     // Generated and printed once.
-    let (live, log, _) = start_live(dir.path(), &bgdir, &["--control", &listen, "--duration", "30"]);
+    let (live, log, _) = start_live(dir.path(), &bgdir, &["--control", &listen, "--output", &out("a.mkv"), "--duration", "30"]);
     let a = format!("127.0.0.1:{port}");
     let t = Instant::now();
     let token = loop {
@@ -209,7 +219,7 @@ fn off_loopback_every_request_needs_the_token() {
     // A given token is used as given.
     let port = free_port();
     let listen = format!("0.0.0.0:{port}");
-    let (_live, _, _) = start_live(dir.path(), &bgdir, &["--control", &listen, "--control-token", "s3cret", "--duration", "30"]);
+    let (_live, _, _) = start_live(dir.path(), &bgdir, &["--control", &listen, "--control-token", "s3cret", "--output", &out("b.mkv"), "--duration", "30"]);
     let a = format!("127.0.0.1:{port}");
     assert_eq!(http(&a, "GET", "/status", &[], "").0, 401);
     assert_eq!(http(&a, "GET", "/status?token=s3cret", &[], "").0, 200);
@@ -289,6 +299,7 @@ fn bg_pixel(f: &Decoded) -> [u8; 3] {
 
 #[test]
 fn the_page_in_headless_chromium() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let bgdir = dir.path().join("bg");
     std::fs::create_dir(&bgdir).unwrap();
@@ -296,16 +307,22 @@ fn the_page_in_headless_chromium() {
     let bad: PathBuf = dir.path().join("notes.png");
     std::fs::write(&bad, "not an image").unwrap();
     let rec = dir.path().join("rec.mkv");
-    let (mut live, log, addr) = start_live(dir.path(), &bgdir, &["--control", "127.0.0.1:0", "--output", rec.to_str().unwrap(), "--duration", "25"]);
+    // The browser first: Chromium can take many seconds to start on a busy machine.
     let b = Browser::start();
+    let (mut live, log, addr) = start_live(dir.path(), &bgdir, &["--control", "127.0.0.1:0", "--output", rec.to_str().unwrap(), "--duration", "60"]);
+    assert!(TcpStream::connect(&addr).is_ok(), "live is not listening on {addr}: {}", log.lock().unwrap());
     b.cmd("POST", "/url", Some(serde_json::json!({"url": format!("http://{addr}/")})));
     // The preview shows frames, and they change (the ball moves).
     b.wait_for("const i = document.getElementById('preview'); return i.naturalWidth > 0;", Duration::from_secs(15));
-    let preview = b.element("#preview");
-    let shot = || b.cmd("GET", &format!("/element/{preview}/screenshot"), None).as_str().unwrap().to_string();
-    let first = shot();
+    // Two looks at the preview 0.7 s apart differ (drawn into a canvas by the page's own script context).
+    let look = "const i = document.getElementById('preview'); const c = document.createElement('canvas'); \
+                c.width = i.naturalWidth; c.height = i.naturalHeight; const g = c.getContext('2d'); g.drawImage(i, 0, 0); \
+                const d = g.getImageData(0, 0, c.width, c.height).data; let h = 0; \
+                for (let k = 0; k < d.length; k += 4) h = (h * 31 + d[k] + 7 * d[k + 1]) >>> 0; return h;";
+    let first = b.script(look);
     std::thread::sleep(Duration::from_millis(700));
-    assert_ne!(first, shot(), "two screenshots of the preview 0.7 s apart are the same");
+    let second = b.script(look);
+    assert_ne!(first, second, "the preview did not change in 0.7 s");
     // The chart draws once two points of history exist (a point every 2 s).
     b.wait_for("return Number(document.body.dataset.points || 0) >= 2;", Duration::from_secs(10));
     let drawn = "const c = document.getElementById('chart'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
@@ -321,6 +338,9 @@ fn the_page_in_headless_chromium() {
     let thumb = b.element("#thumbs button[data-name='red.png']");
     b.cmd("POST", &format!("/element/{thumb}/click"), None);
     b.wait_for("return document.getElementById('msg').textContent.includes('red.png');", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: signalling our own child, which finishes its recording on SIGINT.
+    unsafe { libc::kill(live.0.id() as i32, libc::SIGINT) };
     let t = Instant::now();
     while live.0.try_wait().unwrap().is_none() {
         assert!(t.elapsed() < Duration::from_secs(40), "live did not stop: {}", log.lock().unwrap());
