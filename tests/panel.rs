@@ -90,11 +90,23 @@ fn request(addr: &str, method: &str, path: &str, headers: &[&str], body: &[u8]) 
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).unwrap();
     let _ = s.write_all(body); // a refused upload may be answered (and closed) before it is all sent
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
+    // Read to the declared length: chromedriver keeps the connection open despite `Connection: close`.
+    let (mut resp, mut chunk) = (Vec::new(), [0u8; 65536]);
+    loop {
+        let n = s.read(&mut chunk).unwrap_or(0);
+        resp.extend_from_slice(&chunk[..n]);
+        let Some(at) = find(&resp, b"\r\n\r\n").map(|i| i + 4) else {
+            if n == 0 { break } else { continue }
+        };
+        let head = String::from_utf8_lossy(&resp[..at]).to_ascii_lowercase();
+        let len = head.lines().find_map(|l| l.strip_prefix("content-length:")?.trim().parse::<usize>().ok());
+        if n == 0 || len.is_some_and(|l| resp.len() >= at + l) {
+            break;
+        }
+    }
     let text = String::from_utf8_lossy(&resp);
     let code = text.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
-    let at = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4).unwrap_or(resp.len());
+    let at = find(&resp, b"\r\n\r\n").map(|i| i + 4).unwrap_or(resp.len());
     (code, resp[at..].to_vec())
 }
 
@@ -336,7 +348,7 @@ fn the_page_in_headless_chromium() {
     assert_eq!(b.script("return document.getElementById('msg').className;"), "error");
     // Clicking a background changes the output: the recording turns from green to red.
     let thumb = b.element("#thumbs button[data-name='red.png']");
-    b.cmd("POST", &format!("/element/{thumb}/click"), None);
+    b.cmd("POST", &format!("/element/{thumb}/click"), Some(serde_json::json!({})));
     b.wait_for("return document.getElementById('msg').textContent.includes('red.png');", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(2));
     // SAFETY: signalling our own child, which finishes its recording on SIGINT.

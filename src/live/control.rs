@@ -93,6 +93,7 @@ impl Server {
         };
         let app = App { state, cfg: Arc::new(cfg), token, loopback: addr.ip().is_loopback() };
         let history = super::panel::keep_history(app.state.panel.clone(), app.state.stats.clone(), app.state.gpu);
+        let panel = app.state.panel.clone();
         let router = Router::new()
             .route("/metrics", get(metrics))
             .route("/status", get(status))
@@ -111,7 +112,10 @@ impl Server {
             .spawn(move || {
                 rt.block_on(async move {
                     tokio::spawn(history);
-                    let _ = axum::serve(listener, router).with_graceful_shutdown(async { let _ = rx.await; }).await;
+                    let _ = axum::serve(listener, router).with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                        panel.close();
+                    }).await;
                 });
             })
             .map_err(|e| Error::io("starting the control thread", e))?;

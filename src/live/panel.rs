@@ -138,11 +138,19 @@ pub struct Point {
 pub struct Panel {
     pub preview: Arc<Preview>,
     history: Mutex<VecDeque<Point>>,
+    /// Set when the endpoint shuts down: open preview streams end (a graceful shutdown waits for them).
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Panel {
     pub fn start() -> crate::error::Result<Arc<Panel>> {
-        Ok(Arc::new(Panel { preview: Preview::start()?, history: Mutex::new(VecDeque::new()) }))
+        let closed = tokio::sync::watch::Sender::new(false);
+        Ok(Arc::new(Panel { preview: Preview::start()?, history: Mutex::new(VecDeque::new()), closed }))
+    }
+
+    /// Ends the open preview streams.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 }
 
@@ -221,14 +229,18 @@ async fn preview(AxState(app): AxState<App>) -> Response {
     let mut rx = panel.preview.latest.subscribe();
     rx.mark_changed();
     let watching = Watching::new(panel.preview.clone());
-    let parts = futures_util::stream::unfold((rx, watching), |(mut rx, w)| async move {
+    let closed = panel.closed.subscribe();
+    let parts = futures_util::stream::unfold((rx, closed, watching), |(mut rx, mut closed, w)| async move {
         loop {
-            rx.changed().await.ok()?;
+            tokio::select! {
+                r = rx.changed() => r.ok()?,
+                _ = closed.wait_for(|c| *c) => return None,
+            }
             let Some(jpeg) = rx.borrow_and_update().clone() else { continue };
             let mut part = format!("--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n", jpeg.len()).into_bytes();
             part.extend_from_slice(&jpeg);
             part.extend_from_slice(b"\r\n");
-            return Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(part)), (rx, w)));
+            return Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(part)), (rx, closed, w)));
         }
     });
     (
