@@ -7,10 +7,13 @@
 //!                                                                     ▼        │ newest mask
 //!                                                                  [model: preprocess → infer → postprocess]
 //! control endpoint (tokio): /metrics, /status, POST /background /model /pause /resume /matte
+//!                   panel: GET / (the page), /preview.mjpg (each output frame offered; one every 200 ms
+//!                          encoded on mf-preview while someone watches), /stats, /models, /backgrounds
 //! ```
 //!
 //! Modules: [`input`] (sources), [`matte`] (the budgeted model scheduling), [`output`] (sinks), [`rtmp`]
-//! (RTMP streams and reconnection), [`stats`] (latency and counters), [`control`] (HTTP), [`job`] (pipeline files).
+//! (RTMP streams and reconnection), [`stats`] (latency and counters), [`control`] (HTTP), [`panel`] (the
+//! browser page, its preview and checks), [`job`] (pipeline files).
 
 pub mod control;
 pub mod input;

@@ -301,16 +301,19 @@ async fn list_backgrounds(AxState(app): AxState<App>) -> Response {
     json(&serde_json::json!({ "folder": true, "files": files, "upload_limit": UPLOAD_LIMIT }))
 }
 
+/// A refusal: the status and the one-line reason.
+type Refusal = (StatusCode, String);
+
 /// A plain file name inside the folder (no separators, no `..`, no hidden files), or why not.
-fn inside(dir: &Path, name: &str) -> Result<PathBuf, Response> {
+fn inside(dir: &Path, name: &str) -> Result<PathBuf, Refusal> {
     let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
     if !plain {
-        return Err(text(StatusCode::FORBIDDEN, format!("'{name}' must be a plain file name inside the background folder")));
+        return Err((StatusCode::FORBIDDEN, format!("'{name}' must be a plain file name inside the background folder")));
     }
     let p = dir.join(name);
     match p.is_file() {
         true => Ok(p),
-        false => Err(text(StatusCode::NOT_FOUND, format!("no file '{name}' in the background folder"))),
+        false => Err((StatusCode::NOT_FOUND, format!("no file '{name}' in the background folder"))),
     }
 }
 
@@ -320,7 +323,7 @@ async fn thumbnail(AxState(app): AxState<App>, UrlPath(name): UrlPath<String>) -
     };
     let path = match inside(&dir, &name) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err((c, m)) => return text(c, m),
     };
     if !IMAGE_EXT.contains(&ext_of(&path).as_str()) {
         return text(StatusCode::NOT_FOUND, format!("'{name}' has no thumbnail (only PNG and JPEG images do)"));
@@ -379,26 +382,26 @@ async fn upload(AxState(app): AxState<App>, Query(q): Query<UploadQuery>, req: R
     let r = tokio::task::spawn_blocking(move || save_upload(&dir, &name, &bytes).map(|_| name)).await;
     match r {
         Ok(Ok(name)) => (StatusCode::CREATED, json(&serde_json::json!({ "name": name }))).into_response(),
-        Ok(Err(r)) => r,
+        Ok(Err((c, m))) => text(c, m),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 /// Decodes (a broken image is refused, not saved), then writes under a hidden temporary name and links it to
 /// its name, which fails if the name is taken: nothing is overwritten.
-fn save_upload(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Response> {
+fn save_upload(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Refusal> {
     if let Err(e) = image::load_from_memory(bytes) {
-        return Err(text(StatusCode::UNPROCESSABLE_ENTITY, format!("the image cannot be decoded ({e}): is the file complete?")));
+        return Err((StatusCode::UNPROCESSABLE_ENTITY, format!("the image cannot be decoded ({e}): is the file complete?")));
     }
     let tmp = dir.join(format!(".{name}.partial{}", std::process::id()));
-    let io = |e: std::io::Error| text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write into the background folder: {e}"));
+    let io = |e: std::io::Error| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write into the background folder: {e}"));
     std::fs::write(&tmp, bytes).map_err(io)?;
     let linked = std::fs::hard_link(&tmp, dir.join(name));
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Err(text(StatusCode::CONFLICT, format!("'{name}' already exists in the background folder: rename the file")))
+            Err((StatusCode::CONFLICT, format!("'{name}' already exists in the background folder: rename the file")))
         }
         Err(e) => Err(io(e)),
     }
