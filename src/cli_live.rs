@@ -52,6 +52,10 @@ pub struct LiveArgs {
     /// Folder the control endpoint may pick image/video backgrounds from
     #[arg(long, value_name = "DIR")]
     background_dir: Option<PathBuf>,
+    /// Token every control request must carry (Authorization: Bearer T, or ?token=T); off loopback one is
+    /// generated and printed once when this is not given
+    #[arg(long, value_name = "TOKEN")]
+    control_token: Option<String>,
     /// Print statistics every N seconds (0: only at exit)
     #[arg(long, default_value_t = 5)]
     stats_interval: u32,
@@ -186,7 +190,7 @@ fn go_live(cfg: &LiveConfig, model: &job::ModelSection, cancel: Arc<AtomicBool>,
         eprintln!("matteflow live: {} → {} (Ctrl-C to stop)", cfg.input.describe(), outs.join(", "));
         if let Some(a) = addr {
             eprintln!(
-                "matteflow live: control on http://{a} (GET /metrics, /status; POST /background, /model, /pause, /resume, /matte, /mute, /unmute)"
+                "matteflow live: control on http://{a} (panel: GET /; GET /metrics, /status; POST /background, /model, /pause, /resume, /matte, /mute, /unmute)"
             );
         }
     };
@@ -236,7 +240,7 @@ pub fn live(a: LiveArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         overwrite: a.encode.overwrite,
     };
     cfg.audio = live::audio::AudioOptions { source: a.audio, bitrate_kbps: a.audio_bitrate, muted: a.mute };
-    cfg.control = a.control.map(|listen| ControlConfig { listen, background_dir: a.background_dir.clone(), models: Vec::new() });
+    cfg.control = a.control.map(|listen| ControlConfig { listen, background_dir: a.background_dir.clone(), models: Vec::new(), token: a.control_token.clone() });
     cfg.stats_interval_s = a.stats_interval;
     cfg.max_frames = a.max_frames;
     cfg.duration_s = a.duration;

@@ -11,7 +11,8 @@
 //! | `POST /matte` | JSON `{"smooth":0.6,"feather":2,"infer_every":2,"threshold":[0.1,0.9]}` (any subset) |
 //!
 //! Bad requests get 4xx with a one-line reason. The endpoint never reads a file outside `background_dir`
-//! and never writes files.
+//! and writes only uploaded images into it. The browser panel (`GET /`, the preview, uploads) and the checks in
+//! front of every request (token, Host, Origin) are in [`super::panel`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,6 +25,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use super::matte::Controls;
+use super::panel::Panel;
 use super::stats::LiveStats;
 use super::ControlConfig;
 use crate::config::BackgroundSpec;
@@ -45,12 +47,18 @@ pub struct State {
     pub gpu: bool,
     /// The run's sound, when it has some (`POST /mute`, `/unmute`).
     pub audio: Option<Arc<super::audio::AudioShared>>,
+    /// The browser panel's preview and history.
+    pub panel: Arc<Panel>,
 }
 
 #[derive(Clone)]
-struct App {
-    state: State,
-    cfg: Arc<ControlConfig>,
+pub(super) struct App {
+    pub(super) state: State,
+    pub(super) cfg: Arc<ControlConfig>,
+    /// Required on every request when set (always off loopback).
+    pub(super) token: Option<Arc<str>>,
+    /// Bound to a loopback address: only loopback Host names are served.
+    pub(super) loopback: bool,
 }
 
 /// A running endpoint.
@@ -76,10 +84,19 @@ impl Server {
             .block_on(tokio::net::TcpListener::bind(cfg.listen))
             .map_err(|e| Error::config(format!("control endpoint: cannot listen on {} ({e}); choose another --control address", cfg.listen)))?;
         let addr = listener.local_addr().map_err(|e| Error::io("control endpoint address", e))?;
-        if !addr.ip().is_loopback() {
-            tracing::warn!("control endpoint on {addr} is reachable from the network and has no authentication");
-        }
-        let app = App { state, cfg: Arc::new(cfg) };
+        let token = match (&cfg.token, addr.ip().is_loopback()) {
+            (Some(t), _) if t.trim().is_empty() => return Err(Error::config("--control-token is empty: give a token or leave it out")),
+            (Some(t), _) => Some(Arc::from(t.trim())),
+            (None, true) => None,
+            (None, false) => {
+                let t = super::panel::new_token()?;
+                tracing::warn!("control endpoint on {addr} is reachable from the network; every request needs this token (printed once): {t}; open http://{addr}/?token={t}");
+                Some(Arc::from(t.as_str()))
+            }
+        };
+        let app = App { state, cfg: Arc::new(cfg), token, loopback: addr.ip().is_loopback() };
+        let history = super::panel::keep_history(app.state.panel.clone(), app.state.stats.clone(), app.state.gpu);
+        let panel = app.state.panel.clone();
         let router = Router::new()
             .route("/metrics", get(metrics))
             .route("/status", get(status))
@@ -90,16 +107,22 @@ impl Server {
             .route("/matte", post(set_matte))
             .route("/mute", post(mute))
             .route("/unmute", post(unmute))
+            .merge(super::panel::routes())
             .fallback(|| async {
-                (StatusCode::NOT_FOUND, "unknown path: try GET /metrics, GET /status, POST /background, /model, /pause, /resume, /matte, /mute, /unmute\n")
+                (StatusCode::NOT_FOUND, "unknown path: try GET / (the panel), GET /metrics, GET /status, POST /background, /model, /pause, /resume, /matte, /mute, /unmute\n")
             })
+            .layer(axum::middleware::from_fn_with_state(app.clone(), super::panel::guard))
             .with_state(app);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("mf-control".into())
             .spawn(move || {
                 rt.block_on(async move {
-                    let _ = axum::serve(listener, router).with_graceful_shutdown(async { let _ = rx.await; }).await;
+                    tokio::spawn(history);
+                    let _ = axum::serve(listener, router).with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                        panel.close();
+                    }).await;
                 });
             })
             .map_err(|e| Error::io("starting the control thread", e))?;

@@ -7,10 +7,13 @@
 //!                                                                     ▼        │ newest mask
 //!                                                                  [model: preprocess → infer → postprocess]
 //! control endpoint (tokio): /metrics, /status, POST /background /model /pause /resume /matte
+//!                   panel: GET / (the page), /preview.mjpg (each output frame offered; one every 200 ms
+//!                          encoded on mf-preview while someone watches), /stats, /models, /backgrounds
 //! ```
 //!
-//! Modules: [`audio`] (sound from the source or a capture device, in sync), [`input`] (sources), [`matte`] (the budgeted model scheduling), [`output`] (sinks), [`rtmp`]
-//! (RTMP streams and reconnection), [`stats`] (latency and counters), [`control`] (HTTP), [`job`] (pipeline files).
+//! Modules: [`audio`] (sound from the source or a capture device, in sync), [`input`] (sources), [`matte`] (the
+//! budgeted model scheduling), [`output`] (sinks), [`rtmp`] (RTMP streams and reconnection), [`stats`] (latency and
+//! counters), [`control`] (HTTP), [`panel`] (the browser page, its preview and checks), [`job`] (pipeline files).
 
 pub mod audio;
 pub mod control;
@@ -19,6 +22,7 @@ pub mod job;
 pub mod matte;
 pub mod output;
 mod recording;
+pub mod panel;
 pub mod rtmp;
 pub mod stats;
 
@@ -55,11 +59,13 @@ pub struct ControlConfig {
     pub background_dir: Option<PathBuf>,
     /// Models the endpoint may switch to (empty: every shipped manifest).
     pub models: Vec<String>,
+    /// Every request must carry this token; off loopback one is generated (and printed once) when none is given.
+    pub token: Option<String>,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8787)), background_dir: None, models: Vec::new() }
+        ControlConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8787)), background_dir: None, models: Vec::new(), token: None }
     }
 }
 
@@ -231,8 +237,12 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
         }
     };
     *controls.worker.lock().unwrap() = Some(wtx.clone());
-    let server = match &cfg.control {
-        Some(c) => Some(control::Server::start(
+    let panel = match &cfg.control {
+        Some(_) => Some(panel::Panel::start()?),
+        None => None,
+    };
+    let server = match (&cfg.control, &panel) {
+        (Some(c), Some(panel)) => Some(control::Server::start(
             c.clone(),
             control::State {
                 controls: controls.clone(),
@@ -241,9 +251,10 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
                 audio: outputs.audio.as_ref().map(|_| audio_shared.clone()),
                 open_model,
                 gpu: gpu_in_use,
+                panel: panel.clone(),
             },
         )?),
-        None => None,
+        _ => None,
     };
     if let Some(f) = on_started.as_mut() {
         f(server.as_ref().map(|s| s.addr));
@@ -268,6 +279,7 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
         clock: started.clock.clone(),
         audio: audio_shared.clone(),
         idx: 0,
+        preview: panel.map(|p| p.preview.clone()),
     };
     let limits = Limits { cancel: &cancel, max_frames: cfg.max_frames, duration_s: cfg.duration_s, stats_interval_s: cfg.stats_interval_s };
     let outcome = frame_loop(cfg, &limits, &capture, &mut stage, &controls, &mut outputs, &stats, &mut on_window);
@@ -353,6 +365,9 @@ fn frame_loop(
         };
         stage.follow(controls);
         let Some((data, w, h, pts)) = stage.matte(&sample, arrival, stats)? else { continue };
+        if let Some(p) = &stage.preview {
+            p.offer(&data, w, h);
+        }
         if let Err(e) = outputs.push(data, w, h, capture.fps, pts) {
             return Err(outputs.poll_error().unwrap_or(e));
         }
@@ -374,6 +389,8 @@ struct MatteStage {
     /// Where the sound learns how long the picture waited (it is held as long) and the stream's time offset.
     audio: Arc<audio::AudioShared>,
     idx: u64,
+    /// The control panel's preview, offered each output frame.
+    preview: Option<Arc<panel::Preview>>,
 }
 
 impl MatteStage {

@@ -330,6 +330,18 @@ impl LiveStats {
         s
     }
 
+    /// p50/p95 of the samples recorded since `marks` (per measure: how many samples were seen last time),
+    /// which it moves on: the control panel's latency history, without disturbing the printed windows.
+    pub fn since(&self, marks: &mut [usize; 4]) -> [Summary; 4] {
+        let s = self.samples.lock().unwrap();
+        std::array::from_fn(|i| {
+            let all = &s[i].all;
+            let from = marks[i].min(all.len());
+            marks[i] = all.len();
+            Summary::of(&all[from..])
+        })
+    }
+
     /// Records each thread's CPU time so far (kept at its highest: see `threads`).
     pub fn sample_threads(&self) {
         let now = thread_cpu();

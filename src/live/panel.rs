@@ -1,0 +1,475 @@
+//! The control panel: one page (`GET /`, embedded in the binary, no build step, nothing fetched from elsewhere)
+//! served by the control endpoint, and what it needs besides the endpoint's own API:
+//!
+//! | request | what it does |
+//! |---|---|
+//! | `GET /` | the page |
+//! | `GET /preview.mjpg` | the output, scaled down, as MJPEG (a few frames a second; encoded on its own thread) |
+//! | `GET /stats` | JSON: the last minutes of latency, fps, masks, drops and CPU, one point every 2 s |
+//! | `GET /models` | JSON: the models that may be chosen, present or missing, and the one in use |
+//! | `GET /backgrounds` | JSON: the image and video files of `--background-dir` |
+//! | `GET /backgrounds/NAME` | a JPEG thumbnail of that image |
+//! | `POST /backgrounds?name=NAME` | body: a PNG or JPEG (sniffed, not trusted by name), saved into the folder |
+//!
+//! Every request passes [`guard`]: the token when one is set, the Host on loopback, the Origin on changes.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, Request, State as AxState};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::control::App;
+use super::stats::LiveStats;
+
+/// The page, with its CSS and script inline.
+const PAGE: &str = include_str!("panel/index.html");
+/// The preview's frame interval (5 fps) and width.
+const PREVIEW_INTERVAL: Duration = Duration::from_millis(200);
+const PREVIEW_WIDTH: u32 = 480;
+/// Largest background upload.
+pub const UPLOAD_LIMIT: usize = 16 << 20;
+/// Latency history: a point every 2 s, 10 minutes kept.
+const HISTORY_STEP: Duration = Duration::from_secs(2);
+const HISTORY_POINTS: usize = 300;
+
+type Jpeg = Option<Arc<Vec<u8>>>;
+
+/// The output preview. The frame loop offers each output frame; only while someone watches, and at most every
+/// [`PREVIEW_INTERVAL`], one is copied to the preview thread (a channel of one: a busy encoder drops frames,
+/// never the stream), which scales it down and encodes it as JPEG for every watcher.
+pub struct Preview {
+    frames: crossbeam_channel::Sender<(Vec<u8>, u32, u32)>,
+    latest: Arc<tokio::sync::watch::Sender<Jpeg>>,
+    watchers: AtomicUsize,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Preview {
+    pub fn start() -> crate::error::Result<Arc<Preview>> {
+        let (tx, rx) = crossbeam_channel::bounded::<(Vec<u8>, u32, u32)>(1);
+        let latest = Arc::new(tokio::sync::watch::Sender::new(None));
+        let out = latest.clone();
+        std::thread::Builder::new()
+            .name("mf-preview".into())
+            .spawn(move || {
+                // Ends when the Preview (the only sender) is dropped.
+                while let Ok((rgba, w, h)) = rx.recv() {
+                    if let Some(j) = encode_preview(rgba, w, h) {
+                        out.send_replace(Some(Arc::new(j)));
+                    }
+                }
+            })
+            .map_err(|e| crate::error::Error::io("starting the preview thread", e))?;
+        Ok(Arc::new(Preview { frames: tx, latest, watchers: AtomicUsize::new(0), last: Mutex::new(None) }))
+    }
+
+    /// Called by the frame loop with each output frame (RGBA): cheap when nobody watches or it is not time yet.
+    pub fn offer(&self, rgba: &[u8], w: u32, h: u32) {
+        if self.watchers.load(Ordering::Relaxed) == 0 || rgba.len() != (w * h * 4) as usize {
+            return;
+        }
+        let mut last = self.last.lock().unwrap();
+        if last.is_some_and(|t| t.elapsed() < PREVIEW_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let _ = self.frames.try_send((rgba.to_vec(), w, h));
+    }
+}
+
+fn encode_preview(rgba: Vec<u8>, w: u32, h: u32) -> Option<Vec<u8>> {
+    let img = image::RgbaImage::from_raw(w, h, rgba)?;
+    let tw = PREVIEW_WIDTH.min(w);
+    let th = ((h as u64 * tw as u64) / w as u64).max(1) as u32;
+    let small = image::DynamicImage::ImageRgba8(image::imageops::thumbnail(&img, tw, th)).to_rgb8();
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 70).encode_image(&small).ok()?;
+    Some(out)
+}
+
+/// Counts a watcher while its stream lives.
+struct Watching(Arc<Preview>);
+
+impl Watching {
+    fn new(p: Arc<Preview>) -> Self {
+        p.watchers.fetch_add(1, Ordering::Relaxed);
+        Watching(p)
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One point of the history the page charts.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Point {
+    /// Seconds since the run started.
+    pub t: f64,
+    pub fps: f64,
+    pub g2g_p50: f64,
+    pub g2g_p95: f64,
+    pub matte_p50: f64,
+    pub infer_p50: f64,
+    pub composite_p50: f64,
+    /// Frames in this step with their own mask, with an earlier one, dropped (before the model or compositing).
+    pub own: u64,
+    pub reused: u64,
+    pub dropped: u64,
+    /// Process CPU over the step, % of one core.
+    pub cpu: f64,
+    /// GPU memory in use, MiB (with a CUDA model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_mib: Option<f64>,
+}
+
+/// The panel's share of the endpoint's state.
+pub struct Panel {
+    pub preview: Arc<Preview>,
+    history: Mutex<VecDeque<Point>>,
+    /// Set when the endpoint shuts down: open preview streams end (a graceful shutdown waits for them).
+    closed: tokio::sync::watch::Sender<bool>,
+}
+
+impl Panel {
+    pub fn start() -> crate::error::Result<Arc<Panel>> {
+        let closed = tokio::sync::watch::Sender::new(false);
+        Ok(Arc::new(Panel { preview: Preview::start()?, history: Mutex::new(VecDeque::new()), closed }))
+    }
+
+    /// Ends the open preview streams.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+}
+
+/// Samples the statistics every [`HISTORY_STEP`] into the panel's history (runs on the endpoint's runtime).
+pub async fn keep_history(panel: Arc<Panel>, stats: Arc<LiveStats>, gpu: bool) {
+    let mut marks = [0usize; 4];
+    let counts = |s: &LiveStats| {
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        [l(&s.output), l(&s.inferred), l(&s.reused), l(&s.dropped) + l(&s.skipped_stale)]
+    };
+    let (mut prev, mut prev_cpu, mut prev_t) = (counts(&stats), super::stats::process_usage().1, Instant::now());
+    let mut tick = tokio::time::interval(HISTORY_STEP);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let sums = stats.since(&mut marks);
+        let (now, cpu, dt) = (counts(&stats), super::stats::process_usage().1, prev_t.elapsed().as_secs_f64().max(1e-3));
+        let gpu_mib = match gpu {
+            true => tokio::task::spawn_blocking(super::stats::gpu_memory_used).await.ok().flatten().map(|b| b / 1048576.0),
+            false => None,
+        };
+        let p = Point {
+            t: stats.started.elapsed().as_secs_f64(),
+            fps: (now[0] - prev[0]) as f64 / dt,
+            g2g_p50: sums[0].p50,
+            g2g_p95: sums[0].p95,
+            matte_p50: sums[1].p50,
+            infer_p50: sums[2].p50,
+            composite_p50: sums[3].p50,
+            own: now[1] - prev[1],
+            reused: now[2] - prev[2],
+            dropped: now[3] - prev[3],
+            cpu: 100.0 * (cpu - prev_cpu) / dt,
+            gpu_mib,
+        };
+        (prev, prev_cpu, prev_t) = (now, cpu, Instant::now());
+        let mut h = panel.history.lock().unwrap();
+        if h.len() == HISTORY_POINTS {
+            h.pop_front();
+        }
+        h.push_back(p);
+    }
+}
+
+/// The panel's routes, merged into the control endpoint's router.
+pub(super) fn routes() -> Router<App> {
+    Router::new()
+        .route("/", get(page))
+        .route("/preview.mjpg", get(preview))
+        .route("/stats", get(history))
+        .route("/models", get(models))
+        .route("/backgrounds", get(list_backgrounds).post(upload))
+        .route("/backgrounds/{name}", get(thumbnail))
+}
+
+fn text(code: StatusCode, msg: impl Into<String>) -> Response {
+    let mut m = msg.into();
+    m.push('\n');
+    (code, m).into_response()
+}
+
+fn json(v: &impl serde::Serialize) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], serde_json::to_string(v).unwrap_or_default()).into_response()
+}
+
+async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
+        PAGE,
+    )
+        .into_response()
+}
+
+async fn preview(AxState(app): AxState<App>) -> Response {
+    let panel = app.state.panel.clone();
+    let mut rx = panel.preview.latest.subscribe();
+    rx.mark_changed();
+    let watching = Watching::new(panel.preview.clone());
+    let closed = panel.closed.subscribe();
+    let parts = futures_util::stream::unfold((rx, closed, watching), |(mut rx, mut closed, w)| async move {
+        loop {
+            tokio::select! {
+                r = rx.changed() => r.ok()?,
+                _ = closed.wait_for(|c| *c) => return None,
+            }
+            let Some(jpeg) = rx.borrow_and_update().clone() else { continue };
+            let mut part = format!("--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n", jpeg.len()).into_bytes();
+            part.extend_from_slice(&jpeg);
+            part.extend_from_slice(b"\r\n");
+            return Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(part)), (rx, closed, w)));
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "multipart/x-mixed-replace; boundary=frame"), (header::CACHE_CONTROL, "no-store")],
+        Body::from_stream(parts),
+    )
+        .into_response()
+}
+
+async fn history(AxState(app): AxState<App>) -> Response {
+    let points: Vec<Point> = app.state.panel.history.lock().unwrap().iter().cloned().collect();
+    json(&serde_json::json!({ "step_s": HISTORY_STEP.as_secs_f64(), "points": points }))
+}
+
+async fn models(AxState(app): AxState<App>) -> Response {
+    let allowed: Vec<String> = match app.cfg.models.is_empty() {
+        true => crate::model::BUILTIN_MANIFESTS.iter().map(|(n, _)| n.to_string()).collect(),
+        false => app.cfg.models.clone(),
+    };
+    let list: Vec<serde_json::Value> = allowed
+        .iter()
+        .map(|name| {
+            let m = crate::model::builtin(name);
+            // Installed (non-shipped) manifests are checked when chosen.
+            let present = m.as_ref().map(|m| crate::model::locate(m).is_some());
+            let description = m.map(|m| m.description).unwrap_or_default();
+            serde_json::json!({ "name": name, "description": description, "present": present })
+        })
+        .collect();
+    let can_switch = app.state.open_model.is_some();
+    json(&serde_json::json!({ "current": app.state.controls.get().model, "can_switch": can_switch, "models": list }))
+}
+
+/// Image files the page shows as thumbnails; videos are listed without one.
+const IMAGE_EXT: [&str; 3] = ["png", "jpg", "jpeg"];
+const VIDEO_EXT: [&str; 5] = ["mp4", "mov", "mkv", "webm", "avi"];
+
+fn ext_of(p: &Path) -> String {
+    p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
+}
+
+async fn list_backgrounds(AxState(app): AxState<App>) -> Response {
+    let Some(dir) = app.cfg.background_dir.clone() else {
+        return json(&serde_json::json!({ "folder": false, "files": [], "upload_limit": UPLOAD_LIMIT }));
+    };
+    let mut files: Vec<serde_json::Value> = std::fs::read_dir(&dir)
+        .map(|rd| rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())).map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_string();
+            let ext = ext_of(&p);
+            let kind = if IMAGE_EXT.contains(&ext.as_str()) { "image" } else if VIDEO_EXT.contains(&ext.as_str()) { "video" } else { return None };
+            (!name.starts_with('.')).then(|| serde_json::json!({ "name": name, "kind": kind }))
+        })
+        .collect();
+    files.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    json(&serde_json::json!({ "folder": true, "files": files, "upload_limit": UPLOAD_LIMIT }))
+}
+
+/// A refusal: the status and the one-line reason.
+type Refusal = (StatusCode, String);
+
+/// A plain file name inside the folder (no separators, no `..`, no hidden files), or why not.
+fn inside(dir: &Path, name: &str) -> Result<PathBuf, Refusal> {
+    let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
+    if !plain {
+        return Err((StatusCode::FORBIDDEN, format!("'{name}' must be a plain file name inside the background folder")));
+    }
+    let p = dir.join(name);
+    match p.is_file() {
+        true => Ok(p),
+        false => Err((StatusCode::NOT_FOUND, format!("no file '{name}' in the background folder"))),
+    }
+}
+
+async fn thumbnail(AxState(app): AxState<App>, UrlPath(name): UrlPath<String>) -> Response {
+    let Some(dir) = app.cfg.background_dir.clone() else {
+        return text(StatusCode::NOT_FOUND, "no background folder: start with --background-dir");
+    };
+    let path = match inside(&dir, &name) {
+        Ok(p) => p,
+        Err((c, m)) => return text(c, m),
+    };
+    if !IMAGE_EXT.contains(&ext_of(&path).as_str()) {
+        return text(StatusCode::NOT_FOUND, format!("'{name}' has no thumbnail (only PNG and JPEG images do)"));
+    }
+    let r = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        let img = image::open(&path).map_err(|e| e.to_string())?.thumbnail(160, 90).to_rgb8();
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&img).map_err(|e| e.to_string())?;
+        Ok(out)
+    })
+    .await;
+    match r {
+        Ok(Ok(j)) => ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "max-age=60")], j).into_response(),
+        Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("cannot decode '{name}': {e}")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+}
+
+/// The stem of what the user called the file, reduced to letters, digits, `-` and `_` (at most 64).
+fn sanitised_stem(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let stem = base.rsplit_once('.').map(|(s, _)| s).unwrap_or(base);
+    let clean: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(64)
+        .collect();
+    let clean = clean.trim_matches('_').to_string();
+    if clean.is_empty() { "upload".into() } else { clean }
+}
+
+async fn upload(AxState(app): AxState<App>, Query(q): Query<UploadQuery>, req: Request) -> Response {
+    let Some(dir) = app.cfg.background_dir.clone() else {
+        return text(StatusCode::FORBIDDEN, "uploads need a background folder: start with --background-dir DIR");
+    };
+    let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, format!("the file is larger than {} MiB: choose a smaller image", UPLOAD_LIMIT >> 20));
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > UPLOAD_LIMIT) {
+        return too_large();
+    }
+    let bytes = match axum::body::to_bytes(req.into_body(), UPLOAD_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+    let ext = match image::guess_format(&bytes) {
+        Ok(image::ImageFormat::Png) => "png",
+        Ok(image::ImageFormat::Jpeg) => "jpg",
+        _ => return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not a PNG or JPEG image: only those can be uploaded as backgrounds"),
+    };
+    let name = format!("{}.{ext}", sanitised_stem(q.name.as_deref().unwrap_or("upload")));
+    let r = tokio::task::spawn_blocking(move || save_upload(&dir, &name, &bytes).map(|_| name)).await;
+    match r {
+        Ok(Ok(name)) => (StatusCode::CREATED, json(&serde_json::json!({ "name": name }))).into_response(),
+        Ok(Err((c, m))) => text(c, m),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Decodes (a broken image is refused, not saved), then writes under a hidden temporary name and links it to
+/// its name, which fails if the name is taken: nothing is overwritten.
+fn save_upload(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Refusal> {
+    if let Err(e) = image::load_from_memory(bytes) {
+        return Err((StatusCode::UNPROCESSABLE_ENTITY, format!("the image cannot be decoded ({e}): is the file complete?")));
+    }
+    let tmp = dir.join(format!(".{name}.partial{}", std::process::id()));
+    let io = |e: std::io::Error| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write into the background folder: {e}"));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    let linked = std::fs::hard_link(&tmp, dir.join(name));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err((StatusCode::CONFLICT, format!("'{name}' already exists in the background folder: rename the file")))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Token, Host and Origin checks in front of every route.
+///
+/// - With a token, every request must carry it (`Authorization: Bearer T`, or `?token=T` for the page, the
+///   preview image and the thumbnails).
+/// - On loopback, the Host must be a loopback name: a web page elsewhere cannot reach the panel by pointing
+///   its own host name at 127.0.0.1 (DNS rebinding).
+/// - Requests that change something (every method but GET and HEAD) must come from the panel's own origin.
+pub(super) async fn guard(AxState(app): AxState<App>, req: Request, next: Next) -> Response {
+    if let Some(want) = app.token.as_deref() {
+        if !has_token(req.headers(), req.uri().query(), want) {
+            return text(StatusCode::UNAUTHORIZED, "this endpoint needs its token: open the address with ?token=… or send Authorization: Bearer …");
+        }
+    }
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
+    if app.loopback && !is_loopback_host(&host) {
+        return text(StatusCode::FORBIDDEN, format!("host '{host}' refused: on loopback, open http://127.0.0.1:PORT or http://localhost:PORT"));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        if let Err(why) = same_origin(req.headers(), &host) {
+            return text(StatusCode::FORBIDDEN, why);
+        }
+    }
+    next.run(req).await
+}
+
+fn has_token(h: &HeaderMap, query: Option<&str>, want: &str) -> bool {
+    let bearer = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let in_query = query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("token="));
+    [bearer, in_query].into_iter().flatten().any(|got| same_bytes(got.trim().as_bytes(), want.as_bytes()))
+}
+
+/// Compares without stopping at the first difference (the time taken says nothing about the token).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Browsers send Origin (and Sec-Fetch-Site) with every cross-origin POST; tools like curl send neither.
+fn same_origin(h: &HeaderMap, host: &str) -> Result<(), String> {
+    if h.get("sec-fetch-site").and_then(|v| v.to_str().ok()).is_some_and(|s| s == "cross-site" || s == "same-site") {
+        return Err("cross-site request refused: change settings from the panel's own page".into());
+    }
+    let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return Ok(()) };
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+    if origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+        return Err(format!("request from origin '{origin}' refused: change settings from the panel's own page (http://{host})"));
+    }
+    Ok(())
+}
+
+/// A fresh random token (128 bits, hex).
+pub fn new_token() -> crate::error::Result<String> {
+    let mut b = [0u8; 16];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| crate::error::Error::io("reading /dev/urandom for the control token", e))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
