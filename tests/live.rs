@@ -39,68 +39,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// An unprivileged nginx with the RTMP module on a free port; killed on drop.
-struct Nginx {
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Nginx {
-    fn start(dir: &Path, port: u16) -> Nginx {
-        let d = dir.join(format!("nginx-{port}"));
-        std::fs::create_dir_all(d.join("logs")).unwrap();
-        let module = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
-        assert!(Path::new(module).exists(), "{module} missing: run scripts/setup.sh (it installs libnginx-mod-rtmp)");
-        let conf = d.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "load_module {module};\ndaemon off;\nmaster_process off;\npid {0}/nginx.pid;\nerror_log {0}/logs/error.log info;\n\
-                 events {{ worker_connections 64; }}\nrtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; }} }} }}\n",
-                d.display()
-            ),
-        )
-        .unwrap();
-        let mut n = Nginx { dir: d, port, child: None };
-        n.spawn();
-        n
-    }
-    fn spawn(&mut self) {
-        let child = Command::new("nginx")
-            .args(["-p", self.dir.to_str().unwrap(), "-c", self.dir.join("nginx.conf").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx (run scripts/setup.sh)");
-        self.child = Some(child);
-        let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "nginx did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    fn url(&self, key: &str) -> String {
-        format!("rtmp://127.0.0.1:{}/live/{key}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn known_answer(dir: &Path) -> PathBuf {
     // mask = red channel, so over SMPTE bars: cyan/green/blue bars get mask 0 (pure background), white,
     // yellow, magenta and red bars mask 1 (the bar itself).

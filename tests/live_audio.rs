@@ -17,16 +17,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{free_port, Nginx};
+
 /// One frame at 30 fps: the largest flash/beep offset allowed.
 const FRAME_MS: f64 = 1000.0 / 30.0;
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A process killed (by its id) on drop.
@@ -37,42 +35,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// An unprivileged nginx with the RTMP module on a free port.
-fn nginx(dir: &Path) -> (Guard, u16) {
-    let port = free_port();
-    (nginx_on(dir, port), port)
-}
-
-fn nginx_on(dir: &Path, port: u16) -> Guard {
-    let d = dir.join("nginx");
-    std::fs::create_dir_all(d.join("logs")).unwrap();
-    let module = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
-    assert!(Path::new(module).exists(), "{module} missing: run scripts/setup.sh (it installs libnginx-mod-rtmp)");
-    let conf = d.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "load_module {module};\ndaemon off;\nmaster_process off;\npid {0}/nginx.pid;\nerror_log {0}/logs/error.log info;\n\
-             events {{ worker_connections 64; }}\nrtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; }} }} }}\n",
-            d.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("nginx")
-        .args(["-p", d.to_str().unwrap(), "-c", conf.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx (run scripts/setup.sh)");
-    let g = Guard(child);
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "nginx did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    g
 }
 
 /// A clip that flashes white for 5 frames and beeps (1 kHz) for the same 5/30 s at the start of every second.
@@ -248,7 +210,8 @@ fn source_sound_reaches_rtmp_and_recording_in_sync() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("flash_beep.mp4");
     flash_beep_clip(&clip, secs + 6);
-    let (_nginx, port) = nginx(dir.path());
+    let _nginx = Nginx::start(dir.path(), free_port());
+    let port = _nginx.port;
     let url = format!("rtmp://127.0.0.1:{port}/live/out");
     let pulled = dir.path().join("pulled.flv");
     // Pulled from the start (nginx-rtmp holds a player until the stream is published).
@@ -432,16 +395,16 @@ fn rtmp_reconnect_resumes_sound_and_picture_in_sync() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("flash_beep.mp4");
     flash_beep_clip(&clip, 30);
-    let (nginx, port) = nginx(dir.path());
-    let url = format!("rtmp://127.0.0.1:{port}/live/out");
+    let mut nginx = Nginx::start(dir.path(), free_port());
+    let url = nginx.url("out");
     let child = live(dir.path(), &["--input", clip.to_str().unwrap(), "--output", &url, "--output", "rec.mp4", "--duration", "22", "--rtmp-retry", "1"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(6));
-    drop(nginx); // the server dies
+    nginx.kill(); // the server dies
     std::thread::sleep(Duration::from_secs(3));
-    let _nginx = nginx_on(dir.path(), port);
+    nginx.spawn(); // and comes back on the same port
     std::thread::sleep(Duration::from_secs(3));
     let pulled = dir.path().join("pulled.flv");
     let st = Command::new("ffmpeg")

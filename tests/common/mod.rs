@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -310,5 +311,67 @@ impl SmallDisk {
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An unprivileged nginx with the RTMP module on a free port; killed on drop.
+pub struct Nginx {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path, port: u16) -> Nginx {
+        let d = dir.join(format!("nginx-{port}"));
+        std::fs::create_dir_all(d.join("logs")).unwrap();
+        let module = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+        assert!(Path::new(module).exists(), "{module} missing: run scripts/setup.sh (it installs libnginx-mod-rtmp)");
+        let conf = d.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "load_module {module};\ndaemon off;\nmaster_process off;\npid {0}/nginx.pid;\nerror_log {0}/logs/error.log info;\n\
+                 events {{ worker_connections 64; }}\nrtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; }} }} }}\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let mut n = Nginx { dir: d, port, child: None };
+        n.spawn();
+        n
+    }
+    pub fn spawn(&mut self) {
+        let child = Command::new("nginx")
+            .args(["-p", self.dir.to_str().unwrap(), "-c", self.dir.join("nginx.conf").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (run scripts/setup.sh)");
+        self.child = Some(child);
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "nginx did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn url(&self, key: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/live/{key}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
