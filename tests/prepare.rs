@@ -96,6 +96,38 @@ fn passes_fire_on_a_swin_block_and_the_masks_stay_the_same() {
 }
 
 #[test]
+fn shifted_window_attention_becomes_row_gathers_and_its_biases_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("attn.onnx");
+    fixture_py("make_swin_attention.py", &[&onnx]);
+    let prepared = dir.path().join("attn-prepared.onnx");
+    let rep = dir.path().join("report.json");
+    prepare_ok(&[onnx.to_str().unwrap(), "-o", prepared.to_str().unwrap(), "--report", rep.to_str().unwrap()], dir.path());
+    let r = report(&rep);
+    // The partition (pad, shift, 6-D transpose) and the reverse (transpose, shift back, crop) are one Gather
+    // each; the projection moves after the reverse; its bias, with the value bias, goes into the norm.
+    for (pass, n) in [("window-gather", 2), ("gather-linear", 1), ("qkv-bias", 1), ("skip-layernorm", 1), ("conv-bn", 1), ("window-pad", 0)] {
+        assert_eq!(fired(&r, pass), n, "{pass} fires {n}×: {r}");
+    }
+    let ops = &r["ops_after"];
+    for gone in ["Pad", "BatchNormalization"] {
+        assert!(ops.get(gone).is_none(), "no {gone} left: {ops}");
+    }
+    assert_eq!(ops["Gather"], 2, "{ops}");
+    assert_eq!(ops["Concat"], 1, "only the zero row the padding reads: {ops}");
+    assert_eq!(ops["Slice"], 4, "the qkv split (3) and the output channel remain: {ops}");
+    assert_eq!(ops["SkipLayerNormalization"], 1);
+    assert_eq!(r["nodes_before"], 61);
+    assert_eq!(r["nodes_after"], 41);
+
+    let before = masks(&selfie_manifest_for(&onnx, "attn"));
+    let after = masks(&selfie_manifest_for(&prepared, "attn_prepared"));
+    let d = max_diff(&before, &after);
+    assert!(d <= 1e-5, "prepared masks differ by {d} (tolerance 1e-5)");
+    assert!(max_diff(&before[..1], &before[1..2]) > 0.01, "the block's masks vary with the input");
+}
+
+#[test]
 fn the_shipped_selfie_model_passes_through_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("selfie.onnx");
@@ -104,7 +136,7 @@ fn the_shipped_selfie_model_passes_through_unchanged() {
     let rep = dir.path().join("report.json");
     prepare_ok(&[onnx.to_str().unwrap(), "-o", prepared.to_str().unwrap(), "--report", rep.to_str().unwrap()], dir.path());
     let r = report(&rep);
-    for pass in ["window-pad", "bias-gelu", "skip-layernorm"] {
+    for pass in ["window-gather", "gather-linear", "qkv-bias", "window-pad", "bias-gelu", "skip-layernorm", "conv-bn"] {
         assert_eq!(fired(&r, pass), 0, "{pass} finds nothing in the selfie model");
     }
     assert_eq!(r["nodes_before"], r["nodes_after"]);

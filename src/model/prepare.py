@@ -162,6 +162,400 @@ def pass_window_pad(g):
     return fired
 
 
+MOVES = {"Reshape", "Transpose", "Slice", "Concat", "Pad", "Squeeze", "Unsqueeze", "Identity", "Flatten"}
+
+
+def row_move(g, n, rows, channels):
+    """The rows (token) index array of `n`'s output when `n` only moves whole rows of a tensor whose last axis
+    (`channels` wide) it leaves alone, given `rows` (input name → index array over that input's leading axes;
+    0 marks a zero row, k + 1 row k of the chain's source). None when `n` touches the last axis or anything is
+    not static."""
+    out_shape = g.static_shape(n.output[0])
+    if out_shape is None or out_shape[-1] != channels or len(n.output) != 1:
+        return None
+    op = n.op_type
+    src = rows.get(n.input[0])
+    if op == "Concat":
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+        axis = axis + len(out_shape) if axis < 0 else axis
+        if axis == len(out_shape) - 1:
+            return None
+        parts = []
+        for i in n.input:
+            if i in rows:
+                parts.append(rows[i])
+                continue
+            c = g.const(i)
+            if c is None or np.any(c != 0) or c.shape[-1] != channels:
+                return None
+            parts.append(np.zeros(c.shape[:-1], dtype=np.int64))
+        a = np.concatenate(parts, axis=axis)
+    elif src is None or any(i in rows for i in n.input[1:]):
+        return None
+    elif op in ("Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten"):
+        in_shape = g.static_shape(n.input[0])
+        if in_shape is None or in_shape[-1] != channels:
+            return None
+        a = src.reshape(out_shape[:-1])
+    elif op == "Transpose":
+        perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
+        if perm is None or perm[-1] != len(perm) - 1:
+            return None
+        a = src.transpose(perm[:-1])
+    elif op == "Slice":
+        consts = [g.const(i) if i else None for i in n.input[1:]]
+        if len(consts) < 2 or any(c is None for c in consts[:2]) or any(i and c is None for i, c in zip(n.input[1:], consts)):
+            return None
+        starts, ends = consts[0], consts[1]
+        rank = src.ndim + 1
+        axes = consts[2] if len(consts) > 2 and consts[2] is not None else np.arange(len(starts))
+        steps = consts[3] if len(consts) > 3 and consts[3] is not None else np.ones(len(starts), dtype=np.int64)
+        index = [slice(None)] * src.ndim
+        for s, e, ax, st in zip(starts, ends, axes, steps):
+            ax = int(ax) + rank if ax < 0 else int(ax)
+            if ax == rank - 1:
+                return None
+            index[ax] = slice(int(s), int(e), int(st))
+        a = src[tuple(index)]
+    elif op == "Pad":
+        mode = next((a.s.decode() for a in n.attribute if a.name == "mode"), "constant")
+        pads = g.const(n.input[1]) if len(n.input) > 1 else None
+        value = g.const(n.input[2]) if len(n.input) > 2 and n.input[2] else np.zeros(())
+        if mode != "constant" or pads is None or value is None or np.any(value != 0) or len(n.input) > 3 and n.input[3]:
+            return None
+        rank = src.ndim + 1
+        if len(pads) != 2 * rank or pads[rank - 1] or pads[-1] or np.any(pads < 0):
+            return None
+        a = np.pad(src, [(int(pads[i]), int(pads[rank + i])) for i in range(rank - 1)])
+    else:
+        return None
+    return a if list(a.shape) == out_shape[:-1] else None
+
+
+def pass_window_gather(g, min_row=64, max_row=1 << 30):
+    """Each chain of data-movement ops (Reshape, Transpose, Slice, Concat, Pad, ...) that only moves whole
+    token rows → one Gather of rows. Swin's window partition (pad to the window, cyclic shift as Slice + Slice
+    + Concat twice, 6-D Reshape + Transpose) and its reverse (Reshape + Transpose, shift back, crop) are ten
+    ONNX Runtime kernels each, every one a full copy of the feature map (concat/split/slice/transpose: 6.8 ms of
+    BiRefNet-L's 26.2 ms, Nsight Compute 2026-12-02); the rows they end up in are known when the graph is
+    prepared. Padding rows read a zero row put after the source. Only rows of at least `min_row` values:
+    ONNX Runtime's Gather copies element by element, so the attention heads' 32-wide rows (`head-gather`) stay
+    with its vectorised Transpose unless measured otherwise."""
+    rows, source, moves = {}, {}, {}
+    for n in list(g.g.node):
+        if n.op_type not in MOVES or not n.input or n.domain not in ("", "ai.onnx"):
+            continue
+        ins = [i for i in n.input if i in rows]
+        if ins:
+            roots = {source[i] for i in ins}
+            if len(roots) != 1:
+                continue
+            root = roots.pop()
+            channels = g.static_shape(root)[-1]
+        else:
+            root = n.input[0]
+            shape = g.static_shape(root)
+            if shape is None or len(shape) < 2 or not min_row <= shape[-1] < max_row or g.const(root) is not None:
+                continue
+            channels = shape[-1]
+            local = dict(rows)
+            local[root] = np.arange(1, int(np.prod(shape[:-1])) + 1, dtype=np.int64).reshape(shape[:-1])
+            if row_move(g, n, local, channels) is not None:
+                rows[root], source[root], moves[root] = local[root], root, 0
+            ins = [root]
+        a = row_move(g, n, rows, channels)
+        if a is None:
+            continue
+        copies = int(n.op_type in ("Transpose", "Slice", "Concat", "Pad"))
+        rows[n.output[0]], source[n.output[0]] = a, root
+        moves[n.output[0]] = copies + sum(moves[i] for i in ins)
+    # The tensors a non-movement node reads (or the graph puts out): each is a Gather from its source.
+    fired = 0
+    for name, a in rows.items():
+        root = source[name]
+        if name == root or moves[name] < 2:
+            continue  # a Gather for one copy kernel gains nothing
+        users = g.consumers.get(name, [])
+        if not any(u.name and (u.op_type not in MOVES or u.output[0] not in rows) for u in users) and name not in g.graph_outputs:
+            continue
+        flat = a.reshape(-1)
+        if np.array_equal(flat, np.arange(1, flat.size + 1)):
+            continue  # only reshapes: free in ONNX Runtime
+        shape = g.static_shape(root)
+        dtype = g.elem_type(root)
+        n_rows = int(np.prod(shape[:-1]))
+        new = []
+        table = g.unique("rows")
+        new.append(helper.make_node("Reshape", [root, g.add_init("rows_shape", np.array([n_rows, shape[-1]], np.int64))],
+                                    [table], name=table))
+        g.types[table] = (dtype, [n_rows, shape[-1]])
+        if (flat == 0).any():
+            zero = g.add_init("zero_row", np.zeros((1, shape[-1]), helper.tensor_dtype_to_np_dtype(dtype)))
+            padded = g.unique("rows_zero")
+            new.append(helper.make_node("Concat", [table, zero], [padded], axis=0, name=padded))
+            g.types[padded] = (dtype, [n_rows + 1, shape[-1]])
+            index = np.where(a == 0, n_rows, a - 1)
+            table = padded
+        else:
+            index = a - 1
+        idx = g.add_init("rows_index", index.astype(np.int32))
+        new.append(helper.make_node("Gather", [table, idx], [name], axis=0, name=g.unique("window_gather")))
+        producer = g.producer[name]
+        insert_after(g, producer, new)
+        g.g.node.remove(producer)
+        fired += 1
+    g.refresh_links()
+    if fired:
+        drop_dead(g)
+    return fired
+
+
+def pass_head_gather(g):
+    """`window-gather` for the narrow rows too (attention heads' split and merge): off by default."""
+    return pass_window_gather(g, min_row=2, max_row=64)
+
+
+def pass_gather_linear(g):
+    """Gather of rows from a Linear's output (MatMul + bias) → the Linear after the Gather: the window reverse
+    then feeds the residual Add as MatMul + bias, which `skip-layernorm` folds (no Gemm bias broadcast for
+    Swin's attention projection), and the GEMM skips the padding rows."""
+    fired = 0
+    for n in list(g.g.node):
+        if n.op_type != "Gather" or not n.name.startswith("mf_prep_window_gather"):
+            continue
+        reshape = g.producer.get(n.input[0])
+        if reshape is None or reshape.op_type != "Reshape" or getattr(g.only_consumer(reshape.output[0]), "name", None) != n.name:
+            continue
+        add = g.producer.get(reshape.input[0])
+        mb = bias_of(g, add)
+        if mb is None or getattr(g.only_consumer(add.output[0]), "name", None) != reshape.name:
+            continue
+        mm = g.producer[mb[0]]
+        x = mm.input[0]
+        x_shape, w_shape = g.static_shape(x), g.static_shape(mm.input[1])
+        out_shape = g.static_shape(n.output[0])
+        if x_shape is None or w_shape is None or len(w_shape) != 2 or out_shape is None:
+            continue
+        dtype = g.elem_type(x)
+        k = x_shape[-1]
+        rows_in = g.unique("lin_rows")
+        gathered = g.unique("lin_gathered")
+        product = g.unique("lin_mm")
+        idx_shape = out_shape[:-1]
+        new = [
+            helper.make_node("Reshape", [x, g.add_init("rows_shape", np.array([-1, k], np.int64))], [rows_in], name=rows_in),
+            helper.make_node("Gather", [rows_in, n.input[1]], [gathered], axis=0, name=gathered),
+            helper.make_node("MatMul", [gathered, mm.input[1]], [product], name=product),
+            helper.make_node("Add", [product, mb[1]], [n.output[0]], name=g.unique("lin_bias")),
+        ]
+        g.types[rows_in] = (dtype, [int(np.prod(x_shape[:-1])), k])
+        g.types[gathered] = (dtype, idx_shape + [k])
+        g.types[product] = (dtype, out_shape)
+        insert_after(g, n, new)
+        for old in (n, reshape, add, mm):
+            g.g.node.remove(old)
+        g.refresh_links()
+        fired += 1
+    return fired
+
+
+def insert_after(g, anchor, new):
+    nodes = list(g.g.node)
+    at = next(i for i, m in enumerate(nodes) if m.name == anchor.name)
+    del g.g.node[:]
+    g.g.node.extend(nodes[:at + 1] + list(new) + nodes[at + 1:])
+
+
+def drop_dead(g):
+    """Removes nodes none of whose outputs anyone reads (what a rewrite left behind)."""
+    while True:
+        used = {i for n in g.g.node for i in n.input} | g.graph_outputs
+        dead = [n for n in g.g.node if n.output and not any(o in used for o in n.output if o)]
+        if not dead:
+            break
+        for n in dead:
+            g.g.node.remove(n)
+    g.refresh_links()
+
+
+def pass_conv_bn(g):
+    """BatchNormalization after a DeformConv (or a Conv ONNX Runtime did not fold) → folded into its weights and
+    bias. BiRefNet's ASPPDeformable blocks run DeformConv → BatchNormalization → ReLU: cuDNN's
+    `bn_fw_inf_1C11_kernel_NCHW` then reads and writes every map again (20 launches, 0.3 ms on Swin-T)."""
+    fired = 0
+    for bn in list(g.g.node):
+        if bn.op_type != "BatchNormalization" or len(bn.output) > 1 and any(bn.output[1:]):
+            continue
+        conv = g.producer.get(bn.input[0])
+        if conv is None or conv.op_type not in ("DeformConv", "Conv") or getattr(g.only_consumer(conv.output[0]), "name", None) != bn.name:
+            continue
+        bias_at = 3 if conv.op_type == "DeformConv" else 2
+        w = g.const(conv.input[1]) if conv.input[1] in g.inits else None
+        has_b = len(conv.input) > bias_at and conv.input[bias_at]
+        b = g.const(conv.input[bias_at]) if has_b else None
+        stats = [g.const(i) for i in bn.input[1:5]]
+        if w is None or has_b and b is None or any(x is None for x in stats):
+            continue
+        gamma, beta, mean, var = (x.astype(np.float64) for x in stats)
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        k = gamma / np.sqrt(var + eps)
+        new_w = (w.astype(np.float64) * k.reshape(-1, *[1] * (w.ndim - 1))).astype(w.dtype)
+        new_b = (((b.astype(np.float64) if b is not None else 0) - mean) * k + beta).astype(w.dtype)
+        ins = list(conv.input)
+        while len(ins) <= bias_at:
+            ins.append("")
+        ins[1] = g.add_init("bn_w", new_w)
+        ins[bias_at] = g.add_init("bn_b", new_b)
+        node = helper.make_node(conv.op_type, ins, [bn.output[0]], name=g.unique("conv_bn"), domain=conv.domain)
+        node.attribute.extend(conv.attribute)
+        replace_nodes(g, [conv, bn], [node])
+        g.refresh_links()
+        fired += 1
+    return fired
+
+
+def const_value(g, name):
+    """An initializer's value, also through a Transpose of one (exports write Linear weights as W and W^T)."""
+    c = g.const(name)
+    if c is not None:
+        return c
+    n = g.producer.get(name)
+    if n is not None and n.op_type == "Transpose":
+        inner = g.const(n.input[0])
+        perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
+        if inner is not None:
+            return inner.transpose(perm) if perm else inner.T
+    return None
+
+
+def attr(n, name, default=None):
+    a = next((a for a in n.attribute if a.name == name), None)
+    return default if a is None else helper.get_attribute_value(a)
+
+
+def head_part(g, n):
+    """(index, output) when `n` takes part `index` of axis 0 of a [3, ...] tensor and drops that axis: Slice +
+    Squeeze or Gather with a scalar index."""
+    if n.op_type == "Gather" and attr(n, "axis", 0) == 0:
+        i = g.const(n.input[1])
+        return (int(i), n.output[0]) if i is not None and i.ndim == 0 else None
+    if n.op_type != "Slice" or len(n.input) < 4:
+        return None
+    st, en, ax = (g.const(i) for i in n.input[1:4])
+    if st is None or en is None or ax is None or list(ax) != [0] or int(en[0]) != int(st[0]) + 1:
+        return None
+    if len(n.input) > 4 and n.input[4] and list(g.const(n.input[4]) if g.const(n.input[4]) is not None else [0]) != [1]:
+        return None
+    sq = g.only_consumer(n.output[0])
+    if sq is None or sq.op_type != "Squeeze":
+        return None
+    axes = attr(sq, "axes") if len(sq.input) < 2 else g.const(sq.input[1])
+    return (int(st[0]), sq.output[0]) if axes is not None and list(axes) == [0] else None
+
+
+def pass_qkv_bias(g):
+    """Attention's qkv bias without a Gemm: the key bias dropped (it shifts each query's logits by one constant,
+    which softmax ignores), the value bias moved into the output projection's bias (softmax rows sum to one),
+    the query bias added to the query alone. ONNX Runtime otherwise runs the qkv projection as a Gemm whose
+    `BroadcastBiasKernel` writes the whole [tokens, 3C] output first (the remaining bias broadcasts after
+    `gather-linear`, 1.1 ms of BiRefNet-L)."""
+    fired = 0
+    for t in list(g.g.node):
+        if t.op_type != "Transpose" or attr(t, "perm") != [2, 0, 3, 1, 4]:
+            continue
+        r = g.producer.get(t.input[0])
+        if r is None or r.op_type != "Reshape" or getattr(g.only_consumer(r.output[0]), "name", None) != t.name:
+            continue
+        shape = g.static_shape(r.output[0])
+        add = g.producer.get(r.input[0])
+        mb = bias_of(g, add)
+        if shape is None or len(shape) != 5 or shape[2] != 3 or mb is None:
+            continue
+        if getattr(g.only_consumer(add.output[0]), "name", None) != r.name:
+            continue
+        heads, hd = shape[3], shape[4]
+        c = heads * hd
+        b = g.const(mb[1])
+        if b.shape != (3 * c,):
+            continue
+        parts = [head_part(g, u) for u in g.consumers.get(t.output[0], [])]
+        if len(parts) != 3 or any(p is None for p in parts) or sorted(p[0] for p in parts) != [0, 1, 2]:
+            continue
+        q, k, v = (next(p[1] for p in parts if p[0] == i) for i in range(3))
+        # k: only into the logits MatMul (maybe through a Transpose), whose rows reach a last-axis Softmax
+        # through Adds, Muls by constants and Reshapes that keep the last axis.
+        ku = g.only_consumer(k)
+        if ku is not None and ku.op_type == "Transpose" and attr(ku, "perm") == [0, 1, 3, 2]:
+            ku = g.only_consumer(ku.output[0])
+        if ku is None or ku.op_type not in ("MatMul", "FusedMatMul"):
+            continue
+        x, ok = ku.output[0], False
+        while True:
+            u = g.only_consumer(x)
+            if u is None:
+                break
+            if u.op_type == "Softmax":
+                ok = attr(u, "axis", -1) in (-1, len(g.static_shape(x) or [0]) - 1)
+                soft = u
+                break
+            shp_in, shp_out = g.static_shape(x), g.static_shape(u.output[0])
+            if shp_in is None or shp_out is None or shp_in[-1] != shp_out[-1]:
+                break
+            if u.op_type == "Add" or u.op_type == "Reshape" and u.input[0] == x:
+                x = u.output[0]
+            elif u.op_type == "Mul" and any(g.const(i) is not None and g.const(i).size == 1 for i in u.input):
+                x = u.output[0]
+            else:
+                break
+        if not ok:
+            continue
+        # v: the Softmax's output times v, then through Transpose/Reshape/row Gathers into the projection.
+        av = g.only_consumer(v)
+        if av is None or av.op_type != "MatMul" or av.input[1] != v or av.input[0] != soft.output[0]:
+            continue
+        if len(g.consumers.get(soft.output[0], [])) != 1:
+            continue
+        x, proj = av.output[0], None
+        while True:
+            u = g.only_consumer(x)
+            if u is None or u.input[0] != x:
+                break
+            if u.op_type in ("Transpose", "Reshape") or u.op_type == "Gather" and attr(u, "axis", 0) == 0 and g.const(u.input[1]) is not None:
+                x = u.output[0]
+                continue
+            if u.op_type == "MatMul":
+                proj = u
+            break
+        proj_bias = bias_of(g, g.only_consumer(proj.output[0])) if proj is not None else None
+        wp = const_value(g, proj.input[1]) if proj is not None else None
+        if proj_bias is None or wp is None or wp.shape[0] != c:
+            continue
+        padd = g.only_consumer(proj.output[0])
+        bp = g.const(proj_bias[1])
+        new_bp = (bp.astype(np.float64) + b[2 * c:].astype(np.float64) @ wp.astype(np.float64)).astype(bp.dtype)
+        for i, name in enumerate(padd.input):
+            if name == proj_bias[1]:
+                padd.input[i] = g.add_init("proj_bias", new_bp)
+        # q: its bias added before the scale.
+        q_biased = g.unique("q_bias")
+        qb = g.add_init("q_bias_value", b[:c].reshape(heads, 1, hd))
+        for u in g.consumers.get(q, []):
+            for i, name in enumerate(u.input):
+                if name == q:
+                    u.input[i] = q_biased
+        q_node = helper.make_node("Add", [q, qb], [q_biased], name=q_biased)
+        g.types[q_biased] = g.types.get(q, (None, None))
+        insert_after(g, g.producer[q], [q_node])
+        # The projection without its bias: the Reshape reads the MatMul.
+        for n in g.g.node:
+            if n.name == r.name:
+                n.input[0] = mb[0]
+        g.refresh_links()
+        drop_dead(g)
+        fired += 1
+    return fired
+
+
 def bias_of(g, add):
     """(matmul_output, bias_name) when `add` is MatMul + constant 1-D bias (either order), else None."""
     if add is None or add.op_type != "Add":
@@ -243,11 +637,16 @@ def pass_skip_layernorm(g):
 
 
 PASSES = {
+    "window-gather": pass_window_gather,
+    "head-gather": pass_head_gather,
+    "gather-linear": pass_gather_linear,
+    "qkv-bias": pass_qkv_bias,
     "window-pad": pass_window_pad,
     "bias-gelu": pass_bias_gelu,
+    "conv-bn": pass_conv_bn,
     "skip-layernorm": pass_skip_layernorm,
 }
-DEFAULT_PASSES = ["window-pad", "bias-gelu", "skip-layernorm"]
+DEFAULT_PASSES = ["window-gather", "gather-linear", "qkv-bias", "window-pad", "bias-gelu", "skip-layernorm", "conv-bn"]
 
 
 def prune(model):
