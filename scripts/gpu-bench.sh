@@ -9,7 +9,7 @@
 #                                     decode-check e2e-decode batch-lite determinism contention f16io bg-check
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
-#                                     peers-fixed-l peers-fixed-t
+#                                     peers-fixed-l peers-fixed-t prep3
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -321,6 +321,30 @@ PY
         gpu_bench "$name-prep-fp16" "$MODELS/$name-prep-fp16.onnx" "$ROOT/models/$name.toml" $g --batch 1 --device-only
         gpu_bench "$name-prep-fp16-graph" "$MODELS/$name-prep-fp16.onnx" "$ROOT/models/$name.toml" $g --batch 1 --device-only --cuda-graph
         [ -n "${NO_NCU:-}" ] || [ $name = birefnet-lite -a -z "${NCU_LITE:-}" ] || ncu_model "$name-prep-fp16" "$MODELS/$name-prep-fp16.onnx" "$ROOT/models/$name.toml"
+      done
+      ;;
+    prep3)
+      # Pass variants side by side (issue 15): the plain fp16 export; the passes of 57c89dd (window-pad,
+      # bias-gelu, skip-layernorm); today's default passes; the default plus head-gather. Model alone, IO
+      # binding, batch 1, same lease; Nsight Compute of the default (NO_NCU=1 skips). MODELS_ONLY=lite|general.
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+      local name g ex v passes
+      for name in birefnet-lite birefnet-general; do
+        [ -n "${MODELS_ONLY:-}" ] && [ "$name" != "birefnet-$MODELS_ONLY" ] && continue
+        g=2362 ex=export-l1; [ $name = birefnet-lite ] && g=469 ex=export-t1
+        [ -f "$MODELS/$name-fp16.onnx" ] || step $ex
+        for v in old default heads; do
+          passes=
+          [ $v = old ] && passes=window-pad,bias-gelu,skip-layernorm
+          [ $v = heads ] && passes=window-gather,head-gather,gather-linear,qkv-bias,window-pad,bias-gelu,skip-layernorm,conv-bn
+          [ -f "$MODELS/$name-prep-$v.onnx" ] || T 300 python3 "$ROOT/src/model/prepare.py" "$MODELS/$name.onnx" "$MODELS/$name-prep-$v.onnx" --fp16 \
+            ${passes:+--passes $passes} --report "$W/prep-$name-$v.json" 2>&1 | grep -v "warn"
+        done
+        gpu_bench "$name-fp16" "$MODELS/$name-fp16.onnx" "$ROOT/models/$name.toml" $g --batch 1 --device-only
+        for v in old default heads; do
+          gpu_bench "$name-prep-$v" "$MODELS/$name-prep-$v.onnx" "$ROOT/models/$name.toml" $g --batch 1 --device-only
+        done
+        [ -n "${NO_NCU:-}" ] || ncu_model "$name-prep-default" "$MODELS/$name-prep-default.onnx" "$ROOT/models/$name.toml"
       done
       ;;
     prep-quality)
