@@ -9,7 +9,7 @@
 #                                     decode-check e2e-decode batch-lite determinism contention f16io bg-check
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
-#                                     peers-fixed-l peers-fixed-t prep3
+#                                     peers-fixed-l peers-fixed-t prep3 final15
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -347,6 +347,32 @@ PY
         [ -n "${NO_NCU:-}" ] || ncu_model "$name-prep-default" "$MODELS/$name-prep-default.onnx" "$ROOT/models/$name.toml"
       done
       ;;
+    final15)
+      # Issue 15 in one call per model size: export, `prepare` with the default passes (fp16), model alone (IO
+      # binding, batch 1) for the plain fp16 export and the prepared file (also with --cuda-nhwc and
+      # --cuda-graph), masks of the prepared file against the fp32 export on bikes.mp4 (GPU stages), and end to
+      # end (1080p H.264 → composite, GPU stages). MODELS_ONLY=lite|general.
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+      local name g ex man
+      for name in birefnet-lite birefnet-general; do
+        [ -n "${MODELS_ONLY:-}" ] && [ "$name" != "birefnet-$MODELS_ONLY" ] && continue
+        g=2362 ex=export-l1; [ $name = birefnet-lite ] && g=469 ex=export-t1
+        man="$ROOT/models/$name.toml"
+        [ -f "$MODELS/$name-fp16.onnx" ] || step $ex
+        T 300 python3 "$ROOT/src/model/prepare.py" "$MODELS/$name.onnx" "$MODELS/$name-prep.onnx" --fp16 \
+          --report "$W/prep-$name.json" 2>&1 | grep -v "warn"
+        gpu_bench "$name-fp16" "$MODELS/$name-fp16.onnx" "$man" $g --batch 1 --device-only
+        gpu_bench "$name-prep" "$MODELS/$name-prep.onnx" "$man" $g --batch 1 --device-only
+        gpu_bench "$name-prep-nhwc" "$MODELS/$name-prep.onnx" "$man" $g --batch 1 --device-only --cuda-nhwc
+        gpu_bench "$name-prep-graph" "$MODELS/$name-prep.onnx" "$man" $g --batch 1 --device-only --cuda-graph
+        for v in "" -prep; do
+          T 120 matteflow convert "$ROOT/assets/media/bikes.mp4" -k mask -o "/tmp/q/$name$v-bikes/" --model "$MODELS/$name$v.onnx" \
+            --manifest "$man" --device cuda --cuda-stages --overwrite 2>&1 | tail -1
+        done
+        echo "QUALITY $name bikes prepared fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-bikes" "/tmp/q/$name-prep-bikes")"
+        e2e "$name-prep-cuda-stages" "$MODELS/$name-prep.onnx" "$man" --cuda-stages
+      done
+      ;;
     prep-quality)
       # Masks of the prepared fp16 model against the fp32 export on the shipped clips' frames (random weights),
       # and end to end (1080p H.264 → composite, GPU stages) with the prepared models.
@@ -381,7 +407,10 @@ PY
         "$KIT/files/bundle/nginx/ngx_rtmp_module.so" $nx $nx $port > $nx/nginx.conf
       LD_LIBRARY_PATH="$KIT/files/bundle/nginx" "$KIT/files/bundle/nginx/nginx" -p $nx -c $nx/nginx.conf && url=rtmp://127.0.0.1:$port/live
       local m label onnx man st
-      for m in "isnet|$ISNET|isnet" "lite-fp16|$MODELS/birefnet-lite-fp16.onnx|birefnet-lite" "general-fp16|$MODELS/birefnet-general-fp16.onnx|birefnet-general"; do
+      local set=("isnet|$ISNET|isnet" "lite-fp16|$MODELS/birefnet-lite-fp16.onnx|birefnet-lite" "general-fp16|$MODELS/birefnet-general-fp16.onnx|birefnet-general")
+      # LIVE_PREPARED=1: the prepared BiRefNet files of step final15 instead (issue 15's models for issue 13's targets)
+      [ -n "${LIVE_PREPARED:-}" ] && set=("lite-prep|$MODELS/birefnet-lite-prep.onnx|birefnet-lite" "general-prep|$MODELS/birefnet-general-prep.onnx|birefnet-general")
+      for m in "${set[@]}"; do
         IFS='|' read -r label onnx man <<< "$m"
         [ -f "$onnx" ] || { echo "skip $label: no $onnx"; continue; }
         for st in ${STAGES:-cpu gpu}; do

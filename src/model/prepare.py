@@ -453,6 +453,33 @@ def head_part(g, n):
     return (int(st[0]), sq.output[0]) if axes is not None and list(axes) == [0] else None
 
 
+def keys_transposed(g, k):
+    """The MatMul that takes `k` (through Reshapes, Transposes and Muls by a scalar) as its right side with the
+    last two axes swapped — checked by moving an index array along — else None."""
+    shape = g.static_shape(k)
+    if shape is None or len(shape) < 2:
+        return None
+    start = np.arange(int(np.prod(shape))).reshape(shape)
+    idx, x = start, k
+    while True:
+        u = g.only_consumer(x)
+        if u is None:
+            return None
+        if u.op_type == "Reshape" and u.input[0] == x and g.static_shape(u.output[0]) is not None:
+            idx = idx.reshape(g.static_shape(u.output[0]))
+        elif u.op_type == "Transpose":
+            perm = attr(u, "perm")
+            idx = idx.transpose(perm) if perm is not None else idx.T
+        elif u.op_type == "Mul" and any(i != x and g.const(i) is not None and g.const(i).size == 1 for i in u.input):
+            pass
+        elif u.op_type == "MatMul" and u.input[1] == x:
+            want = np.swapaxes(start, -1, -2)
+            return u if idx.shape == want.shape and np.array_equal(idx, want) else None
+        else:
+            return None
+        x = u.output[0]
+
+
 def pass_qkv_bias(g):
     """Attention's qkv bias without a Gemm: the key bias dropped (it shifts each query's logits by one constant,
     which softmax ignores), the value bias moved into the output projection's bias (softmax rows sum to one),
@@ -482,12 +509,11 @@ def pass_qkv_bias(g):
         if len(parts) != 3 or any(p is None for p in parts) or sorted(p[0] for p in parts) != [0, 1, 2]:
             continue
         q, k, v = (next(p[1] for p in parts if p[0] == i) for i in range(3))
-        # k: only into the logits MatMul (maybe through a Transpose), whose rows reach a last-axis Softmax
-        # through Adds, Muls by constants and Reshapes that keep the last axis.
-        ku = g.only_consumer(k)
-        if ku is not None and ku.op_type == "Transpose" and attr(ku, "perm") == [0, 1, 3, 2]:
-            ku = g.only_consumer(ku.output[0])
-        if ku is None or ku.op_type not in ("MatMul", "FusedMatMul"):
+        # k: only into the logits MatMul as its transposed right side (through Reshapes, Transposes and scalar
+        # Muls, as PyTorch's SDPA decomposition writes it), whose rows reach a last-axis Softmax through Adds,
+        # Muls by constants and Reshapes that keep the last axis.
+        ku = keys_transposed(g, k)
+        if ku is None:
             continue
         x, ok = ku.output[0], False
         while True:
