@@ -257,6 +257,7 @@ pub fn live(a: LiveArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         trt_cache: a.model.trt_cache.clone(),
         ort_spin: a.model.ort_spin,
         cudnn_search: a.model.cudnn_search,
+        no_prepared: a.model.no_prepared,
     };
     go_live(&cfg, &model, cancel, a.report.as_ref())
 }

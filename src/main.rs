@@ -181,6 +181,9 @@ struct ModelArgs {
     /// and encoding need those cores)
     #[arg(long)]
     ort_spin: bool,
+    /// CUDA: run the model file as given, not the prepared graph `matteflow prepare` left in the cache for it
+    #[arg(long)]
+    no_prepared: bool,
     /// Own model: input tensor name
     #[arg(long, help_heading = "Own model (without a manifest)")]
     input_name: Option<String>,
@@ -490,6 +493,7 @@ impl ModelArgs {
             cudnn_search: self.cudnn_search,
             profile: self.ort_profile.clone(),
             spin: self.ort_spin,
+            ignore_prepared: self.no_prepared,
         }
     }
     fn open(&self) -> anyhow::Result<matteflow::infer::OnnxSegmenter> {

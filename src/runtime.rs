@@ -200,6 +200,9 @@ pub struct ProviderOptions {
     /// decoding, compositing and encoding share the cores with the model, and spinning took them (2 cores:
     /// live 162 → 85 % CPU, conversion 57–63 → 68–73 fps without it; docs/BENCHMARKS.md).
     pub spin: bool,
+    /// Run the model file as given even when `matteflow prepare` left a prepared graph of it in the cache
+    /// (which is otherwise used on CUDA).
+    pub ignore_prepared: bool,
 }
 
 /// The TensorRT profile for a dynamic model: sizes from one multiple up to twice the manifest's size.

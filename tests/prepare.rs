@@ -165,7 +165,14 @@ fn results_are_cached_by_the_models_hash() {
     std::fs::write(&onnx, bytes).unwrap();
     let (third, _) = prepare_ok(&[onnx.to_str().unwrap()], &cache);
     assert_ne!(third, first);
-    assert_eq!(std::fs::read_dir(cache.join("prepared")).unwrap().count(), 3, "no partial files left");
+    let names = |d: PathBuf| -> Vec<String> {
+        std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    };
+    let files = names(cache.join("prepared"));
+    assert_eq!(files.iter().filter(|n| n.ends_with(".onnx")).count(), 3, "{files:?}");
+    let hashes = names(cache.join("prepared/.hashes"));
+    assert!(files.iter().chain(&hashes).all(|n| !n.contains("partial")), "no partial files left: {files:?} {hashes:?}");
+    assert_eq!(hashes.len(), 2, "one remembered hash per model file version: {hashes:?}");
 }
 
 #[test]
@@ -197,4 +204,45 @@ fn errors_name_the_problem_and_leave_nothing_behind() {
     assert!(err.contains("unknown pass fold-everything"), "{err}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(!out_path.exists() && left.iter().all(|n| !n.to_string_lossy().contains("partial")), "{left:?}");
+}
+
+#[test]
+fn a_prepared_graph_in_the_cache_is_used_with_device_cuda() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let onnx = dir.path().join("swin.onnx");
+    fixture_py("make_swin_block.py", &[&onnx]);
+    let manifest = selfie_manifest_for(&onnx, "swin");
+    let run = |extra: &[&str], out: &str| {
+        let out = dir.path().join(out);
+        let clip = sample("carphone_pristine.mp4");
+        let mut args: Vec<String> = ["-v", "convert"].map(String::from).to_vec();
+        for p in [&clip, &PathBuf::from("-o"), &out, &PathBuf::from("-k"), &PathBuf::from("mask")] {
+            args.push(p.to_str().unwrap().to_string());
+        }
+        for a in ["--model", onnx.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()] {
+            args.push(a.to_string());
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let o = Command::new(env!("CARGO_BIN_EXE_matteflow")).args(&args).env("MATTEFLOW_CACHE_DIR", &cache).output().unwrap();
+        let err = stderr_of(&o);
+        assert!(o.status.success(), "{args:?}: {err}");
+        err
+    };
+    // Nothing prepared yet: the file as given.
+    assert!(!run(&["--device", "cuda"], "a.mkv").contains("prepared graph"));
+    let (path, _) = prepare_ok(&[onnx.to_str().unwrap()], &cache);
+    let path = path.trim();
+    let used = format!("using its prepared graph {path}");
+    // On CUDA (here: asked for, falling back to the CPU provider) the cached graph is taken and said so …
+    let err = run(&["--device", "cuda"], "b.mkv");
+    assert!(err.contains(&used), "{err}");
+    // … not with --no-prepared, and not on the CPU.
+    assert!(!run(&["--device", "cuda", "--no-prepared"], "c.mkv").contains("prepared graph"));
+    assert!(!run(&["--device", "cpu"], "d.mkv").contains("prepared graph"));
+    // A changed model file is not matched with the old preparation.
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    bytes.extend_from_slice(b"\x32\x01y");
+    std::fs::write(&onnx, bytes).unwrap();
+    assert!(!run(&["--device", "cuda"], "e.mkv").contains("prepared graph"));
 }

@@ -73,6 +73,7 @@ impl OnnxSegmenter {
     /// Loads ONNX Runtime if needed, opens the model with the best provider available, and validates it.
     pub fn open(model: ResolvedModel, opts: &ProviderOptions) -> Result<Self> {
         runtime::init(None)?;
+        let model = with_prepared_graph(model, opts);
         let env = runtime::environment()?;
         let label = model.source.describe();
         let model_name = match &model.source {
@@ -434,4 +435,35 @@ mod tests {
         let e = run_error("running m", &"Got invalid dimensions for input: x").to_string();
         assert_eq!(e, "ONNX Runtime: running m: Got invalid dimensions for input: x");
     }
+}
+
+/// On CUDA, the graph `matteflow prepare` made of this model file, when the cache has one (the same masks,
+/// BiRefNet about twice as fast: docs/BENCHMARKS.md); otherwise the file as given, with a hint for BiRefNet.
+fn with_prepared_graph(mut model: ResolvedModel, opts: &ProviderOptions) -> ResolvedModel {
+    let ModelSource::File(path) = &model.source else { return model };
+    if opts.ignore_prepared || !matches!(opts.device, runtime::DeviceChoice::Cuda(_)) {
+        return model;
+    }
+    match crate::model::prepare::find_cached(path) {
+        Some(prepared) => {
+            tracing::info!(
+                "{}: using its prepared graph {} (from `matteflow prepare`; --no-prepared runs the file as given)",
+                path.display(),
+                prepared.display()
+            );
+            model.source = ModelSource::File(prepared);
+        }
+        None => {
+            let name = model.manifest.name.to_ascii_lowercase();
+            if name.contains("birefnet") || name.contains("rmbg") {
+                tracing::info!(
+                    "{}: `matteflow prepare {} --fp16` once makes this model about twice as fast on CUDA (same masks; \
+                     it is then used automatically)",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
+    }
+    model
 }

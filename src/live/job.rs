@@ -63,6 +63,8 @@ pub struct ModelSection {
     pub ort_spin: bool,
     /// exhaustive (default), heuristic or default: see `--cudnn-search`.
     pub cudnn_search: crate::runtime::CudnnSearch,
+    /// Run the model file as given, not its prepared graph from `matteflow prepare` (see `--no-prepared`).
+    pub no_prepared: bool,
 }
 
 impl Default for ModelSection {
@@ -76,6 +78,7 @@ impl Default for ModelSection {
             trt_cache: None,
             ort_spin: false,
             cudnn_search: Default::default(),
+            no_prepared: false,
         }
     }
 }
@@ -90,6 +93,7 @@ impl ModelSection {
             threads: self.threads,
             spin: self.ort_spin,
             cudnn_search: self.cudnn_search,
+            ignore_prepared: self.no_prepared,
             ..Default::default()
         })
     }

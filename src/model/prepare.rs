@@ -65,9 +65,41 @@ fn sha256_file(p: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Where the cache keeps the prepared form of `model` under `o`: the model's name, its hash, the options.
+/// The first 8 hex digits of the passes' own hash: a matteflow with other passes prepares again instead of
+/// reusing what an older one left in the cache.
+fn script_tag() -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(SCRIPT.as_bytes()))[..8].to_string()
+}
+
+/// The model file's sha256, remembered in the cache by path, size and modification time so that opening a
+/// large model on CUDA does not hash it every time.
+fn model_hash(model: &Path) -> Result<String> {
+    use sha2::Digest;
+    let meta = std::fs::metadata(model).map_err(|e| Error::io(format!("reading {}", model.display()), e))?;
+    let canon = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let key = format!("{:x}", sha2::Sha256::digest(format!("{}|{}|{mtime}", canon.display(), meta.len()).as_bytes()));
+    let index = cache_dir().join("prepared").join(".hashes").join(&key[..24]);
+    if let Ok(h) = std::fs::read_to_string(&index) {
+        if h.len() == 64 {
+            return Ok(h);
+        }
+    }
+    let h = sha256_file(model)?;
+    if std::fs::create_dir_all(index.parent().unwrap()).is_ok() {
+        let tmp = index.with_extension(format!("partial-{}", std::process::id()));
+        if std::fs::write(&tmp, &h).is_ok() {
+            let _ = std::fs::rename(&tmp, &index);
+        }
+    }
+    Ok(h)
+}
+
+/// Where the cache keeps the prepared form of `model` under `o`: the model's name, its hash, the passes'
+/// version, the options.
 pub fn cached_path(model: &Path, o: &PrepareOptions) -> Result<PathBuf> {
-    let hash = sha256_file(model)?;
+    let hash = model_hash(model)?;
     let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let mut tag = String::new();
     if o.fp16 {
@@ -79,7 +111,20 @@ pub fn cached_path(model: &Path, o: &PrepareOptions) -> Result<PathBuf> {
     if !o.keep_fp32.is_empty() {
         tag += &format!("-keep-{}", o.keep_fp32.join("+"));
     }
-    Ok(cache_dir().join("prepared").join(format!("{stem}-{}{tag}.onnx", &hash[..16])))
+    Ok(cache_dir().join("prepared").join(format!("{stem}-{}-p{}{tag}.onnx", &hash[..16], script_tag())))
+}
+
+/// The prepared form of `model` that `matteflow prepare MODEL [--fp16]` left in the cache with this
+/// matteflow's passes (the fp16 one first), if any.
+pub fn find_cached(model: &Path) -> Option<PathBuf> {
+    let prepared_dir = cache_dir().join("prepared");
+    if model.starts_with(&prepared_dir) {
+        return None; // already a prepared file
+    }
+    [true, false]
+        .into_iter()
+        .filter_map(|fp16| cached_path(model, &PrepareOptions { fp16, ..Default::default() }).ok())
+        .find(|p| p.is_file())
 }
 
 fn python(o: &PrepareOptions) -> PathBuf {
