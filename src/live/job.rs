@@ -227,9 +227,12 @@ fn explain(e: &toml::de::Error, text: &str) -> String {
     let (before, after) = (&shown[..at], &shown[at + message.len()..]);
     let place = match e.span() {
         Some(span) => where_in(text, span.start),
-        // Without the text (the --set changes), TOML names the table on a line of its own: "in `matte`".
+        // Without the text (the --set changes), TOML names the table or key on a line of its own: "in `matte`".
         None => match after.trim().strip_prefix("in `").and_then(|t| t.strip_suffix('`')) {
-            Some(table) => return format!("{before}{}", plain_message(message, Place::Under(table.to_string()))),
+            Some(table) if message.starts_with("unknown field") => {
+                return format!("{before}{}", plain_message(message, Place::Under(table.to_string())))
+            }
+            Some(key) => return format!("{before}{key}: {}", plain_message(message, Place::Top)),
             None => Place::Top,
         },
     };
@@ -434,7 +437,7 @@ mod tests {
         let e = JobFile::parse("[input]\nsource = \"testsrc\"\n[[output]]\ntarget = \"ftp://x\"\n", "o.toml", &[]).unwrap_err().to_string();
         assert!(e.contains("line 4") && e.contains("rtmp://"), "{e}");
         let e = JobFile::parse(BASIC, "t.toml", &["matte.smooth=lots".into()]).unwrap_err().to_string();
-        assert!(e.contains("--set") && e.contains("smooth"), "{e}");
+        assert!(e.contains("--set") && e.contains("matte.smooth: invalid type: string \"lots\", expected f32"), "{e}");
     }
 
     #[test]
