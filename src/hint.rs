@@ -70,7 +70,6 @@ pub const SMOOTH: Setting = file_key("--smooth", "matte", "smooth", Kind::Number
 pub const REFINE: Setting = file_key("--refine", "matte", "refine", Kind::Switch);
 pub const FEATHER: Setting = file_key("--feather", "matte", "feather", Kind::Number);
 pub const FG_ESTIMATE: Setting = file_key("--fg-estimate", "matte", "fg_estimate", Kind::Switch);
-pub const OUTPUT: Setting = run_flag("--output", "output", "target", Kind::Text);
 pub const OVERWRITE: Setting = run_flag("--overwrite", "encode", "overwrite", Kind::Switch);
 pub const RTMP_START_TIMEOUT: Setting = run_flag("--rtmp-start-timeout", "encode", "rtmp_start_timeout_s", Kind::Number);
 pub const VCAM_FORMAT: Setting = file_key("--vcam-format", "encode", "vcam_format", Kind::Text);
