@@ -263,6 +263,8 @@ pub fn live(a: LiveArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
 }
 
 pub fn run_file(a: RunArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
+    // Settings come from the pipeline file here: hints name its keys (and `--set`), not other commands' flags.
+    matteflow::hint::speak(matteflow::hint::Dialect::PipelineFile);
     let mut sets = a.sets.clone();
     if let Some(i) = &a.input {
         sets.push(format!("input.source={}", toml_string(i)));
@@ -290,7 +292,7 @@ pub fn run_file(a: RunArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     let model = file.model.clone();
     match file.into_job()? {
         job::Job::Live(cfg) => go_live(&cfg, &model, cancel, a.report.as_ref()),
-        job::Job::Convert(cfg) => {
+        job::Job::Convert { config: cfg, allow_short } => {
             let seg = model.open(&model.name)?;
             let mut last = std::time::Instant::now();
             let mut progress = |p: matteflow::Progress| {
@@ -299,7 +301,7 @@ pub fn run_file(a: RunArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                     eprintln!("matteflow: {} frames", p.frames);
                 }
             };
-            let ctl = matteflow::RunControl { cancel, progress: Some(&mut progress), allow_short: false };
+            let ctl = matteflow::RunControl { cancel, progress: Some(&mut progress), allow_short };
             let r = matteflow::convert(&cfg, seg, ctl)?;
             println!("{} ({} frames, {:.1} fps)", r.output, r.frames, r.fps());
             if let Some(p) = &a.report {

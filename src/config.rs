@@ -257,9 +257,11 @@ impl ConvertConfig {
             return Err(Error::Output {
                 path: self.output.clone(),
                 reason: format!(
-                    "{} cannot carry alpha: use .mov, .mkv or a PNG folder for --output-kind alpha, or choose \
-                     --output-kind composite with a --background",
-                    format.describe()
+                    "{} cannot carry alpha: use .mov, .mkv or a PNG folder for {}, or choose {} with a {}",
+                    format.describe(),
+                    crate::hint::OUTPUT_KIND.to("alpha"),
+                    crate::hint::OUTPUT_KIND.to("composite"),
+                    crate::hint::BACKGROUND.name()
                 ),
             });
         }

@@ -78,7 +78,7 @@ pub fn run(ort_lib: Option<&std::path::Path>, popts: &ProviderOptions) -> Vec<Ch
         "decoded frames on the GPU",
         !nv.is_empty() && gstcuda,
         match (nv.is_empty(), gstcuda) {
-            (false, true) => "yes: nvcodec + libgstcuda-1.0 (--cuda-stages keeps NV12 in CUDA memory)".into(),
+            (false, true) => "yes: nvcodec + libgstcuda-1.0 (`convert --cuda-stages` keeps NV12 in CUDA memory)".into(),
             (_, false) => "no: libgstcuda-1.0.so.0 not found (gstreamer1.0-plugins-bad ≥ 1.22); frames are uploaded".to_string(),
             (true, true) => "no: nvcodec has no decoder here; frames are uploaded".into(),
         },

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod evenpad;
 pub mod eval;
+pub mod hint;
 pub mod images;
 pub mod infer;
 pub mod live;

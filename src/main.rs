@@ -294,11 +294,11 @@ struct QualityArgs {
     fg_estimate: bool,
     /// Run preprocess, mask upsampling and compositing on the GPU, with the model's input and output in device
     /// memory (IO binding; CUDA provider; any background, --smooth, --threshold; not yet side-by-side, --refine, --feather, --fg-estimate)
-    #[arg(long)]
+    #[arg(long, overrides_with = "stages")]
     cuda_stages: bool,
     /// Where preprocess, mask steps and compositing run (auto: on the GPU where the model runs on CUDA and they do
-    /// what was asked; --cuda-stages is --stages gpu)
-    #[arg(long, value_enum, default_value_t = matteflow::engine::StagesChoice::Auto)]
+    /// what was asked; --cuda-stages is --stages gpu; the later of the two wins)
+    #[arg(long, value_enum, default_value_t = matteflow::engine::StagesChoice::Auto, overrides_with = "cuda_stages")]
     stages: matteflow::engine::StagesChoice,
     /// With --cuda-stages: decode into system memory and upload each frame, even where GStreamer's nvcodec could
     /// leave decoded frames in CUDA memory
@@ -415,12 +415,12 @@ struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     runs: usize,
     /// Use the GPU stages (see convert --cuda-stages)
-    #[arg(long)]
+    #[arg(long, overrides_with = "stages")]
     cuda_stages: bool,
-    /// Where preprocess, mask steps and compositing run (auto: on the GPU where the model runs on CUDA and they do
-    /// what was asked; --cuda-stages is --stages gpu)
-    #[arg(long, value_enum, default_value_t = matteflow::engine::StagesChoice::Auto)]
-    stages: matteflow::engine::StagesChoice,
+    /// Where preprocess, mask steps and compositing run (default here: cpu, so that runs compare; auto: on the GPU
+    /// where the model runs on CUDA and they do what was asked; --cuda-stages is --stages gpu; the later of the two wins)
+    #[arg(long, value_enum, overrides_with = "cuda_stages")]
+    stages: Option<matteflow::engine::StagesChoice>,
     /// With --cuda-stages: decode to system memory and upload (see convert --host-decode)
     #[arg(long)]
     host_decode: bool,
@@ -823,7 +823,7 @@ fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         cfg.kind = Some(a.output_kind);
         cfg.background = Some(a.background.clone());
         cfg.overwrite = true;
-        cfg.stages = if a.cuda_stages { matteflow::engine::StagesChoice::Gpu } else { matteflow::engine::StagesChoice::Cpu };
+        cfg.stages = if a.cuda_stages { matteflow::engine::StagesChoice::Gpu } else { a.stages.unwrap_or(matteflow::engine::StagesChoice::Cpu) };
         cfg.cuda_decode = !a.host_decode;
         cfg.batch = a.batch;
         let r = matteflow::convert(&cfg, segmenter, matteflow::RunControl { cancel: cancel.clone(), progress: None, allow_short: false })?;

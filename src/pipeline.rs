@@ -322,7 +322,12 @@ impl Graph {
             let videos = videos.lock().unwrap();
             if videos.len() > 1 && wanted < videos.len() {
                 let list: Vec<String> = videos.iter().enumerate().map(|(i, d)| format!("{i}: {d}")).collect();
-                tracing::warn!("{input} has {} video streams ({}); converting stream {wanted} (--video-stream N picks another)", videos.len(), list.join(", "));
+                tracing::warn!(
+                    "{input} has {} video streams ({}); converting stream {wanted} ({} picks another)",
+                    videos.len(),
+                    list.join(", "),
+                    crate::hint::VIDEO_STREAM.to("N")
+                );
             }
             if !video_linked.load(Ordering::SeqCst) {
                 let el = args[0].get::<gst::Element>().unwrap();
@@ -702,9 +707,9 @@ fn watch(cfg: &ConvertConfig, graph: &Graph, shared: &Shared, cancel: &AtomicBoo
                     (Some(p), _) => format!("its video cannot be decoded: no plugin for {p}"),
                     (None, 0) => "has no video stream (audio only?)".into(),
                     (None, n) => format!(
-                        "has {n} video stream{}, so --video-stream {} does not exist: pick 0{}",
+                        "has {n} video stream{}, so {} does not exist: pick 0{}",
                         if n == 1 { "" } else { "s" },
-                        cfg.video_stream,
+                        crate::hint::VIDEO_STREAM.to(&cfg.video_stream.to_string()),
                         if n > 1 { format!(" to {}", n - 1) } else { String::new() }
                     ),
                 };
@@ -787,9 +792,10 @@ fn check_complete(cfg: &ConvertConfig, shared: &Shared, allow_short: bool) -> Re
             path: cfg.input.clone(),
             reason: format!(
                 "is truncated or damaged: video stopped at {:.2} s but the file says it lasts {:.2} s. \
-                 Nothing was written; pass --allow-short to keep the frames that decode",
+                 Nothing was written; with {} the frames that decode are kept",
                 last_end as f64 / 1e9,
-                duration as f64 / 1e9
+                duration as f64 / 1e9,
+                crate::hint::ALLOW_SHORT.on()
             ),
         });
     }

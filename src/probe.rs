@@ -36,7 +36,7 @@ pub fn probe(input: &str) -> Result<String> {
         return Ok(out);
     }
     for (i, v) in videos.iter().enumerate() {
-        let _ = writeln!(out, "  video {i}{}", if i == 0 { " (converted; --video-stream N picks another)" } else { "" });
+        let _ = writeln!(out, "  video {i}{}", if i == 0 { " (converted; `matteflow convert --video-stream N` picks another)" } else { "" });
         describe_video(&mut out, v);
     }
     Ok(out)
@@ -55,7 +55,7 @@ fn describe_video(out: &mut String, v: &pbutils::DiscovererVideoInfo) {
         Some(o) if o != "rotate-0" => format!("{o}: turned upright before matting and written upright"),
         _ => "none".into(),
     });
-    let _ = writeln!(out, "    scan        {}", if v.is_interlaced() { "interlaced: deinterlaced (--no-deinterlace keeps the fields)" } else { "progressive" });
+    let _ = writeln!(out, "    scan        {}", if v.is_interlaced() { "interlaced: deinterlaced (`matteflow convert --no-deinterlace` keeps the fields)" } else { "progressive" });
     // A variable-rate MP4 has no frame rate in its container; parsers then report none or the bitstream's time
     // scale (1000000/1).
     let variable = fps.numer() == 0 || fps.numer() as f64 / fps.denom() as f64 > 1000.0;

@@ -91,7 +91,7 @@ impl StagedOutput {
         }
         if trimmed.exists() {
             if !overwrite {
-                return Err(out_err("already exists; pass --overwrite to replace it".into()));
+                return Err(out_err(format!("already exists; pass {} to replace it", crate::hint::OVERWRITE.on())));
             }
             if trimmed.is_dir() != is_dir {
                 return Err(out_err(format!(

@@ -84,3 +84,72 @@ fn report_and_stats_describe_the_run() {
     assert_eq!(r["provider"], "CPU");
     assert_eq!(r["model"], "selfie");
 }
+
+/// `matteflow ARGS…`, expected to fail with exit code 1 and hints that `matteflow COMMAND` takes; returns stderr.
+fn fails_with_hint(args: &[&str]) -> String {
+    let out = matteflow(args);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(!err.contains("panicked") && !err.contains("CRITICAL"), "{err}");
+    assert_flags_work_in(args[0], &err);
+    err
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Hints of `live` and `convert` name flags those commands take, and following them works.
+#[test]
+fn hints_name_flags_of_the_command_that_printed_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("r.mp4");
+    let live = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["live", "--input", "testsrc", "--size", "320x240", "--max-frames", "5", "--output", rec.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+
+    // live has --stages, not --cuda-stages: the GPU stages' refusal names --stages cpu, and that works.
+    let err = fails_with_hint(&refs(&live(&["--stages", "gpu", "--refine"])));
+    assert!(err.contains("the GPU stages do not apply --refine yet: use the CPU stages (--stages cpu)"), "{err}");
+    assert!(!err.contains("--cuda-stages"), "{err}");
+    matteflow_ok(&refs(&live(&["--stages", "cpu", "--refine"])));
+    assert_eq!(decode(&rec).len(), 5);
+    std::fs::remove_file(&rec).unwrap();
+
+    // The control endpoint's address taken: said before going live, naming --control.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let err = fails_with_hint(&refs(&live(&["--control", &busy])));
+    assert!(err.contains(&format!("cannot listen on {busy}")) && err.contains("choose another address: --control 127.0.0.1:PORT"), "{err}");
+    assert!(!rec.exists(), "nothing went live");
+    let port = free_port().to_string();
+    matteflow_ok(&refs(&live(&["--control", &port])));
+    assert_eq!(decode(&rec).len(), 5);
+    std::fs::remove_file(&rec).unwrap();
+    let err = fails_with_hint(&refs(&live(&["--control", &port, "--control-token", " "])));
+    assert!(err.contains("the control token (--control-token) is empty"), "{err}");
+    assert!(!rec.exists(), "nothing went live");
+    drop(taken);
+
+    // convert: an H.264 file cannot carry alpha; --output-kind composite with a --background can.
+    let clip = sample("carphone_pristine.mp4");
+    let mp4 = dir.path().join("c.mp4");
+    let err = fails_with_hint(&["convert", clip.to_str().unwrap(), "-o", mp4.to_str().unwrap(), "-k", "alpha"]);
+    assert!(err.contains("for --output-kind alpha, or choose --output-kind composite with a --background"), "{err}");
+    matteflow_ok(&["convert", clip.to_str().unwrap(), "-o", mp4.to_str().unwrap(), "--output-kind", "composite", "--background", "green"]);
+    assert_eq!(decode(&mp4).len(), 120);
+
+    // A model of dynamic size: --input-size (or a manifest) says what size to run it at.
+    let dynamic = known_answer_model(dir.path(), 0, 0, 0, "NCHW", "none", "stretch").with_extension("onnx");
+    let out = dir.path().join("d.mkv");
+    let err = fails_with_hint(&["convert", clip.to_str().unwrap(), "-o", out.to_str().unwrap(), "--model", dynamic.to_str().unwrap()]);
+    assert!(err.contains("has dynamic size") && err.contains("pass --input-size HxW"), "{err}");
+    matteflow_ok(&["convert", clip.to_str().unwrap(), "-o", out.to_str().unwrap(), "--model", dynamic.to_str().unwrap(), "--input-size", "64x64"]);
+    assert_eq!(decode(&out).len(), 120);
+    assert_no_partials(dir.path());
+}

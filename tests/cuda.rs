@@ -129,9 +129,20 @@ fn gpu_paths_without_a_gpu_are_clear_errors() {
         .unwrap();
     let err = stderr_of(&out);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("--cuda-stages needs an NVIDIA GPU"), "{err}");
+    assert!(err.contains("the GPU stages need an NVIDIA GPU: use the CPU stages (--stages cpu)"), "{err}");
+    assert_flags_work_in("convert", &err);
     assert!(!err.contains("unfinished") && !err.contains("panicked"), "{err}");
     assert!(!dir.path().join("o.mp4").exists(), "no output left behind");
+    // The hint works: --stages cpu after --cuda-stages (the later of the two wins).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
+        .args(["convert", sample("carphone_pristine.mp4").to_str().unwrap(), "-o"])
+        .arg(dir.path().join("o.mp4"))
+        .args(["-b", "green", "--cuda-stages", "--stages", "cpu"])
+        .env("LD_LIBRARY_PATH", nvrtc_lib_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(decode(&dir.path().join("o.mp4")).len(), 120);
     // What the GPU stages do not do yet is said before any GPU work (image, video and blurred backgrounds they do).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
         .args(["convert", sample("carphone_pristine.mp4").to_str().unwrap(), "-o"])
@@ -141,7 +152,8 @@ fn gpu_paths_without_a_gpu_are_clear_errors() {
         .output()
         .unwrap();
     let err = stderr_of(&out);
-    assert!(!out.status.success() && err.contains("does not handle side-by-side output yet; run without it"), "{err}");
+    assert!(!out.status.success() && err.contains("do not handle side-by-side output yet: use the CPU stages (--stages cpu)"), "{err}");
+    assert_flags_work_in("convert", &err);
     assert!(!dir.path().join("b.mp4").exists(), "no output left behind");
     // batch --cuda-stages: said once, before any file starts (not once per file), nothing created.
     let out_dir = dir.path().join("batch-out");
@@ -154,7 +166,8 @@ fn gpu_paths_without_a_gpu_are_clear_errors() {
         .unwrap();
     let err = stderr_of(&out);
     assert!(!out.status.success(), "{err}");
-    assert_eq!(err.matches("--cuda-stages needs an NVIDIA GPU").count(), 1, "{err}");
+    assert_eq!(err.matches("the GPU stages need an NVIDIA GPU: use the CPU stages (--stages cpu)").count(), 1, "{err}");
+    assert_flags_work_in("batch", &err);
     assert!(!err.contains("panicked") && !err.contains("FAILED"), "{err}");
     assert!(!out_dir.exists(), "nothing created");
     // Matte-quality options the GPU stages do not apply are named up front, not silently left out (--smooth and
@@ -169,9 +182,12 @@ fn gpu_paths_without_a_gpu_are_clear_errors() {
     let err = stderr_of(&out);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("--cuda-stages does not apply --feather, --fg-estimate yet; run without --cuda-stages (the CPU stages do) or without --feather, --fg-estimate"),
+        err.contains(
+            "the GPU stages do not apply --feather, --fg-estimate yet: use the CPU stages (--stages cpu), which do, or leave out --feather, --fg-estimate"
+        ),
         "{err}"
     );
+    assert_flags_work_in("convert", &err);
     assert!(!dir.path().join("s.mp4").exists(), "no output left behind");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_matteflow"))
         .args(["batch", sample("carphone_pristine.mp4").to_str().unwrap(), sample("bikes.mp4").to_str().unwrap(), "-o"])
@@ -182,6 +198,7 @@ fn gpu_paths_without_a_gpu_are_clear_errors() {
         .unwrap();
     let err = stderr_of(&out);
     assert!(!out.status.success(), "{err}");
-    assert_eq!(err.matches("--cuda-stages does not apply --refine, --fg-estimate yet").count(), 1, "{err}");
+    assert_eq!(err.matches("the GPU stages do not apply --refine, --fg-estimate yet").count(), 1, "{err}");
+    assert_flags_work_in("batch", &err);
     assert!(!out_dir.exists(), "nothing created");
 }

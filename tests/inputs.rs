@@ -320,6 +320,10 @@ fn interlaced_input_is_deinterlaced_unless_asked_not_to() {
         "-frames:v", "10", "-c:v", "libx264", "-qp", "10", "-flags", "+ildct+ilme", "-x264opts", "tff=1", s(&clip),
     ]);
     assert_eq!(ffprobe(&clip, "stream=field_order"), "tt");
+    // probe says what convert will do, and names the convert flag that keeps the fields (probe takes none).
+    let said = matteflow_ok(&["probe", s(&clip)]);
+    assert!(said.contains("interlaced: deinterlaced (`matteflow convert --no-deinterlace` keeps the fields)"), "{said}");
+    assert_flags_work_in("probe", &said);
     let on = dir.path().join("on/");
     let off = dir.path().join("off/");
     matteflow_ok(&["convert", s(&clip), "-o", s(&on), "-k", "alpha"]);
@@ -349,6 +353,10 @@ fn several_video_streams_are_named_and_one_is_picked() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("has 2 video streams (0: 64×48") && err.contains("converting stream 0"), "{err}");
     assert_eq!(read_png_dir(&first)[0].dimensions(), (64, 48));
+    let said = matteflow_ok(&["probe", s(&clip)]);
+    assert!(said.contains("video 0 (converted; `matteflow convert --video-stream N` picks another)"), "{said}");
+    assert_flags_work_in("probe", &said);
+    assert_flags_work_in("convert", &err);
     let second = dir.path().join("second/");
     matteflow_ok(&["convert", s(&clip), "-o", s(&second), "-k", "alpha", "--video-stream", "1"]);
     let frames = read_png_dir(&second);

@@ -122,14 +122,15 @@ impl GpuStages {
     /// foreground estimation): said up front rather than silently left out. Temporal smoothing and the threshold
     /// remap they do.
     pub fn supports_options(post: &PostprocessConfig, fg_estimate: bool) -> std::result::Result<(), String> {
-        let not: Vec<&str> = [(post.refine, "--refine"), (post.feather > 0, "--feather"), (fg_estimate, "--fg-estimate")]
+        use crate::hint::{FEATHER, FG_ESTIMATE, REFINE};
+        let unsupported: Vec<crate::hint::Setting> = [(post.refine, REFINE), (post.feather > 0, FEATHER), (fg_estimate, FG_ESTIMATE)]
             .into_iter()
-            .filter_map(|(on, flag)| on.then_some(flag))
+            .filter_map(|(on, setting)| on.then_some(setting))
             .collect();
-        if not.is_empty() {
+        if unsupported.is_empty() {
             Ok(())
         } else {
-            Err(not.join(", "))
+            Err(crate::hint::names(&unsupported))
         }
     }
 
@@ -137,7 +138,9 @@ impl GpuStages {
     /// CUDA while GStreamer's nvcodec decoder initialises its own context was seen to hang (H200, 1.22).
     pub fn open_gpu(device_id: usize) -> Result<Gpu> {
         Gpu::open(device_id).map_err(|e| match e {
-            Error::Cuda(m) => Error::Cuda(format!("{m}; --cuda-stages needs an NVIDIA GPU: run without it to use the CPU stages")),
+            Error::Cuda(m) => {
+                Error::Cuda(format!("{m}; the GPU stages need an NVIDIA GPU: use the CPU stages ({})", crate::hint::STAGES.to("cpu")))
+            }
             other => other,
         })
     }
@@ -281,9 +284,12 @@ impl GpuStages {
         }
         if smooth > 0.0 && (mask.width, mask.height) != (mw, mh) {
             return Err(Error::Cuda(format!(
-                "--smooth on the GPU stages needs a mask of the model input's size ({mw}x{mh}); this model gives {}x{}: \
-                 use the CPU stages",
-                mask.width, mask.height
+                "{} on the GPU stages needs a mask of the model input's size ({mw}x{mh}); this model gives {}x{}: \
+                 use the CPU stages ({})",
+                crate::hint::SMOOTH.name(),
+                mask.width,
+                mask.height,
+                crate::hint::STAGES.to("cpu")
             )));
         }
         let st = &self.gpu.stream;

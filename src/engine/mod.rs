@@ -62,9 +62,11 @@ impl Placement {
                 let gpu = open_gpu_for(s, Some(manifest))?;
                 if !matches!(provider, Provider::Cuda | Provider::TensorRt) {
                     return Err(Error::Cuda(format!(
-                        "the GPU stages need the model on the GPU, but {} runs on {}: use --device cuda, or the CPU stages",
+                        "the GPU stages need the model on the GPU, but {} runs on {}: use {}, or the CPU stages ({})",
                         manifest.name,
-                        provider.name()
+                        provider.name(),
+                        crate::hint::DEVICE.to("cuda"),
+                        crate::hint::STAGES.to("cpu")
                     )));
                 }
                 Ok(Placement::Device(gpu))
@@ -300,10 +302,15 @@ pub fn device_supports(s: &MatteSettings, manifest: &crate::model::Manifest) -> 
 /// the GPU. Each refusal names what is not supported and what to do, before any GPU work.
 pub fn open_gpu_for(s: &MatteSettings, manifest: Option<&crate::model::Manifest>) -> Result<Gpu> {
     if let Some(m) = manifest {
-        GpuStages::supports(s.kind, m).map_err(|w| Error::Cuda(format!("--cuda-stages does not handle {w} yet; run without it")))?;
+        GpuStages::supports(s.kind, m).map_err(|w| {
+            Error::Cuda(format!("the GPU stages do not handle {w} yet: use the CPU stages ({})", crate::hint::STAGES.to("cpu")))
+        })?;
     }
     GpuStages::supports_options(&s.post, s.fg_estimate).map_err(|o| {
-        Error::Cuda(format!("--cuda-stages does not apply {o} yet; run without --cuda-stages (the CPU stages do) or without {o}"))
+        Error::Cuda(format!(
+            "the GPU stages do not apply {o} yet: use the CPU stages ({}), which do, or leave out {o}",
+            crate::hint::STAGES.to("cpu")
+        ))
     })?;
     GpuStages::open_gpu(0)
 }

@@ -119,7 +119,7 @@ impl OnnxSegmenter {
             tracing::info!("execution provider skipped: {s}");
         }
         if matches!(opts.device, runtime::DeviceChoice::Cuda(_)) && provider == Provider::Cpu {
-            tracing::warn!("--device cuda was asked for, but the model runs on the CPU: {}", skipped.join("; "));
+            tracing::warn!("{} was asked for, but the model runs on the CPU: {}", crate::hint::DEVICE.to("cuda"), skipped.join("; "));
         }
         tracing::info!("model {} runs on {} ({} threads)", model.manifest.name, provider.name(), threads);
 
@@ -280,11 +280,13 @@ fn infer_manifest(
             if h > 0 && w > 0 {
                 m.input.size = [h as u32, w as u32];
             } else {
-                return Err(err(format!(
-                    "input '{}' has dynamic size {}: pass --input-size HxW (e.g. 1024x1024) or a manifest",
-                    m.input.name,
-                    manifest::shape_str(shape)
-                )));
+                let what_to_do = match crate::hint::dialect() {
+                    crate::hint::Dialect::CommandLine => "pass --input-size HxW (e.g. 1024x1024) or a manifest".to_string(),
+                    crate::hint::Dialect::PipelineFile => {
+                        format!("describe it in a manifest (size = [H, W] under its [input]) and give {}", crate::hint::MANIFEST.to("FILE.toml"))
+                    }
+                };
+                return Err(err(format!("input '{}' has dynamic size {}: {what_to_do}", m.input.name, manifest::shape_str(shape))));
             }
         }
     }
@@ -373,8 +375,8 @@ pub(crate) fn run_error(context: &str, e: &dyn std::fmt::Display) -> Error {
     if msg.contains("HEURISTIC_QUERY_FAILED") || msg.contains("No valid engine configs") {
         let node = msg.split("Name:'").nth(1).and_then(|r| r.split('\'').next()).unwrap_or("?");
         return Error::Runtime(format!(
-            "{context}: cuDNN's heuristic search found no algorithm for convolution node '{node}' \
-             (--cudnn-search heuristic); run with --cudnn-search exhaustive, the default"
+            "{context}: cuDNN's heuristic search found no algorithm for convolution node '{node}'; use {}, the default",
+            crate::hint::CUDNN_SEARCH.to("exhaustive")
         ));
     }
     Error::Runtime(format!("{context}: {msg}"))

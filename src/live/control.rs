@@ -68,24 +68,39 @@ pub struct Server {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Server {
-    /// Binds (so a taken port fails here, before going live) and serves on its own small runtime.
-    pub fn start(cfg: ControlConfig, state: State) -> Result<Server> {
-        if let Some(d) = &cfg.background_dir {
-            if !d.is_dir() {
-                return Err(Error::config(format!("control: background folder {} does not exist", d.display())));
-            }
+/// Checks the endpoint's configuration, the address included (bound and let go at once), so that a mistake is
+/// said before anything goes live rather than after the input and outputs have started.
+pub fn check(cfg: &ControlConfig) -> Result<()> {
+    if let Some(d) = &cfg.background_dir {
+        if !d.is_dir() {
+            return Err(Error::config(format!("control: background folder {} does not exist", d.display())));
         }
+    }
+    if cfg.token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+        let named = crate::hint::CONTROL_TOKEN.name();
+        return Err(Error::config(format!("the control token ({named}) is empty: give a token or leave it out")));
+    }
+    std::net::TcpListener::bind(cfg.listen).map(drop).map_err(|e| cannot_listen(cfg.listen, &e))
+}
+
+fn cannot_listen(addr: SocketAddr, e: &std::io::Error) -> Error {
+    Error::config(format!(
+        "control endpoint: cannot listen on {addr} ({e}); choose another address: {}",
+        crate::hint::CONTROL.to("127.0.0.1:PORT")
+    ))
+}
+
+impl Server {
+    /// Binds and serves on its own small runtime ([`check`] first).
+    pub fn start(cfg: ControlConfig, state: State) -> Result<Server> {
+        check(&cfg)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the control endpoint's runtime", e))?;
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(cfg.listen))
-            .map_err(|e| Error::config(format!("control endpoint: cannot listen on {} ({e}); choose another --control address", cfg.listen)))?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind(cfg.listen)).map_err(|e| cannot_listen(cfg.listen, &e))?;
         let addr = listener.local_addr().map_err(|e| Error::io("control endpoint address", e))?;
         let token = match (&cfg.token, addr.ip().is_loopback()) {
-            (Some(t), _) if t.trim().is_empty() => return Err(Error::config("--control-token is empty: give a token or leave it out")),
             (Some(t), _) => Some(Arc::from(t.trim())),
             (None, true) => None,
             (None, false) => {
@@ -189,7 +204,10 @@ fn file_background(dir: Option<&Path>, name: &str) -> std::result::Result<Backgr
     let Some(dir) = dir else {
         return Err((
             StatusCode::FORBIDDEN,
-            "image and video backgrounds need a background folder (--background-dir) when chosen over the control endpoint".into(),
+            format!(
+                "image and video backgrounds need a background folder ({}) when chosen over the control endpoint",
+                crate::hint::BACKGROUND_DIR.to("DIR")
+            ),
         ));
     };
     let rel = Path::new(name.trim_start_matches("image:").trim_start_matches("video:"));
@@ -264,7 +282,11 @@ fn set_muted(app: &App, muted: bool) -> Response {
             a.muted.store(muted, std::sync::atomic::Ordering::Relaxed);
             (StatusCode::OK, if muted { "muted\n" } else { "unmuted\n" }).into_response()
         }
-        None => (StatusCode::CONFLICT, "this stream has no sound (--audio none, or the input has none and no capture device was found)\n").into_response(),
+        None => (
+            StatusCode::CONFLICT,
+            format!("this stream has no sound ({}, or the input has none and no capture device was found)\n", crate::hint::AUDIO.to("none")),
+        )
+            .into_response(),
     }
 }
 

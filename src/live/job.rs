@@ -47,6 +47,11 @@ pub struct InputSection {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub fps: Option<u32>,
+    /// Conversions: which video stream of a file with several (0: the first), as `convert --video-stream`.
+    pub video_stream: Option<usize>,
+    /// Conversions: keep the frames of a truncated file that decode, as `convert --allow-short`.
+    #[serde(default)]
+    pub allow_short: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,7 +202,8 @@ pub struct JobFile {
 /// What a job file turns into.
 pub enum Job {
     Live(Box<LiveConfig>),
-    Convert(Box<ConvertConfig>),
+    /// A conversion, and whether a truncated input may give a shorter output (`allow_short`).
+    Convert { config: Box<ConvertConfig>, allow_short: bool },
 }
 
 fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()> {
@@ -213,6 +219,87 @@ fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()
     Ok(())
 }
 
+/// TOML's error for a pipeline file as the user should read it. Its lines are kept as TOML draws them (the
+/// quoted line, and the caret under the column it points at); only the last one, serde's message, is put in the
+/// file's words: serde would list every field of the Rust struct behind the section ("expected one of `a`, `b`,
+/// …"), so the nearest key is suggested instead.
+fn explain(e: &toml::de::Error, text: &str) -> String {
+    let shown = e.to_string();
+    let shown = shown.trim_end();
+    let message = e.message().trim_end();
+    let Some(at) = shown.rfind(message).filter(|_| !message.is_empty()) else { return shown.to_string() };
+    let (before, after) = (&shown[..at], &shown[at + message.len()..]);
+    let place = match e.span() {
+        Some(span) => where_in(text, span.start),
+        // Without the text (the --set changes), TOML names the table or key on a line of its own: "in `matte`".
+        None => match after.trim().strip_prefix("in `").and_then(|t| t.strip_suffix('`')) {
+            Some(table) if message.starts_with("unknown field") => {
+                return format!("{before}{}", plain_message(message, Place::Under(table.to_string())))
+            }
+            Some(key) => return format!("{before}{key}: {}", plain_message(message, Place::Top)),
+            None => Place::Top,
+        },
+    };
+    format!("{before}{}{after}", plain_message(message, place))
+}
+
+/// Serde's message in pipeline-file words: "unknown key `smoth` under [matte]: did you mean `smooth`?".
+fn plain_message(message: &str, place: Place) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.replacen("missing field", "missing key", 1).replacen("duplicate field", "duplicate key", 1);
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else { return message.to_string() };
+    // The keys serde expected, each between backquotes.
+    let keys: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let (what, close) = match place {
+        Place::Header => (format!("unknown section [{unknown}]"), nearest(unknown, &keys).map(|k| format!("[{k}]"))),
+        Place::Under(section) => (format!("unknown key `{unknown}` under [{section}]"), nearest(unknown, &keys).map(|k| format!("`{k}`"))),
+        Place::Top => (format!("unknown key `{unknown}`"), nearest(unknown, &keys).map(|k| format!("`{k}`"))),
+    };
+    match close {
+        Some(k) => format!("{what}: did you mean {k}?"),
+        None => format!("{what} (pipelines/README.md lists the sections and their keys)"),
+    }
+}
+
+enum Place {
+    /// In a `[section]` or `[[section]]` header line.
+    Header,
+    /// A key under this section.
+    Under(String),
+    /// A key before any section.
+    Top,
+}
+
+/// Where byte `at` of a pipeline file's text is.
+fn where_in(text: &str, at: usize) -> Place {
+    let at = at.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    if line.trim_start().starts_with('[') {
+        return Place::Header;
+    }
+    text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map_or(Place::Top, |h| Place::Under(h.trim_matches(|c| c == '[' || c == ']').trim().to_string()))
+}
+
+/// The key `unknown` was most likely meant to be: one or two letters off (a typo), or one name inside the other
+/// (`bitrate` for `bitrate_kbps`, `output_kind` for `kind`).
+fn nearest<'a>(unknown: &str, keys: &[&'a str]) -> Option<&'a str> {
+    let u = unknown.to_ascii_lowercase().replace('-', "_");
+    let typo = keys
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(&u, k), *k))
+        .filter(|(d, k)| *d <= (k.len().max(u.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k);
+    typo.or_else(|| keys.iter().copied().filter(|k| k.len() >= 4 && u.len() >= 4 && (u.contains(k) || k.contains(&u))).max_by_key(|k| k.len()))
+}
+
 impl JobFile {
     /// Parses a pipeline file, then applies `--set key=value` overrides (values are TOML; bare words are
     /// taken as strings).
@@ -223,8 +310,7 @@ impl JobFile {
     }
 
     pub fn parse(text: &str, name: &str, overrides: &[String]) -> Result<JobFile> {
-        // TOML's message is kept as it is, on its lines, so the caret stays under the column it points at.
-        let perr = |e: toml::de::Error| Error::PipelineFile { path: name.to_string(), reason: e.to_string().trim_end().to_string() };
+        let perr = |e: toml::de::Error| Error::PipelineFile { path: name.to_string(), reason: explain(&e, text) };
         // First as written, so mistakes in the file come with their line and column.
         let job: JobFile = toml::from_str(text).map_err(perr)?;
         if overrides.is_empty() {
@@ -243,7 +329,7 @@ impl JobFile {
         }
         table.try_into().map_err(|e: toml::de::Error| Error::PipelineFile {
             path: name.to_string(),
-            reason: format!("with the command line's changes (--set, --input, --output, …): {}", e.to_string().trim_end()),
+            reason: format!("with the command line's changes (--set, --input, --output, …): {}", explain(&e, "")),
         })
     }
 
@@ -285,9 +371,17 @@ impl JobFile {
                 c.matte.post = self.post();
                 c.matte.fg_estimate = self.matte.fg_estimate;
                 c.stages = self.matte.stages;
-                Ok(Job::Convert(Box::new(c)))
+                c.video_stream = self.input.video_stream.unwrap_or(0);
+                Ok(Job::Convert { config: Box::new(c), allow_short: self.input.allow_short })
             }
             Mode::Live => {
+                if self.input.video_stream.is_some() || self.input.allow_short {
+                    return Err(Error::config(
+                        "video_stream and allow_short under [input] apply to conversions (a file into one file), but \
+                         this pipeline file runs live, which plays the input's first video stream as far as it decodes: \
+                         leave them out",
+                    ));
+                }
                 let mut c = LiveConfig::new(self.input.source.clone(), outputs);
                 c.capture = Capture { width: self.input.width, height: self.input.height, fps: self.input.fps };
                 c.output_options = self.encode.clone();
@@ -347,7 +441,7 @@ mod tests {
         let e = JobFile::parse("[input]\nsource = \"testsrc\"\n[[output]]\ntarget = \"ftp://x\"\n", "o.toml", &[]).unwrap_err().to_string();
         assert!(e.contains("line 4") && e.contains("rtmp://"), "{e}");
         let e = JobFile::parse(BASIC, "t.toml", &["matte.smooth=lots".into()]).unwrap_err().to_string();
-        assert!(e.contains("--set") && e.contains("smooth"), "{e}");
+        assert!(e.contains("--set") && e.contains("matte.smooth: invalid type: string \"lots\", expected f32"), "{e}");
     }
 
     #[test]
@@ -365,6 +459,6 @@ mod tests {
     #[test]
     fn file_to_file_is_a_conversion() {
         let t = "[input]\nsource = \"Cargo.toml\"\n[[output]]\ntarget = \"out.mov\"\n";
-        assert!(matches!(JobFile::parse(t, "c.toml", &[]).unwrap().into_job().unwrap(), Job::Convert(_)));
+        assert!(matches!(JobFile::parse(t, "c.toml", &[]).unwrap().into_job().unwrap(), Job::Convert { .. }));
     }
 }

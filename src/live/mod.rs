@@ -182,6 +182,9 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     // Check what can be checked before going live: the input first (a missing camera is the first thing to
     // say, at once, before any wait for an RTMP server).
     input::check(&cfg.input)?;
+    if let Some(c) = &cfg.control {
+        control::check(c)?;
+    }
     Background::open(&settings.background)?;
     for o in &cfg.outputs {
         if let OutputSpec::Rtmp(url) = o {

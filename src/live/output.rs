@@ -553,7 +553,8 @@ fn add_vcam_branch(pipeline: &gst::Pipeline, tee: &gst::Element, dev: &str, opts
     if format.is_empty() || !takes(&conv, "src") || !takes(&sink, "sink") {
         return Err(Error::config(format!(
             "virtual camera format '{format}' is not a raw video format that v4l2sink takes: use YUY2 (what browsers \
-             and most apps accept), I420 or NV12 (--vcam-format, or vcam_format in a pipeline file)"
+             and most apps accept), I420 or NV12 ({})",
+            crate::hint::VCAM_FORMAT.to("YUY2")
         )));
     }
     let caps = gst::ElementFactory::make("capsfilter").property("caps", wanted).build()?;

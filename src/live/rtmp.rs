@@ -360,7 +360,8 @@ pub fn check_rtmp(url: &str, timeout: Duration) -> Result<()> {
                     path: url.into(),
                     reason: format!(
                         "the RTMP server cannot be reached ({e}). Is it running and is the URL right? To wait for it, \
-                         pass --rtmp-start-timeout SECONDS"
+                         pass {}",
+                        crate::hint::RTMP_START_TIMEOUT.to("SECONDS")
                     ),
                 })
             }

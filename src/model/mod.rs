@@ -169,6 +169,19 @@ pub fn locate(m: &Manifest) -> Option<ModelSource> {
     find_file(&m.file).map(ModelSource::File).or_else(|| embedded(&m.file).map(ModelSource::Embedded))
 }
 
+/// How to name a model that is not shipped, in the words of the command at hand.
+fn other_models() -> String {
+    match crate::hint::dialect() {
+        crate::hint::Dialect::CommandLine => {
+            "Or pass a path to an .onnx file (with --manifest or flags) or a manifest .toml".into()
+        }
+        crate::hint::Dialect::PipelineFile => format!(
+            "Or give the path of a manifest .toml, or of an .onnx file (described by its own inputs and outputs, or by {})",
+            crate::hint::MANIFEST.to("FILE.toml")
+        ),
+    }
+}
+
 fn names() -> String {
     BUILTIN_MANIFESTS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
 }
@@ -186,10 +199,7 @@ pub fn resolve(model: &str, manifest: Option<&Path>, flags: &ManualSpec) -> Resu
         let Some(mut m) = builtin(model) else {
             return Err(Error::Model {
                 model: model.to_string(),
-                reason: format!(
-                    "no such model. Shipped models: {}. Or pass a path to an .onnx file (with --manifest or flags) or a manifest .toml",
-                    names()
-                ),
+                reason: format!("no such model. Shipped models: {}. {}", names(), other_models()),
             });
         };
         let Some(source) = locate(&m) else {

@@ -34,6 +34,35 @@ pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The long flags `matteflow COMMAND` takes, read from its own --help.
+pub fn flags_of(command: &str) -> Vec<String> {
+    let help = matteflow_ok(&[command, "--help"]);
+    let mut flags = long_flags(&help);
+    flags.sort();
+    flags.dedup();
+    flags
+}
+
+/// The `--flag` words of a text, outside `backquoted` spans (those quote other programs and pipeline-file keys).
+pub fn long_flags(text: &str) -> Vec<String> {
+    let unquoted: String = text.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+    unquoted
+        .split(|c: char| c.is_whitespace() || "(),;:[]=".contains(c))
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|f| f.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>())
+        .filter(|f| !f.is_empty())
+        .map(|f| format!("--{f}"))
+        .collect()
+}
+
+/// Every flag a message names is one `matteflow COMMAND` takes: its hints can be followed there.
+pub fn assert_flags_work_in(command: &str, message: &str) {
+    let takes = flags_of(command);
+    for f in long_flags(message) {
+        assert!(takes.contains(&f), "`matteflow {command}` does not take {f} (it takes {takes:?}), yet said: {message}");
+    }
+}
+
 pub struct Decoded {
     /// Running-time presentation timestamp, ns.
     pub pts: Option<u64>,

@@ -51,7 +51,9 @@ fn device_elem(ty: Option<TensorElementType>, what: &str, model: &str) -> Result
         Some(TensorElementType::Float32) => Ok(TensorElem::F32),
         Some(TensorElementType::Float16) => Ok(TensorElem::F16),
         other => Err(Error::Runtime(format!(
-            "model {model}: its {what} is {other:?}; the GPU frame path handles float32 and float16 tensors (run without --cuda-stages)"
+            "model {model}: its {what} is {other:?}; the GPU frame path handles float32 and float16 tensors: use the CPU \
+             stages ({})",
+            crate::hint::STAGES.to("cpu")
         ))),
     }
 }
@@ -120,7 +122,10 @@ impl OnnxSegmenter {
             )));
         }
         if !m.recurrent.is_empty() || !m.constants.is_empty() {
-            return Err(Error::Runtime("device runs do not carry recurrent state or constant inputs yet; use the CPU stages".into()));
+            return Err(Error::Runtime(format!(
+                "device runs do not carry recurrent state or constant inputs yet; use the CPU stages ({})",
+                crate::hint::STAGES.to("cpu")
+            )));
         }
         if io.input.is_some() && io.input_shape == shape {
             return Ok(io.input.as_mut().unwrap().data_ptr_mut() as u64);
