@@ -365,9 +365,10 @@ PY
         gpu_bench "$name-prep" "$MODELS/$name-prep.onnx" "$man" $g --batch 1 --device-only
         gpu_bench "$name-prep-nhwc" "$MODELS/$name-prep.onnx" "$man" $g --batch 1 --device-only --cuda-nhwc
         gpu_bench "$name-prep-graph" "$MODELS/$name-prep.onnx" "$man" $g --batch 1 --device-only --cuda-graph
+        mkdir -p /tmp/q
         for v in "" -prep; do
           T 120 matteflow convert "$ROOT/assets/media/bikes.mp4" -k mask -o "/tmp/q/$name$v-bikes/" --model "$MODELS/$name$v.onnx" \
-            --manifest "$man" --device cuda --cuda-stages --overwrite 2>&1 | tail -1
+            --manifest "$man" --device cuda --cuda-stages --overwrite 2>&1 | tail -3
         done
         echo "QUALITY $name bikes prepared fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-bikes" "/tmp/q/$name-prep-bikes")"
         e2e "$name-prep-cuda-stages" "$MODELS/$name-prep.onnx" "$man" --cuda-stages
