@@ -62,6 +62,7 @@ pub const ALLOW_SHORT: Setting = file_key("--allow-short", "input", "allow_short
 pub const VIDEO_STREAM: Setting = file_key("--video-stream", "input", "video_stream", Kind::Number);
 pub const DEVICE: Setting = file_key("--device", "model", "device", Kind::Text);
 pub const MANIFEST: Setting = file_key("--manifest", "model", "manifest", Kind::Text);
+pub const NO_PREPARED: Setting = file_key("--no-prepared", "model", "no_prepared", Kind::Switch);
 pub const CUDNN_SEARCH: Setting = file_key("--cudnn-search", "model", "cudnn_search", Kind::Text);
 pub const STAGES: Setting = file_key("--stages", "matte", "stages", Kind::Text);
 pub const OUTPUT_KIND: Setting = file_key("--output-kind", "matte", "kind", Kind::Text);

@@ -449,9 +449,10 @@ fn with_prepared_graph(mut model: ResolvedModel, opts: &ProviderOptions) -> Reso
     match crate::model::prepare::find_cached(path) {
         Some(prepared) => {
             tracing::info!(
-                "{}: using its prepared graph {} (from `matteflow prepare`; --no-prepared runs the file as given)",
+                "{}: using its prepared graph {} (from `matteflow prepare`; {} runs the file as given)",
                 path.display(),
-                prepared.display()
+                prepared.display(),
+                crate::hint::NO_PREPARED.on()
             );
             model.source = ModelSource::File(prepared);
         }
