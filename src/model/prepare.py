@@ -56,6 +56,11 @@ class Graph:
         for i in self.g.initializer:
             self.types[i.name] = (i.data_type, list(i.dims))
 
+    def reinfer(self):
+        """Shapes again (after a pass made more of them static)."""
+        self.types = None
+        self.refresh()
+
     def refresh_links(self):
         self.inits = {i.name: i for i in self.g.initializer}
         self.producer = {o: n for n in self.g.node for o in n.output}
@@ -230,6 +235,85 @@ def row_move(g, n, rows, channels):
     else:
         return None
     return a if list(a.shape) == out_shape[:-1] else None
+
+
+NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Dropout"}
+FOLD_LIMIT = 1 << 24  # elements: larger constant results stay computed at run time (a BiRefNet-L stage-3 shift
+# mask plus relative-position bias is 17.9M: 9 of them would add 320 MB to the file for ~0.9 ms a frame — not measured)
+
+
+def pass_fold(g):
+    """Shape arithmetic and constant subgraphs → initializers. PyTorch's TorchScript exporter (the official
+    BiRefNet releases: opset 17) computes every reshape target, pad and slice bound from Shape at run time —
+    7530 Constants, 1286 Shapes and thousands of Gather/Unsqueeze/Concat/Cast nodes in Swin-T — so the other
+    passes see no static pattern until the shapes are known. Shape of a tensor whose shape inference knows it
+    becomes a constant; then every node whose inputs are all constant is evaluated (onnx's reference
+    evaluator, once per round over the whole constant subgraph); shape inference runs again; until nothing
+    changes. ONNX Runtime folds the same at session start, but too late for these passes (and not in float16:
+    it has no CPU float16 Add)."""
+    from onnx.reference import ReferenceEvaluator
+
+    fired = 0
+    for n in list(g.g.node):  # Constant nodes → initializers
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            v = g.const(n.output[0])
+            if v is not None:
+                g.g.initializer.append(numpy_helper.from_array(np.asarray(v), n.output[0]))
+                g.g.node.remove(n)
+                fired += 1
+    g.refresh_links()
+    for _ in range(20):
+        folded = {}
+        for n in g.g.node:
+            if n.op_type == "Shape" and n.domain in ("", "ai.onnx"):
+                shape = g.static_shape(n.input[0])
+                if shape is not None:
+                    start, end = attr(n, "start", 0), attr(n, "end", None)
+                    folded[n.output[0]] = np.array(shape, dtype=np.int64)[start:end]
+        # The constant closure: nodes whose inputs are initializers, folded Shapes or outputs of such nodes.
+        known = set(g.inits) | set(folded) | {""}
+        closure = []
+        for n in g.g.node:
+            if n.output[0] in folded or n.domain not in ("", "ai.onnx") or n.op_type in NONDETERMINISTIC:
+                continue
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+                continue
+            if all(i in known for i in n.input):
+                closure.append(n)
+                known.update(n.output)
+        if closure:
+            need = {i for n in closure for i in n.input if i}
+            feeds = {name: v for name, v in folded.items() if name in need}
+            inits = [i for i in g.g.initializer if i.name in need]
+            outs = [o for n in closure for o in n.output if o]
+            sub = helper.make_graph(closure, "fold", [helper.make_tensor_value_info(k, TensorProto.INT64, None) for k in feeds],
+                                    [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outs], inits)
+            sub_model = helper.make_model(sub, opset_imports=list(g.model.opset_import))
+            sub_model.ir_version = g.model.ir_version
+            values = ReferenceEvaluator(sub_model).run(None, feeds)
+            produced = dict(zip(outs, values))
+            # Keep what a non-constant node (or the graph's output) reads, within the size limit.
+            closure_names = {n.name for n in closure}
+            readers = {i for n in g.g.node if n.name not in closure_names for i in n.input} | g.graph_outputs
+            for name, v in produced.items():
+                if name in readers and v is not None and np.asarray(v).size <= FOLD_LIMIT:
+                    folded[name] = np.asarray(v)
+        # Replace every folded tensor's producer by an initializer of the same name.
+        done = 0
+        for n in list(g.g.node):
+            if n.output and all(o in folded or not o for o in n.output) and any(o in folded for o in n.output):
+                for o in n.output:
+                    if o:
+                        g.g.initializer.append(numpy_helper.from_array(folded[o], o))
+                g.g.node.remove(n)
+                done += 1
+        g.refresh_links()
+        if not done:
+            break
+        drop_dead(g)
+        fired += done
+        g.reinfer()
+    return fired
 
 
 def pass_window_gather(g, min_row=64, max_row=1 << 30):
@@ -480,6 +564,24 @@ def keys_transposed(g, k):
         x = u.output[0]
 
 
+def split_parts(g, n):
+    """[(index, output)] when Split `n` cuts axis 0 of a [3, ...] tensor into three single parts, each then
+    squeezed (how the TorchScript exporter writes `qkv.unbind(0)`), else [None]."""
+    sizes = g.const(n.input[1]) if len(n.input) > 1 and n.input[1] else None
+    if attr(n, "axis", 0) != 0 or len(n.output) != 3 or sizes is not None and list(sizes) != [1, 1, 1]:
+        return [None]
+    parts = []
+    for i, o in enumerate(n.output):
+        sq = g.only_consumer(o)
+        if sq is None or sq.op_type != "Squeeze":
+            return [None]
+        axes = attr(sq, "axes") if len(sq.input) < 2 else g.const(sq.input[1])
+        if axes is None or list(axes) != [0]:
+            return [None]
+        parts.append((i, sq.output[0]))
+    return parts
+
+
 def pass_qkv_bias(g):
     """Attention's qkv bias without a Gemm: the key bias dropped (it shifts each query's logits by one constant,
     which softmax ignores), the value bias moved into the output projection's bias (softmax rows sum to one),
@@ -505,7 +607,11 @@ def pass_qkv_bias(g):
         b = g.const(mb[1])
         if b.shape != (3 * c,):
             continue
-        parts = [head_part(g, u) for u in g.consumers.get(t.output[0], [])]
+        users = g.consumers.get(t.output[0], [])
+        if len(users) == 1 and users[0].op_type == "Split":
+            parts = split_parts(g, users[0])
+        else:
+            parts = [head_part(g, u) for u in users]
         if len(parts) != 3 or any(p is None for p in parts) or sorted(p[0] for p in parts) != [0, 1, 2]:
             continue
         q, k, v = (next(p[1] for p in parts if p[0] == i) for i in range(3))
@@ -663,6 +769,7 @@ def pass_skip_layernorm(g):
 
 
 PASSES = {
+    "fold": pass_fold,
     "window-gather": pass_window_gather,
     "head-gather": pass_head_gather,
     "gather-linear": pass_gather_linear,
@@ -672,7 +779,7 @@ PASSES = {
     "conv-bn": pass_conv_bn,
     "skip-layernorm": pass_skip_layernorm,
 }
-DEFAULT_PASSES = ["window-gather", "gather-linear", "qkv-bias", "window-pad", "bias-gelu", "skip-layernorm", "conv-bn"]
+DEFAULT_PASSES = ["fold", "window-gather", "gather-linear", "qkv-bias", "window-pad", "bias-gelu", "skip-layernorm", "conv-bn"]
 
 
 def prune(model):
