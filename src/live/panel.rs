@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /` | the page |
 //! | `GET /preview.mjpg` | the output, scaled down, as MJPEG (a few frames a second; encoded on its own thread) |
+//! | `GET /preview.mjpg?view=original` | the same of the input frames, before matting |
 //! | `GET /stats` | JSON: the last minutes of latency, fps, masks, drops and CPU, one point every 2 s |
 //! | `GET /models` | JSON: the models that may be chosen, present or missing, and the one in use |
 //! | `GET /backgrounds` | JSON: the image and video files of `--background-dir` |
@@ -15,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,87 +31,17 @@ use axum::Router;
 use super::control::App;
 use super::stats::LiveStats;
 
+mod preview;
+
+pub use preview::{Due, Preview, View};
+
 /// The page, with its CSS and script inline.
 const PAGE: &str = include_str!("panel/index.html");
-/// The preview's frame interval (5 fps) and width.
-const PREVIEW_INTERVAL: Duration = Duration::from_millis(200);
-const PREVIEW_WIDTH: u32 = 480;
 /// Largest background upload.
 pub const UPLOAD_LIMIT: usize = 16 << 20;
 /// Latency history: a point every 2 s, 10 minutes kept.
 const HISTORY_STEP: Duration = Duration::from_secs(2);
 const HISTORY_POINTS: usize = 300;
-
-type Jpeg = Option<Arc<Vec<u8>>>;
-
-/// The output preview. The frame loop offers each output frame; only while someone watches, and at most every
-/// [`PREVIEW_INTERVAL`], one is copied to the preview thread (a channel of one: a busy encoder drops frames,
-/// never the stream), which scales it down and encodes it as JPEG for every watcher.
-pub struct Preview {
-    frames: crossbeam_channel::Sender<(Vec<u8>, u32, u32)>,
-    latest: Arc<tokio::sync::watch::Sender<Jpeg>>,
-    watchers: AtomicUsize,
-    last: Mutex<Option<Instant>>,
-}
-
-impl Preview {
-    pub fn start() -> crate::error::Result<Arc<Preview>> {
-        let (tx, rx) = crossbeam_channel::bounded::<(Vec<u8>, u32, u32)>(1);
-        let latest = Arc::new(tokio::sync::watch::Sender::new(None));
-        let out = latest.clone();
-        std::thread::Builder::new()
-            .name("mf-preview".into())
-            .spawn(move || {
-                // Ends when the Preview (the only sender) is dropped.
-                while let Ok((rgba, w, h)) = rx.recv() {
-                    if let Some(j) = encode_preview(rgba, w, h) {
-                        out.send_replace(Some(Arc::new(j)));
-                    }
-                }
-            })
-            .map_err(|e| crate::error::Error::io("starting the preview thread", e))?;
-        Ok(Arc::new(Preview { frames: tx, latest, watchers: AtomicUsize::new(0), last: Mutex::new(None) }))
-    }
-
-    /// Called by the frame loop with each output frame (RGBA): cheap when nobody watches or it is not time yet.
-    pub fn offer(&self, rgba: &[u8], w: u32, h: u32) {
-        if self.watchers.load(Ordering::Relaxed) == 0 || rgba.len() != (w * h * 4) as usize {
-            return;
-        }
-        let mut last = self.last.lock().unwrap();
-        if last.is_some_and(|t| t.elapsed() < PREVIEW_INTERVAL) {
-            return;
-        }
-        *last = Some(Instant::now());
-        let _ = self.frames.try_send((rgba.to_vec(), w, h));
-    }
-}
-
-fn encode_preview(rgba: Vec<u8>, w: u32, h: u32) -> Option<Vec<u8>> {
-    let img = image::RgbaImage::from_raw(w, h, rgba)?;
-    let tw = PREVIEW_WIDTH.min(w);
-    let th = ((h as u64 * tw as u64) / w as u64).max(1) as u32;
-    let small = image::DynamicImage::ImageRgba8(image::imageops::thumbnail(&img, tw, th)).to_rgb8();
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 70).encode_image(&small).ok()?;
-    Some(out)
-}
-
-/// Counts a watcher while its stream lives.
-struct Watching(Arc<Preview>);
-
-impl Watching {
-    fn new(p: Arc<Preview>) -> Self {
-        p.watchers.fetch_add(1, Ordering::Relaxed);
-        Watching(p)
-    }
-}
-
-impl Drop for Watching {
-    fn drop(&mut self) {
-        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// One point of the history the page charts.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -224,11 +155,20 @@ async fn page() -> Response {
         .into_response()
 }
 
-async fn preview(AxState(app): AxState<App>) -> Response {
+#[derive(serde::Deserialize)]
+struct PreviewQuery {
+    view: Option<String>,
+}
+
+async fn preview(AxState(app): AxState<App>, Query(q): Query<PreviewQuery>) -> Response {
+    let view = match q.view.as_deref().map(View::from_name) {
+        None => View::Output,
+        Some(Some(v)) => v,
+        Some(None) => return text(StatusCode::BAD_REQUEST, "view must be 'output' or 'original'"),
+    };
     let panel = app.state.panel.clone();
-    let mut rx = panel.preview.latest.subscribe();
+    let (mut rx, watching) = panel.preview.watch(view);
     rx.mark_changed();
-    let watching = Watching::new(panel.preview.clone());
     let closed = panel.closed.subscribe();
     let parts = futures_util::stream::unfold((rx, closed, watching), |(mut rx, mut closed, w)| async move {
         loop {
