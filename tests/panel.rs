@@ -22,10 +22,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A child process killed on drop (a failed assertion must not leave it running).
 struct Running(Child);
 
@@ -341,6 +337,43 @@ fn the_page_in_headless_chromium() {
                  let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 200 && d[i] < 120) n++; return n;";
     let blue_pixels = b.script(drawn).as_u64().unwrap();
     assert!(blue_pixels > 50, "the glass-to-glass line is not drawn ({blue_pixels} pixels)");
+    // The original beside the output, on request: the input before matting (the white ball on black) where the
+    // output has the green background. It is streamed only while shown.
+    let toggle = b.element("#show-original");
+    b.cmd("POST", &format!("/element/{toggle}/click"), Some(serde_json::json!({})));
+    b.wait_for("const i = document.getElementById('original'); return !!i && i.naturalWidth > 0;", Duration::from_secs(15));
+    let shares = |id: &str| {
+        let js = format!(
+            "const i = document.getElementById('{id}'); const c = document.createElement('canvas'); \
+             c.width = i.naturalWidth; c.height = i.naturalHeight; const g = c.getContext('2d'); g.drawImage(i, 0, 0); \
+             const d = g.getImageData(0, 0, c.width, c.height).data; let green = 0, black = 0; \
+             for (let k = 0; k < d.length; k += 4) {{ \
+               if (d[k] < 80 && d[k + 1] > 120 && d[k + 2] < 120) green++; \
+               if (d[k] < 40 && d[k + 1] < 40 && d[k + 2] < 40) black++; }} \
+             const n = d.length / 4; return [green / n, black / n, c.width];"
+        );
+        let v = b.script(&js);
+        (v[0].as_f64().unwrap(), v[1].as_f64().unwrap(), v[2].as_u64().unwrap())
+    };
+    let (out_green, out_black, out_w) = shares("preview");
+    let (orig_green, orig_black, orig_w) = shares("original");
+    assert!(out_green > 0.6 && out_black < 0.1, "output preview: {out_green:.2} green, {out_black:.2} black");
+    assert!(orig_black > 0.6 && orig_green < 0.05, "original preview: {orig_green:.2} green, {orig_black:.2} black");
+    assert_eq!((out_w, orig_w), (W as u64, W as u64), "both previews at the frame's width (under 480 px)");
+    assert_eq!(b.script("return document.getElementById('show-original').getAttribute('aria-pressed');"), "true");
+    let watchers = || -> serde_json::Value {
+        let (c, st) = http(&addr, "GET", "/status", &[], "");
+        assert_eq!(c, 200, "{st}");
+        serde_json::from_str::<serde_json::Value>(&st).unwrap()["preview_watchers"].clone()
+    };
+    assert_eq!(watchers(), serde_json::json!({"output": 1, "original": 1}));
+    b.cmd("POST", &format!("/element/{toggle}/click"), Some(serde_json::json!({})));
+    b.wait_for("return document.getElementById('original') === null;", Duration::from_secs(5));
+    let t = Instant::now();
+    while watchers()["original"] != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the original's stream is still open 10 s after hiding it: {}", watchers());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // A bad upload shows the server's reason.
     let input = b.element("#upload");
     b.cmd("POST", &format!("/element/{input}/value"), Some(serde_json::json!({"text": bad.to_str().unwrap()})));
@@ -368,4 +401,44 @@ fn the_page_in_headless_chromium() {
     assert!(!frames[first_red..].iter().any(|f| near(bg_pixel(f), [0, 177, 64])), "green again after the click");
     let red_after = frames[first_red..].iter().filter(|f| near(bg_pixel(f), [250, 10, 10])).count();
     assert!(red_after * 10 >= (frames.len() - first_red) * 9, "red after the click: {red_after} of {}", frames.len() - first_red);
+}
+
+/// The page's numbers for the outputs and the machine, against a real nginx-rtmp: the RTMP output shows
+/// "connected" with the bitrate of the bytes sent (near the encoder's), "reconnecting" once the server is gone and
+/// "connected" again once it is back; its stream key is not shown. The GPU line says "no GPU" on a machine
+/// without an NVIDIA driver.
+#[test]
+fn rtmp_state_and_gpu_use_in_the_page() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let bgdir = dir.path().join("bg");
+    std::fs::create_dir(&bgdir).unwrap();
+    let mut nginx = Nginx::start(dir.path(), free_port());
+    let url = nginx.url("panelkey");
+    let b = Browser::start();
+    let args = ["--control", "127.0.0.1:0", "--output", &url, "--bitrate", "1500", "--rtmp-retry", "1", "--duration", "90"];
+    let (_live, log, addr) = start_live(dir.path(), &bgdir, &args);
+    b.cmd("POST", "/url", Some(serde_json::json!({"url": format!("http://{addr}/")})));
+    let rtmp = "const d = document.querySelector(\"#numbers dd[data-k='rtmp0']\"); if (!d) return false; \
+                const kbps = parseFloat(d.textContent.split('·')[1]);";
+    // x264 is CBR with filler at 1500 kbit/s; FLV adds little. (The bitrate is over the last 4 s: it settles
+    // a few seconds after the connection.)
+    b.wait_for(
+        &format!("{rtmp} return d.textContent.startsWith('connected') && kbps > 1200 && kbps < 2000;"),
+        Duration::from_secs(30),
+    );
+    let numbers = b.script("return document.getElementById('numbers').textContent;");
+    let numbers = numbers.as_str().unwrap();
+    assert!(numbers.contains("RTMP rtmp://127.0.0.1") && !numbers.contains("panelkey"), "the stream key is shown: {numbers}");
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        b.wait_for("const d = document.querySelector(\"#numbers dd[data-k='gpu0']\"); return !!d && d.textContent.includes('% busy');", Duration::from_secs(10));
+    } else {
+        let gpu = b.script("const d = document.querySelector(\"#numbers dd[data-k='gpu']\"); return d && d.textContent;");
+        assert_eq!(gpu, "no GPU", "{numbers}");
+    }
+    nginx.kill();
+    b.wait_for(&format!("{rtmp} return d.textContent.startsWith('reconnecting');"), Duration::from_secs(20));
+    nginx.spawn();
+    b.wait_for(&format!("{rtmp} return d.textContent.startsWith('connected') && kbps > 0;"), Duration::from_secs(30));
+    assert!(!log.lock().unwrap().contains("panicked"), "{}", log.lock().unwrap());
 }
