@@ -63,3 +63,23 @@ pub fn gpu_use_json() -> serde_json::Value {
         false => serde_json::to_value(v).unwrap_or_else(|_| NO_GPU.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// On a machine with an NVIDIA driver: its GPUs, each with a plausible memory size and a utilisation in
+    /// 0..=100; without one (CI, the development machines): "no GPU", not an error.
+    #[test]
+    fn gpu_use_lists_the_nvidia_gpus_or_says_no_gpu() {
+        let v = super::gpu_use_json();
+        if std::path::Path::new("/dev/nvidiactl").exists() {
+            let list = v.as_array().unwrap_or_else(|| panic!("an NVIDIA driver is here but NVML gave {v}"));
+            assert!(!list.is_empty(), "{v}");
+            for g in list {
+                assert!(g["memory_total_mib"].as_f64().unwrap() > 1024.0 && g["util_percent"].as_u64().unwrap() <= 100, "{g}");
+            }
+            eprintln!("GPU use: {v}");
+        } else {
+            assert_eq!(v, serde_json::json!(super::NO_GPU));
+        }
+    }
+}
