@@ -22,10 +22,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A child process killed on drop (a failed assertion must not leave it running).
 struct Running(Child);
 
@@ -135,6 +131,27 @@ fn first_preview_jpeg(addr: &str, query: &str) -> image::RgbImage {
     panic!("no JPEG in the preview within 10 s");
 }
 
+/// A short H.264 clip of one colour (videotestsrc's `red`, `blue`, …) in MP4.
+fn clip(path: &Path, pattern: &str) {
+    gst_make(&format!(
+        "videotestsrc num-buffers=15 pattern={pattern} ! video/x-raw,width=320,height=180,framerate=15/1 ! x264enc ! mp4mux ! filesink location={}",
+        path.display()
+    ));
+}
+
+/// A multipart form (what a browser's FormData sends) with one file field.
+fn form(filename: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "----matteflowtestboundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("Content-Type: multipart/form-data; boundary={boundary}"), body)
+}
+
 fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
@@ -147,6 +164,8 @@ fn every_refusal_of_the_control_endpoint() {
     std::fs::create_dir(&bgdir).unwrap();
     let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     png(&bgdir.join("red.png"), [250, 10, 10]);
+    clip(&bgdir.join("clip.mp4"), "blue");
+    std::fs::write(bgdir.join("broken.mp4"), b"not a video").unwrap();
     std::fs::write(dir.path().join("secret.png"), b"not yours").unwrap();
     let (_live, log, addr) = start_live(dir.path(), &bgdir, &["--control", "127.0.0.1:0", "--output", &out("a.mkv"), "--duration", "30"]);
     let a = addr.as_str();
@@ -172,6 +191,14 @@ fn every_refusal_of_the_control_endpoint() {
     assert_eq!(http(a, "GET", "/backgrounds/nosuch.png", &[], "").0, 404);
     let (c, thumb) = request(a, "GET", "/backgrounds/red.png", &[], b"");
     assert!(c == 200 && image::load_from_memory(&thumb).is_ok());
+    // A video's thumbnail is its first frame; a file that does not decode says so.
+    let (c, thumb) = request(a, "GET", "/backgrounds/clip.mp4", &[], b"");
+    assert_eq!(c, 200, "{}", String::from_utf8_lossy(&thumb));
+    let thumb = image::load_from_memory(&thumb).unwrap().to_rgb8();
+    let blue = thumb.pixels().filter(|p| p[2] > 200 && p[0] < 60 && p[1] < 60).count();
+    assert!(thumb.width() == 160 && blue * 10 >= thumb.pixels().len() * 9, "{}x{}, {blue} blue", thumb.width(), thumb.height());
+    let (c, b) = http(a, "GET", "/backgrounds/broken.mp4", &[], "");
+    assert!(c == 422 && b.contains("cannot decode 'broken.mp4'"), "{c} {b}");
     // Uploads: too large, not an image (by content, whatever the name), broken, then a good one whose name
     // is sanitised into the folder, and the same name again.
     // (Refused on its declared length, before the body is read: the body is not sent.)
@@ -187,9 +214,29 @@ fn every_refusal_of_the_control_endpoint() {
     assert_eq!((c, String::from_utf8_lossy(&b).trim()), (201, "{\"name\":\"evil_name.png\"}"));
     assert!(bgdir.join("evil_name.png").is_file() && !dir.path().join("evil_name.png").exists());
     assert_eq!(request(a, "POST", "/backgrounds?name=evil_name.png", &[], &good).0, 409);
+    // The same as a multipart form (the page's FormData): the file field's name is sanitised, other fields are
+    // ignored; a form without a file, a file that is not an image and a form too large are refused.
+    let (ct, body) = form("../form shot!.png", &good);
+    let (c, b) = request(a, "POST", "/backgrounds", &[&ct], &body);
+    assert_eq!((c, String::from_utf8_lossy(&b).trim()), (201, "{\"name\":\"form_shot.png\"}"));
+    assert!(bgdir.join("form_shot.png").is_file());
+    let (ct, body) = form("x.png", b"#!/bin/sh\n");
+    let (c, b) = request(a, "POST", "/backgrounds", &[&ct], &body);
+    assert!(c == 415 && String::from_utf8_lossy(&b).contains("PNG or JPEG"), "{c}");
+    let no_file = b"--B\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--B--\r\n";
+    let (c, b) = request(a, "POST", "/backgrounds", &["Content-Type: multipart/form-data; boundary=B"], no_file);
+    assert!(c == 400 && String::from_utf8_lossy(&b).contains("has no file"), "{c} {}", String::from_utf8_lossy(&b));
+    let (c, b) = http(a, "POST", "/backgrounds", &["Content-Type: multipart/form-data; boundary=B", "Content-Length: 18000000"], "");
+    assert!(c == 413 && b.contains("16 MiB"), "{c} {b}");
+    // A form whose file outgrows the limit while it is read (its declared length within the form's slack).
+    let (ct, body) = form("big.png", &vec![0x89; (16 << 20) + 1000]);
+    let (c, b) = request(a, "POST", "/backgrounds", &[&ct], &body);
+    assert!(c == 413 && String::from_utf8_lossy(&b).contains("16 MiB"), "{c} {}", String::from_utf8_lossy(&b));
     let (_, list) = http(a, "GET", "/backgrounds", &[], "");
     assert!(list.contains("\"red.png\"") && list.contains("\"evil_name.png\"") && !list.contains(".partial"), "{list}");
-    assert!(std::fs::read_dir(&bgdir).unwrap().count() == 2, "temporary files left in the folder");
+    assert!(list.contains("{\"kind\":\"video\",\"name\":\"clip.mp4\"}"), "{list}");
+    let names: Vec<String> = std::fs::read_dir(&bgdir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.len() == 5, "temporary files left in the folder: {names:?}");
     assert!(log.lock().unwrap().is_empty() || !log.lock().unwrap().contains("panicked"));
 }
 
@@ -316,6 +363,7 @@ fn the_page_in_headless_chromium() {
     let bgdir = dir.path().join("bg");
     std::fs::create_dir(&bgdir).unwrap();
     png(&bgdir.join("red.png"), [250, 10, 10]);
+    clip(&bgdir.join("clip.mp4"), "blue");
     let bad: PathBuf = dir.path().join("notes.png");
     std::fs::write(&bad, "not an image").unwrap();
     let rec = dir.path().join("rec.mkv");
@@ -341,7 +389,46 @@ fn the_page_in_headless_chromium() {
                  let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 200 && d[i] < 120) n++; return n;";
     let blue_pixels = b.script(drawn).as_u64().unwrap();
     assert!(blue_pixels > 50, "the glass-to-glass line is not drawn ({blue_pixels} pixels)");
-    // A bad upload shows the server's reason.
+    // The original beside the output, on request: the input before matting (the white ball on black) where the
+    // output has the green background. It is streamed only while shown.
+    let toggle = b.element("#show-original");
+    b.cmd("POST", &format!("/element/{toggle}/click"), Some(serde_json::json!({})));
+    b.wait_for("const i = document.getElementById('original'); return !!i && i.naturalWidth > 0;", Duration::from_secs(15));
+    let shares = |id: &str| {
+        let js = format!(
+            "const i = document.getElementById('{id}'); const c = document.createElement('canvas'); \
+             c.width = i.naturalWidth; c.height = i.naturalHeight; const g = c.getContext('2d'); g.drawImage(i, 0, 0); \
+             const d = g.getImageData(0, 0, c.width, c.height).data; let green = 0, black = 0; \
+             for (let k = 0; k < d.length; k += 4) {{ \
+               if (d[k] < 80 && d[k + 1] > 120 && d[k + 2] < 120) green++; \
+               if (d[k] < 40 && d[k + 1] < 40 && d[k + 2] < 40) black++; }} \
+             const n = d.length / 4; return [green / n, black / n, c.width];"
+        );
+        let v = b.script(&js);
+        (v[0].as_f64().unwrap(), v[1].as_f64().unwrap(), v[2].as_u64().unwrap())
+    };
+    let (out_green, out_black, out_w) = shares("preview");
+    let (orig_green, orig_black, orig_w) = shares("original");
+    assert!(out_green > 0.6 && out_black < 0.1, "output preview: {out_green:.2} green, {out_black:.2} black");
+    assert!(orig_black > 0.6 && orig_green < 0.05, "original preview: {orig_green:.2} green, {orig_black:.2} black");
+    assert_eq!((out_w, orig_w), (W as u64, W as u64), "both previews at the frame's width (under 480 px)");
+    assert_eq!(b.script("return document.getElementById('show-original').getAttribute('aria-pressed');"), "true");
+    let watchers = || -> serde_json::Value {
+        let (c, st) = http(&addr, "GET", "/status", &[], "");
+        assert_eq!(c, 200, "{st}");
+        serde_json::from_str::<serde_json::Value>(&st).unwrap()["preview_watchers"].clone()
+    };
+    assert_eq!(watchers(), serde_json::json!({"output": 1, "original": 1}));
+    b.cmd("POST", &format!("/element/{toggle}/click"), Some(serde_json::json!({})));
+    b.wait_for("return document.getElementById('original') === null;", Duration::from_secs(5));
+    let t = Instant::now();
+    while watchers()["original"] != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the original's stream is still open 10 s after hiding it: {}", watchers());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Videos have thumbnails too (their first frame).
+    b.wait_for("const i = document.querySelector(\"#thumbs button[data-name='clip.mp4'] img\"); return !!i && i.complete && i.naturalWidth === 160;", Duration::from_secs(15));
+    // A bad upload (sent as the page sends every upload: a FormData form) shows the server's reason.
     let input = b.element("#upload");
     b.cmd("POST", &format!("/element/{input}/value"), Some(serde_json::json!({"text": bad.to_str().unwrap()})));
     b.wait_for("return document.getElementById('msg').textContent.includes('not a PNG or JPEG');", Duration::from_secs(10));
@@ -368,4 +455,44 @@ fn the_page_in_headless_chromium() {
     assert!(!frames[first_red..].iter().any(|f| near(bg_pixel(f), [0, 177, 64])), "green again after the click");
     let red_after = frames[first_red..].iter().filter(|f| near(bg_pixel(f), [250, 10, 10])).count();
     assert!(red_after * 10 >= (frames.len() - first_red) * 9, "red after the click: {red_after} of {}", frames.len() - first_red);
+}
+
+/// The page's numbers for the outputs and the machine, against a real nginx-rtmp: the RTMP output shows
+/// "connected" with the bitrate of the bytes sent (near the encoder's), "reconnecting" once the server is gone and
+/// "connected" again once it is back; its stream key is not shown. The GPU line says "no GPU" on a machine
+/// without an NVIDIA driver.
+#[test]
+fn rtmp_state_and_gpu_use_in_the_page() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let bgdir = dir.path().join("bg");
+    std::fs::create_dir(&bgdir).unwrap();
+    let mut nginx = Nginx::start(dir.path(), free_port());
+    let url = nginx.url("panelkey");
+    let b = Browser::start();
+    let args = ["--control", "127.0.0.1:0", "--output", &url, "--bitrate", "1500", "--rtmp-retry", "1", "--duration", "90"];
+    let (_live, log, addr) = start_live(dir.path(), &bgdir, &args);
+    b.cmd("POST", "/url", Some(serde_json::json!({"url": format!("http://{addr}/")})));
+    let rtmp = "const d = document.querySelector(\"#numbers dd[data-k='rtmp0']\"); if (!d) return false; \
+                const kbps = parseFloat(d.textContent.split('·')[1]);";
+    // x264 is CBR with filler at 1500 kbit/s; FLV adds little. (The bitrate is over the last 4 s: it settles
+    // a few seconds after the connection.)
+    b.wait_for(
+        &format!("{rtmp} return d.textContent.startsWith('connected') && kbps > 1200 && kbps < 2000;"),
+        Duration::from_secs(30),
+    );
+    let numbers = b.script("return document.getElementById('numbers').textContent;");
+    let numbers = numbers.as_str().unwrap();
+    assert!(numbers.contains("RTMP rtmp://127.0.0.1") && !numbers.contains("panelkey"), "the stream key is shown: {numbers}");
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        b.wait_for("const d = document.querySelector(\"#numbers dd[data-k='gpu0']\"); return !!d && d.textContent.includes('% busy');", Duration::from_secs(10));
+    } else {
+        let gpu = b.script("const d = document.querySelector(\"#numbers dd[data-k='gpu']\"); return d && d.textContent;");
+        assert_eq!(gpu, "no GPU", "{numbers}");
+    }
+    nginx.kill();
+    b.wait_for(&format!("{rtmp} return d.textContent.startsWith('reconnecting');"), Duration::from_secs(20));
+    nginx.spawn();
+    b.wait_for(&format!("{rtmp} return d.textContent.startsWith('connected') && kbps > 0;"), Duration::from_secs(30));
+    assert!(!log.lock().unwrap().contains("panicked"), "{}", log.lock().unwrap());
 }

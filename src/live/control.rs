@@ -3,7 +3,7 @@
 //! | request | what it does |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text: frames, drops, reused masks, per-stage and glass-to-glass latency, memory, CPU |
-//! | `GET /status` | JSON: current settings and the run's statistics |
+//! | `GET /status` | JSON: current settings, the run's statistics, each RTMP output's state and bitrate, GPU use ("no GPU" without one), preview watchers |
 //! | `POST /background` | body `blur=20`, `#00ff00`, `green`, `transparent`, or a file name inside `background_dir` |
 //! | `POST /model` | body: a model name from the allowed list (loaded in the background, then switched) |
 //! | `POST /pause`, `POST /resume` | stop / restart matting (frames pass through) |
@@ -181,10 +181,15 @@ async fn metrics(AxState(app): AxState<App>) -> Response {
 }
 
 async fn status(AxState(app): AxState<App>) -> Response {
+    let gpu = tokio::task::spawn_blocking(super::gpu::gpu_use_json).await.unwrap_or_else(|_| super::gpu::NO_GPU.into());
     let v = serde_json::json!({
         "settings": app.state.controls.get(),
         "stats": app.state.stats.total(),
         "audio": app.state.audio.as_ref().map(|a| serde_json::json!({ "muted": a.muted.load(std::sync::atomic::Ordering::Relaxed) })),
+        "rtmp": app.state.stats.rtmp_outputs(),
+        "gpu": gpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "preview_watchers": app.state.panel.preview.watchers(),
     });
     ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }

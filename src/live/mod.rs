@@ -7,16 +7,19 @@
 //!                                                                     ▼        │ newest mask
 //!                                                                  [model: preprocess → infer → postprocess]
 //! control endpoint (tokio): /metrics, /status, POST /background /model /pause /resume /matte
-//!                   panel: GET / (the page), /preview.mjpg (each output frame offered; one every 200 ms
-//!                          encoded on mf-preview while someone watches), /stats, /models, /backgrounds
+//!                   panel: GET / (the page), /preview.mjpg[?view=original] (the output, or the input before
+//!                          matting: one frame every 200 ms encoded on mf-preview while someone watches that
+//!                          view), /stats, /models, /backgrounds
 //! ```
 //!
 //! Modules: [`audio`] (sound from the source or a capture device, in sync), [`input`] (sources), [`matte`] (the
 //! budgeted model scheduling), [`output`] (sinks), [`rtmp`] (RTMP streams and reconnection), [`stats`] (latency and
-//! counters), [`control`] (HTTP), [`panel`] (the browser page, its preview and checks), [`job`] (pipeline files).
+//! counters), [`gpu`] (GPU use through NVML), [`control`] (HTTP), [`panel`] (the browser page, its preview and
+//! checks), [`job`] (pipeline files).
 
 pub mod audio;
 pub mod control;
+pub mod gpu;
 pub mod input;
 pub mod job;
 pub mod matte;
@@ -367,9 +370,14 @@ fn frame_loop(
             Next::Ended(Err(e)) => return Err(Error::Input { path: cfg.input.describe(), reason: format!("stopped: {e}") }),
         };
         stage.follow(controls);
+        // The panel's previews (only while watched): the input frame as captured, then the same frame matted.
+        let due = stage.preview.as_ref().map(|p| p.due()).unwrap_or_default();
+        if let (true, Some(p)) = (due.original, &stage.preview) {
+            p.offer_sample(panel::View::Original, &sample);
+        }
         let Some((data, w, h, pts)) = stage.matte(&sample, arrival, stats)? else { continue };
-        if let Some(p) = &stage.preview {
-            p.offer(&data, w, h);
+        if let (true, Some(p)) = (due.output, &stage.preview) {
+            p.offer(panel::View::Output, &data, w, h);
         }
         if let Err(e) = outputs.push(data, w, h, capture.fps, pts) {
             return Err(outputs.poll_error().unwrap_or(e));
@@ -392,7 +400,7 @@ struct MatteStage {
     /// Where the sound learns how long the picture waited (it is held as long) and the stream's time offset.
     audio: Arc<audio::AudioShared>,
     idx: u64,
-    /// The control panel's preview, offered each output frame.
+    /// The control panel's previews, offered a frame every 200 ms while watched.
     preview: Option<Arc<panel::Preview>>,
 }
 

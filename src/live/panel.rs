@@ -5,22 +5,23 @@
 //! |---|---|
 //! | `GET /` | the page |
 //! | `GET /preview.mjpg` | the output, scaled down, as MJPEG (a few frames a second; encoded on its own thread) |
+//! | `GET /preview.mjpg?view=original` | the same of the input frames, before matting |
 //! | `GET /stats` | JSON: the last minutes of latency, fps, masks, drops and CPU, one point every 2 s |
 //! | `GET /models` | JSON: the models that may be chosen, present or missing, and the one in use |
 //! | `GET /backgrounds` | JSON: the image and video files of `--background-dir` |
-//! | `GET /backgrounds/NAME` | a JPEG thumbnail of that image |
+//! | `GET /backgrounds/NAME` | a JPEG thumbnail of that image, or of that video's first frame |
 //! | `POST /backgrounds?name=NAME` | body: a PNG or JPEG (sniffed, not trusted by name), saved into the folder |
+//! | `POST /backgrounds` | the same as a multipart form (the first file field; its file name unless `?name=`) |
 //!
 //! Every request passes [`guard`]: the token when one is set, the Host on loopback, the Origin on changes.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, Request, State as AxState};
+use axum::extract::{Query, Request, State as AxState};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -30,87 +31,18 @@ use axum::Router;
 use super::control::App;
 use super::stats::LiveStats;
 
+mod backgrounds;
+mod preview;
+
+pub use preview::{Due, Preview, View};
+
 /// The page, with its CSS and script inline.
 const PAGE: &str = include_str!("panel/index.html");
-/// The preview's frame interval (5 fps) and width.
-const PREVIEW_INTERVAL: Duration = Duration::from_millis(200);
-const PREVIEW_WIDTH: u32 = 480;
 /// Largest background upload.
 pub const UPLOAD_LIMIT: usize = 16 << 20;
 /// Latency history: a point every 2 s, 10 minutes kept.
 const HISTORY_STEP: Duration = Duration::from_secs(2);
 const HISTORY_POINTS: usize = 300;
-
-type Jpeg = Option<Arc<Vec<u8>>>;
-
-/// The output preview. The frame loop offers each output frame; only while someone watches, and at most every
-/// [`PREVIEW_INTERVAL`], one is copied to the preview thread (a channel of one: a busy encoder drops frames,
-/// never the stream), which scales it down and encodes it as JPEG for every watcher.
-pub struct Preview {
-    frames: crossbeam_channel::Sender<(Vec<u8>, u32, u32)>,
-    latest: Arc<tokio::sync::watch::Sender<Jpeg>>,
-    watchers: AtomicUsize,
-    last: Mutex<Option<Instant>>,
-}
-
-impl Preview {
-    pub fn start() -> crate::error::Result<Arc<Preview>> {
-        let (tx, rx) = crossbeam_channel::bounded::<(Vec<u8>, u32, u32)>(1);
-        let latest = Arc::new(tokio::sync::watch::Sender::new(None));
-        let out = latest.clone();
-        std::thread::Builder::new()
-            .name("mf-preview".into())
-            .spawn(move || {
-                // Ends when the Preview (the only sender) is dropped.
-                while let Ok((rgba, w, h)) = rx.recv() {
-                    if let Some(j) = encode_preview(rgba, w, h) {
-                        out.send_replace(Some(Arc::new(j)));
-                    }
-                }
-            })
-            .map_err(|e| crate::error::Error::io("starting the preview thread", e))?;
-        Ok(Arc::new(Preview { frames: tx, latest, watchers: AtomicUsize::new(0), last: Mutex::new(None) }))
-    }
-
-    /// Called by the frame loop with each output frame (RGBA): cheap when nobody watches or it is not time yet.
-    pub fn offer(&self, rgba: &[u8], w: u32, h: u32) {
-        if self.watchers.load(Ordering::Relaxed) == 0 || rgba.len() != (w * h * 4) as usize {
-            return;
-        }
-        let mut last = self.last.lock().unwrap();
-        if last.is_some_and(|t| t.elapsed() < PREVIEW_INTERVAL) {
-            return;
-        }
-        *last = Some(Instant::now());
-        let _ = self.frames.try_send((rgba.to_vec(), w, h));
-    }
-}
-
-fn encode_preview(rgba: Vec<u8>, w: u32, h: u32) -> Option<Vec<u8>> {
-    let img = image::RgbaImage::from_raw(w, h, rgba)?;
-    let tw = PREVIEW_WIDTH.min(w);
-    let th = ((h as u64 * tw as u64) / w as u64).max(1) as u32;
-    let small = image::DynamicImage::ImageRgba8(image::imageops::thumbnail(&img, tw, th)).to_rgb8();
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 70).encode_image(&small).ok()?;
-    Some(out)
-}
-
-/// Counts a watcher while its stream lives.
-struct Watching(Arc<Preview>);
-
-impl Watching {
-    fn new(p: Arc<Preview>) -> Self {
-        p.watchers.fetch_add(1, Ordering::Relaxed);
-        Watching(p)
-    }
-}
-
-impl Drop for Watching {
-    fn drop(&mut self) {
-        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// One point of the history the page charts.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -202,8 +134,13 @@ pub(super) fn routes() -> Router<App> {
         .route("/preview.mjpg", get(preview))
         .route("/stats", get(history))
         .route("/models", get(models))
-        .route("/backgrounds", get(list_backgrounds).post(upload))
-        .route("/backgrounds/{name}", get(thumbnail))
+        .route(
+            "/backgrounds",
+            get(backgrounds::list)
+                .post(backgrounds::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(UPLOAD_LIMIT + backgrounds::FORM_SLACK)),
+        )
+        .route("/backgrounds/{name}", get(backgrounds::thumbnail))
 }
 
 fn text(code: StatusCode, msg: impl Into<String>) -> Response {
@@ -224,11 +161,20 @@ async fn page() -> Response {
         .into_response()
 }
 
-async fn preview(AxState(app): AxState<App>) -> Response {
+#[derive(serde::Deserialize)]
+struct PreviewQuery {
+    view: Option<String>,
+}
+
+async fn preview(AxState(app): AxState<App>, Query(q): Query<PreviewQuery>) -> Response {
+    let view = match q.view.as_deref().map(View::from_name) {
+        None => View::Output,
+        Some(Some(v)) => v,
+        Some(None) => return text(StatusCode::BAD_REQUEST, "view must be 'output' or 'original'"),
+    };
     let panel = app.state.panel.clone();
-    let mut rx = panel.preview.latest.subscribe();
+    let (mut rx, watching) = panel.preview.watch(view);
     rx.mark_changed();
-    let watching = Watching::new(panel.preview.clone());
     let closed = panel.closed.subscribe();
     let parts = futures_util::stream::unfold((rx, closed, watching), |(mut rx, mut closed, w)| async move {
         loop {
@@ -272,139 +218,6 @@ async fn models(AxState(app): AxState<App>) -> Response {
         .collect();
     let can_switch = app.state.open_model.is_some();
     json(&serde_json::json!({ "current": app.state.controls.get().model, "can_switch": can_switch, "models": list }))
-}
-
-/// Image files the page shows as thumbnails; videos are listed without one.
-const IMAGE_EXT: [&str; 3] = ["png", "jpg", "jpeg"];
-const VIDEO_EXT: [&str; 5] = ["mp4", "mov", "mkv", "webm", "avi"];
-
-fn ext_of(p: &Path) -> String {
-    p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase()
-}
-
-async fn list_backgrounds(AxState(app): AxState<App>) -> Response {
-    let Some(dir) = app.cfg.background_dir.clone() else {
-        return json(&serde_json::json!({ "folder": false, "files": [], "upload_limit": UPLOAD_LIMIT }));
-    };
-    let mut files: Vec<serde_json::Value> = std::fs::read_dir(&dir)
-        .map(|rd| rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())).map(|e| e.path()).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|p| {
-            let name = p.file_name()?.to_str()?.to_string();
-            let ext = ext_of(&p);
-            let kind = if IMAGE_EXT.contains(&ext.as_str()) { "image" } else if VIDEO_EXT.contains(&ext.as_str()) { "video" } else { return None };
-            (!name.starts_with('.')).then(|| serde_json::json!({ "name": name, "kind": kind }))
-        })
-        .collect();
-    files.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    json(&serde_json::json!({ "folder": true, "files": files, "upload_limit": UPLOAD_LIMIT }))
-}
-
-/// A refusal: the status and the one-line reason.
-type Refusal = (StatusCode, String);
-
-/// A plain file name inside the folder (no separators, no `..`, no hidden files), or why not.
-fn inside(dir: &Path, name: &str) -> Result<PathBuf, Refusal> {
-    let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
-    if !plain {
-        return Err((StatusCode::FORBIDDEN, format!("'{name}' must be a plain file name inside the background folder")));
-    }
-    let p = dir.join(name);
-    match p.is_file() {
-        true => Ok(p),
-        false => Err((StatusCode::NOT_FOUND, format!("no file '{name}' in the background folder"))),
-    }
-}
-
-async fn thumbnail(AxState(app): AxState<App>, UrlPath(name): UrlPath<String>) -> Response {
-    let Some(dir) = app.cfg.background_dir.clone() else {
-        return text(StatusCode::NOT_FOUND, "no background folder: start with --background-dir");
-    };
-    let path = match inside(&dir, &name) {
-        Ok(p) => p,
-        Err((c, m)) => return text(c, m),
-    };
-    if !IMAGE_EXT.contains(&ext_of(&path).as_str()) {
-        return text(StatusCode::NOT_FOUND, format!("'{name}' has no thumbnail (only PNG and JPEG images do)"));
-    }
-    let r = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-        let img = image::open(&path).map_err(|e| e.to_string())?.thumbnail(160, 90).to_rgb8();
-        let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&img).map_err(|e| e.to_string())?;
-        Ok(out)
-    })
-    .await;
-    match r {
-        Ok(Ok(j)) => ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "max-age=60")], j).into_response(),
-        Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("cannot decode '{name}': {e}")),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct UploadQuery {
-    name: Option<String>,
-}
-
-/// The stem of what the user called the file, reduced to letters, digits, `-` and `_` (at most 64).
-fn sanitised_stem(name: &str) -> String {
-    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let stem = base.rsplit_once('.').map(|(s, _)| s).unwrap_or(base);
-    let clean: String = stem
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .take(64)
-        .collect();
-    let clean = clean.trim_matches('_').to_string();
-    if clean.is_empty() { "upload".into() } else { clean }
-}
-
-async fn upload(AxState(app): AxState<App>, Query(q): Query<UploadQuery>, req: Request) -> Response {
-    let Some(dir) = app.cfg.background_dir.clone() else {
-        return text(StatusCode::FORBIDDEN, "uploads need a background folder: start with --background-dir DIR");
-    };
-    let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, format!("the file is larger than {} MiB: choose a smaller image", UPLOAD_LIMIT >> 20));
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > UPLOAD_LIMIT) {
-        return too_large();
-    }
-    let bytes = match axum::body::to_bytes(req.into_body(), UPLOAD_LIMIT).await {
-        Ok(b) => b,
-        Err(_) => return too_large(),
-    };
-    let ext = match image::guess_format(&bytes) {
-        Ok(image::ImageFormat::Png) => "png",
-        Ok(image::ImageFormat::Jpeg) => "jpg",
-        _ => return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not a PNG or JPEG image: only those can be uploaded as backgrounds"),
-    };
-    let name = format!("{}.{ext}", sanitised_stem(q.name.as_deref().unwrap_or("upload")));
-    let r = tokio::task::spawn_blocking(move || save_upload(&dir, &name, &bytes).map(|_| name)).await;
-    match r {
-        Ok(Ok(name)) => (StatusCode::CREATED, json(&serde_json::json!({ "name": name }))).into_response(),
-        Ok(Err((c, m))) => text(c, m),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// Decodes (a broken image is refused, not saved), then writes under a hidden temporary name and links it to
-/// its name, which fails if the name is taken: nothing is overwritten.
-fn save_upload(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Refusal> {
-    if let Err(e) = image::load_from_memory(bytes) {
-        return Err((StatusCode::UNPROCESSABLE_ENTITY, format!("the image cannot be decoded ({e}): is the file complete?")));
-    }
-    let tmp = dir.join(format!(".{name}.partial{}", std::process::id()));
-    let io = |e: std::io::Error| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write into the background folder: {e}"));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    let linked = std::fs::hard_link(&tmp, dir.join(name));
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Err((StatusCode::CONFLICT, format!("'{name}' already exists in the background folder: rename the file")))
-        }
-        Err(e) => Err(io(e)),
-    }
 }
 
 /// Token, Host and Origin checks in front of every route.

@@ -15,7 +15,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use super::output::OutputOptions;
-use super::stats::LiveStats;
+use super::stats::{LiveStats, RtmpOutput, RtmpState};
 use crate::error::{Error, Result};
 
 fn make(name: &str) -> Result<gst::Element> {
@@ -38,6 +38,8 @@ struct RtmpStream {
     announced: bool,
     /// Set by the watcher thread while the server refuses TCP connections.
     refused: Arc<AtomicBool>,
+    /// What the control endpoint shows: state and bytes sent.
+    status: Arc<RtmpOutput>,
 }
 
 /// Watches whether an RTMP server still accepts TCP connections (every 2 s). rtmp2sink usually reports a
@@ -93,7 +95,7 @@ fn stream_src(caps: &gst::Caps) -> gst_app::AppSrc {
         .build()
 }
 
-fn rtmp_pipeline(url: &str, caps: &gst::Caps, audio_caps: Option<&gst::Caps>) -> Result<Connection> {
+fn rtmp_pipeline(url: &str, caps: &gst::Caps, audio_caps: Option<&gst::Caps>, status: &Arc<RtmpOutput>) -> Result<Connection> {
     let p = gst::Pipeline::with_name("matteflow-rtmp");
     let slot: ErrorSlot = Default::default();
     {
@@ -112,6 +114,7 @@ fn rtmp_pipeline(url: &str, caps: &gst::Caps, audio_caps: Option<&gst::Caps>) ->
     sink.set_property("location", url);
     sink.set_property("sync", false);
     sink.set_property("async", false);
+    count_bytes(&sink, status.clone());
     p.add_many([src.upcast_ref(), &mux, &sink])?;
     gst::Element::link_many([src.upcast_ref(), &mux, &sink])?;
     let audio = match audio_caps {
@@ -128,6 +131,19 @@ fn rtmp_pipeline(url: &str, caps: &gst::Caps, audio_caps: Option<&gst::Caps>) ->
     };
     p.set_state(gst::State::Playing)?;
     Ok(Connection { pipeline: p, video: src, audio, slot })
+}
+
+/// Counts the bytes going into the sink (the bitrate the panel shows is what was really sent).
+fn count_bytes(sink: &gst::Element, status: Arc<RtmpOutput>) {
+    let pad = sink.static_pad("sink").expect("rtmp2sink has a sink pad");
+    pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST, move |_, info| {
+        match &info.data {
+            Some(gst::PadProbeData::Buffer(b)) => status.count(b.size() as u64),
+            Some(gst::PadProbeData::BufferList(l)) => status.count(l.calculate_size() as u64),
+            _ => {}
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// A buffer's timestamps as running time on its sample's segment (encoders may shift both, e.g. x264enc by
@@ -218,7 +234,9 @@ pub(crate) fn spawn_feeder(
         .into_iter()
         .map(|url| {
             let refused = watch_server(&url, stop.clone());
-            RtmpStream { url, live: None, offset: None, next_try: Instant::now(), broken: false, since: None, announced: false, refused }
+            let status = RtmpOutput::new(&url);
+            stats.rtmp.lock().unwrap().push(status.clone());
+            RtmpStream { url, live: None, offset: None, next_try: Instant::now(), broken: false, since: None, announced: false, refused, status }
         })
         .collect();
     let mut sound = audio.map(|sink| SoundBacklog { sink, recent: Default::default(), caps: None });
@@ -226,6 +244,9 @@ pub(crate) fn spawn_feeder(
         .name("mf-rtmp".into())
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
+                for s in &streams {
+                    s.status.tick();
+                }
                 let new_sound = sound.as_mut().map(|s| s.drain()).unwrap_or_default();
                 for s in streams.iter_mut() {
                     push_sound(s, &new_sound);
@@ -290,13 +311,14 @@ fn feed_stream(s: &mut RtmpStream, sample: &gst::Sample, sound: Option<&SoundBac
             }
             s.broken = true;
             s.announced = false;
+            s.status.set_state(RtmpState::Reconnecting);
             s.next_try = Instant::now() + retry;
         }
     }
     // With sound, a connection starts once the sound's format is known (its first encoded buffer).
     let sound_ready = sound.is_none_or(|a| a.caps.is_some());
     if s.live.is_none() && keyframe && sound_ready && Instant::now() >= s.next_try {
-        match rtmp_pipeline(&s.url, &caps.to_owned(), sound.and_then(|a| a.caps.as_ref())) {
+        match rtmp_pipeline(&s.url, &caps.to_owned(), sound.and_then(|a| a.caps.as_ref()), &s.status) {
             Ok(c) => {
                 s.offset = running_start(sample);
                 s.live = Some(c);
@@ -318,6 +340,7 @@ fn feed_stream(s: &mut RtmpStream, sample: &gst::Sample, sound: Option<&SoundBac
     if let Some(t) = s.since {
         if !s.announced && t.elapsed() > Duration::from_secs(1) {
             s.announced = true;
+            s.status.set_state(RtmpState::Connected);
             if s.broken {
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("RTMP {}: reconnected, streaming again", s.url);

@@ -68,6 +68,92 @@ pub fn gpu_memory_used() -> Option<f64> {
     Some(total.saturating_sub(free) as f64)
 }
 
+/// An RTMP output's connection, as the panel shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtmpState {
+    /// Not streaming yet (the first connection is being made).
+    Connecting,
+    /// Streaming: up for more than a second without error.
+    Connected,
+    /// The connection broke; a new one is tried every few seconds.
+    Reconnecting,
+}
+
+/// How far back an RTMP output's bitrate looks.
+const BITRATE_WINDOW: Duration = Duration::from_secs(4);
+
+/// One RTMP output: its state (set by the RTMP thread) and the bytes handed to its `rtmp2sink` (counted by a
+/// pad probe in front of the sink), from which the bitrate over the last [`BITRATE_WINDOW`] is read.
+pub struct RtmpOutput {
+    url: String,
+    state: Mutex<RtmpState>,
+    sent: AtomicU64,
+    /// (when, bytes sent by then), one a second, the last [`BITRATE_WINDOW`].
+    marks: Mutex<std::collections::VecDeque<(Instant, u64)>>,
+}
+
+/// What the control endpoint reports of an RTMP output.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RtmpSummary {
+    /// The URL with its stream key cut short (it is a secret).
+    pub url: String,
+    pub state: RtmpState,
+    /// Bits per second handed to the sink over the last few seconds, kbit/s.
+    pub kbps: f64,
+    pub sent_bytes: u64,
+}
+
+impl RtmpOutput {
+    pub fn new(url: &str) -> std::sync::Arc<RtmpOutput> {
+        std::sync::Arc::new(RtmpOutput {
+            url: url.to_string(),
+            state: Mutex::new(RtmpState::Connecting),
+            sent: AtomicU64::new(0),
+            marks: Mutex::new(Default::default()),
+        })
+    }
+
+    pub fn set_state(&self, s: RtmpState) {
+        *self.state.lock().unwrap() = s;
+    }
+
+    /// Counts bytes handed to the sink (called from its streaming thread).
+    pub fn count(&self, bytes: u64) {
+        self.sent.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Keeps a mark a second (called often by the RTMP thread).
+    pub fn tick(&self) {
+        let mut m = self.marks.lock().unwrap();
+        if m.back().is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        m.push_back((Instant::now(), self.sent.load(Ordering::Relaxed)));
+        while m.front().is_some_and(|(t, _)| t.elapsed() > BITRATE_WINDOW) {
+            m.pop_front();
+        }
+    }
+
+    pub fn summary(&self) -> RtmpSummary {
+        let sent = self.sent.load(Ordering::Relaxed);
+        let kbps = match self.marks.lock().unwrap().front() {
+            Some((t, b)) if t.elapsed() >= Duration::from_millis(500) => (sent - b) as f64 * 8.0 / 1000.0 / t.elapsed().as_secs_f64(),
+            _ => 0.0,
+        };
+        RtmpSummary { url: without_stream_key(&self.url), state: *self.state.lock().unwrap(), kbps, sent_bytes: sent }
+    }
+}
+
+/// `rtmp://host/app/ab…`: the last path segment (the stream key) cut to two characters, the query dropped.
+fn without_stream_key(url: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    match base.rsplit_once('/') {
+        Some((head, key)) if head.contains("://") && !key.is_empty() => format!("{head}/{}…", key.chars().take(2).collect::<String>()),
+        _ => base.to_string(),
+    }
+}
+
 /// Latency samples (milliseconds) of one measure: the current window and the whole run.
 #[derive(Default)]
 struct Samples {
@@ -143,6 +229,8 @@ pub struct LiveStats {
     pub output_dropped: AtomicU64,
     /// RTMP reconnections made.
     pub reconnects: AtomicU64,
+    /// Each RTMP output's state and bitrate (registered by the RTMP thread).
+    pub rtmp: Mutex<Vec<std::sync::Arc<RtmpOutput>>>,
     samples: Mutex<[Samples; 4]>,
     /// Start of the current window and the counters at that moment.
     window_start: Mutex<(Instant, [u64; 10])>,
@@ -165,6 +253,7 @@ impl Default for LiveStats {
             passthrough: AtomicU64::new(0),
             output_dropped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            rtmp: Mutex::new(Vec::new()),
             samples: Mutex::new(Default::default()),
             window_start: Mutex::new((Instant::now(), [0; 10])),
             cpu_start: process_usage().1,
@@ -342,6 +431,11 @@ impl LiveStats {
         })
     }
 
+    /// Each RTMP output's state and bitrate.
+    pub fn rtmp_outputs(&self) -> Vec<RtmpSummary> {
+        self.rtmp.lock().unwrap().iter().map(|o| o.summary()).collect()
+    }
+
     /// Records each thread's CPU time so far (kept at its highest: see `threads`).
     pub fn sample_threads(&self) {
         let now = thread_cpu();
@@ -443,6 +537,22 @@ mod tests {
         let busy_s = v.iter().find(|(n, _)| n == "mf-test-busy").map(|(_, s)| *s);
         assert!(busy_s.is_some_and(|s| s >= 0.1), "mf-test-busy: {busy_s:?} in {v:?}");
         busy.join().unwrap();
+    }
+
+    #[test]
+    fn rtmp_bitrate_is_read_from_the_bytes_sent() {
+        let o = RtmpOutput::new("rtmp://example.invalid/live/secretkey?x=1");
+        o.tick();
+        let ticked = Instant::now();
+        assert_eq!(o.summary().kbps, 0.0);
+        std::thread::sleep(Duration::from_millis(1000));
+        o.count(250_000);
+        o.set_state(RtmpState::Connected);
+        let s = o.summary();
+        // 2 Mbit over the time since the mark (a little over a second).
+        let slowest = 2000.0 / ticked.elapsed().as_secs_f64();
+        assert!(s.kbps >= slowest && s.kbps <= 2000.0, "{s:?}, at least {slowest}");
+        assert_eq!((s.url.as_str(), s.state, s.sent_bytes), ("rtmp://example.invalid/live/se…", RtmpState::Connected, 250_000));
     }
 
     #[test]
