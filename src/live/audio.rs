@@ -249,6 +249,9 @@ fn device_element(spec: &AudioSpec) -> Result<(gst::Element, String)> {
         AudioSpec::Alsa(d) => {
             let e = make("alsasrc")?;
             e.set_property("device", d);
+            // Timed by the ring buffer on the shared clock (as pulsesrc is), not by the driver: a plugin device
+            // (e.g. ALSA's PulseAudio plugin) reports wall-clock time, which is not the pipeline's clock.
+            e.set_property("use-driver-timestamps", false);
             (e, String::from(spec.clone()))
         }
         AudioSpec::Pipewire(d) => {
@@ -275,6 +278,11 @@ fn open_element(src: gst::Element, name: String, clock: &ClockRef) -> Result<Dev
     pipeline.use_clock(Some(&clock.clock));
     pipeline.set_start_time(gst::ClockTime::NONE);
     pipeline.set_base_time(clock.base_time);
+    // Each buffer also carries its arrival (as DTS): what times the sound of a device that leaves it unstamped
+    // (pipewiresrc 0.3) or stamps it on a clock of its own.
+    if src.find_property("do-timestamp").is_some() {
+        src.set_property("do-timestamp", true);
+    }
     pipeline.add(&src)?;
     let (head, sink) = capture_tail(&pipeline, false)?;
     src.link(&head)?;
@@ -429,8 +437,10 @@ fn compensate_priming(enc: &gst::Element) {
 /// Muxers in a live pipeline output what they have once a stream is late by more than the latency they were
 /// told; the picture reaches them later than the sound of the same instant (it waits for its matte, then for
 /// the encoder), so they are told to wait up to a second for it. Sound that arrives on time costs nothing.
+/// Recordings' muxers sit inside their own bins: the search goes into bins (a muxer that does not wait writes
+/// the picture ahead of the sound, and FLV then clamps the late sound's timestamps to the picture's).
 pub fn let_muxers_wait(pipeline: &gst::Pipeline) {
-    for e in pipeline.iterate_elements().into_iter().flatten() {
+    for e in pipeline.iterate_recurse().into_iter().flatten() {
         if e.is::<gstreamer_base::Aggregator>() {
             e.set_property("latency", gst::ClockTime::SECOND.nseconds());
         }
@@ -479,11 +489,18 @@ struct Feed {
     clock: ClockRef,
     shared: Arc<AudioShared>,
     network: bool,
+    /// A network source's sound that came before the stream's offset was known, on the stream's own time
+    /// (stamped once the first picture fixes the offset, so the sound of that picture is not lost).
+    unstamped: VecDeque<gst::Buffer>,
     held: VecDeque<gst::Buffer>,
-    /// End of the last buffer sent: the timeline continues from here.
+    /// End of the last buffer sent: the timeline continues from here. It starts at the first picture.
     next: Option<gst::ClockTime>,
     /// The device stopped (unplugged, server gone): silence from then on.
     gone: bool,
+    /// When the input last gave sound.
+    last_sound: Instant,
+    /// The device's timestamps were found on another clock (said once).
+    foreign_clock: bool,
 }
 
 impl Feed {
@@ -497,22 +514,65 @@ impl Feed {
             self.check_gone();
             return;
         };
-        let (Some(rt), Some(buf)) = (crate::source::running_pts(&s), s.buffer_owned()) else { return };
-        let pts = if self.network {
-            match self.shared.stream_offset_ns.load(Ordering::SeqCst) {
-                i64::MIN => return, // before the first picture: nothing to be in sync with yet
-                off => (rt.nseconds() as i64).checked_add(off).filter(|v| *v >= 0).map(|v| gst::ClockTime::from_nseconds(v as u64)),
-            }
-        } else {
-            Some(rt)
+        let Some(mut buf) = s.buffer_owned() else { return };
+        let duration = duration_of(buf.size());
+        let rt = match (crate::source::running_pts(&s), self.network) {
+            (rt, true) => match rt {
+                Some(rt) => rt,
+                None => return,
+            },
+            (rt, false) => match self.device_time(rt, arrival_dts(&s), duration) {
+                Some(rt) => rt,
+                None => return,
+            },
         };
-        let Some(pts) = pts else { return };
-        let mut buf = buf;
+        self.last_sound = Instant::now();
         let b = buf.make_mut();
-        b.set_pts(pts);
+        b.set_pts(rt);
         b.set_dts(gst::ClockTime::NONE);
-        b.set_duration(duration_of(b.size()));
-        self.held.push_back(buf);
+        b.set_duration(duration);
+        if !self.network {
+            self.held.push_back(buf);
+            return;
+        }
+        self.unstamped.push_back(buf);
+        self.stamp_unstamped();
+    }
+
+    /// Moves a network source's sound onto the picture's time base once the stream's offset is known (the
+    /// picture learns it from its first frame; until then at most the last second is kept).
+    fn stamp_unstamped(&mut self) {
+        let off = self.shared.stream_offset_ns.load(Ordering::SeqCst);
+        if off == i64::MIN {
+            while self.unstamped.len() > 100 {
+                self.unstamped.pop_front();
+            }
+            return;
+        }
+        while let Some(mut buf) = self.unstamped.pop_front() {
+            let rt = buf.pts().unwrap().nseconds() as i64;
+            let Some(pts) = rt.checked_add(off).filter(|v| *v >= 0) else { continue };
+            buf.make_mut().set_pts(gst::ClockTime::from_nseconds(pts as u64));
+            self.held.push_back(buf);
+        }
+    }
+
+    /// A device buffer's capture time. Devices stamp their sound on the shared clock; one that leaves it
+    /// unstamped (pipewiresrc 0.3) or stamps it on a clock of its own (an ALSA plugin's wall-clock time) is
+    /// taken at its arrival (the source's `do-timestamp`), less its length: its first sample was captured
+    /// that much earlier.
+    fn device_time(&mut self, pts: Option<gst::ClockTime>, arrived: Option<gst::ClockTime>, duration: gst::ClockTime) -> Option<gst::ClockTime> {
+        let arrived = arrived.or_else(|| self.clock.running_now())?;
+        match pts {
+            Some(p) if p.nseconds().abs_diff(arrived.nseconds()) < gst::ClockTime::SECOND.nseconds() => Some(p),
+            _ => {
+                if pts.is_some() && !self.foreign_clock {
+                    self.foreign_clock = true;
+                    tracing::warn!("audio: the device stamps its sound on a clock of its own; it is timed by its arrival instead");
+                }
+                Some(arrived.saturating_sub(duration))
+            }
+        }
     }
 
     fn check_gone(&mut self) {
@@ -527,18 +587,11 @@ impl Feed {
         }
     }
 
-    /// Silence up to `until`, in 20 ms buffers, continuing the timeline.
-    fn fill_silence(&mut self, until: gst::ClockTime) {
-        let step = gst::ClockTime::from_mseconds(20);
-        let mut t = self.held.back().and_then(|b| Some(b.pts()? + b.duration()?)).or(self.next).unwrap_or(until);
-        while t + step <= until {
-            self.held.push_back(silence(t, step));
-            t += step;
-        }
-    }
-
     /// Sends every held buffer whose picture has reached the outputs by now.
     fn release(&mut self) {
+        if self.network {
+            self.stamp_unstamped();
+        }
         let first = self.shared.first_video_ns.load(Ordering::SeqCst);
         if first == u64::MAX {
             // No picture out yet: keep the last second only.
@@ -551,28 +604,51 @@ impl Feed {
         let Some(now) = self.clock.running_now() else { return };
         let delay = gst::ClockTime::from_nseconds(self.shared.video_delay_ns.load(Ordering::Relaxed));
         let Some(due) = now.checked_sub(delay) else { return };
-        if self.gone {
-            self.fill_silence(due);
-        }
+        // The sound starts with the first picture: a capture device opens only after the input gave its first
+        // frame, and a stream's sound may begin later than its picture. Containers start every track at zero,
+        // so a track that began later would play early by the difference; the hole is filled with silence.
+        let next = *self.next.get_or_insert(first);
+        self.fill_starved(next, due);
         while self.held.front().is_some_and(|b| b.pts().is_some_and(|p| p <= due)) {
             let b = self.held.pop_front().unwrap();
             // One unbroken timeline from the first picture on: MP4 fragments and FLV players place sound by
             // its length, not its timestamps, so a hole would put everything after it early and an overlap late.
             // Timestamps jitter (FLV's are whole milliseconds, capture clocks wander): within the tolerance a
             // buffer continues the timeline where the last one ended.
-            let b = match self.next {
-                Some(n) if b.pts().unwrap().nseconds().abs_diff(n.nseconds()) <= TOLERANCE.nseconds() => restamp(b, n),
-                _ => b,
-            };
-            let Some(b) = trim_before(b, self.next.unwrap_or(first).max(first)) else { continue };
+            let n = self.next.unwrap();
+            let b = if b.pts().unwrap().nseconds().abs_diff(n.nseconds()) <= TOLERANCE.nseconds() { restamp(b, n) } else { b };
+            let Some(b) = trim_before(b, n) else { continue };
             let (pts, dur) = (b.pts().unwrap(), b.duration().unwrap_or(gst::ClockTime::ZERO));
-            if let Some(n) = self.next.filter(|n| pts > *n) {
+            if pts > n {
                 tracing::debug!("audio: {} ms hole before {pts}, filled with silence", (pts - n).mseconds());
                 self.push(silence(n, pts - n));
             }
             self.next = Some(pts + dur);
             self.push(b);
         }
+    }
+
+    /// Silence from `next` on when the input gives nothing: up to `due` once the device is gone, and while it
+    /// has been quiet for [`STARVED`] (a device still starting or stalled, a stream whose sound starts later) up
+    /// to that far behind `due`, so the muxers (told to wait a second for sound) never hold the picture up.
+    /// Sound that turns up for time already filled is cut off when it is released. Sound that keeps coming,
+    /// however late its stream carries it, is never replaced.
+    fn fill_starved(&mut self, next: gst::ClockTime, due: gst::ClockTime) {
+        let until = match (self.gone, self.last_sound.elapsed() >= Duration::from_nanos(STARVED.nseconds())) {
+            (true, _) => due,
+            (false, true) => due.saturating_sub(STARVED),
+            (false, false) => return,
+        };
+        let covered = self.held.front().and_then(|b| b.pts()).is_some_and(|p| p <= until);
+        if covered || until <= next + TOLERANCE {
+            return;
+        }
+        if !self.gone {
+            tracing::debug!("audio: no sound for {next}..{until}: silence");
+        }
+        let gap = silence(next, until - next);
+        self.next = Some(next + gap.duration().unwrap_or(gst::ClockTime::ZERO));
+        self.push(gap);
     }
 
     fn push(&mut self, mut b: gst::Buffer) {
@@ -585,9 +661,23 @@ impl Feed {
     }
 }
 
+/// The running time a buffer's DTS says (what `do-timestamp` on a live source sets: its arrival).
+fn arrival_dts(s: &gst::Sample) -> Option<gst::ClockTime> {
+    let dts = s.buffer()?.dts()?;
+    match s.segment().and_then(|g| g.downcast_ref::<gst::ClockTime>().cloned()) {
+        Some(seg) => seg.to_running_time(dts),
+        None => Some(dts),
+    }
+}
+
 /// How far a buffer's timestamp may stray from where the timeline has reached and still be taken as following
 /// on (below one frame at 60 fps).
 const TOLERANCE: gst::ClockTime = gst::ClockTime::from_mseconds(15);
+
+/// How long an input may give no sound before silence stands in for it, and how far behind the picture's
+/// instant the silence then runs: longer than a capture device's own delay, well inside the second the muxers
+/// wait.
+const STARVED: gst::ClockTime = gst::ClockTime::from_mseconds(400);
 
 fn restamp(mut b: gst::Buffer, pts: gst::ClockTime) -> gst::Buffer {
     b.make_mut().set_pts(pts);
@@ -625,7 +715,7 @@ fn trim_before(b: gst::Buffer, start: gst::ClockTime) -> Option<gst::Buffer> {
 pub fn spawn_feed(input: AudioIn, out: gst_app::AppSrc, clock: ClockRef, shared: Arc<AudioShared>, network: bool) -> Result<AudioFeed> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    let mut feed = Feed { input, out, clock, shared, network, held: VecDeque::new(), next: None, gone: false };
+    let mut feed = Feed { input, out, clock, shared, network, unstamped: VecDeque::new(), held: VecDeque::new(), next: None, gone: false, last_sound: Instant::now(), foreign_clock: false };
     let thread = std::thread::Builder::new()
         .name("mf-audio".into())
         .spawn(move || {
