@@ -131,6 +131,8 @@ pub struct AudioShared {
     /// The first picture's timestamp (`u64::MAX`: none yet). The sound starts there too: containers such as
     /// MP4 start every track at zero, so tracks that begin at different instants would play out of step.
     pub first_video_ns: AtomicU64,
+    /// Where the latest picture handed to the outputs ends (`u64::MAX`: none yet): the sound ends there too.
+    pub video_end_ns: AtomicU64,
     pub muted: AtomicBool,
 }
 
@@ -140,6 +142,7 @@ impl AudioShared {
             muted: AtomicBool::new(muted),
             stream_offset_ns: AtomicI64::new(i64::MIN),
             first_video_ns: AtomicU64::new(u64::MAX),
+            video_end_ns: AtomicU64::new(u64::MAX),
             video_delay_ns: AtomicU64::new(0),
         };
         Arc::new(s)
@@ -504,28 +507,24 @@ struct Feed {
 }
 
 impl Feed {
-    /// Takes what the input has (up to 10 ms wait), stamped on the picture's time base.
-    fn take(&mut self) {
+    /// Takes a buffer from the input (waiting up to `wait`), stamped on the picture's time base. False when
+    /// the input had none.
+    fn take(&mut self, wait: Duration) -> bool {
         if self.gone {
-            std::thread::sleep(Duration::from_millis(10));
-            return;
+            std::thread::sleep(wait);
+            return false;
         }
-        let Some(s) = self.input.sink().try_pull_sample(gst::ClockTime::from_mseconds(10)) else {
+        let Some(s) = self.input.sink().try_pull_sample(gst::ClockTime::from_nseconds(wait.as_nanos() as u64)) else {
             self.check_gone();
-            return;
+            return false;
         };
-        let Some(mut buf) = s.buffer_owned() else { return };
+        let Some(mut buf) = s.buffer_owned() else { return true };
         let duration = duration_of(buf.size());
         let rt = match (crate::source::running_pts(&s), self.network) {
-            (rt, true) => match rt {
-                Some(rt) => rt,
-                None => return,
-            },
-            (rt, false) => match self.device_time(rt, arrival_dts(&s), duration) {
-                Some(rt) => rt,
-                None => return,
-            },
+            (rt, true) => rt,
+            (rt, false) => self.device_time(rt, arrival_dts(&s), duration),
         };
+        let Some(rt) = rt else { return true };
         self.last_sound = Instant::now();
         let b = buf.make_mut();
         b.set_pts(rt);
@@ -533,10 +532,11 @@ impl Feed {
         b.set_duration(duration);
         if !self.network {
             self.held.push_back(buf);
-            return;
+            return true;
         }
         self.unstamped.push_back(buf);
         self.stamp_unstamped();
+        true
     }
 
     /// Moves a network source's sound onto the picture's time base once the stream's offset is known (the
@@ -587,28 +587,52 @@ impl Feed {
         }
     }
 
-    /// Sends every held buffer whose picture has reached the outputs by now.
-    fn release(&mut self) {
+    /// Where the sound's timeline has reached. It starts with the first picture: a capture device opens only
+    /// after the input gave its first frame, and a stream's sound may begin later than its picture; containers
+    /// start every track at zero, so a track that began later would play early by the difference (the hole is
+    /// filled with silence). `None` while no picture is out (the last second of sound is kept meanwhile).
+    fn timeline(&mut self) -> Option<gst::ClockTime> {
         if self.network {
             self.stamp_unstamped();
         }
         let first = self.shared.first_video_ns.load(Ordering::SeqCst);
         if first == u64::MAX {
-            // No picture out yet: keep the last second only.
             while self.held.len() > 100 {
                 self.held.pop_front();
             }
-            return;
+            return None;
         }
-        let first = gst::ClockTime::from_nseconds(first);
+        Some(*self.next.get_or_insert(gst::ClockTime::from_nseconds(first)))
+    }
+
+    /// Sends every held buffer whose picture has reached the outputs by now.
+    fn release(&mut self) {
+        let Some(next) = self.timeline() else { return };
         let Some(now) = self.clock.running_now() else { return };
         let delay = gst::ClockTime::from_nseconds(self.shared.video_delay_ns.load(Ordering::Relaxed));
         let Some(due) = now.checked_sub(delay) else { return };
-        // The sound starts with the first picture: a capture device opens only after the input gave its first
-        // frame, and a stream's sound may begin later than its picture. Containers start every track at zero,
-        // so a track that began later would play early by the difference; the hole is filled with silence.
-        let next = *self.next.get_or_insert(first);
         self.fill_starved(next, due);
+        self.send_until(due, false);
+    }
+
+    /// At the end of the run: the sound up to where the last picture ends and no further, so a recording's
+    /// tracks end together (what the input has not given by then is silence).
+    fn finish(&mut self) {
+        while self.take(Duration::ZERO) {}
+        let (Some(next), end) = (self.timeline(), self.shared.video_end_ns.load(Ordering::SeqCst)) else { return };
+        if end == u64::MAX {
+            return;
+        }
+        let end = gst::ClockTime::from_nseconds(end);
+        self.send_until(end, true);
+        let next = self.next.unwrap_or(next);
+        if end > next {
+            self.push(silence(next, end - next));
+        }
+    }
+
+    /// Sends the held buffers that start by `due` (`cut`: and nothing of them past it).
+    fn send_until(&mut self, due: gst::ClockTime, cut: bool) {
         while self.held.front().is_some_and(|b| b.pts().is_some_and(|p| p <= due)) {
             let b = self.held.pop_front().unwrap();
             // One unbroken timeline from the first picture on: MP4 fragments and FLV players place sound by
@@ -618,6 +642,7 @@ impl Feed {
             let n = self.next.unwrap();
             let b = if b.pts().unwrap().nseconds().abs_diff(n.nseconds()) <= TOLERANCE.nseconds() { restamp(b, n) } else { b };
             let Some(b) = trim_before(b, n) else { continue };
+            let Some(b) = (if cut { trim_after(b, due) } else { Some(b) }) else { continue };
             let (pts, dur) = (b.pts().unwrap(), b.duration().unwrap_or(gst::ClockTime::ZERO));
             if pts > n {
                 tracing::debug!("audio: {} ms hole before {pts}, filled with silence", (pts - n).mseconds());
@@ -711,6 +736,23 @@ fn trim_before(b: gst::Buffer, start: gst::ClockTime) -> Option<gst::Buffer> {
     Some(t)
 }
 
+/// The part of `b` before `end` (`None`: none of it).
+fn trim_after(b: gst::Buffer, end: gst::ClockTime) -> Option<gst::Buffer> {
+    let pts = b.pts()?;
+    if pts >= end {
+        return None;
+    }
+    if pts + b.duration()? <= end {
+        return Some(b);
+    }
+    let keep = (end - pts).nseconds().mul_div_floor(RATE as u64, gst::ClockTime::SECOND.nseconds())? * BYTES_PER_FRAME;
+    let mut t = b.copy_region(gst::BufferCopyFlags::MEMORY | gst::BufferCopyFlags::FLAGS, ..keep as usize).ok()?;
+    let tm = t.make_mut();
+    tm.set_pts(pts);
+    tm.set_duration(duration_of(tm.size()));
+    Some(t)
+}
+
 /// Starts `mf-audio`: `input` → hold for the picture's measured delay → `out`.
 pub fn spawn_feed(input: AudioIn, out: gst_app::AppSrc, clock: ClockRef, shared: Arc<AudioShared>, network: bool) -> Result<AudioFeed> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -720,9 +762,10 @@ pub fn spawn_feed(input: AudioIn, out: gst_app::AppSrc, clock: ClockRef, shared:
         .name("mf-audio".into())
         .spawn(move || {
             while !stop2.load(Ordering::SeqCst) {
-                feed.take();
+                feed.take(Duration::from_millis(10));
                 feed.release();
             }
+            feed.finish();
             feed.input
         })
         .map_err(|e| Error::io("starting the audio thread", e))?;
