@@ -7,8 +7,8 @@
 //! sound card and cannot load snd-aloop), `pipewire:` through pipewiresrc (a PipeWire daemon, WirePlumber and a
 //! loopback node of the test's own).
 //!
-//! `MF_AV_SECONDS` (default 16) sets how long the sync run lasts; `scripts/bench-av-sync.sh` runs it for 75 s
-//! and prints the offsets (the 60 s check of issue 16). Tests here run one at a time (`serial`): they measure
+//! `MF_AV_SECONDS` (default 16, 12 for the RTMP source) sets how long the sync runs last;
+//! `scripts/bench-av-sync.sh` runs them for 75 s and prints the offsets (the 60 s check of issue 16). Tests here run one at a time (`serial`): they measure
 //! timing on a 2-core machine.
 
 mod common;
@@ -246,6 +246,42 @@ fn source_sound_reaches_rtmp_and_recording_in_sync() {
     assert_in_sync(&rec, secs as usize - 3);
     assert_in_sync(&pulled, secs as usize - 7);
     assert_ingest_ready(&pulled, 2500.0, 128.0);
+}
+
+/// An RTMP source's own sound (a publisher pushing the flash/beep clip in real time to nginx-rtmp) goes out with
+/// the matted picture, in sync on the stream pulled back and in the recording from the first flash on: the
+/// stream's sound that arrived before its first picture was matted is kept and the recording's tracks start
+/// together (both used to start wherever they began: the recording's sound played 0.03–0.3 s early).
+#[test]
+fn rtmp_source_sound_reaches_rtmp_and_recording_in_sync() {
+    let _s = serial();
+    let secs: u32 = std::env::var("MF_AV_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("flash_beep.mp4");
+    flash_beep_clip(&clip, secs + 10);
+    let nginx = Nginx::start(dir.path(), free_port());
+    let (input, output) = (nginx.url("in"), nginx.url("out"));
+    let pusher = Command::new("ffmpeg").args(["-v", "error", "-re", "-i"]).arg(&clip).args(["-c", "copy", "-f", "flv", &input]).stdin(Stdio::null()).spawn().unwrap();
+    let _pusher = Guard(pusher);
+    let pulled = dir.path().join("pulled.flv");
+    let pull_secs = (secs - 4).to_string();
+    let puller = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-rw_timeout", "30000000", "-i", &output, "-c", "copy", "-t", &pull_secs])
+        .arg(&pulled)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _puller = Guard(puller);
+    let child = live(dir.path(), &["--input", &input, "--output", &output, "--output", "rec.mp4", "--duration", &secs.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (status, log) = wait_output(child, Duration::from_secs(secs as u64 + 60));
+    assert!(status.success(), "{log}");
+    assert!(log.contains(&format!("audio: the sound of {input}")), "auto picks the stream's sound and says so: {log}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_in_sync(&dir.path().join("rec.mp4"), secs as usize - 2);
+    assert_in_sync(&pulled, secs as usize - 7);
 }
 
 /// A PulseAudio daemon of the test's own with a null sink: its monitor source is the virtual microphone.
