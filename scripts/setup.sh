@@ -3,7 +3,8 @@
 # that is already done. Used by scripts/demo.sh and scripts/test.sh (the two README commands).
 #
 #   apt:   GStreamer 1.22 runtime + dev files and plugins, ffmpeg (test decoding), nginx + rtmp module,
-#          chromium + chromium-driver (the control panel's browser tests)
+#          chromium + chromium-driver (the control panel's browser tests), PulseAudio, ALSA's PulseAudio plugin,
+#          PipeWire + WirePlumber (the live sound tests' virtual microphones, one per --audio kind)
 #   PyPI:  onnxruntime 1.31.1 (its libonnxruntime.so is what matteflow loads), onnx + numpy (test fixtures)
 #          into .deps/ inside the project, so nothing system-wide is touched.
 set -euo pipefail
@@ -13,7 +14,8 @@ ORT_VERSION="${MATTEFLOW_ORT_VERSION:-1.31.1}"
 
 APT_PACKAGES=(libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-  gstreamer1.0-tools gstreamer1.0-pulseaudio pulseaudio pkg-config build-essential ffmpeg nginx libnginx-mod-rtmp python3
+  gstreamer1.0-tools gstreamer1.0-pulseaudio pulseaudio gstreamer1.0-alsa libasound2-plugins gstreamer1.0-pipewire
+  pipewire pipewire-bin wireplumber dbus-daemon pkg-config build-essential ffmpeg nginx libnginx-mod-rtmp python3
   python3-pip curl chromium chromium-driver)
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -273,7 +273,7 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
         }
         _ => None,
     };
-    let capture = CaptureThread::spawn(&started, stats.clone())?;
+    let capture = CaptureThread::spawn(&started, stats.clone(), network)?;
     let mut stage = MatteStage {
         sched: budget::MaskScheduler::new(wtx, wrx),
         comp,
@@ -292,10 +292,11 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
 
     // Wind down: stop the source, finish the outputs (always, so recordings are playable), stop the threads.
     stats.sample_threads();
-    capture.stop(&started.input.pipeline);
+    // The sound first, while the input still runs: it ends where the last picture ends.
     if let Some(f) = audio_feed {
         f.stop();
     }
+    capture.stop(&started.input.pipeline);
     *controls.worker.lock().unwrap() = None;
     drop(stage);
     let _ = worker.join();
@@ -382,7 +383,7 @@ fn frame_loop(
         if let Err(e) = outputs.push(data, w, h, capture.fps, pts) {
             return Err(outputs.poll_error().unwrap_or(e));
         }
-        stage.pushed(pts);
+        stage.pushed(pts, capture.fps);
         stats.output.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -406,10 +407,12 @@ struct MatteStage {
 
 impl MatteStage {
     /// A frame stamped `pts` has just been handed to the outputs: the sound of its instant may follow.
-    fn pushed(&self, pts: Option<gst::ClockTime>) {
+    fn pushed(&self, pts: Option<gst::ClockTime>, fps: gst::Fraction) {
         if let (Some(p), Some(n)) = (pts, self.clock.running_now()) {
             self.audio.video_delay_ns.store(n.saturating_sub(p).nseconds(), Ordering::Relaxed);
             let _ = self.audio.first_video_ns.compare_exchange(u64::MAX, p.nseconds(), Ordering::SeqCst, Ordering::SeqCst);
+            let frame = if fps.numer() > 0 { gst::ClockTime::SECOND.mul_div_floor(fps.denom() as u64, fps.numer() as u64) } else { None };
+            self.audio.video_end_ns.store((p + frame.unwrap_or(gst::ClockTime::ZERO)).nseconds(), Ordering::SeqCst);
         }
         if let Some(off) = self.stamper.offset {
             self.audio.stream_offset_ns.store(off as i64, Ordering::SeqCst);
@@ -575,6 +578,9 @@ impl StartedInput {
     }
 }
 
+/// How old a live camera's first frame may be when the run starts and still go out.
+const STALE_FIRST_FRAME: gst::ClockTime = gst::ClockTime::from_mseconds(250);
+
 /// What the capture thread has for the frame loop.
 enum Next {
     Frame(gst::Sample, Option<gst::ClockTime>),
@@ -596,12 +602,21 @@ struct CaptureThread {
 }
 
 impl CaptureThread {
-    fn spawn(started: &StartedInput, stats: Arc<LiveStats>) -> Result<CaptureThread> {
+    fn spawn(started: &StartedInput, stats: Arc<LiveStats>, network: bool) -> Result<CaptureThread> {
         let (tx, rx) = crossbeam_channel::bounded::<(gst::Sample, Option<gst::ClockTime>)>(2);
         let end: InputEnd = Default::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let _ = tx.try_send((started.first.clone(), started.clock.running_now()));
         stats.captured.fetch_add(1, Ordering::Relaxed);
+        // A camera's first frame waited while the sound device and the outputs started. Once it is stale the
+        // run starts with the next one: the muxers would take it as late and stop waiting for the sound of its
+        // instant (and a capture device opened after it has no sound for it).
+        let age = crate::source::running_pts(&started.first).zip(started.clock.running_now()).map(|(p, n)| n.saturating_sub(p));
+        let stale = !network && !started.input.paced.load(Ordering::SeqCst) && age.is_some_and(|a| a > STALE_FIRST_FRAME);
+        if stale {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let _ = tx.try_send((started.first.clone(), started.clock.running_now()));
+        }
         let (appsink, pipeline, clock) = (started.input.appsink.clone(), started.input.pipeline.clone(), started.clock.clone());
         let paced = started.input.paced.clone();
         let (stop2, end2, rx2) = (stop.clone(), end.clone(), rx.clone());

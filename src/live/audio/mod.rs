@@ -6,7 +6,9 @@
 //! or its own one:   pulsesrc / alsasrc / pipewiresrc ─ audioconvert ─ audioresample ─ S16LE/48k/2 ─ appsink ┤
 //!                                                                                                          ▼
 //!   [mf-audio]: stamps on the picture's time base, holds each buffer until the picture of its instant has been
-//!   handed to the outputs (the measured matte delay), zeroes it while muted, fills silence if the device goes
+//!   handed to the outputs (the measured matte delay), zeroes it while muted; one unbroken timeline from the
+//!   first picture to the end of the last, silence where the input has none (before a device's or a stream's
+//!   first sound, while it gives nothing for 0.4 s, after the device went)
 //!                                                                                                          ▼
 //! output pipeline:  appsrc ─ tee ─┬─ queue ─ audioconvert ─ avenc_aac (LC) ─ aacparse ─ tee ─┬─ mp4mux / flvmux (recordings)
 //!                                 │                                                          └─ appsink ─▶ RTMP feeder
@@ -17,7 +19,6 @@
 //! them in sync; the hold only keeps the two arriving together. The audio path never waits on the model: a
 //! frame that is dropped or shown with an older mask changes nothing here.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use super::output::ClockRef;
 use crate::error::{Error, Result};
+
+mod feed;
+pub use feed::{spawn_feed, AudioFeed, AudioIn};
 
 pub const RATE: i32 = 48_000;
 pub const CHANNELS: i32 = 2;
@@ -131,6 +135,8 @@ pub struct AudioShared {
     /// The first picture's timestamp (`u64::MAX`: none yet). The sound starts there too: containers such as
     /// MP4 start every track at zero, so tracks that begin at different instants would play out of step.
     pub first_video_ns: AtomicU64,
+    /// Where the latest picture handed to the outputs ends (`u64::MAX`: none yet): the sound ends there too.
+    pub video_end_ns: AtomicU64,
     pub muted: AtomicBool,
 }
 
@@ -140,6 +146,7 @@ impl AudioShared {
             muted: AtomicBool::new(muted),
             stream_offset_ns: AtomicI64::new(i64::MIN),
             first_video_ns: AtomicU64::new(u64::MAX),
+            video_end_ns: AtomicU64::new(u64::MAX),
             video_delay_ns: AtomicU64::new(0),
         };
         Arc::new(s)
@@ -249,6 +256,9 @@ fn device_element(spec: &AudioSpec) -> Result<(gst::Element, String)> {
         AudioSpec::Alsa(d) => {
             let e = make("alsasrc")?;
             e.set_property("device", d);
+            // Timed by the ring buffer on the shared clock (as pulsesrc is), not by the driver: a plugin device
+            // (e.g. ALSA's PulseAudio plugin) reports wall-clock time, which is not the pipeline's clock.
+            e.set_property("use-driver-timestamps", false);
             (e, String::from(spec.clone()))
         }
         AudioSpec::Pipewire(d) => {
@@ -275,6 +285,11 @@ fn open_element(src: gst::Element, name: String, clock: &ClockRef) -> Result<Dev
     pipeline.use_clock(Some(&clock.clock));
     pipeline.set_start_time(gst::ClockTime::NONE);
     pipeline.set_base_time(clock.base_time);
+    // Each buffer also carries its arrival (as DTS): what times the sound of a device that leaves it unstamped
+    // (pipewiresrc 0.3) or stamps it on a clock of its own.
+    if src.find_property("do-timestamp").is_some() {
+        src.set_property("do-timestamp", true);
+    }
     pipeline.add(&src)?;
     let (head, sink) = capture_tail(&pipeline, false)?;
     src.link(&head)?;
@@ -429,214 +444,14 @@ fn compensate_priming(enc: &gst::Element) {
 /// Muxers in a live pipeline output what they have once a stream is late by more than the latency they were
 /// told; the picture reaches them later than the sound of the same instant (it waits for its matte, then for
 /// the encoder), so they are told to wait up to a second for it. Sound that arrives on time costs nothing.
+/// Recordings' muxers sit inside their own bins: the search goes into bins (a muxer that does not wait writes
+/// the picture ahead of the sound, and FLV then clamps the late sound's timestamps to the picture's).
 pub fn let_muxers_wait(pipeline: &gst::Pipeline) {
-    for e in pipeline.iterate_elements().into_iter().flatten() {
+    for e in pipeline.iterate_recurse().into_iter().flatten() {
         if e.is::<gstreamer_base::Aggregator>() {
             e.set_property("latency", gst::ClockTime::SECOND.nseconds());
         }
     }
-}
-
-/// Where `mf-audio` takes sound from.
-pub enum AudioIn {
-    Source(gst_app::AppSink),
-    Device(DeviceInput),
-}
-
-impl AudioIn {
-    fn sink(&self) -> &gst_app::AppSink {
-        match self {
-            AudioIn::Source(s) => s,
-            AudioIn::Device(d) => &d.sink,
-        }
-    }
-}
-
-/// The running `mf-audio` thread.
-pub struct AudioFeed {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<AudioIn>>,
-}
-
-impl AudioFeed {
-    /// Stops the thread and the device's pipeline (the source's tap stops with the input).
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(AudioIn::Device(d)) = self.thread.take().and_then(|t| t.join().ok()) {
-            let _ = d.pipeline.set_state(gst::State::Null);
-        }
-    }
-}
-
-fn duration_of(bytes: usize) -> gst::ClockTime {
-    gst::ClockTime::SECOND.mul_div_floor(bytes as u64 / BYTES_PER_FRAME, RATE as u64).unwrap_or(gst::ClockTime::ZERO)
-}
-
-/// The feed's state: buffers held until their picture has gone out, and where the timeline has reached.
-struct Feed {
-    input: AudioIn,
-    out: gst_app::AppSrc,
-    clock: ClockRef,
-    shared: Arc<AudioShared>,
-    network: bool,
-    held: VecDeque<gst::Buffer>,
-    /// End of the last buffer sent: the timeline continues from here.
-    next: Option<gst::ClockTime>,
-    /// The device stopped (unplugged, server gone): silence from then on.
-    gone: bool,
-}
-
-impl Feed {
-    /// Takes what the input has (up to 10 ms wait), stamped on the picture's time base.
-    fn take(&mut self) {
-        if self.gone {
-            std::thread::sleep(Duration::from_millis(10));
-            return;
-        }
-        let Some(s) = self.input.sink().try_pull_sample(gst::ClockTime::from_mseconds(10)) else {
-            self.check_gone();
-            return;
-        };
-        let (Some(rt), Some(buf)) = (crate::source::running_pts(&s), s.buffer_owned()) else { return };
-        let pts = if self.network {
-            match self.shared.stream_offset_ns.load(Ordering::SeqCst) {
-                i64::MIN => return, // before the first picture: nothing to be in sync with yet
-                off => (rt.nseconds() as i64).checked_add(off).filter(|v| *v >= 0).map(|v| gst::ClockTime::from_nseconds(v as u64)),
-            }
-        } else {
-            Some(rt)
-        };
-        let Some(pts) = pts else { return };
-        let mut buf = buf;
-        let b = buf.make_mut();
-        b.set_pts(pts);
-        b.set_dts(gst::ClockTime::NONE);
-        b.set_duration(duration_of(b.size()));
-        self.held.push_back(buf);
-    }
-
-    fn check_gone(&mut self) {
-        let AudioIn::Device(d) = &self.input else { return };
-        if self.gone {
-            return;
-        }
-        let why = bus_error(&d.pipeline).or_else(|| d.sink.is_eos().then(|| "it ended".to_string()));
-        if let Some(why) = why {
-            self.gone = true;
-            tracing::warn!("audio device {} stopped ({why}): the stream goes on with silence", d.name);
-        }
-    }
-
-    /// Silence up to `until`, in 20 ms buffers, continuing the timeline.
-    fn fill_silence(&mut self, until: gst::ClockTime) {
-        let step = gst::ClockTime::from_mseconds(20);
-        let mut t = self.held.back().and_then(|b| Some(b.pts()? + b.duration()?)).or(self.next).unwrap_or(until);
-        while t + step <= until {
-            self.held.push_back(silence(t, step));
-            t += step;
-        }
-    }
-
-    /// Sends every held buffer whose picture has reached the outputs by now.
-    fn release(&mut self) {
-        let first = self.shared.first_video_ns.load(Ordering::SeqCst);
-        if first == u64::MAX {
-            // No picture out yet: keep the last second only.
-            while self.held.len() > 100 {
-                self.held.pop_front();
-            }
-            return;
-        }
-        let first = gst::ClockTime::from_nseconds(first);
-        let Some(now) = self.clock.running_now() else { return };
-        let delay = gst::ClockTime::from_nseconds(self.shared.video_delay_ns.load(Ordering::Relaxed));
-        let Some(due) = now.checked_sub(delay) else { return };
-        if self.gone {
-            self.fill_silence(due);
-        }
-        while self.held.front().is_some_and(|b| b.pts().is_some_and(|p| p <= due)) {
-            let b = self.held.pop_front().unwrap();
-            // One unbroken timeline from the first picture on: MP4 fragments and FLV players place sound by
-            // its length, not its timestamps, so a hole would put everything after it early and an overlap late.
-            // Timestamps jitter (FLV's are whole milliseconds, capture clocks wander): within the tolerance a
-            // buffer continues the timeline where the last one ended.
-            let b = match self.next {
-                Some(n) if b.pts().unwrap().nseconds().abs_diff(n.nseconds()) <= TOLERANCE.nseconds() => restamp(b, n),
-                _ => b,
-            };
-            let Some(b) = trim_before(b, self.next.unwrap_or(first).max(first)) else { continue };
-            let (pts, dur) = (b.pts().unwrap(), b.duration().unwrap_or(gst::ClockTime::ZERO));
-            if let Some(n) = self.next.filter(|n| pts > *n) {
-                tracing::debug!("audio: {} ms hole before {pts}, filled with silence", (pts - n).mseconds());
-                self.push(silence(n, pts - n));
-            }
-            self.next = Some(pts + dur);
-            self.push(b);
-        }
-    }
-
-    fn push(&mut self, mut b: gst::Buffer) {
-        if self.shared.muted.load(Ordering::Relaxed) {
-            if let Ok(mut m) = b.make_mut().map_writable() {
-                m.as_mut_slice().fill(0);
-            }
-        }
-        let _ = self.out.push_buffer(b);
-    }
-}
-
-/// How far a buffer's timestamp may stray from where the timeline has reached and still be taken as following
-/// on (below one frame at 60 fps).
-const TOLERANCE: gst::ClockTime = gst::ClockTime::from_mseconds(15);
-
-fn restamp(mut b: gst::Buffer, pts: gst::ClockTime) -> gst::Buffer {
-    b.make_mut().set_pts(pts);
-    b
-}
-
-/// `length` of silence at `pts` (whole samples).
-fn silence(pts: gst::ClockTime, length: gst::ClockTime) -> gst::Buffer {
-    let frames = length.nseconds().mul_div_floor(RATE as u64, gst::ClockTime::SECOND.nseconds()).unwrap_or(0);
-    let mut b = gst::Buffer::from_mut_slice(vec![0u8; (frames * BYTES_PER_FRAME) as usize]);
-    let bm = b.get_mut().unwrap();
-    bm.set_pts(pts);
-    bm.set_duration(duration_of(bm.size()));
-    b
-}
-
-/// The part of `b` from `start` on (`None`: all of it is earlier).
-fn trim_before(b: gst::Buffer, start: gst::ClockTime) -> Option<gst::Buffer> {
-    let pts = b.pts()?;
-    if pts >= start {
-        return Some(b);
-    }
-    let skip = (start - pts).nseconds().mul_div_floor(RATE as u64, gst::ClockTime::SECOND.nseconds())? * BYTES_PER_FRAME;
-    if skip >= b.size() as u64 {
-        return None;
-    }
-    let mut t = b.copy_region(gst::BufferCopyFlags::MEMORY | gst::BufferCopyFlags::FLAGS, skip as usize..).ok()?;
-    let tm = t.make_mut();
-    tm.set_pts(start);
-    tm.set_duration(duration_of(tm.size()));
-    Some(t)
-}
-
-/// Starts `mf-audio`: `input` → hold for the picture's measured delay → `out`.
-pub fn spawn_feed(input: AudioIn, out: gst_app::AppSrc, clock: ClockRef, shared: Arc<AudioShared>, network: bool) -> Result<AudioFeed> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let mut feed = Feed { input, out, clock, shared, network, held: VecDeque::new(), next: None, gone: false };
-    let thread = std::thread::Builder::new()
-        .name("mf-audio".into())
-        .spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                feed.take();
-                feed.release();
-            }
-            feed.input
-        })
-        .map_err(|e| Error::io("starting the audio thread", e))?;
-    Ok(AudioFeed { stop, thread: Some(thread) })
 }
 
 /// Decides where the sound comes from, once the input runs (so the source's tracks are known), and says so.
