@@ -376,3 +376,21 @@ fn control_endpoint_answers_name_pipeline_file_keys() {
     assert_eq!(mute_code, 409, "{mute_body}");
     assert!(mute_body.contains("`source = \"none\"` under [audio]") && !mute_body.contains("--audio"), "{mute_body}");
 }
+
+/// The sound hints in `run`'s words: `source = "none"` under [audio], and following it works.
+#[test]
+fn the_audio_hint_names_the_audio_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("a.mp4");
+    let text = format!("{}\n[audio]\nsource = \"source\"\n", pattern_job(rec.to_str().unwrap()));
+    let job = write(dir.path(), "audio.toml", &text);
+    let out = matteflow(&["run", &job]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("has no audio track") && err.contains("`source = \"none\"` under [audio]"), "{err}");
+    assert_flags_work_in("run", &err);
+    assert!(!rec.exists(), "nothing written");
+    let out = matteflow(&["run", &job, "--set", "audio.source=none"]);
+    assert!(out.status.success(), "the hint works: {}", stderr_of(&out));
+    assert_eq!(decode(&rec).len(), 5);
+}

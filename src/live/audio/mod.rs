@@ -299,7 +299,8 @@ fn open_element(src: gst::Element, name: String, clock: &ClockRef) -> Result<Dev
             path: format!("audio device {name}"),
             reason: format!(
                 "{why}. List capture devices with `pactl list short sources` (PulseAudio/PipeWire) or `arecord -l` \
-                 (ALSA), or run with --audio none"
+                 (ALSA), or run with {}",
+                crate::hint::AUDIO.to("none")
             ),
         }
     };
@@ -466,9 +467,13 @@ pub fn resolve(spec: &AudioSpec, tap: Option<SourceTap>, clock: &ClockRef, input
         (AudioSpec::Source, None) => {
             return Err(Error::Input {
                 path: input_name.to_string(),
-                reason: "has no audio track (--audio source): capture a device instead (--audio pulse, alsa:hw:N, \
-                         pipewire) or stream without sound (--audio none)"
-                    .into(),
+                reason: format!(
+                    "has no audio track ({}): capture a device instead ({}, or alsa:hw:N, pipewire) or stream without \
+                     sound ({})",
+                    crate::hint::AUDIO.to("source"),
+                    crate::hint::AUDIO.to("pulse"),
+                    crate::hint::AUDIO.to("none")
+                ),
             })
         }
         (AudioSpec::Auto, None) => match default_device() {
@@ -488,7 +493,11 @@ pub fn resolve(spec: &AudioSpec, tap: Option<SourceTap>, clock: &ClockRef, input
     if chosen.is_none() {
         tracing::info!(
             "audio: none ({}); the outputs carry picture only",
-            if *spec == AudioSpec::None { "--audio none" } else { "the input has no sound and there is no capture device" }
+            if *spec == AudioSpec::None {
+                crate::hint::AUDIO.to("none")
+            } else {
+                "the input has no sound and there is no capture device".to_string()
+            }
         );
     }
     Ok(chosen)
