@@ -32,13 +32,6 @@ const GREEN_BG: [u8; 3] = [0, 177, 64];
 /// The source's frame rate in `live_cmd` (and of the streams the tests publish).
 const FPS: f64 = 30.0;
 
-/// Serialises the tests of this binary (see the module comment). A failed test poisons the lock; the others
-/// still run.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn known_answer(dir: &Path) -> PathBuf {
     // mask = red channel, so over SMPTE bars: cyan/green/blue bars get mask 0 (pure background), white,
     // yellow, magenta and red bars mask 1 (the bar itself).

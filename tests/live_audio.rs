@@ -20,25 +20,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Nginx};
+use common::{free_port, serial, KillOnDrop, Nginx};
 
 /// One frame at 30 fps: the largest flash/beep offset allowed.
 const FRAME_MS: f64 = 1000.0 / 30.0;
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A process killed (by its id) on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A clip that flashes white for 5 frames and beeps (1 kHz) for the same 5/30 s at the start of every second.
 fn flash_beep_clip(path: &Path, secs: u32) {
@@ -225,7 +210,7 @@ fn source_sound_reaches_rtmp_and_recording_in_sync() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let _puller = Guard(puller);
+    let _puller = KillOnDrop(puller);
     let child = live(dir.path(), &["--input", clip.to_str().unwrap(), "--output", &url, "--output", "rec.mp4", "--bitrate", "2500", "--audio-bitrate", "128"])
         .arg("--duration")
         .arg(secs.to_string())
@@ -262,7 +247,7 @@ fn rtmp_source_sound_reaches_rtmp_and_recording_in_sync() {
     let nginx = Nginx::start(dir.path(), free_port());
     let (input, output) = (nginx.url("in"), nginx.url("out"));
     let pusher = Command::new("ffmpeg").args(["-v", "error", "-re", "-i"]).arg(&clip).args(["-c", "copy", "-f", "flv", &input]).stdin(Stdio::null()).spawn().unwrap();
-    let _pusher = Guard(pusher);
+    let _pusher = KillOnDrop(pusher);
     let pulled = dir.path().join("pulled.flv");
     let pull_secs = (secs - 4).to_string();
     let puller = Command::new("ffmpeg")
@@ -271,7 +256,7 @@ fn rtmp_source_sound_reaches_rtmp_and_recording_in_sync() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let _puller = Guard(puller);
+    let _puller = KillOnDrop(puller);
     let child = live(dir.path(), &["--input", &input, "--output", &output, "--output", "rec.mp4", "--duration", &secs.to_string()])
         .stderr(Stdio::piped())
         .spawn()
@@ -286,7 +271,7 @@ fn rtmp_source_sound_reaches_rtmp_and_recording_in_sync() {
 
 /// A PulseAudio daemon of the test's own with a null sink: its monitor source is the virtual microphone.
 struct Pulse {
-    _daemon: Guard,
+    _daemon: KillOnDrop,
     runtime: PathBuf,
 }
 
@@ -304,7 +289,7 @@ impl Pulse {
             .stderr(Stdio::null())
             .spawn()
             .expect("pulseaudio (run scripts/setup.sh: it installs the pulseaudio package)");
-        let p = Pulse { _daemon: Guard(daemon), runtime };
+        let p = Pulse { _daemon: KillOnDrop(daemon), runtime };
         let t = Instant::now();
         while !p.runtime.join("pulse/native").exists() {
             assert!(t.elapsed() < Duration::from_secs(10), "pulseaudio did not start");
@@ -446,12 +431,12 @@ fn capture_run(dir: &Path, spec: &str, env: &dyn Fn(&mut Command)) {
 }
 
 /// Plays ticks (one a second) into the PulseAudio or PipeWire sink `target` of `env`'s server.
-fn play_ticks(sink: &str, target: &str, env: &dyn Fn(&mut Command)) -> Guard {
+fn play_ticks(sink: &str, target: &str, env: &dyn Fn(&mut Command)) -> KillOnDrop {
     let mut play = Command::new("gst-launch-1.0");
     play.args(["-q", "audiotestsrc", "is-live=true", "wave=ticks", "volume=0.5", "!", sink, &format!("{}={target}", if sink == "pulsesink" { "device" } else { "target-object" })]);
     play.stdout(Stdio::null()).stderr(Stdio::null());
     env(&mut play);
-    Guard(play.spawn().unwrap())
+    KillOnDrop(play.spawn().unwrap())
 }
 
 /// `--audio alsa:DEVICE` through the real alsasrc branch: an ALSA PCM defined in the test's own ~/.asoundrc,
@@ -481,7 +466,7 @@ fn pipewire_capture_spans_the_picture() {
 /// (it links streams to their targets) and a loopback whose sink `vmic_in` plays out of the source `vmic`: the
 /// virtual microphone.
 struct PipeWire {
-    procs: Vec<Guard>,
+    procs: Vec<KillOnDrop>,
     runtime: PathBuf,
 }
 
@@ -522,7 +507,7 @@ impl PipeWire {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: {e} (run scripts/setup.sh: it installs pipewire, wireplumber and gstreamer1.0-pipewire)"));
-        self.procs.push(Guard(child));
+        self.procs.push(KillOnDrop(child));
     }
 
     fn wait_for(&self, path: &Path, what: &str) {

@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,22 +16,6 @@ use common::*;
 const W: u32 = 320;
 const H: u32 = 240;
 
-/// One live run at a time (the machine has two cores).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A child process killed on drop (a failed assertion must not leave it running).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A small PNG of one colour.
 fn png(path: &Path, rgb: [u8; 3]) {
     image::RgbImage::from_pixel(32, 18, image::Rgb(rgb)).save(path).unwrap();
@@ -39,7 +23,7 @@ fn png(path: &Path, rgb: [u8; 3]) {
 
 /// Starts `matteflow live` on the ball pattern (mask = red channel: the white ball is kept, the black
 /// background replaced) and returns it with its stderr and the control address it printed.
-fn start_live(dir: &Path, bgdir: &Path, extra: &[&str]) -> (Running, Arc<Mutex<String>>, String) {
+fn start_live(dir: &Path, bgdir: &Path, extra: &[&str]) -> (KillOnDrop, Arc<Mutex<String>>, String) {
     let manifest = known_answer_model(dir, 0, 64, 64, "NCHW", "none", "stretch");
     let mut c = Command::new(env!("CARGO_BIN_EXE_matteflow"));
     c.args(["live", "--input", "testsrc:ball", "--size", &format!("{W}x{H}"), "--fps", "30"]);
@@ -66,7 +50,7 @@ fn start_live(dir: &Path, bgdir: &Path, extra: &[&str]) -> (Running, Arc<Mutex<S
         assert!(t.elapsed() < Duration::from_secs(20), "no control address printed: {}", log.lock().unwrap());
         std::thread::sleep(Duration::from_millis(50));
     };
-    (Running(child), log, addr)
+    (KillOnDrop(child), log, addr)
 }
 
 /// One HTTP/1.1 request with extra header lines; returns the status and body (bytes).
@@ -286,7 +270,7 @@ fn off_loopback_every_request_needs_the_token() {
 
 /// chromedriver on a free port, killed on drop, and a WebDriver session with headless Chromium.
 struct Browser {
-    _driver: Running,
+    _driver: KillOnDrop,
     base: String,
     session: String,
 }
@@ -308,7 +292,7 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver not found: run scripts/setup.sh (it installs chromium and chromium-driver)");
-        let driver = Running(driver);
+        let driver = KillOnDrop(driver);
         let base = format!("127.0.0.1:{port}");
         let t = Instant::now();
         while TcpStream::connect(&base).is_err() {

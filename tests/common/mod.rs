@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
@@ -402,5 +402,22 @@ impl Nginx {
 impl Drop for Nginx {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Serialises the tests of one binary that measure time or start live jobs (the machine may have two cores).
+/// A failed test poisons the lock; the others still run.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A child process killed on drop (a failed assertion must not leave it running).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
