@@ -9,7 +9,7 @@
 #                                     decode-check e2e-decode batch-lite determinism contention f16io bg-check
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
-#                                     peers-fixed-l peers-fixed-t prep3 final15
+#                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -372,6 +372,63 @@ PY
         done
         echo "QUALITY $name bikes prepared fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-bikes" "/tmp/q/$name-prep-bikes")"
         e2e "$name-prep-cuda-stages" "$MODELS/$name-prep.onnx" "$man" --cuda-stages
+      done
+      ;;
+    batch15)
+      # Issue 15's batched targets: fixed-batch exports (general b4, lite b8; the dynamic-batch export runs batch 1),
+      # prepared with the default passes (fp16), model alone per frame against the plain fp16 export of the same batch.
+      # MODELS_ONLY=lite|general.
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+      local name g ex b man
+      for name in birefnet-lite birefnet-general; do
+        [ -n "${MODELS_ONLY:-}" ] && [ "$name" != "birefnet-$MODELS_ONLY" ] && continue
+        g=2362 b=4 ex=export-l4; [ $name = birefnet-lite ] && g=469 b=8 ex=export-t8
+        man="$ROOT/models/$name.toml"
+        [ -f "$MODELS/$name-b$b-fp16.onnx" ] || step $ex
+        T 400 python3 "$ROOT/src/model/prepare.py" "$MODELS/$name-b$b.onnx" "$MODELS/$name-b$b-prep.onnx" --fp16 \
+          --report "$W/prep-$name-b$b.json" 2>&1 | grep -v "warn"
+        gpu_bench "$name-b$b-fp16" "$MODELS/$name-b$b-fp16.onnx" "$man" $g --batch $b --device-only
+        gpu_bench "$name-b$b-prep" "$MODELS/$name-b$b-prep.onnx" "$man" $g --batch $b --device-only
+        gpu_bench "$name-b$b-prep-graph" "$MODELS/$name-b$b-prep.onnx" "$man" $g --batch $b --device-only --cuda-graph
+      done
+      ;;
+    epopt)
+      # CUDA EP options on the prepared batch-1 files (binary with --cuda-option): EPOPTS is a ';'-separated list of
+      # space-separated option sets; each runs model alone. MODELS_ONLY=lite|general.
+      local name g o sets k=0
+      IFS=';' read -ra sets <<< "${EPOPTS:-fuse_conv_bias=1;cudnn_conv_use_max_workspace=0;fuse_conv_bias=1 prefer_nhwc=1}"
+      for name in birefnet-lite birefnet-general; do
+        [ -n "${MODELS_ONLY:-}" ] && [ "$name" != "birefnet-$MODELS_ONLY" ] && continue
+        g=2362; [ $name = birefnet-lite ] && g=469
+        gpu_bench "$name-prep-base" "$MODELS/$name-prep.onnx" "$ROOT/models/$name.toml" $g --batch 1 --device-only
+        for o in "${sets[@]}"; do
+          local args=() kv
+          for kv in $o; do args+=(--cuda-option "$kv"); done
+          k=$((k + 1))
+          echo "== $name options: $o"
+          gpu_bench "$name-prep-opt$k" "$MODELS/$name-prep.onnx" "$ROOT/models/$name.toml" $g --batch 1 --device-only "${args[@]}"
+        done
+      done
+      ;;
+    graph-check)
+      # Issue 15 item 3: masks with ONNX Runtime's CUDA graph against the same run without, frame by frame (IS-Net
+      # and the prepared lite), GPU stages, bikes.mp4; ORT's verbose log shows when capture engages.
+      local name onnx man v
+      for m in "isnet|$ISNET|$ROOT/models/isnet.toml" "lite-prep|$MODELS/birefnet-lite-prep.onnx|$ROOT/models/birefnet-lite.toml"; do
+        IFS='|' read -r name onnx man <<< "$m"
+        [ -f "$onnx" ] || { echo "skip $name: no $onnx"; continue; }
+        for v in plain graph; do
+          local g=(); [ $v = graph ] && g=(--cuda-graph)
+          T 120 matteflow convert "$ROOT/assets/media/bikes.mp4" -k mask -o "/tmp/gc/$name-$v/" --model "$onnx" \
+            --manifest "$man" --device cuda --cuda-stages --overwrite "${g[@]}" 2>&1 | grep -i "graph\|error\|frames" | tail -4
+        done
+        python3 - "/tmp/gc/$name-plain" "/tmp/gc/$name-graph" <<'PY'
+import glob, sys, numpy as np, cv2
+a, b = (sorted(glob.glob(d + "/*.png")) for d in sys.argv[1:3])
+d = [np.abs(cv2.imread(x, 0).astype(int) - cv2.imread(y, 0).astype(int)) for x, y in zip(a, b)]
+print(f"GRAPHCHECK {sys.argv[2]}: frames {len(a)}/{len(b)}; per-frame max (first 6) {[int(x.max()) for x in d[:6]]}; "
+      f"frames with max > 2: {[i for i, x in enumerate(d) if x.max() > 2][:20]}; overall mean {np.mean([x.mean() for x in d]):.4f}")
+PY
       done
       ;;
     prep-quality)

@@ -111,15 +111,18 @@ enum Cmd {
         profile_run: bool,
     },
     /// Rewrite an ONNX model (BiRefNet and kin) once into the graph ONNX Runtime's CUDA provider runs fastest,
-    /// same outputs (window padding as concatenation, MatMul biases fused into BiasGelu / SkipLayerNormalization,
-    /// optional float16). Cached by the model's hash; prints the prepared file's path. Needs Python 3 with onnx
+    /// same outputs (shape arithmetic folded, Swin's window shuffles as one row Gather, attention biases moved,
+    /// MatMul biases fused into BiasGelu / SkipLayerNormalization, BatchNorm into convolutions, optional float16).
+    /// Cached by the model's hash; prints the prepared file's path. With --device cuda every command then runs
+    /// the prepared graph by itself. Needs Python 3 with onnx
     Prepare {
         /// The .onnx file (an official BiRefNet export or your own)
         model: PathBuf,
         /// Also convert to float16 (input and output stay float32); needs onnxconverter-common
         #[arg(long)]
         fp16: bool,
-        /// Passes in order, comma-separated (default: window-pad,bias-gelu,skip-layernorm; none for none)
+        /// Passes in order, comma-separated (default: fold,window-gather,gather-linear,qkv-bias,window-pad,
+        /// bias-gelu,skip-layernorm,conv-bn; also head-gather; none for none)
         #[arg(long)]
         passes: Option<String>,
         /// With --fp16: operators kept in float32 (e.g. DeformConv)
@@ -170,6 +173,10 @@ struct ModelArgs {
     /// CUDA: prefer NHWC convolution kernels
     #[arg(long)]
     cuda_nhwc: bool,
+    /// CUDA, advanced: any other CUDA execution provider option as KEY=VALUE (repeatable), e.g.
+    /// fuse_conv_bias=1, cudnn_conv_use_max_workspace=0, sdpa_kernel=N (ONNX Runtime's CUDA EP documentation)
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    cuda_option: Vec<(String, String)>,
     /// CUDA: how cuDNN convolution algorithms are chosen on the first run (exhaustive: fastest kernels, a few
     /// seconds of warm-up; heuristic: quick start, fails on some fp16 models such as BiRefNet fp16)
     #[arg(long, value_enum, default_value_t)]
@@ -490,6 +497,7 @@ impl ModelArgs {
             trt_profile: None,
             cuda_graph: self.cuda_graph,
             cuda_nhwc: self.cuda_nhwc,
+            cuda_options: self.cuda_option.clone(),
             cudnn_search: self.cudnn_search,
             profile: self.ort_profile.clone(),
             spin: self.ort_spin,
@@ -976,4 +984,12 @@ fn batch(a: BatchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         std::process::exit(3);
     }
     Ok(())
+}
+
+/// `KEY=VALUE` for `--cuda-option`.
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE (e.g. fuse_conv_bias=1)")),
+    }
 }

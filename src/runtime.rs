@@ -192,6 +192,8 @@ pub struct ProviderOptions {
     pub cuda_graph: bool,
     /// CUDA EP: prefer NHWC kernels (tensor-core friendly convolutions, fewer layout transposes).
     pub cuda_nhwc: bool,
+    /// CUDA EP: further provider options, KEY=VALUE as ONNX Runtime names them (`--cuda-option`).
+    pub cuda_options: Vec<(String, String)>,
     /// CUDA EP: how convolution algorithms are chosen.
     pub cudnn_search: CudnnSearch,
     /// ONNX Runtime session profiling: per-node times written to a JSON file with this prefix.
@@ -230,7 +232,7 @@ pub fn register(
     mut builder: ort::session::builder::SessionBuilder,
     opts: &ProviderOptions,
 ) -> ort::Result<(ort::session::builder::SessionBuilder, Provider, Vec<String>)> {
-    use ort::ep::{self, ExecutionProvider};
+    use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ExecutionProvider};
     let mut skipped = Vec::new();
     let device_id = match opts.device {
         DeviceChoice::Cuda(n) => n,
@@ -280,6 +282,9 @@ pub fn register(
                 }
                 if opts.cuda_nhwc {
                     cuda = cuda.with_prefer_nhwc(true);
+                }
+                for (k, v) in &opts.cuda_options {
+                    cuda = cuda.with_arbitrary_config(k, v);
                 }
                 cuda = cuda.with_conv_algorithm_search(match opts.cudnn_search {
                     CudnnSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
