@@ -128,6 +128,10 @@ enum Cmd {
         /// With --fp16: operators kept in float32 (e.g. DeformConv)
         #[arg(long, value_delimiter = ',')]
         keep_fp32: Vec<String>,
+        /// The `fold` pass's size limit: the largest constant (in elements) written into the prepared file;
+        /// larger ones stay computed at run time from the largest pieces within it (default 16777216)
+        #[arg(long, value_name = "ELEMENTS")]
+        fold_limit: Option<u64>,
         /// Write here instead of the cache ($MATTEFLOW_CACHE_DIR or ~/.cache/matteflow/prepared/)
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -646,8 +650,8 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 println!("{:<18} licence: {}", "", m.licence);
             }
         }
-        Cmd::Prepare { model, fp16, passes, keep_fp32, output, python, report } => {
-            let o = model::prepare::PrepareOptions { fp16, passes, keep_fp32, python, output, report };
+        Cmd::Prepare { model, fp16, passes, keep_fp32, fold_limit, output, python, report } => {
+            let o = model::prepare::PrepareOptions { fp16, passes, keep_fp32, fold_limit, python, output, report };
             let p = model::prepare::prepare(&model, &o)?;
             if !p.fresh {
                 eprintln!("already prepared (cached by the model's hash)");

@@ -462,7 +462,9 @@ fn matte_frames(
             };
             if t.infer_calls == 0 {
                 (t.first_infer, t.first_infer_frames, t.first_infer_done) = (step.infer, k, start.elapsed());
+                t.first_pre_post = step.preprocess + step.postprocess;
             }
+            t.last_infer_done = start.elapsed();
             t.infer_calls += 1;
             (t.preprocess, t.infer, t.postprocess) = (t.preprocess + step.preprocess, t.infer + step.infer, t.postprocess + step.postprocess);
             if matted.into_iter().any(|m| tx.send(m).is_err()) {
@@ -475,6 +477,7 @@ fn matte_frames(
         all.postprocess += t.postprocess;
         all.infer_calls += t.infer_calls;
         (all.first_infer, all.first_infer_frames, all.first_infer_done) = (t.first_infer, t.first_infer_frames, t.first_infer_done);
+        (all.first_pre_post, all.last_infer_done) = (t.first_pre_post, t.last_infer_done);
     }
 }
 

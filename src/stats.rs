@@ -19,6 +19,11 @@ pub struct StageTimes {
     /// Frames in that first call, and when it ended (from the pipeline's start).
     pub first_infer_frames: u64,
     pub first_infer_done: Duration,
+    /// The first call's preprocess and postprocess (its one-off costs: allocations, the first device buffers).
+    pub first_pre_post: Duration,
+    /// When the last inference call ended (from the pipeline's start): what follows is the drain (the last
+    /// frames' composite, download and encoder flush).
+    pub last_infer_done: Duration,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -59,6 +64,16 @@ impl Report {
         Some((ms(s.infer.saturating_sub(s.first_infer), rest), rest as f64 / span))
     }
 
+    /// Steady state as the model's thread sees it, from the end of the first call to the end of the last:
+    /// preprocess + postprocess ms per frame, and frames per second over that span (no warm-up, no drain).
+    pub fn steady(&self) -> Option<(f64, f64)> {
+        let s = &self.stages;
+        let rest = self.frames.checked_sub(s.first_infer_frames).filter(|r| *r > 0 && s.first_infer_frames > 0)?;
+        let span = s.last_infer_done.checked_sub(s.first_infer_done).filter(|d| !d.is_zero())?.as_secs_f64();
+        let pre_post = (s.preprocess + s.postprocess).saturating_sub(s.first_pre_post);
+        Some((ms(pre_post, rest), rest as f64 / span))
+    }
+
     /// A small table, milliseconds per frame.
     pub fn table(&self) -> String {
         let n = self.frames;
@@ -84,6 +99,15 @@ impl Report {
                 s.first_infer.as_secs_f64() * 1e3,
                 infer,
                 fps
+            );
+        }
+        if let Some((pre_post, fps)) = self.steady() {
+            t += &format!(
+                "steady state (first call's end to last call's end): preprocess + postprocess {:.2} ms/frame, {:.1} fps; \
+                 drain after the last call {:.0} ms\n",
+                pre_post,
+                fps,
+                self.wall.saturating_sub(s.last_infer_done).as_secs_f64() * 1e3
             );
         }
         t += &format!(

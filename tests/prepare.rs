@@ -144,6 +144,39 @@ fn the_torchscript_form_of_the_official_exports_is_folded_first() {
 }
 
 #[test]
+fn a_constant_over_the_fold_limit_stays_computed_from_its_largest_piece_within_it() {
+    // Swin's shift mask broadcast over a batch outgrows the limit; the mask itself must still fold, or its whole
+    // construction (ScatterND, Where, index arithmetic) runs every frame (BiRefNet lite at batch 8: 1351 nodes
+    // instead of 1103).
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("chain.onnx");
+    fixture_py("make_mask_chain.py", &[&onnx]);
+    let before = masks(&selfie_manifest_for(&onnx, "chain"));
+    for (limit, left) in [(Some("100000"), &["Expand", "Add"][..]), (None, &["Add"][..])] {
+        let prepared = dir.path().join(format!("chain-{}.onnx", limit.unwrap_or("default")));
+        let rep = dir.path().join("report.json");
+        let mut args = vec![onnx.to_str().unwrap(), "-o", prepared.to_str().unwrap(), "--report", rep.to_str().unwrap()];
+        if let Some(l) = limit {
+            args.extend(["--fold-limit", l]);
+        }
+        prepare_ok(&args, dir.path());
+        let r = report(&rep);
+        let ops = r["ops_after"].as_object().unwrap();
+        for op in ["ScatterND", "Mul"] {
+            assert!(!ops.contains_key(op), "limit {limit:?}: {op} folded: {ops:?}");
+        }
+        for op in left {
+            assert_eq!(ops.get(*op).and_then(|v| v.as_i64()), Some(1), "limit {limit:?}: one {op} left: {ops:?}");
+        }
+        assert_eq!(ops.contains_key("Expand"), limit.is_some(), "limit {limit:?}: {ops:?}");
+        let after = masks(&selfie_manifest_for(&prepared, &format!("chain_{}", limit.unwrap_or("default"))));
+        let d = max_diff(&before, &after);
+        assert!(d <= 1e-6, "limit {limit:?}: masks differ by {d}");
+    }
+    assert!(max_diff(&before[..1], &before[1..2]) > 0.001, "the masks vary with the input");
+}
+
+#[test]
 fn the_shipped_selfie_model_passes_through_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("selfie.onnx");

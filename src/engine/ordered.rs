@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaStream, PinnedHostSlice};
 use gstreamer as gst;
 
 use super::{Matter, MatteSettings, Placement, StepTimes};
@@ -85,7 +85,8 @@ impl Ordered {
 /// The second step of a call: composite (host) or download (device), then hand out buffers.
 pub enum Finisher {
     Host(CpuComposite),
-    Device(Arc<CudaStream>),
+    /// The download stream and its page-locked staging buffers.
+    Device(Arc<CudaStream>, Vec<PinnedHostSlice<u8>>),
 }
 
 impl Finisher {
@@ -93,7 +94,7 @@ impl Finisher {
     pub fn open(s: &MatteSettings, place: &Placement) -> Result<Finisher> {
         Ok(match place {
             Placement::Host => Finisher::Host(super::host_compositor(s)?),
-            Placement::Device(gpu) => Finisher::Device(gpu.ctx.new_stream().map_err(|e| Error::Cuda(format!("stream: {e}")))?),
+            Placement::Device(gpu) => Finisher::Device(gpu.ctx.new_stream().map_err(|e| Error::Cuda(format!("stream: {e}")))?, Vec::new()),
         })
     }
 
@@ -110,8 +111,8 @@ impl Finisher {
                 }
                 out
             }
-            (Finisher::Device(stream), Matted::Device(mut frames, queued)) => {
-                queued.download(stream, &mut frames)?;
+            (Finisher::Device(stream, staging), Matted::Device(mut frames, queued)) => {
+                queued.download(stream, staging, &mut frames)?;
                 frames.into_iter().map(|f| to_buffer(f, None)).collect()
             }
             _ => return Err(Error::config("frames matted on one side (CPU/GPU) finished on the other")),

@@ -295,9 +295,20 @@ def pass_fold(g):
             # Keep what a non-constant node (or the graph's output) reads, within the size limit.
             closure_names = {n.name for n in closure}
             readers = {i for n in g.g.node if n.name not in closure_names for i in n.input} | g.graph_outputs
-            for name, v in produced.items():
-                if name in readers and v is not None and np.asarray(v).size <= FOLD_LIMIT:
+            # A value over the limit (e.g. a shift mask broadcast over the batch) stays computed, from the
+            # largest values upstream of it that are within the limit.
+            producer = {o: n for n in closure for o in n.output}
+            want, seen = [name for name in produced if name in readers], set()
+            while want:
+                name = want.pop()
+                v = produced.get(name)
+                if name in seen or v is None:
+                    continue
+                seen.add(name)
+                if np.asarray(v).size <= FOLD_LIMIT:
                     folded[name] = np.asarray(v)
+                elif name in producer:
+                    want.extend(i for i in producer[name].input if i in produced)
         # Replace every folded tensor's producer by an initializer of the same name.
         done = 0
         for n in list(g.g.node):
@@ -843,6 +854,7 @@ def to_fp16(model, keep_fp32=()):
 
 
 def main():
+    global FOLD_LIMIT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("input")
     ap.add_argument("output")
@@ -851,7 +863,10 @@ def main():
     ap.add_argument("--fp16", action="store_true", help="convert to float16 after the passes (fp32 input/output)")
     ap.add_argument("--keep-fp32", default="", help="with --fp16: ops kept in float32 (comma-separated, e.g. DeformConv)")
     ap.add_argument("--report", help="write the report as JSON here")
+    ap.add_argument("--fold-limit", type=int, default=FOLD_LIMIT,
+                    help="fold: the largest constant (elements) written into the file; larger ones stay computed")
     a = ap.parse_args()
+    FOLD_LIMIT = a.fold_limit
     t0 = time.time()
     model = onnx.load(a.input)
     before = op_counts(model)

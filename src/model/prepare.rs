@@ -19,6 +19,8 @@ pub struct PrepareOptions {
     pub passes: Option<String>,
     /// With fp16: operators kept in float32.
     pub keep_fp32: Vec<String>,
+    /// The `fold` pass's size limit (elements of one constant written into the file; None: the script's).
+    pub fold_limit: Option<u64>,
     /// Python interpreter (default: $MATTEFLOW_PYTHON, else python3).
     pub python: Option<PathBuf>,
     /// Where to write (default: the cache, named by the model's hash).
@@ -111,6 +113,9 @@ pub fn cached_path(model: &Path, o: &PrepareOptions) -> Result<PathBuf> {
     if !o.keep_fp32.is_empty() {
         tag += &format!("-keep-{}", o.keep_fp32.join("+"));
     }
+    if let Some(n) = o.fold_limit {
+        tag += &format!("-fold{n}");
+    }
     Ok(cache_dir().join("prepared").join(format!("{stem}-{}-p{}{tag}.onnx", &hash[..16], script_tag())))
 }
 
@@ -180,6 +185,9 @@ pub fn prepare(model: &Path, o: &PrepareOptions) -> Result<Prepared> {
     }
     if !o.keep_fp32.is_empty() {
         cmd.args(["--keep-fp32", &o.keep_fp32.join(",")]);
+    }
+    if let Some(n) = o.fold_limit {
+        cmd.args(["--fold-limit", &n.to_string()]);
     }
     let mut child = cmd.spawn().map_err(|e| Error::io(format!("running {}", py.display()), e))?;
     {
