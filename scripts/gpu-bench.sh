@@ -9,7 +9,7 @@
 #                                     decode-check e2e-decode batch-lite determinism contention f16io bg-check
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
-#                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check
+#                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -67,7 +67,7 @@ e2e() { # LABEL ONNX MANIFEST ARGS...: 1080p file conversion, GPU memory and loa
   local label=$1 onnx=$2 man=$3; shift 3
   nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$W/smi-$label.csv" &
   local smi=$!
-  T 120 matteflow bench "$CLIP" --device cuda --model "$onnx" --manifest "$man" -f h264 -k composite -b green --runs 1 "$@"
+  T 120 "${MF:-matteflow}" bench "$CLIP" --device cuda --model "$onnx" --manifest "$man" -f h264 -k composite -b green --runs 1 "$@"
   kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
   awk -F', ' '{ if ($1 > m) m = $1; u += $2; n++ } END { if (n) printf "GPU memory peak %d MiB, mean utilisation %.0f%% (%d samples)\n", m, u / n, n }' "$W/smi-$label.csv"
 }
@@ -429,6 +429,19 @@ d = [np.abs(cv2.imread(x, 0).astype(int) - cv2.imread(y, 0).astype(int)) for x, 
 print(f"GRAPHCHECK {sys.argv[2]}: frames {len(a)}/{len(b)}; per-frame max (first 6) {[int(x.max()) for x in d[:6]]}; "
       f"frames with max > 2: {[i for i, x in enumerate(d) if x.max() > 2][:20]}; overall mean {np.mean([x.mean() for x in d]):.4f}")
 PY
+      done
+      ;;
+    e2e-ab)
+      # End to end (1080p H.264 → composite, GPU stages, after warm-up) with the previous binary ($OLD_MF) and this
+      # one, alternating, twice each: IS-Net and the prepared lite (step final15 makes it). Same inputs, same lease.
+      local m name onnx man r
+      for m in "isnet|$ISNET|$ROOT/models/isnet.toml" "lite-prep|$MODELS/birefnet-lite-prep.onnx|$ROOT/models/birefnet-lite.toml"; do
+        IFS='|' read -r name onnx man <<< "$m"
+        [ -f "$onnx" ] || { echo "skip $name: no $onnx"; continue; }
+        for r in 1 2; do
+          echo "== $name old ($OLD_MF) run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "after it|steady|end to end:|utilisation"
+          echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "after it|steady|end to end:|utilisation"
+        done
       done
       ;;
     prep-quality)
