@@ -476,7 +476,7 @@ impl MatteStage {
             stats.passthrough.fetch_add(1, Ordering::Relaxed);
             return Ok(Some((data, w, h, pts)));
         }
-        let (mask, how) = self.sched.mask_for(idx, &data, w, h, self.settings.infer_every, deadline, stats)?;
+        let (mask, how) = self.sched.mask_for(idx, crate::engine::FrameRef::Host(&data), w, h, self.settings.infer_every, deadline, stats)?;
         let Some(mask) = mask else {
             stats.passthrough.fetch_add(1, Ordering::Relaxed);
             return Ok(Some((data, w, h, pts)));
