@@ -344,3 +344,40 @@ fn decoder_behind(pad: &gst::Pad) -> Option<String> {
     }
     p.parent_element().and_then(|e| e.factory()).map(|f| f.name().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CUDA-memory branch's link: a decoder that only gives system memory (e.g. avdec_h264; on a machine
+    /// where nvcodec decodes H.264 the link succeeds instead) is left unlinked, and the refusal names it, so
+    /// that the run starts again decoding to system memory.
+    #[test]
+    fn a_decoder_without_cuda_memory_is_named_and_left_unlinked() {
+        gst::init().unwrap();
+        let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/media/carphone_pristine.mp4");
+        let uri = crate::source::input_uri(clip.to_str().unwrap()).unwrap();
+        let pipeline = gst::Pipeline::new();
+        let sink = gst_cuda::device_appsink(2);
+        pipeline.add(&sink).unwrap();
+        let dec = uri_source(&pipeline, &uri, &sink, &Arc::new(AtomicBool::new(true))).unwrap();
+        let refused: Arc<Mutex<Option<String>>> = Default::default();
+        link_cuda_video(&dec, &sink, refused.clone());
+        let _ = pipeline.set_state(gst::State::Playing);
+        let linked = || sink.static_pad("sink").unwrap().is_linked();
+        let t = std::time::Instant::now();
+        while refused.lock().unwrap().is_none() && !linked() && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        pipeline.set_state(gst::State::Null).unwrap();
+        let why = refused.lock().unwrap().clone();
+        if gst::ElementFactory::find("nvh264dec").is_some() {
+            assert!(linked() && why.is_none(), "nvcodec is here, but: {why:?}");
+        } else {
+            let why = why.expect("a refusal");
+            assert!(!linked());
+            // Named by its element (avdec_h264 here), not "its decoder".
+            assert!(why.contains("gives system memory only") && why.contains("dec") && !why.starts_with("its decoder"), "{why}");
+        }
+    }
+}
