@@ -19,6 +19,13 @@
 #     ! mp4mux ! filesink location=.gpu/bikes_1080p.mp4
 #   gst-launch-1.0 -q videotestsrc num-buffers=30 pattern=smpte ! video/x-raw,width=320,height=240,format=I420,framerate=30/1 \
 #     ! matroskamux ! filesink location=.gpu/raw_320.mkv
+# live-gpu takes a live 1920x1080@30 test pattern; LIVE_INPUT=file plays $LIVE_CLIP (default $CLIP, bikes_1080p:
+# H.264 1080p at 25 fps, 10 s) as the live input instead, at its own pace, and runs the GPU stages twice: decoded
+# to system memory and uploaded (--host-decode), and decoded by nvcodec into CUDA memory (the default); the
+# report's "decode" says which ran. A 1080p30 clip for it (frames repeated to 30 fps):
+#   gst-launch-1.0 -q filesrc location=assets/media/bikes.mp4 ! decodebin ! videoconvert ! videoscale ! videorate \
+#     ! video/x-raw,width=1920,height=1080,format=I420,framerate=30/1 ! x264enc speed-preset=veryfast bitrate=8000 \
+#     ! h264parse ! mp4mux ! filesink location=.gpu/bikes_1080p30.mp4
 # Exports go to $MODELS. Each step is bounded by
 # `timeout -s KILL`; logs and JSON go to $OUT/STEP.log and $OUT/STEP.tgz.
 set -uo pipefail
@@ -472,12 +479,21 @@ PY
       # Live on the GPU stages against the CPU stages (issue 13): a 1920x1080@30 live test pattern → RTMP to a
       # local nginx-rtmp (from the bundle) + an H.264 recording, LIVE_S seconds each, for IS-Net, BiRefNet lite fp16
       # and general fp16; output fps, own-mask share, glass-to-glass p50/p95, CPU; GPU load sampled alongside.
+      # LIVE_INPUT=file: $LIVE_CLIP played at its own pace instead (no --size/--fps: those would keep decoding in
+      # system memory), the GPU stages once per decode path in LIVE_DECODE (default "host cuda": --host-decode,
+      # then nvcodec into CUDA memory); the CPU stages decode to system memory either way.
       local port=19350 url nx=/tmp/nginx-live
       rm -rf $nx && mkdir -p $nx/logs
       printf 'load_module %s;\ndaemon on;\npid %s/nginx.pid;\nerror_log %s/logs/error.log;\nevents { worker_connections 64; }\nrtmp { server { listen 127.0.0.1:%s; application live { live on; } } }\n' \
         "$KIT/files/bundle/nginx/ngx_rtmp_module.so" $nx $nx $port > $nx/nginx.conf
       LD_LIBRARY_PATH="$KIT/files/bundle/nginx" "$KIT/files/bundle/nginx/nginx" -p $nx -c $nx/nginx.conf && url=rtmp://127.0.0.1:$port/live
-      local m label onnx man st
+      local m label onnx man st dec run
+      local input=(--input testsrc --size 1920x1080 --fps 30)
+      if [ "${LIVE_INPUT:-testsrc}" = file ]; then
+        local clip=${LIVE_CLIP:-$CLIP}
+        [ -f "$clip" ] || { echo "LIVE_INPUT=file: no clip at $clip (set LIVE_CLIP or CLIP)"; return 1; }
+        input=(--input "$clip")
+      fi
       local set=("isnet|$ISNET|isnet" "lite-fp16|$MODELS/birefnet-lite-fp16.onnx|birefnet-lite" "general-fp16|$MODELS/birefnet-general-fp16.onnx|birefnet-general")
       # LIVE_PREPARED=1: the prepared BiRefNet files of step final15 instead (issue 15's models for issue 13's targets)
       [ -n "${LIVE_PREPARED:-}" ] && set=("lite-prep|$MODELS/birefnet-lite-prep.onnx|birefnet-lite" "general-prep|$MODELS/birefnet-general-prep.onnx|birefnet-general")
@@ -485,22 +501,30 @@ PY
         IFS='|' read -r label onnx man <<< "$m"
         [ -f "$onnx" ] || { echo "skip $label: no $onnx"; continue; }
         for st in ${STAGES:-cpu gpu}; do
-          local outs=(--output "/tmp/live-$label-$st.mp4"); [ -n "${url:-}" ] && outs+=(--output "$url/$label-$st")
-          nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 250 > "$W/smi-$label-$st.csv" &
-          local smi=$!
-          T $((${LIVE_S:-20} + 60)) matteflow live --input testsrc --size 1920x1080 --fps 30 --device cuda --model "$onnx" \
-            --manifest "$ROOT/models/$man.toml" --stages $st "${outs[@]}" --overwrite --duration "${LIVE_S:-20}" \
-            --stats-interval 0 --report "$W/live-$label-$st.json" 2>&1 | grep -v "^\s*$" | tail -4
-          kill $smi 2>/dev/null; wait $smi 2>/dev/null
-          python3 - "$W/live-$label-$st.json" "$W/smi-$label-$st.csv" "$label $st" <<'PY'
+          local decodes=(default)
+          [ "${LIVE_INPUT:-testsrc}" = file ] && [ "$st" = gpu ] && read -r -a decodes <<< "${LIVE_DECODE:-host cuda}"
+          for dec in "${decodes[@]}"; do
+            local hd=() run=$label-$st
+            [ "$dec" = host ] && hd=(--host-decode)
+            [ "$dec" != default ] && run=$label-$st-$dec
+            local outs=(--output "/tmp/live-$run.mp4"); [ -n "${url:-}" ] && outs+=(--output "$url/$run")
+            nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 250 > "$W/smi-$run.csv" &
+            local smi=$!
+            T $((${LIVE_S:-20} + 60)) matteflow live "${input[@]}" --device cuda --model "$onnx" \
+              --manifest "$ROOT/models/$man.toml" --stages $st "${hd[@]}" "${outs[@]}" --overwrite --duration "${LIVE_S:-20}" \
+              --stats-interval 0 --report "$W/live-$run.json" 2>&1 | grep -v "^\s*$" | tail -5
+            kill $smi 2>/dev/null; wait $smi 2>/dev/null
+            python3 - "$W/live-$run.json" "$W/smi-$run.csv" "$run" <<'PY'
 import json, sys
-s = json.load(open(sys.argv[1]))["summary"]; g = s["glass_to_glass"]
+r = json.load(open(sys.argv[1])); s = r["summary"]; g = s["glass_to_glass"]
 u = [float(x) for x in open(sys.argv[2]).read().split() if x.strip()]
 own = (s["output"] - s["reused"] - s["passthrough"]) / max(s["output"], 1)
 print(f"LIVE {sys.argv[3]}: {s['output'] / s['seconds']:.1f} fps out, {s['inferred']} inferred, {100 * own:.1f} % of frames with their own mask, "
       f"reused {s['reused']}, skipped stale {s['skipped_stale']}, dropped {s['dropped']}; glass-to-glass p50 {g['p50']:.1f} / p95 {g['p95']:.1f} / "
-      f"max {g['max']:.1f} ms; matte p50 {s['matte']['p50']:.1f} ms; CPU {s['cpu_percent']:.0f} %; GPU busy {sum(u) / max(len(u), 1):.0f} %")
+      f"max {g['max']:.1f} ms; matte p50 {s['matte']['p50']:.1f} ms; CPU {s['cpu_percent']:.0f} %; GPU busy {sum(u) / max(len(u), 1):.0f} %; "
+      f"decode {r.get('decode', '?')}")
 PY
+          done
         done
       done
       [ -f $nx/nginx.pid ] && kill "$(cat $nx/nginx.pid)"

@@ -27,6 +27,10 @@ pub struct LiveArgs {
     /// Capture frame rate (default: what the source gives; the test pattern gives 30)
     #[arg(long)]
     fps: Option<u32>,
+    /// Decode a file or network stream into system memory and upload each frame, even where the GPU stages
+    /// could take it from GStreamer's nvcodec in CUDA memory (see convert --host-decode)
+    #[arg(long)]
+    host_decode: bool,
     #[command(flatten)]
     model: ModelArgs,
     /// blur[=radius] | colour (green, blue, black, white, #RRGGBB) | image file | video file | transparent
@@ -220,6 +224,7 @@ fn go_live(cfg: &LiveConfig, model: &job::ModelSection, cancel: Arc<AtomicBool>,
 pub fn live(a: LiveArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut cfg = LiveConfig::new(a.input, a.outputs);
     cfg.capture = Capture { width: a.size.map(|s| s[0]), height: a.size.map(|s| s[1]), fps: a.fps };
+    cfg.host_decode = a.host_decode;
     cfg.matte.set_background(a.background);
     cfg.matte.post = matteflow::postprocess::PostprocessConfig {
         smooth: a.matte.smooth,

@@ -91,7 +91,7 @@ fn engine(seg: &OnnxSegmenter, s: &MatteSettings) -> Result<(Matter, Compositor)
 
 /// The frame's alpha (the mask and the host alpha bytes).
 fn run_alpha(matter: &mut Matter, rgba: &[u8], w: u32, h: u32) -> Result<(Mask, Vec<u8>)> {
-    let (mask, _) = matter.mask(rgba, w, h)?;
+    let (mask, _) = matter.mask(crate::cuda::stages::Pixels::Host(rgba), w, h)?;
     let a = match &mask.alpha {
         Alpha::Host(a) => a.clone(),
         Alpha::Device(_) => return Err(crate::Error::config("eval runs the host stages")),

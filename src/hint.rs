@@ -58,6 +58,10 @@ const fn run_flag(flag: &'static str, section: &'static str, key: &'static str, 
     Setting { flag, section, key, kind, run_takes_flag: true }
 }
 
+pub const CAPTURE_WIDTH: Setting = file_key("--size", "input", "width", Kind::Number);
+pub const CAPTURE_HEIGHT: Setting = file_key("--size", "input", "height", Kind::Number);
+pub const CAPTURE_FPS: Setting = file_key("--fps", "input", "fps", Kind::Number);
+pub const HOST_DECODE: Setting = file_key("--host-decode", "input", "host_decode", Kind::Switch);
 pub const ALLOW_SHORT: Setting = file_key("--allow-short", "input", "allow_short", Kind::Switch);
 pub const VIDEO_STREAM: Setting = file_key("--video-stream", "input", "video_stream", Kind::Number);
 pub const DEVICE: Setting = file_key("--device", "model", "device", Kind::Text);

@@ -27,8 +27,8 @@ pub struct Frame {
     pub height: u32,
     pub data: gst::buffer::MappedBuffer<gst::buffer::Writable>,
     /// The decoded frame still in CUDA memory (NV12), when decoding stays on the GPU; `data` is then only
-    /// the place for the finished frame.
-    pub cuda: Option<crate::cuda::gst_cuda::CudaFrame>,
+    /// the place for the finished frame. Shared where two threads read it (the budgeted policy).
+    pub cuda: Option<std::sync::Arc<crate::cuda::gst_cuda::CudaFrame>>,
 }
 
 /// Video format of the decoded stream.
@@ -165,7 +165,7 @@ fn cuda_frame_from_sample(sample: gst::Sample, index: u64) -> Result<Frame> {
         .map_err(|e| Error::Gst(format!("cannot allocate a frame: {e}")))?
         .into_mapped_buffer_writable()
         .map_err(|_| Error::Gst("cannot map a frame".into()))?;
-    Ok(Frame { index, pts, duration, width: w, height: h, data, cuda: Some(cuda) })
+    Ok(Frame { index, pts, duration, width: w, height: h, data, cuda: Some(std::sync::Arc::new(cuda)) })
 }
 
 fn frame_from_sample(sample: gst::Sample, index: u64) -> Result<Frame> {

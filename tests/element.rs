@@ -422,6 +422,34 @@ fn budgeted_policy_mattes_every_frame_it_is_given() {
     }
 }
 
+/// The budgeted policy takes system memory as it always did: NV12 in CUDA memory is offered only where the GPU
+/// stages run (an NVIDIA GPU and a model on CUDA); without them, system memory is negotiated.
+#[test]
+fn budgeted_policy_negotiates_system_memory() {
+    let desc = format!(
+        "filesrc location={} ! decodebin ! videoconvert ! matteflow name=m budget-ms=40 background=green ! appsink name=out sync=false",
+        sample(CARPHONE).display()
+    );
+    let (p, sink) = pipeline(&desc);
+    p.set_state(gst::State::Playing).unwrap();
+    let frames = pull_all(&p, &sink, |_| {}).unwrap_or_else(|e| panic!("{desc}: {e}"));
+    let m = p.by_name("m").unwrap();
+    let caps = m.static_pad("sink").unwrap().current_caps().expect("negotiated input caps");
+    let offered = m.static_pad("sink").unwrap().query_caps(None);
+    p.set_state(gst::State::Null).unwrap();
+    assert_eq!(frames.len(), 120);
+    assert!(frames.iter().all(|f| f.format == "RGBA" && f.rgba.len() == 176 * 144 * 4));
+    let cuda = |c: &gst::Caps| c.iter_with_features().any(|(_, f)| f.contains("memory:CUDAMemory"));
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        // With the GPU stages, nvcodec's CUDA memory may pass videoconvert (passthrough) into the element.
+        eprintln!("negotiated on this GPU machine: {caps}");
+    } else {
+        // No GPU, so no GPU stages: CUDA memory is not offered at all, and system memory is what was taken.
+        assert!(!cuda(&offered), "{offered}");
+        assert!(!cuda(&caps), "{caps}");
+    }
+}
+
 #[test]
 fn a_bad_model_fails_start_with_the_model_named_on_the_bus() {
     let (p, _sink) = pipeline("videotestsrc num-buffers=3 ! matteflow model=no-such-model ! appsink name=out");

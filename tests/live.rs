@@ -960,3 +960,79 @@ fn udp_mpeg_ts_stream_frames_get_their_own_mask() {
     assert!(reused as f64 <= 0.05 * out as f64, "{reused} of {out} frames shown with an earlier frame's mask: {s}");
     assert_eq!(decode(&rec).len() as u64 + s["output_dropped"].as_u64().unwrap(), out);
 }
+
+/// Whether this machine has an NVIDIA driver (where the GPU stages, and so CUDA decoding, may run).
+fn nvidia_here() -> bool {
+    Path::new("/dev/nvidiactl").exists()
+}
+
+#[test]
+fn live_from_a_file_says_how_its_video_was_decoded() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = known_answer(dir.path());
+    let clip = dir.path().join("clip.mp4");
+    gst_make(&format!(
+        "videotestsrc num-buffers=30 pattern=smpte ! video/x-raw,width={W},height={H},framerate=30/1 ! x264enc speed-preset=ultrafast ! mp4mux ! filesink location={}",
+        clip.display()
+    ));
+    // A live run from a file; returns the report's "decode" and the log.
+    let run = |extra: &[&str], rec: &Path| -> (String, String) {
+        let rep = dir.path().join("report.json");
+        let out = Command::new(env!("CARGO_BIN_EXE_matteflow"))
+            .args(["live", "--input", clip.to_str().unwrap(), "--model", manifest.to_str().unwrap(), "--background", "green"])
+            .args(["--output", rec.to_str().unwrap(), "--report", rep.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        let log = stderr_of(&out);
+        assert!(out.status.success(), "{log}");
+        let r = report(&rep);
+        let s = &r["summary"];
+        // The file still plays whole into the recording (less what a loaded machine's output queue dropped).
+        assert_eq!(s["output"].as_u64().unwrap(), 30, "{s}");
+        assert_eq!(decode(rec).len() as u64 + s["output_dropped"].as_u64().unwrap(), 30, "{s}");
+        (r["decode"].as_str().unwrap_or_else(|| panic!("no decode in the report: {r}")).to_string(), log)
+    };
+    let (how, log) = run(&[], &dir.path().join("a.mkv"));
+    if nvidia_here() {
+        assert!(how == "cuda" || how.starts_with("host: "), "{how}");
+    } else {
+        // Without a GPU the stages run on the CPU, and the frames are decoded into system memory: said in the
+        // report and, once, at start (also without -v).
+        assert_eq!(how, "host: the stages run on the CPU");
+        assert_eq!(log.matches("video: decoded into system memory (the stages run on the CPU)").count(), 1, "{log}");
+    }
+    let (how, log) = run(&["--host-decode"], &dir.path().join("b.mkv"));
+    assert_eq!(how, "host: asked for with --host-decode");
+    assert!(log.contains("video: decoded into system memory (asked for with --host-decode)"), "{log}");
+}
+
+#[test]
+fn a_pipeline_file_asks_for_host_decoding_in_its_own_words() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = known_answer(dir.path());
+    let clip = dir.path().join("clip.mp4");
+    gst_make(&format!(
+        "videotestsrc num-buffers=15 pattern=smpte ! video/x-raw,width={W},height={H},framerate=30/1 ! x264enc speed-preset=ultrafast ! mp4mux ! filesink location={}",
+        clip.display()
+    ));
+    let job = dir.path().join("job.toml");
+    let rec = dir.path().join("rec.mkv");
+    std::fs::write(
+        &job,
+        format!(
+            "mode = \"live\"\n[input]\nsource = {:?}\n[model]\nname = {:?}\n[matte]\nbackground = \"green\"\n[[output]]\ntarget = {:?}\n",
+            clip.to_str().unwrap(),
+            manifest.to_str().unwrap(),
+            rec.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let rep = dir.path().join("report.json");
+    let out = matteflow(&["run", job.to_str().unwrap(), "--set", "input.host_decode=true", "--report", rep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(report(&rep)["decode"], "host: asked for with `host_decode` under [input]");
+    assert_eq!(report(&rep)["summary"]["output"], 15);
+}

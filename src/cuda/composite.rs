@@ -1,11 +1,13 @@
 //! Compositing on the GPU: a device frame and a frame-sized device alpha become the output frame (alpha,
 //! composite over a colour, image, video or blurred background, or the mask), in place. The ordered path
 //! ([`super::stages::GpuStages::submit`]) composites the frames it already holds on the device; the budgeted
-//! path ([`GpuCompositor::run_host`]) brings a host frame up, composites it with the latest mask and takes it
-//! back down, on a stream of its own beside the model's.
+//! path, on a stream of its own beside the model's, either brings a host frame up, composites it with the latest
+//! mask and takes it back down ([`GpuCompositor::run_host`]), or converts an NV12 frame the decoder left in CUDA
+//! memory, composites it and takes it down once ([`GpuCompositor::run_nv12`]).
 
 use cudarc::driver::CudaSlice;
 
+use super::gst_cuda::CudaFrame;
 use super::Gpu;
 use crate::composite::Background;
 use crate::config::{BackgroundSpec, OutputKind};
@@ -28,7 +30,7 @@ pub struct GpuCompositor {
     /// A blurred background: the radius, and the box-filtered small frame between the two resizes.
     blur: Option<u32>,
     blur_small: Option<CudaSlice<u8>>,
-    /// The device copy of a host frame composited by [`GpuCompositor::run_host`].
+    /// The device RGBA frame [`GpuCompositor::run_host`] and [`GpuCompositor::run_nv12`] composite in.
     canvas: Option<CudaSlice<u8>>,
 }
 
@@ -110,6 +112,30 @@ impl GpuCompositor {
         st.memcpy_htod(&*frame, &mut canvas).map_err(|x| e("upload", x))?;
         self.run(&mut canvas, alpha, w, h)?;
         st.memcpy_dtoh(&canvas, frame).map_err(|x| e("download", x))?;
+        st.synchronize().map_err(|x| e("sync", x))?;
+        self.canvas = Some(canvas);
+        Ok(())
+    }
+
+    /// Converts an NV12 frame in CUDA memory to RGBA on the device (the kernel the ordered path uses), composites
+    /// it with `alpha` when there is one (else it stays the unmatted picture), and downloads it into `out` (RGBA,
+    /// `w * h * 4`). Waits for the download: the decoder's frame is no longer read when this returns.
+    pub fn run_nv12(&mut self, frame: &CudaFrame, alpha: Option<&CudaSlice<u8>>, out: &mut [u8]) -> Result<()> {
+        let (w, h) = (frame.width, frame.height);
+        let n = (w * h) as usize;
+        if out.len() != n * 4 || alpha.is_some_and(|a| a.len() != n) {
+            return Err(Error::Cuda(format!("a {w}x{h} NV12 frame into {} bytes with a mask of {:?} values", out.len(), alpha.map(|a| a.len()))));
+        }
+        let st = self.gpu.stream.clone();
+        let mut canvas = match self.canvas.take() {
+            Some(c) if c.len() == n * 4 => c,
+            _ => st.alloc_zeros::<u8>(n * 4).map_err(|x| e("alloc", x))?,
+        };
+        self.gpu.nv12_to_rgba(frame.ptr, w, h, frame.pitch, frame.uv_offset, frame.color, &mut canvas)?;
+        if let Some(a) = alpha {
+            self.run(&mut canvas, a, w, h)?;
+        }
+        st.memcpy_dtoh(&canvas, out).map_err(|x| e("download", x))?;
         st.synchronize().map_err(|x| e("sync", x))?;
         self.canvas = Some(canvas);
         Ok(())

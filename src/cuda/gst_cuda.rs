@@ -244,6 +244,10 @@ pub struct CudaFrame {
 
 // SAFETY: the mapping belongs to the buffer we hold a reference to; GstBuffer is thread-safe to move.
 unsafe impl Send for CudaFrame {}
+// SAFETY: nothing changes a mapped frame (its fields are read-only after `map`, the device memory is only read
+// by kernels), and the unmap in Drop runs once, after the last reference is gone: the budgeted policy shares a
+// frame between the model thread and the frame loop (`Arc<CudaFrame>`), each of which waits for its own reads.
+unsafe impl Sync for CudaFrame {}
 
 impl CudaFrame {
     /// Maps a sample's buffer for CUDA. Errors name what is wrong (not CUDA memory, not NV12, no layout).

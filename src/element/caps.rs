@@ -1,4 +1,4 @@
-//! Caps: 4-byte RGB(A) in system memory in (plus NV12 in CUDA memory where the GPU stages run the ordered
+//! Caps: 4-byte RGB(A) in system memory in (plus NV12 in CUDA memory where the GPU stages run, either
 //! policy), RGBA out at the same size, or twice as wide side by side.
 
 use gstreamer as gst;

@@ -6,6 +6,10 @@
 //!                                                          └─ budgeted: MaskScheduler ─▶ Compositor ───────────────┤
 //!                                                                                                   out queue ◀───┘
 //! ```
+//!
+//! Both policies take NV12 in CUDA memory where the GPU stages run: the ordered one reads it in its stages and
+//! downloads the composites; the budgeted one hands the model thread a reference to the frame and converts,
+//! composites and downloads it in its [`Compositor`].
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use crate::config::OutputKind;
 use crate::cuda::gst_cuda::{CudaFrame, GstCuda};
 use crate::engine::budget::{self, MaskScheduler, ToWorker};
 use crate::engine::ordered::{to_buffer, Finisher, Ordered};
-use crate::engine::{Compositor, Matter, MatteSettings, Placement, StagesChoice};
+use crate::engine::{Compositor, FrameRef, Matter, MatteSettings, Placement, StagesChoice};
 use crate::error::{Error, Result};
 use crate::infer::{OnnxSegmenter, Segmenter};
 use crate::live::stats::LiveStats;
@@ -131,9 +135,10 @@ impl State {
             let sched = MaskScheduler::new(tx.clone(), rx);
             Policy::Budgeted(BudgetedPolicy { sched, comp, tx, worker, stats, budget: s.budget, idx: 0 })
         };
-        let cuda = match (&policy, &place) {
-            (Policy::Ordered(_), Placement::Device(gpu)) => GstCuda::new(gpu).map_err(|e| tracing::info!("{e}")).ok(),
-            _ => None,
+        // Either policy takes NV12 in CUDA memory where the stages run on the GPU.
+        let cuda = match &place {
+            Placement::Device(gpu) => GstCuda::new(gpu).map_err(|e| tracing::info!("{e}")).ok(),
+            Placement::Host => None,
         };
         Ok(State {
             policy,
@@ -196,12 +201,22 @@ impl State {
     /// Takes one input buffer; finished frames queue up for [`State::next_output`].
     pub fn push(&mut self, buffer: gst::Buffer) -> Result<()> {
         let frame = self.frame(buffer)?;
-        // Paused frames go out as they came; an NV12 frame in CUDA memory has no RGBA picture to pass on without
-        // the GPU stages, so it is matted as usual.
-        if self.applied.paused && frame.cuda.is_none() {
-            self.drain()?;
-            self.out.push_back(passthrough(frame, self.applied.kind));
-            return Ok(());
+        // Paused frames go out as they came. An NV12 frame in CUDA memory has no RGBA picture to pass on without
+        // the GPU stages: the budgeted compositor converts it unmatted; the ordered policy mattes it as usual.
+        if self.applied.paused {
+            match (&mut self.policy, frame.cuda.is_some()) {
+                (_, false) => {
+                    self.drain()?;
+                    self.out.push_back(passthrough(frame, self.applied.kind));
+                    return Ok(());
+                }
+                (Policy::Budgeted(b), true) => {
+                    let out = b.unmatted(frame)?;
+                    self.out.push_back(out);
+                    return Ok(());
+                }
+                (Policy::Ordered(_), true) => {}
+            }
         }
         match &mut self.policy {
             Policy::Ordered(o) => {
@@ -365,15 +380,33 @@ impl OrderedPolicy {
 }
 
 impl BudgetedPolicy {
-    /// One frame: its own mask if the model gives it within the budget, else the latest mask.
+    /// One frame: its own mask if the model gives it within the budget, else the latest mask. An NV12 frame in
+    /// CUDA memory is shared with the model thread and composited on the device into the frame's `data`.
     fn run(&mut self, mut f: Frame, s: &MatteSettings) -> Result<gst::Buffer> {
         let (idx, w, h) = (self.idx, f.width, f.height);
         self.idx += 1;
         let deadline = Instant::now() + self.budget;
-        let (mask, _) = self.sched.mask_for(idx, &f.data[..], w, h, s.infer_every, deadline, &self.stats)?;
+        let cuda = f.cuda.take();
+        let frame = match &cuda {
+            Some(c) => FrameRef::Device(c),
+            None => FrameRef::Host(&f.data[..]),
+        };
+        let (mask, _) = self.sched.mask_for(idx, frame, w, h, s.infer_every, deadline, &self.stats)?;
+        if let Some(c) = cuda {
+            self.comp.run_nv12(&c, mask, &mut f.data[..])?;
+            return Ok(to_buffer(f, None));
+        }
         let Some(mask) = mask else { return Ok(passthrough(f, s.kind)) };
         let wider = self.comp.run(&mut f.data[..], w, h, mask)?;
         Ok(to_buffer(f, wider))
+    }
+
+    /// A paused NV12 frame in CUDA memory, converted to RGBA without a matte.
+    fn unmatted(&mut self, mut f: Frame) -> Result<gst::Buffer> {
+        let Some(c) = f.cuda.take() else { return Err(Error::config("an unmatted CUDA frame without its CUDA memory")) };
+        self.idx += 1;
+        self.comp.run_nv12(&c, None, &mut f.data[..])?;
+        Ok(to_buffer(f, None))
     }
 }
 
@@ -436,7 +469,7 @@ fn cuda_frame(buffer: gst::Buffer, v: &Video, index: u64) -> Result<Frame> {
         .map_err(|e| Error::Gst(format!("cannot allocate a {w}x{h} frame: {e}")))?
         .into_mapped_buffer_writable()
         .map_err(|_| Error::Gst("a new frame cannot be mapped for writing".into()))?;
-    Ok(Frame { index, pts: buffer.pts(), duration: buffer.duration(), width: w, height: h, data, cuda: Some(cuda) })
+    Ok(Frame { index, pts: buffer.pts(), duration: buffer.duration(), width: w, height: h, data, cuda: Some(Arc::new(cuda)) })
 }
 
 /// The frame unmatted (paused, or no mask yet); side by side, the original on both halves (the caps say so).

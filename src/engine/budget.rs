@@ -9,7 +9,9 @@
 //! ```
 //!
 //! The worker's [`Matter`] and the caller's [`super::Compositor`] are on the same side (host or device); on the
-//! device the mask stays in GPU memory and the compositor, on its own stream, reads it there.
+//! device the mask stays in GPU memory and the compositor, on its own stream, reads it there. A frame is RGBA in
+//! host memory (the worker gets a copy) or, on the device, NV12 that the decoder left in CUDA memory (the worker
+//! gets another reference to the same frame: both sides only read it).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,14 +19,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Mask, Matter, MatteSettings, Placement};
+use super::{FrameRef, Mask, Matter, MatteSettings, Picture, Placement};
 use crate::error::{Error, Result};
 use crate::infer::OnnxSegmenter;
 use crate::live::stats::{LiveStats, Measure};
 use crate::postprocess::PostprocessConfig;
 
 pub enum ToWorker {
-    Frame { idx: u64, data: Vec<u8>, w: u32, h: u32 },
+    Frame { idx: u64, picture: Picture, w: u32, h: u32 },
     Post(PostprocessConfig),
     Swap(Box<OnnxSegmenter>),
     /// The next frame does not follow the last one (a seek): temporal state starts afresh.
@@ -86,12 +88,14 @@ fn work(matter: &mut Matter, mut post: PostprocessConfig, rx: &Receiver<ToWorker
                 matter.swap_model(*s, post);
                 tracing::warn!("now matting with model {}", matter.segmenter().model().manifest.name);
             }
-            ToWorker::Frame { idx, data, w, h } => {
+            ToWorker::Frame { idx, picture, w, h } => {
                 let t0 = Instant::now();
-                let mask = matter.mask(&data, w, h).map(|(m, t)| {
+                let mask = matter.mask(picture.pixels(), w, h).map(|(m, t)| {
                     stats.record(Measure::Infer, t.infer);
                     m
                 });
+                // A decoded frame goes back to the decoder as soon as neither side reads it.
+                drop(picture);
                 stats.record(Measure::Matte, t0.elapsed());
                 stats.inferred.fetch_add(1, Ordering::Relaxed);
                 if dtx.send(Done { idx, mask }).is_err() {
@@ -143,7 +147,7 @@ impl MaskScheduler {
     pub fn mask_for(
         &mut self,
         idx: u64,
-        frame: &[u8],
+        frame: FrameRef,
         w: u32,
         h: u32,
         every: u32,
@@ -159,7 +163,7 @@ impl MaskScheduler {
         if due {
             if self.busy.is_none() {
                 self.tx
-                    .send(ToWorker::Frame { idx, data: frame.to_vec(), w, h })
+                    .send(ToWorker::Frame { idx, picture: frame.to_picture(), w, h })
                     .map_err(|_| Error::Runtime("the model thread stopped".into()))?;
                 self.busy = Some(idx);
                 submitted = true;

@@ -20,12 +20,15 @@ pub mod budget;
 pub mod ordered;
 pub mod settings;
 
+use std::sync::Arc;
+
 use cudarc::driver::CudaSlice;
 
 pub use settings::MatteSettings;
 
 use crate::composite::{Background, Composite, CpuComposite};
 use crate::cuda::composite::GpuCompositor;
+use crate::cuda::gst_cuda::CudaFrame;
 use crate::cuda::stages::{GpuStages, Pixels};
 use crate::cuda::Gpu;
 use crate::error::{Error, Result};
@@ -98,6 +101,42 @@ pub struct Mask {
     pub width: u32,
     pub height: u32,
     pub alpha: Alpha,
+}
+
+/// A frame as the budgeted policy takes it, borrowed from the caller.
+#[derive(Clone, Copy)]
+pub enum FrameRef<'a> {
+    /// RGBA with packed rows in host memory (composited in place by [`Compositor::run`]).
+    Host(&'a [u8]),
+    /// NV12 the decoder left in CUDA memory (composited by [`Compositor::run_nv12`]). Shared, not copied: the
+    /// model thread preprocesses it while the frame loop composites it.
+    Device(&'a Arc<CudaFrame>),
+}
+
+impl FrameRef<'_> {
+    /// The model thread's own handle on the frame: a copy of host pixels, another reference to a device frame.
+    pub fn to_picture(self) -> Picture {
+        match self {
+            FrameRef::Host(rgba) => Picture::Host(rgba.to_vec()),
+            FrameRef::Device(f) => Picture::Device(f.clone()),
+        }
+    }
+}
+
+/// A frame the model thread holds (see [`FrameRef`]).
+pub enum Picture {
+    Host(Vec<u8>),
+    Device(Arc<CudaFrame>),
+}
+
+impl Picture {
+    /// The pixels as the stages read them.
+    pub fn pixels(&self) -> Pixels<'_> {
+        match self {
+            Picture::Host(rgba) => Pixels::Host(rgba),
+            Picture::Device(f) => Pixels::Nv12(f),
+        }
+    }
 }
 
 /// Preprocess → infer → mask steps, on the host or the device.
@@ -201,15 +240,17 @@ impl Matter {
         }
     }
 
-    /// The mask of one RGBA frame in host memory (`w * h * 4` bytes, rows packed).
-    pub fn mask(&mut self, rgba: &[u8], w: u32, h: u32) -> Result<(Mask, StepTimes)> {
+    /// The mask of one frame: RGBA in host memory (`w * h * 4` bytes, rows packed), or — on the device only —
+    /// NV12 in CUDA memory.
+    pub fn mask(&mut self, frame: Pixels, w: u32, h: u32) -> Result<(Mask, StepTimes)> {
         let (alpha, t) = match self {
             Matter::Host(m) => {
+                let Pixels::Host(rgba) = frame else { return Err(on_the_cpu_stages()) };
                 let (mut a, t) = m.alphas(&[(rgba, w, h)])?;
                 (Alpha::Host(a.pop().unwrap_or_default()), t)
             }
             Matter::Device(m) => {
-                let (a, t) = m.stages.mask(&mut m.seg, Pixels::Host(rgba), w, h)?;
+                let (a, t) = m.stages.mask(&mut m.seg, frame, w, h)?;
                 (Alpha::Device(a), StepTimes { preprocess: t.preprocess, infer: t.infer, postprocess: t.post_composite })
             }
         };
@@ -261,7 +302,17 @@ impl Matter {
     }
 }
 
-/// Composite on the host or the device, for frames in host memory.
+/// A frame decoded into CUDA memory reached the CPU stages (only the GPU stages read it).
+fn on_the_cpu_stages() -> Error {
+    Error::Cuda(format!(
+        "a frame decoded into CUDA memory reached the CPU stages, which read host memory only: use the GPU stages ({}), \
+         or decode into system memory",
+        crate::hint::STAGES.to("gpu")
+    ))
+}
+
+/// Composite on the host or the device: frames in host memory ([`Compositor::run`]) or, on the device, NV12
+/// frames in CUDA memory ([`Compositor::run_nv12`]).
 pub enum Compositor {
     Host(CpuComposite),
     Device(GpuCompositor),
@@ -288,6 +339,22 @@ impl Compositor {
             (Compositor::Device(c), Alpha::Device(a)) => c.run_host(frame, w, h, a).map(|_| None),
             _ => Err(Error::Cuda("a mask made on one side (CPU/GPU) composited on the other".into())),
         }
+    }
+
+    /// Turns an NV12 `frame` in CUDA memory into the output frame in `out` (RGBA, `w * h * 4`, host memory):
+    /// converted and composited with `mask` on the device, downloaded once. Without a mask (none yet, or
+    /// paused) the frame goes out unmatted. Device only.
+    pub fn run_nv12(&mut self, frame: &CudaFrame, mask: Option<&Mask>, out: &mut [u8]) -> Result<()> {
+        let Compositor::Device(c) = self else { return Err(on_the_cpu_stages()) };
+        let alpha = match mask {
+            Some(m) if (m.width, m.height) != (frame.width, frame.height) => {
+                return Err(Error::config(format!("a {}x{} mask for a {}x{} frame", m.width, m.height, frame.width, frame.height)))
+            }
+            Some(Mask { alpha: Alpha::Device(a), .. }) => Some(a),
+            Some(_) => return Err(Error::Cuda("a mask made on the CPU composited on the GPU".into())),
+            None => None,
+        };
+        c.run_nv12(frame, alpha, out)
     }
 }
 

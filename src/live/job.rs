@@ -52,6 +52,10 @@ pub struct InputSection {
     /// Conversions: keep the frames of a truncated file that decode, as `convert --allow-short`.
     #[serde(default)]
     pub allow_short: bool,
+    /// Decode into system memory and upload, even where the GPU stages could take nvcodec's frames in CUDA
+    /// memory, as `--host-decode`.
+    #[serde(default)]
+    pub host_decode: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -371,6 +375,7 @@ impl JobFile {
                 c.matte.post = self.post();
                 c.matte.fg_estimate = self.matte.fg_estimate;
                 c.stages = self.matte.stages;
+                c.cuda_decode = !self.input.host_decode;
                 c.video_stream = self.input.video_stream.unwrap_or(0);
                 Ok(Job::Convert { config: Box::new(c), allow_short: self.input.allow_short })
             }
@@ -384,6 +389,7 @@ impl JobFile {
                 }
                 let mut c = LiveConfig::new(self.input.source.clone(), outputs);
                 c.capture = Capture { width: self.input.width, height: self.input.height, fps: self.input.fps };
+                c.host_decode = self.input.host_decode;
                 c.output_options = self.encode.clone();
                 c.audio = self.audio.clone();
                 if let Some(b) = &self.matte.background {
@@ -454,6 +460,17 @@ mod tests {
         assert_eq!(j.model.provider_options().unwrap().cudnn_search, CudnnSearch::Heuristic);
         let e = JobFile::parse(&t.replace("heuristic", "fast"), "t.toml", &[]).unwrap_err().to_string();
         assert!(e.contains("line 8") && e.contains("fast") && e.contains("exhaustive"), "{e}");
+    }
+
+    #[test]
+    fn host_decode_reaches_live_and_convert() {
+        let Job::Live(c) = JobFile::parse(BASIC, "t.toml", &[]).unwrap().into_job().unwrap() else { panic!("not live") };
+        assert!(!c.host_decode);
+        let Job::Live(c) = JobFile::parse(BASIC, "t.toml", &["input.host_decode=true".into()]).unwrap().into_job().unwrap() else { panic!("not live") };
+        assert!(c.host_decode);
+        let t = "[input]\nsource = \"Cargo.toml\"\nhost_decode = true\n[[output]]\ntarget = \"out.mov\"\n";
+        let Job::Convert { config, .. } = JobFile::parse(t, "c.toml", &[]).unwrap().into_job().unwrap() else { panic!("not a conversion") };
+        assert!(!config.cuda_decode);
     }
 
     #[test]

@@ -12,13 +12,15 @@
 //!                          view), /stats, /models, /backgrounds
 //! ```
 //!
-//! Modules: [`audio`] (sound from the source or a capture device, in sync), [`input`] (sources), [`matte`] (the
+//! Modules: [`audio`] (sound from the source or a capture device, in sync), [`input`] (sources), [`decode`]
+//! (decoding into CUDA memory or system memory), [`matte`] (the
 //! budgeted model scheduling), [`output`] (sinks), [`rtmp`] (RTMP streams and reconnection), [`stats`] (latency and
 //! counters), [`gpu`] (GPU use through NVML), [`control`] (HTTP), [`panel`] (the browser page, its preview and
 //! checks), [`job`] (pipeline files).
 
 pub mod audio;
 pub mod control;
+pub mod decode;
 pub mod gpu;
 pub mod input;
 pub mod job;
@@ -41,11 +43,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::composite::Background;
 use crate::config::BackgroundSpec;
-use crate::engine::{budget, Compositor, MatteSettings, Placement, StagesChoice};
+use crate::cuda::gst_cuda::{CudaFrame, GstCuda, CAPS_FEATURE_CUDA};
+use crate::engine::{budget, Compositor, FrameRef, MatteSettings, Placement, StagesChoice};
 use crate::error::{Error, Result};
 use crate::infer::{OnnxSegmenter, Segmenter};
 use crate::postprocess::PostprocessConfig;
 
+pub use decode::Decode;
 pub use input::{Capture, InputSpec};
 pub use matte::{Controls, Settings};
 pub use output::{OutputOptions, OutputSpec};
@@ -85,6 +89,9 @@ pub struct LiveConfig {
     pub matte: MatteSettings,
     /// CPU or GPU stages (auto: the GPU's when the model runs on CUDA and they do what was asked).
     pub stages: StagesChoice,
+    /// Decode to system memory and upload, even where nvcodec could leave a file's or a stream's frames in CUDA
+    /// memory for the GPU stages (see [`decode`]).
+    pub host_decode: bool,
     /// How long a frame may wait for its own mask before an earlier mask is used, ms.
     pub budget_ms: u32,
     /// Print a statistics line this often, seconds (0 = only at exit).
@@ -106,6 +113,7 @@ impl LiveConfig {
             audio: audio::AudioOptions::default(),
             matte: MatteSettings { post: PostprocessConfig { smooth: 0.5, ..Default::default() }, ..Default::default() },
             stages: StagesChoice::Auto,
+            host_decode: false,
             budget_ms: 40,
             stats_interval_s: 5,
             max_frames: None,
@@ -170,6 +178,8 @@ pub struct LiveReport {
     pub stopped: String,
     /// Outputs that failed while the others went on ("disk full: PATH (…)"); their recordings are kept.
     pub output_failures: Vec<String>,
+    /// How the video was decoded: `cuda` (nvcodec, into CUDA memory) or `host: <why>` (system memory).
+    pub decode: String,
 }
 
 /// Runs until the source ends, `cancel` is set, a limit is reached, or something fails. Outputs are always
@@ -196,7 +206,9 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     }
     let place = Placement::resolve(cfg.stages, segmenter.provider(), &segmenter.model().manifest, &settings)?;
     let comp = Compositor::open(&settings, &place)?;
-    let mut started = StartedInput::start(cfg, &cancel)?;
+    let mut started = StartedInput::start(cfg, &cancel, &place)?;
+    started.decode.announce();
+    let decode = started.decode.to_string();
     let stats = Arc::new(LiveStats::default());
     let fps = started.info.fps();
     let fps_u = if fps.numer() > 0 { (fps.numer() as f64 / fps.denom() as f64).round() as u32 } else { 30 };
@@ -218,7 +230,7 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
         }
     };
     tracing::info!(
-        "live: {} ({}x{} @ {}/{}) → {}; model {} on {}, {} stages",
+        "live: {} ({}x{} @ {}/{}) → {}; model {} on {}, {} stages, decode {decode}",
         cfg.input.describe(),
         started.info.width(),
         started.info.height(),
@@ -307,7 +319,7 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     let finished = outputs.finish();
     let summary = stats.total();
     match (outcome, finished) {
-        (Ok(stopped), Ok(recordings)) => Ok(LiveReport { summary, recordings, stopped, output_failures }),
+        (Ok(stopped), Ok(recordings)) => Ok(LiveReport { summary, recordings, stopped, output_failures, decode }),
         (Err(e), Ok(recordings)) => {
             if recordings.is_empty() {
                 Err(e)
@@ -373,10 +385,7 @@ fn frame_loop(
         stage.follow(controls);
         // The panel's previews (only while watched): the input frame as captured, then the same frame matted.
         let due = stage.preview.as_ref().map(|p| p.due()).unwrap_or_default();
-        if let (true, Some(p)) = (due.original, &stage.preview) {
-            p.offer_sample(panel::View::Original, &sample);
-        }
-        let Some((data, w, h, pts)) = stage.matte(&sample, arrival, stats)? else { continue };
+        let Some((data, w, h, pts)) = stage.matte(&sample, arrival, due.original, stats)? else { continue };
         if let (true, Some(p)) = (due.output, &stage.preview) {
             p.offer(panel::View::Output, &data, w, h);
         }
@@ -444,29 +453,28 @@ impl MatteStage {
         self.settings = new;
     }
 
-    /// Mattes one captured frame within the budget. Returns the output frame, its size and timestamp.
+    /// Mattes one captured frame within the budget (offering it to the panel's original view first when
+    /// `original_due`). Returns the output frame, its size and timestamp.
     #[allow(clippy::type_complexity)]
     fn matte(
         &mut self,
         sample: &gst::Sample,
         arrival: Option<gst::ClockTime>,
+        original_due: bool,
         stats: &LiveStats,
     ) -> Result<Option<(Vec<u8>, u32, u32, Option<gst::ClockTime>)>> {
         let Some(buffer) = sample.buffer() else { return Ok(None) };
-        let Some(info) = sample.caps().and_then(|c| gstreamer_video::VideoInfo::from_caps(c).ok()) else { return Ok(None) };
+        let Some(caps) = sample.caps() else { return Ok(None) };
+        let Some(info) = gstreamer_video::VideoInfo::from_caps(caps).ok() else { return Ok(None) };
         let (w, h) = (info.width(), info.height());
         let pts = self.stamper.stamp(crate::source::running_pts(sample), arrival);
-        let now = Instant::now();
-        // The budget counts from capture: a camera's timestamp, or when a network frame reached us. A network
-        // frame's stamp says when the least-delayed frame would have arrived (see `Stamper`): counting from it
-        // charged the stream's own jitter and the decoder's reordering delay (~100 ms with B-frames) to the
-        // budget, and most frames then got an earlier frame's mask without waiting at all.
-        let since = if self.stamper.network { arrival } else { pts };
-        let age = match (since, self.clock.running_now()) {
-            (Some(p), Some(n)) => n.checked_sub(p).map(|d| Duration::from_nanos(d.nseconds())).unwrap_or_default(),
-            _ => Duration::ZERO,
-        };
-        let deadline = (now + self.budget).checked_sub(age).unwrap_or(now);
+        let deadline = self.deadline(pts, arrival);
+        if caps.features(0).is_some_and(|f| f.contains(CAPS_FEATURE_CUDA)) {
+            return self.matte_nv12(sample, pts, deadline, original_due, stats).map(Some);
+        }
+        if let (true, Some(p)) = (original_due, &self.preview) {
+            p.offer_sample(panel::View::Original, sample);
+        }
         let Ok(map) = buffer.map_readable() else { return Ok(None) };
         let mut data = map.as_slice()[..(w * h * 4) as usize].to_vec();
         drop(map);
@@ -476,7 +484,7 @@ impl MatteStage {
             stats.passthrough.fetch_add(1, Ordering::Relaxed);
             return Ok(Some((data, w, h, pts)));
         }
-        let (mask, how) = self.sched.mask_for(idx, &data, w, h, self.settings.infer_every, deadline, stats)?;
+        let (mask, how) = self.sched.mask_for(idx, FrameRef::Host(&data), w, h, self.settings.infer_every, deadline, stats)?;
         let Some(mask) = mask else {
             stats.passthrough.fetch_add(1, Ordering::Relaxed);
             return Ok(Some((data, w, h, pts)));
@@ -489,6 +497,62 @@ impl MatteStage {
         stats.record(stats::Measure::Composite, t.elapsed());
         let (ow, oh) = crate::composite::output_size(self.settings.kind, w, h);
         Ok(Some((wider.unwrap_or(data), ow, oh, pts)))
+    }
+
+    /// Until when a frame stamped `pts` (arrived at `arrival`) may wait for its own mask.
+    fn deadline(&self, pts: Option<gst::ClockTime>, arrival: Option<gst::ClockTime>) -> Instant {
+        let now = Instant::now();
+        // The budget counts from capture: a camera's timestamp, or when a network frame reached us. A network
+        // frame's stamp says when the least-delayed frame would have arrived (see `Stamper`): counting from it
+        // charged the stream's own jitter and the decoder's reordering delay (~100 ms with B-frames) to the
+        // budget, and most frames then got an earlier frame's mask without waiting at all.
+        let since = if self.stamper.network { arrival } else { pts };
+        let age = match (since, self.clock.running_now()) {
+            (Some(p), Some(n)) => n.checked_sub(p).map(|d| Duration::from_nanos(d.nseconds())).unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        (now + self.budget).checked_sub(age).unwrap_or(now)
+    }
+
+    /// [`MatteStage::matte`] for an NV12 frame nvcodec left in CUDA memory: the model thread reads it where it
+    /// is, and the compositor converts and composites it there and downloads the output frame once (unmatted
+    /// while paused or before the first mask).
+    fn matte_nv12(
+        &mut self,
+        sample: &gst::Sample,
+        pts: Option<gst::ClockTime>,
+        deadline: Instant,
+        original_due: bool,
+        stats: &LiveStats,
+    ) -> Result<(Vec<u8>, u32, u32, Option<gst::ClockTime>)> {
+        let frame = Arc::new(CudaFrame::map(sample)?);
+        let (w, h) = (frame.width, frame.height);
+        let mut out = vec![0u8; (w * h * 4) as usize];
+        let idx = self.idx;
+        self.idx += 1;
+        if let (true, Some(p)) = (original_due, &self.preview) {
+            self.comp.run_nv12(&frame, None, &mut out)?;
+            p.offer(panel::View::Original, &out, w, h);
+        }
+        if self.settings.paused {
+            if !original_due {
+                self.comp.run_nv12(&frame, None, &mut out)?;
+            }
+            stats.passthrough.fetch_add(1, Ordering::Relaxed);
+            return Ok((out, w, h, pts));
+        }
+        let (mask, how) = self.sched.mask_for(idx, FrameRef::Device(&frame), w, h, self.settings.infer_every, deadline, stats)?;
+        match (mask.is_some(), how) {
+            (false, _) => stats.passthrough.fetch_add(1, Ordering::Relaxed),
+            (true, budget::MaskUse::Reused) => stats.reused.fetch_add(1, Ordering::Relaxed),
+            (true, _) => 0,
+        };
+        let t = Instant::now();
+        self.comp.run_nv12(&frame, mask, &mut out)?;
+        if mask.is_some() {
+            stats.record(stats::Measure::Composite, t.elapsed());
+        }
+        Ok((out, w, h, pts))
     }
 }
 
@@ -536,13 +600,59 @@ struct StartedInput {
     first: gst::Sample,
     info: gstreamer_video::VideoInfo,
     clock: output::ClockRef,
+    /// How the frames are decoded.
+    decode: Decode,
+    /// Our CUDA context as GStreamer's, given to the decoders; held while the input runs.
+    _gst_cuda: Option<GstCuda>,
+}
+
+/// How one try at starting the input ended, short of an error.
+enum Attempt {
+    Started(Box<StartedInput>),
+    /// Decoding into CUDA memory turned out not to work for this stream, for this reason.
+    CudaRefused(String),
 }
 
 impl StartedInput {
     /// Starts the input and waits for its first frame, which tells the size and rate; a source that gives none
-    /// in time is reported as such.
-    fn start(cfg: &LiveConfig, cancel: &AtomicBool) -> Result<StartedInput> {
-        let input = input::build(&cfg.input, cfg.capture)?;
+    /// in time is reported as such. Decodes into CUDA memory where [`decode::decide`] allows; where the stream
+    /// then shows that it cannot (its codec, its decoder failing, its pixels not square), starts it again
+    /// decoding to system memory.
+    fn start(cfg: &LiveConfig, cancel: &AtomicBool, place: &Placement) -> Result<StartedInput> {
+        let gst_cuda = match place {
+            Placement::Device(gpu) => Some(GstCuda::new(gpu).map_err(|e| match e {
+                Error::Cuda(m) => m,
+                other => other.to_string(),
+            })),
+            Placement::Host => None,
+        };
+        let cuda_ready = match &gst_cuda {
+            Some(r) => r.as_ref().map(|_| ()).map_err(Clone::clone),
+            None => Err("the stages run on the CPU".into()),
+        };
+        let ask = decode::DecodeAsk { device_stages: place.is_device(), input: &cfg.input, capture: cfg.capture, host_decode: cfg.host_decode, cuda_ready };
+        let mut decode = decode::decide(&ask);
+        let gst_cuda = gst_cuda.and_then(|r| r.ok());
+        loop {
+            let cuda = gst_cuda.as_ref().filter(|_| decode == Decode::Cuda);
+            match Self::attempt(cfg, cancel, cuda)? {
+                Attempt::Started(s) => match (cuda, decode::non_square(s.info.par())) {
+                    (Some(_), Some(why)) => {
+                        let _ = s.input.pipeline.set_state(gst::State::Null);
+                        decode = Decode::Host(why);
+                    }
+                    _ => return Ok(StartedInput { decode, _gst_cuda: gst_cuda, ..*s }),
+                },
+                Attempt::CudaRefused(why) => decode = Decode::Host(why),
+            }
+            tracing::info!("{}: decoding into CUDA memory does not suit it; starting it again", cfg.input.describe());
+        }
+    }
+
+    /// One try: builds and starts the input (decoding into CUDA memory in `cuda`'s context when given) and
+    /// waits for its first frame.
+    fn attempt(cfg: &LiveConfig, cancel: &AtomicBool, cuda: Option<&GstCuda>) -> Result<Attempt> {
+        let input = input::build(&cfg.input, cfg.capture, cuda)?;
         let audio_tap = match cfg.audio.source {
             audio::AudioSpec::Auto | audio::AudioSpec::Source => audio::tap_source(&input),
             _ => None,
@@ -553,9 +663,16 @@ impl StartedInput {
             let _ = input.pipeline.set_state(gst::State::Null);
             Error::Input { path: cfg.input.describe(), reason }
         };
+        let refused = |input: &input::LiveInput, why: String| {
+            let _ = input.pipeline.set_state(gst::State::Null);
+            Ok(Attempt::CudaRefused(why))
+        };
         if input.pipeline.set_state(gst::State::Playing).is_err() {
-            let why = input_error(&input.pipeline, Duration::from_secs(2)).unwrap_or_else(|| "it did not start".into());
-            return Err(fail(&input, why));
+            let msg = input_error_message(&input.pipeline, Duration::from_secs(2));
+            if let Some(why) = cuda_trouble(&input, msg.as_ref()) {
+                return refused(&input, why);
+            }
+            return Err(fail(&input, msg.as_ref().map(explain_input_error).unwrap_or_else(|| "it did not start".into())));
         }
         let waiting = Instant::now();
         let first_wait = Duration::from_secs(if matches!(cfg.input, InputSpec::Uri(_)) { 20 } else { 10 });
@@ -563,8 +680,12 @@ impl StartedInput {
             if let Some(s) = input.appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
                 break s;
             }
-            if let Some(e) = input_error(&input.pipeline, Duration::ZERO) {
-                return Err(fail(&input, e));
+            let msg = input_error_message(&input.pipeline, Duration::ZERO);
+            if let Some(why) = cuda_trouble(&input, msg.as_ref()) {
+                return refused(&input, why);
+            }
+            if let Some(m) = msg {
+                return Err(fail(&input, explain_input_error(&m)));
             }
             if input.appsink.is_eos() || waiting.elapsed() > first_wait || cancel.load(Ordering::SeqCst) {
                 return Err(fail(&input, format!("gave no video frame within {} s", first_wait.as_secs())));
@@ -574,8 +695,28 @@ impl StartedInput {
             return Err(fail(&input, "gave a frame without video caps".into()));
         };
         let base_time = input.pipeline.base_time().unwrap_or(gst::ClockTime::ZERO);
-        Ok(StartedInput { first, info, clock: output::ClockRef { clock: clock.upcast(), base_time }, input, audio_tap })
+        let clock = output::ClockRef { clock: clock.upcast(), base_time };
+        let decode = Decode::Host(String::new());
+        Ok(Attempt::Started(Box::new(StartedInput { first, info, clock, input, audio_tap, decode, _gst_cuda: None })))
     }
+}
+
+/// Why a start decoding into CUDA memory should be tried again decoding to system memory: the decoder gave
+/// system memory only, or the GPU decoder failed (an error posted by an nvcodec decoder). None for anything
+/// else (a source that cannot be reached fails the same either way), and where the input decodes to system
+/// memory already.
+fn cuda_trouble(input: &input::LiveInput, error: Option<&gst::Message>) -> Option<String> {
+    if !input.cuda {
+        return None;
+    }
+    if let Some(why) = input.cuda_refused() {
+        return Some(why);
+    }
+    let msg = error?;
+    let el = msg.src().and_then(|s| s.downcast_ref::<gst::Element>())?;
+    let factory = el.factory()?;
+    let gpu_decoder = factory.name().starts_with("nv") && factory.metadata("klass").is_some_and(|k| k.contains("Decoder"));
+    gpu_decoder.then(|| format!("the GPU decoder {} failed: {}", factory.name(), explain_input_error(msg)))
 }
 
 /// How old a live camera's first frame may be when the run starts and still go out.
@@ -680,14 +821,22 @@ impl CaptureThread {
 
 /// The input pipeline's error, explained, if it posted one.
 fn input_error(p: &gst::Pipeline, wait: Duration) -> Option<String> {
-    let bus = p.bus()?;
-    let msg = bus.timed_pop_filtered(gst::ClockTime::from_nseconds(wait.as_nanos() as u64), &[gst::MessageType::Error])?;
-    let gst::MessageView::Error(e) = msg.view() else { return None };
+    input_error_message(p, wait).map(|m| explain_input_error(&m))
+}
+
+/// The input pipeline's error message, if it posted one.
+fn input_error_message(p: &gst::Pipeline, wait: Duration) -> Option<gst::Message> {
+    p.bus()?.timed_pop_filtered(gst::ClockTime::from_nseconds(wait.as_nanos() as u64), &[gst::MessageType::Error])
+}
+
+/// An input error in the user's terms.
+fn explain_input_error(msg: &gst::Message) -> String {
+    let gst::MessageView::Error(e) = msg.view() else { return "an error".into() };
     let src = e.src().map(|s| s.name().to_string()).unwrap_or_default();
     let detail = e.debug().map(|d| d.lines().last().unwrap_or("").to_string()).unwrap_or_default();
     let mut why = format!("{} ({src}{})", e.error(), if detail.is_empty() { String::new() } else { format!(": {detail}") });
     if src.starts_with("v4l2src") {
         why.push_str(". Was the camera unplugged or taken by another program?");
     }
-    Some(why)
+    why
 }
