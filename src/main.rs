@@ -170,8 +170,9 @@ struct ModelArgs {
     /// TensorRT: engine and timing cache folder
     #[arg(long, value_name = "DIR")]
     trt_cache: Option<PathBuf>,
-    /// CUDA, experimental: ONNX Runtime's CUDA graph capture (with --cuda-stages or gpu-bench; fixed input size).
-    /// No speed-up measured on the H200 yet, and a wrong first mask with IS-Net (docs/BENCHMARKS.md)
+    /// CUDA: ONNX Runtime's CUDA graph capture (with --cuda-stages or gpu-bench; fixed input size). Off by
+    /// default: masks are identical with it, but on the H200 it gains ≤ 2 % at batch 1 and loses 6–19 % batched
+    /// (docs/BENCHMARKS.md, 2026-12-02)
     #[arg(long)]
     cuda_graph: bool,
     /// CUDA: prefer NHWC convolution kernels
