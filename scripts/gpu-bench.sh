@@ -9,7 +9,7 @@
 #                                     decode-check e2e-decode batch-lite determinism contention f16io bg-check
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
-#                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab
+#                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -450,6 +450,40 @@ PY
           echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "after it|steady|end to end:|utilisation"
         done
       done
+      ;;
+    element-net)
+      # Issue 13 on the GPU: the element over nvcodec's CUDA memory (ordered and budgeted: the caps it negotiates,
+      # frames out), and live from an RTMP network stream decoded into CUDA memory (the clip pushed to a local
+      # nginx-rtmp at its own pace; the report's "decode"). Needs the bundle's gst-launch-1.0 and the plugin.
+      local c=${LIVE_CLIP:-$CLIP} b nx=/tmp/nginx-net
+      gst-inspect-1.0 matteflow | grep -E "^  (budget-ms|device|stages) " | head -3
+      for b in 0 40; do
+        echo "== element budget-ms=$b"
+        GST_DEBUG=matteflow:5 T 120 gst-launch-1.0 -e filesrc location="$c" ! qtdemux ! h264parse ! nvh264dec \
+          ! matteflow device=cuda budget-ms=$b background=blur ! videoconvert ! x264enc speed-preset=ultrafast ! mp4mux \
+          ! filesink location=/tmp/el$b.mp4 > "$W/element-$b.log" 2>&1
+        tail -1 "$W/element-$b.log"
+        echo "caps with CUDA memory seen: $(grep -c 'memory:CUDAMemory' "$W/element-$b.log") lines; errors: $(grep -ci 'error' "$W/element-$b.log")"
+        matteflow probe /tmp/el$b.mp4 | grep -E "duration|frame rate"
+      done
+      rm -rf $nx && mkdir -p $nx/logs
+      printf 'load_module %s;\ndaemon on;\npid %s/nginx.pid;\nerror_log %s/logs/error.log;\nevents { worker_connections 64; }\nrtmp { server { listen 127.0.0.1:19351; application live { live on; } } }\n' \
+        "$KIT/files/bundle/nginx/ngx_rtmp_module.so" $nx $nx > $nx/nginx.conf
+      LD_LIBRARY_PATH="$KIT/files/bundle/nginx" "$KIT/files/bundle/nginx/nginx" -p $nx -c $nx/nginx.conf
+      timeout 60 gst-launch-1.0 -q filesrc location="$c" ! qtdemux ! h264parse ! flvmux streamable=true \
+        ! rtmp2sink location=rtmp://127.0.0.1:19351/live/src > "$W/push.log" 2>&1 &
+      local push=$!
+      sleep 2
+      T 60 matteflow live --input rtmp://127.0.0.1:19351/live/src --device cuda --output /tmp/net.mp4 \
+        --output rtmp://127.0.0.1:19351/live/out --duration 12 --stats-interval 0 --report "$W/live-net.json" 2>&1 | tail -4
+      kill $push 2>/dev/null
+      python3 - "$W/live-net.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); s = r["summary"]; g = s["glass_to_glass"]
+print(f"LIVE rtmp input: decode {r.get('decode')}; {s['output'] / s['seconds']:.1f} fps out, {s['output'] - s['reused'] - s['passthrough']} of "
+      f"{s['output']} frames with their own mask; glass-to-glass p50 {g['p50']:.1f} / p95 {g['p95']:.1f} ms; CPU {s['cpu_percent']:.0f} %")
+PY
+      [ -f $nx/nginx.pid ] && kill "$(cat $nx/nginx.pid)"
       ;;
     prep-quality)
       # Masks of the prepared fp16 model against the fp32 export on the shipped clips' frames (random weights),

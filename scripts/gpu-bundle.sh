@@ -30,6 +30,12 @@ if [ "${1:-}" = --check ]; then
   run matteflow live --input testsrc --output "$T/live.mp4" --max-frames 30
   run matteflow live --input "$ROOT/assets/media/bikes.mp4" --output "$T/live2.mp4" --max-frames 30
   run matteflow bench "$clip" --runs 1
+  run matteflow convert "$ROOT/assets/media/bikes.mp4" -o "$T/b.mp4" -b blur --stages cpu
+  if [ -f "$B/plugins/libgstmatteflow.so" ]; then
+    run gst-inspect-1.0 matteflow
+    run gst-launch-1.0 -q filesrc location="$clip" ! decodebin ! videoconvert ! matteflow background=blur ! videoconvert \
+      ! x264enc ! mp4mux ! filesink location="$T/element.mp4"
+  fi
   echo "bundle check passed: every command ran from $B"
   exit 0
 fi
@@ -38,15 +44,23 @@ GST=/usr/lib/x86_64-linux-gnu/gstreamer-1.0
 # Every element a matteflow command builds (convert, batch, live, bench, run): sources (files, URIs, the test
 # pattern, cameras), video conversion and rate, the encoders and muxers of each format, live outputs (RTMP
 # through flvmux + rtmp2sink, the virtual camera, the screen), audio. `--check` runs each command from the bundle.
+# (deinterlace and videofilter's videoflip: interlaced and rotated inputs on the host path; jpeg: the panel's
+# preview; webp: WebP output.) The element as a plugin too, with gst-launch-1.0 / gst-inspect-1.0 to use it.
 PLUGINS=(coreelements playback typefindfunctions isomp4 matroska videoparsersbad videoconvertscale app
   x264 nvcodec png multifile audioconvert audioresample pbtypes vpx opus flac openh264
-  videotestsrc videorate flv rtmp2 video4linux2 autodetect audiotestsrc)
+  videotestsrc videorate flv rtmp2 video4linux2 autodetect audiotestsrc deinterlace videofilter jpeg webp)
 rm -rf "$OUT" && mkdir -p "$OUT"/{bin,lib,plugins,libexec}
 strip -o "$OUT/bin/matteflow" "$ROOT/target/release/matteflow"
+cp /usr/bin/gst-launch-1.0 /usr/bin/gst-inspect-1.0 "$OUT/bin/"
 cp /usr/lib/x86_64-linux-gnu/gstreamer1.0/gstreamer-1.0/gst-plugin-scanner "$OUT/libexec/"
 for p in "${PLUGINS[@]}"; do cp "$GST/libgst$p.so" "$OUT/plugins/"; done
+if [ -f "$ROOT/target/release/libgstmatteflow.so" ]; then
+  strip -o "$OUT/plugins/libgstmatteflow.so" "$ROOT/target/release/libgstmatteflow.so"
+else
+  echo "gpu-bundle: no target/release/libgstmatteflow.so (cargo build --release --workspace): the element is left out" >&2
+fi
 skip='libc\.so|libm\.so|libgcc_s|libstdc\+\+|ld-linux|libpthread|libdl\.so|librt\.so|libcuda|libnvidia'
-for f in "$OUT/bin/matteflow" "$OUT/libexec/gst-plugin-scanner" "$OUT"/plugins/*.so; do
+for f in "$OUT"/bin/* "$OUT/libexec/gst-plugin-scanner" "$OUT"/plugins/*.so; do
   ldd "$f" | awk '/=>/ {print $3}' | grep -vE "$skip" || true
 done | sort -u | while read -r lib; do [ -f "$lib" ] && cp -Ln "$lib" "$OUT/lib/"; done
 # nginx with the RTMP module, for live benchmarks against a real RTMP server on the GPU machine (nginx/nginx

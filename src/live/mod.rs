@@ -192,18 +192,7 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     settings.kind = MatteSettings::kind_for(&settings.background);
     settings.model = segmenter.model().manifest.name.clone();
     let controls = Controls::new(settings.clone());
-    // Check what can be checked before going live: the input first (a missing camera is the first thing to
-    // say, at once, before any wait for an RTMP server).
-    input::check(&cfg.input)?;
-    if let Some(c) = &cfg.control {
-        control::check(c)?;
-    }
-    Background::open(&settings.background)?;
-    for o in &cfg.outputs {
-        if let OutputSpec::Rtmp(url) = o {
-            rtmp::check_rtmp(url, Duration::from_secs(cfg.output_options.rtmp_start_timeout_s as u64))?;
-        }
-    }
+    check_before_going_live(cfg, &settings)?;
     let place = Placement::resolve(cfg.stages, segmenter.provider(), &segmenter.model().manifest, &settings)?;
     let comp = Compositor::open(&settings, &place)?;
     let mut started = StartedInput::start(cfg, &cancel, &place)?;
@@ -318,18 +307,31 @@ pub fn run(cfg: &LiveConfig, segmenter: OnnxSegmenter, hooks: LiveHooks<'_>) -> 
     let output_failures = outputs.failures();
     let finished = outputs.finish();
     let summary = stats.total();
-    match (outcome, finished) {
-        (Ok(stopped), Ok(recordings)) => Ok(LiveReport { summary, recordings, stopped, output_failures, decode }),
-        (Err(e), Ok(recordings)) => {
-            if recordings.is_empty() {
-                Err(e)
-            } else {
-                let list = recordings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-                Err(Error::Runtime(format!("{e} (the recording was finished and kept: {list})")))
-            }
+    let recordings = finished?;
+    match outcome {
+        Ok(stopped) => Ok(LiveReport { summary, recordings, stopped, output_failures, decode }),
+        Err(e) if recordings.is_empty() => Err(e),
+        Err(e) => {
+            let list = recordings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+            Err(Error::Runtime(format!("{e} (the recording was finished and kept: {list})")))
         }
-        (_, Err(e)) => Err(e),
     }
+}
+
+/// What can be checked before going live: the input first (a missing camera is the first thing to say, at once,
+/// before any wait for an RTMP server), the control address, the background, the RTMP servers.
+fn check_before_going_live(cfg: &LiveConfig, settings: &MatteSettings) -> Result<()> {
+    input::check(&cfg.input)?;
+    if let Some(c) = &cfg.control {
+        control::check(c)?;
+    }
+    Background::open(&settings.background)?;
+    for o in &cfg.outputs {
+        if let OutputSpec::Rtmp(url) = o {
+            rtmp::check_rtmp(url, Duration::from_secs(cfg.output_options.rtmp_start_timeout_s as u64))?;
+        }
+    }
+    Ok(())
 }
 
 /// When the frame loop stops besides the input ending.
