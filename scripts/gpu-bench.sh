@@ -469,7 +469,8 @@ PY
       rm -rf $nx && mkdir -p $nx/logs
       printf 'load_module %s;\ndaemon on;\npid %s/nginx.pid;\nerror_log %s/logs/error.log;\nevents { worker_connections 64; }\nrtmp { server { listen 127.0.0.1:19351; application live { live on; } } }\n' \
         "$KIT/files/bundle/nginx/ngx_rtmp_module.so" $nx $nx > $nx/nginx.conf
-      LD_LIBRARY_PATH="$KIT/files/bundle/nginx" "$KIT/files/bundle/nginx/nginx" -p $nx -c $nx/nginx.conf
+      mkdir -p /var/log/nginx 2>/dev/null
+      LD_LIBRARY_PATH="$KIT/files/bundle/nginx" "$KIT/files/bundle/nginx/nginx" -p $nx -c $nx/nginx.conf || echo "NGINX DID NOT START"
       timeout 60 gst-launch-1.0 -q filesrc location="$c" ! qtdemux ! h264parse ! flvmux streamable=true \
         ! rtmp2sink location=rtmp://127.0.0.1:19351/live/src > "$W/push.log" 2>&1 &
       local push=$!
@@ -520,7 +521,10 @@ PY
       rm -rf $nx && mkdir -p $nx/logs
       printf 'load_module %s;\ndaemon on;\npid %s/nginx.pid;\nerror_log %s/logs/error.log;\nevents { worker_connections 64; }\nrtmp { server { listen 127.0.0.1:%s; application live { live on; } } }\n' \
         "$KIT/files/bundle/nginx/ngx_rtmp_module.so" $nx $nx $port > $nx/nginx.conf
-      LD_LIBRARY_PATH="$KIT/files/bundle/nginx" "$KIT/files/bundle/nginx/nginx" -p $nx -c $nx/nginx.conf && url=rtmp://127.0.0.1:$port/live
+      # (Debian's nginx opens its compiled-in access log at start, even with no http block: the folder must exist.)
+      mkdir -p /var/log/nginx 2>/dev/null
+      LD_LIBRARY_PATH="$KIT/files/bundle/nginx" "$KIT/files/bundle/nginx/nginx" -p $nx -c $nx/nginx.conf && url=rtmp://127.0.0.1:$port/live \
+        || echo "NGINX DID NOT START: the runs below have no RTMP output"
       local m label onnx man st dec run
       local input=(--input testsrc --size 1920x1080 --fps 30)
       if [ "${LIVE_INPUT:-testsrc}" = file ]; then

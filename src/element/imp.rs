@@ -428,6 +428,15 @@ impl MatteFlow {
         self.settings.lock().unwrap().clone()
     }
 
+    /// Before start: whether the GPU stages may take frames in CUDA memory here (the stages and device allow it,
+    /// a CUDA driver and GStreamer's nvcodec are there). `start()` settles it.
+    fn may_take_cuda(&self) -> bool {
+        let s = self.settings.lock().unwrap();
+        let allowed = s.stages != StagesProp::Cpu && !s.device.trim().eq_ignore_ascii_case("cpu");
+        drop(s);
+        allowed && crate::cuda::driver_present() && gst::ElementFactory::find("cudaupload").is_some()
+    }
+
     /// Side by side doubles the width: the kind settled at start, or the one the settings ask for before it.
     fn is_side_by_side(&self) -> bool {
         if self.running.load(Ordering::SeqCst) {
@@ -617,7 +626,10 @@ impl BaseTransformImpl for MatteFlow {
     }
 
     fn transform_caps(&self, direction: gst::PadDirection, caps: &gst::Caps, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
-        let cuda = self.cuda_context.lock().unwrap().is_some();
+        // Started: CUDA memory exactly when the GPU stages run. Not yet started (gst-launch links the elements in
+        // NULL state): where they may run, so that `nvh264dec ! matteflow device=cuda` links at all.
+        let started_cuda = self.cuda_context.lock().unwrap().is_some();
+        let cuda = started_cuda || (!self.running.load(Ordering::SeqCst) && self.may_take_cuda());
         let out = caps::transform(direction, caps, filter, self.is_side_by_side(), cuda);
         gst::debug!(CAT, imp = self, "{direction:?} {caps} → {out}");
         Some(out)
