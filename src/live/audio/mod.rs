@@ -446,11 +446,15 @@ fn compensate_priming(enc: &gst::Element) {
 /// told; the picture reaches them later than the sound of the same instant (it waits for its matte, then for
 /// the encoder), so they are told to wait up to a second for it. Sound that arrives on time costs nothing.
 /// Recordings' muxers sit inside their own bins: the search goes into bins (a muxer that does not wait writes
-/// the picture ahead of the sound, and FLV then clamps the late sound's timestamps to the picture's).
+/// the picture ahead of the sound, and FLV then clamps the late sound's timestamps to the picture's). The wait
+/// counts from the first buffer's running time: counted from zero (the default), it had run out before the
+/// first picture arrived (the output pipeline runs a while before the first matte), and the first ~two frames
+/// went out ahead of their sound (FLV sound starting 33–66 ms late: tests/live_audio.rs).
 pub fn let_muxers_wait(pipeline: &gst::Pipeline) {
     for e in pipeline.iterate_recurse().into_iter().flatten() {
         if e.is::<gstreamer_base::Aggregator>() {
             e.set_property("latency", gst::ClockTime::SECOND.nseconds());
+            e.set_property_from_str("start-time-selection", "first");
         }
     }
 }
