@@ -79,6 +79,21 @@ e2e() { # LABEL ONNX MANIFEST ARGS...: 1080p file conversion, GPU memory and loa
   awk -F', ' '{ if ($1 > m) m = $1; u += $2; n++ } END { if (n) printf "GPU memory peak %d MiB, mean utilisation %.0f%% (%d samples)\n", m, u / n, n }' "$W/smi-$label.csv"
 }
 
+nginx_start() { # DIR PORT: nginx-rtmp from the bundle on 127.0.0.1:PORT (application "live"); fails loudly
+  local nx=$1 port=$2
+  rm -rf "$nx" && mkdir -p "$nx/logs"
+  printf 'load_module %s;\ndaemon on;\npid %s/nginx.pid;\nerror_log %s/logs/error.log;\nevents { worker_connections 64; }\nrtmp { server { listen 127.0.0.1:%s; application live { live on; } } }\n' \
+    "$KIT/files/bundle/nginx/ngx_rtmp_module.so" "$nx" "$nx" "$port" > "$nx/nginx.conf"
+  # (Debian's nginx opens its compiled-in access log at start, even with no http block: the folder must exist.)
+  mkdir -p /var/log/nginx 2>/dev/null
+  LD_LIBRARY_PATH="$KIT/files/bundle/nginx" "$KIT/files/bundle/nginx/nginx" -p "$nx" -c "$nx/nginx.conf" \
+    || { echo "NGINX DID NOT START: no RTMP in this step"; return 1; }
+}
+
+nginx_stop() { # DIR
+  [ -f "$1/nginx.pid" ] && kill "$(cat "$1/nginx.pid")"
+}
+
 ncu_model() { # LABEL ONNX MANIFEST: Nsight Compute over one steady-state run (gpu-bench --profile-run), summarised
   local label=$1 onnx=$2 man=$3
   T 400 ncu --clock-control none --cache-control none --profile-from-start off --metrics gpu__time_duration.sum \
@@ -466,11 +481,7 @@ PY
         echo "caps with CUDA memory seen: $(grep -c 'memory:CUDAMemory' "$W/element-$b.log") lines; errors: $(grep -ci 'error' "$W/element-$b.log")"
         matteflow probe /tmp/el$b.mp4 | grep -E "duration|frame rate"
       done
-      rm -rf $nx && mkdir -p $nx/logs
-      printf 'load_module %s;\ndaemon on;\npid %s/nginx.pid;\nerror_log %s/logs/error.log;\nevents { worker_connections 64; }\nrtmp { server { listen 127.0.0.1:19351; application live { live on; } } }\n' \
-        "$KIT/files/bundle/nginx/ngx_rtmp_module.so" $nx $nx > $nx/nginx.conf
-      mkdir -p /var/log/nginx 2>/dev/null
-      LD_LIBRARY_PATH="$KIT/files/bundle/nginx" "$KIT/files/bundle/nginx/nginx" -p $nx -c $nx/nginx.conf || echo "NGINX DID NOT START"
+      nginx_start $nx 19351
       timeout 60 gst-launch-1.0 -q filesrc location="$c" ! qtdemux ! h264parse ! flvmux streamable=true \
         ! rtmp2sink location=rtmp://127.0.0.1:19351/live/src > "$W/push.log" 2>&1 &
       local push=$!
@@ -484,7 +495,7 @@ r = json.load(open(sys.argv[1])); s = r["summary"]; g = s["glass_to_glass"]
 print(f"LIVE rtmp input: decode {r.get('decode')}; {s['output'] / s['seconds']:.1f} fps out, {s['output'] - s['reused'] - s['passthrough']} of "
       f"{s['output']} frames with their own mask; glass-to-glass p50 {g['p50']:.1f} / p95 {g['p95']:.1f} ms; CPU {s['cpu_percent']:.0f} %")
 PY
-      [ -f $nx/nginx.pid ] && kill "$(cat $nx/nginx.pid)"
+      nginx_stop $nx
       ;;
     prep-quality)
       # Masks of the prepared fp16 model against the fp32 export on the shipped clips' frames (random weights),
@@ -518,13 +529,7 @@ PY
       # system memory), the GPU stages once per decode path in LIVE_DECODE (default "host cuda": --host-decode,
       # then nvcodec into CUDA memory); the CPU stages decode to system memory either way.
       local port=19350 url nx=/tmp/nginx-live
-      rm -rf $nx && mkdir -p $nx/logs
-      printf 'load_module %s;\ndaemon on;\npid %s/nginx.pid;\nerror_log %s/logs/error.log;\nevents { worker_connections 64; }\nrtmp { server { listen 127.0.0.1:%s; application live { live on; } } }\n' \
-        "$KIT/files/bundle/nginx/ngx_rtmp_module.so" $nx $nx $port > $nx/nginx.conf
-      # (Debian's nginx opens its compiled-in access log at start, even with no http block: the folder must exist.)
-      mkdir -p /var/log/nginx 2>/dev/null
-      LD_LIBRARY_PATH="$KIT/files/bundle/nginx" "$KIT/files/bundle/nginx/nginx" -p $nx -c $nx/nginx.conf && url=rtmp://127.0.0.1:$port/live \
-        || echo "NGINX DID NOT START: the runs below have no RTMP output"
+      nginx_start $nx $port && url=rtmp://127.0.0.1:$port/live
       local m label onnx man st dec run
       local input=(--input testsrc --size 1920x1080 --fps 30)
       if [ "${LIVE_INPUT:-testsrc}" = file ]; then
@@ -565,7 +570,7 @@ PY
           done
         done
       done
-      [ -f $nx/nginx.pid ] && kill "$(cat $nx/nginx.pid)"
+      nginx_stop $nx
       ;;
     *) echo "unknown step $1"; return 2 ;;
   esac
