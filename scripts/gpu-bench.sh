@@ -10,6 +10,7 @@
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
+#                                     e2e-steady
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -22,10 +23,12 @@
 # live-gpu takes a live 1920x1080@30 test pattern; LIVE_INPUT=file plays $LIVE_CLIP (default $CLIP, bikes_1080p:
 # H.264 1080p at 25 fps, 10 s) as the live input instead, at its own pace, and runs the GPU stages twice: decoded
 # to system memory and uploaded (--host-decode), and decoded by nvcodec into CUDA memory (the default); the
-# report's "decode" says which ran. A 1080p30 clip for it (frames repeated to 30 fps):
-#   gst-launch-1.0 -q filesrc location=assets/media/bikes.mp4 ! decodebin ! videoconvert ! videoscale ! videorate \
-#     ! video/x-raw,width=1920,height=1080,format=I420,framerate=30/1 ! x264enc speed-preset=veryfast bitrate=8000 \
-#     ! h264parse ! mp4mux ! filesink location=.gpu/bikes_1080p30.mp4
+# report's "decode" says which ran. A 1080p30 clip for it (the clip twice, frames repeated to 30 fps, square
+# pixels: live decoding into CUDA memory falls back to host decode on non-square pixels, which bikes_1080p has):
+#   M=assets/media/bikes.mp4; gst-launch-1.0 -q concat name=c ! videoconvert ! videoscale ! videorate \
+#     ! video/x-raw,width=1920,height=1080,pixel-aspect-ratio=1/1,format=I420,framerate=30/1 \
+#     ! x264enc speed-preset=veryfast bitrate=8000 ! h264parse ! mp4mux ! filesink location=.gpu/bikes_1080p30.mp4 \
+#     filesrc location=$M ! decodebin ! c. filesrc location=$M ! decodebin ! c.
 # Exports go to $MODELS. Each step is bounded by
 # `timeout -s KILL`; logs and JSON go to $OUT/STEP.log and $OUT/STEP.tgz.
 set -uo pipefail
@@ -463,6 +466,21 @@ PY
         for r in 1 2; do
           echo "== $name old ($OLD_MF) run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "after it|steady|end to end:|utilisation"
           echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "after it|steady|end to end:|utilisation"
+        done
+      done
+      ;;
+    e2e-steady)
+      # Issue 13's "GPU convert end to end ≥ 95 % of the model alone" for BiRefNet: the model alone (batch 1, IO
+      # binding), then three end-to-end runs (1080p H.264 → composite, GPU stages; the steady state after the first
+      # call), for the plain fp16 exports and, where step final15 or live-gpu made them, the prepared ones.
+      local m name onnx man r
+      for m in "lite-fp16|$MODELS/birefnet-lite-fp16.onnx|birefnet-lite" "general-fp16|$MODELS/birefnet-general-fp16.onnx|birefnet-general" \
+               "lite-prep|$MODELS/birefnet-lite-prep.onnx|birefnet-lite" "general-prep|$MODELS/birefnet-general-prep.onnx|birefnet-general"; do
+        IFS='|' read -r name onnx man <<< "$m"
+        [ -f "$onnx" ] || { echo "skip $name: no $onnx"; continue; }
+        gpu_bench "$name-alone" "$onnx" "$ROOT/models/$man.toml" 0 --batch 1 --device-only 2>&1 | grep -E "median|batch 1"
+        for r in 1 2 3; do
+          echo "== $name run $r"; e2e "$name-$r" "$onnx" "$ROOT/models/$man.toml" --cuda-stages 2>&1 | grep -E "after it|steady|end to end:"
         done
       done
       ;;
