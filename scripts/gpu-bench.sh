@@ -479,7 +479,7 @@ PY
                "lite-prep|$MODELS/birefnet-lite-prep.onnx|birefnet-lite" "general-prep|$MODELS/birefnet-general-prep.onnx|birefnet-general"; do
         IFS='|' read -r name onnx man <<< "$m"
         [ -f "$onnx" ] || { echo "skip $name: no $onnx"; continue; }
-        gpu_bench "$name-alone" "$onnx" "$ROOT/models/$man.toml" 0 --batch 1 --device-only 2>&1 | grep -E "median|batch 1"
+        gpu_bench "$name-alone" "$onnx" "$ROOT/models/$man.toml" 0 --batch 1 --device-only
         for r in 1 2 3; do
           echo "== $name run $r"; e2e "$name-$r" "$onnx" "$ROOT/models/$man.toml" --cuda-stages 2>&1 | grep -E "after it|steady|end to end:"
         done
