@@ -683,6 +683,13 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 let entries: Vec<&str> = matteflow::cuda::KERNEL_NAMES.iter().copied().filter(|k| text.contains(&format!(".entry {k}("))).collect();
                 println!("PTX compiled for {arch}: {} bytes, kernels: {}", text.len(), entries.join(", "));
                 anyhow::ensure!(entries.len() == matteflow::cuda::KERNEL_NAMES.len(), "kernels missing from the PTX");
+                let attn = matteflow::cuda::compile_attention(arch)?.to_src();
+                if let Some(d) = &ptx_dir {
+                    let f = d.join(format!("attention-{arch}.ptx"));
+                    std::fs::write(&f, &attn).with_context(|| format!("writing {}", f.display()))?;
+                }
+                anyhow::ensure!(attn.contains(".entry window_attention("), "window_attention missing from the PTX");
+                println!("PTX compiled for {arch}: {} bytes, kernels: window_attention", attn.len());
             }
             if compile_only {
                 return Ok(());

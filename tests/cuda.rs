@@ -47,6 +47,16 @@ fn kernels_assemble_for_sm80_and_sm90_with_ptxas() {
         let r = std::process::Command::new(&ptxas).args([&format!("-arch=sm_{sm}"), ptx.to_str().unwrap(), "-o", cubin.to_str().unwrap()]).output().unwrap();
         assert!(r.status.success(), "ptxas -arch=sm_{sm}: {}", String::from_utf8_lossy(&r.stderr));
         assert!(std::fs::metadata(&cubin).unwrap().len() > 1000);
+        // The window attention kernel keeps a window's 16 × 160 scores per warp in registers: a spill to local
+        // memory would cost most of what fusing gains, so ptxas must report none.
+        let ptx = dir.path().join(format!("attention-compute_{sm}.ptx"));
+        let text = std::fs::read_to_string(&ptx).unwrap();
+        assert!(text.contains("mma.sync.aligned.m16n8k16"), "no tensor-core mma in {}", ptx.display());
+        let cubin = dir.path().join(format!("attention-sm_{sm}.cubin"));
+        let r = std::process::Command::new(&ptxas).args([&format!("-arch=sm_{sm}"), "-v", ptx.to_str().unwrap(), "-o", cubin.to_str().unwrap()]).output().unwrap();
+        let log = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "ptxas -arch=sm_{sm}: {log}");
+        assert!(log.contains("0 bytes spill stores") && log.contains("0 bytes spill loads"), "sm_{sm}: the attention kernel spills: {log}");
     }
 }
 

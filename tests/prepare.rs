@@ -95,9 +95,13 @@ fn passes_fire_on_a_swin_block_and_the_masks_stay_the_same() {
     assert!(max_diff(&before[..1], &before[1..2]) > 0.01);
 }
 
-/// The attention fixture prepared with the default passes: each pass fires as `fired` says, the op counts
-/// come out as expected and the masks stay within 1e-5.
-fn attention_block(fixture_args: &[&str], fired_want: &[(&str, i64)], nodes: (i64, i64)) {
+/// `--fp16`'s passes (window-attention among them), given by name so that the graph stays float32 for the 1e-5
+/// comparison.
+const FP16_PASSES: &str = "fold,window-gather,gather-linear,window-attention,qkv-bias,window-pad,bias-gelu,skip-layernorm,conv-bn,fold";
+
+/// The attention fixture prepared with the default passes (or `passes`): each pass fires as `fired` says, the op
+/// counts come out as expected and the masks stay within 1e-5.
+fn attention_block(fixture_args: &[&str], passes: Option<&str>, fired_want: &[(&str, i64)], nodes: (i64, i64)) {
     let dir = tempfile::tempdir().unwrap();
     let onnx = dir.path().join("attn.onnx");
     let mut args: Vec<&Path> = vec![&onnx];
@@ -105,7 +109,9 @@ fn attention_block(fixture_args: &[&str], fired_want: &[(&str, i64)], nodes: (i6
     fixture_py("make_swin_attention.py", &args);
     let prepared = dir.path().join("attn-prepared.onnx");
     let rep = dir.path().join("report.json");
-    prepare_ok(&[onnx.to_str().unwrap(), "-o", prepared.to_str().unwrap(), "--report", rep.to_str().unwrap()], dir.path());
+    let mut args = vec![onnx.to_str().unwrap(), "-o", prepared.to_str().unwrap(), "--report", rep.to_str().unwrap()];
+    args.extend(passes.iter().flat_map(|p| ["--passes", p]));
+    prepare_ok(&args, dir.path());
     let r = report(&rep);
     for &(pass, n) in fired_want {
         assert_eq!(fired(&r, pass), n, "{pass} fires {n}×: {r}");
@@ -117,6 +123,9 @@ fn attention_block(fixture_args: &[&str], fired_want: &[(&str, i64)], nodes: (i6
     assert_eq!(ops["Gather"], 2, "{ops}");
     assert_eq!(ops["Concat"], 1, "only the zero row the padding reads: {ops}");
     assert_eq!(ops["SkipLayerNormalization"], 1);
+    let fused = fired_want.contains(&("window-attention", 1));
+    assert_eq!(ops.get("WindowAttention").is_some(), fused, "{ops}");
+    assert_eq!(ops.get("Softmax").is_none(), fused, "the softmax is inside the fused op: {ops}");
     assert_eq!((r["nodes_before"].as_i64().unwrap(), r["nodes_after"].as_i64().unwrap()), nodes);
 
     let before = masks(&selfie_manifest_for(&onnx, "attn"));
@@ -132,7 +141,7 @@ fn shifted_window_attention_becomes_row_gathers_and_its_biases_fold() {
     // each; the projection moves after the reverse; its bias, with the value bias, goes into the norm; the
     // weights' Transposes fold into the initializers.
     let fired = [("fold", 2), ("window-gather", 2), ("gather-linear", 1), ("qkv-bias", 1), ("skip-layernorm", 1), ("conv-bn", 1), ("window-pad", 0)];
-    attention_block(&[], &fired, (61, 39));
+    attention_block(&[], None, &fired, (61, 39));
 }
 
 #[test]
@@ -140,7 +149,18 @@ fn the_torchscript_form_of_the_official_exports_is_folded_first() {
     // Shapes computed at run time (the pad through a Cast, which shape inference cannot see through), a
     // Constant scale, qkv unbound by Split + Squeeze: `fold` makes them constants, then the same passes fire.
     let fired = [("fold", 7), ("window-gather", 2), ("gather-linear", 1), ("qkv-bias", 1), ("skip-layernorm", 1), ("conv-bn", 1)];
-    attention_block(&["--torchscript"], &fired, (78, 37));
+    attention_block(&["--torchscript"], None, &fired, (78, 37));
+}
+
+#[test]
+fn window_attention_becomes_one_matteflow_operator_and_the_masks_stay_the_same() {
+    // qkv's bias, the scale, the relative-position bias + shift mask (replayed as one constant and folded), the
+    // softmax and ·v: one com.matteflow.WindowAttention node, which matteflow's host operator runs on the CPU
+    // provider (the CUDA provider's kernel is checked by `gpu-check` on a GPU). qkv-bias finds nothing left to do.
+    for (args, fold) in [(&[][..], 2), (&["--torchscript"][..], 7)] {
+        let fired = [("fold", fold), ("window-gather", 2), ("gather-linear", 1), ("window-attention", 1), ("qkv-bias", 0), ("skip-layernorm", 1)];
+        attention_block(args, Some(FP16_PASSES), &fired, (if fold == 2 { 61 } else { 78 }, 22));
+    }
 }
 
 #[test]

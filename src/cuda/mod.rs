@@ -22,6 +22,8 @@ use crate::preprocess::Geometry;
 
 /// The kernel source, as compiled.
 pub const KERNELS: &str = include_str!("kernels.cu");
+/// com.matteflow.WindowAttention's kernel (src/infer/onnx/window_attention.rs launches it on ONNX Runtime's stream).
+pub const ATTENTION: &str = include_str!("attention.cu");
 pub const KERNEL_NAMES: &[&str] = &["preprocess", "nv12_to_rgba", "upsample_mask", "composite", "motion_diff", "motion_blend", "resample_rgba", "mask_prob", "mask_threshold"];
 
 fn err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -42,6 +44,16 @@ pub fn driver_present() -> bool {
 
 /// Compiles the kernels to PTX for `arch` (e.g. "compute_90"). Works without a GPU.
 pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
+    compile_source(KERNELS, "matteflow_kernels.cu", arch)
+}
+
+/// Compiles com.matteflow.WindowAttention's kernel (`ATTENTION`) to PTX for `arch` (compute_80 or later: it
+/// uses the tensor cores' mma.sync). Works without a GPU.
+pub fn compile_attention(arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
+    compile_source(ATTENTION, "attention.cu", arch)
+}
+
+fn compile_source(src: &str, name: &str, arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
     if !nvrtc_present() {
         return Err(Error::Cuda(
             "NVRTC (libnvrtc.so.13) not found: install the CUDA 13 toolkit or `pip install nvidia-cuda-nvrtc==13.0.88` \
@@ -49,8 +61,8 @@ pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
                 .into(),
         ));
     }
-    let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), name: Some("matteflow_kernels.cu".into()), ..Default::default() };
-    cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(|e| err("kernel compilation", e))
+    let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), name: Some(name.into()), ..Default::default() };
+    cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| err(&format!("{name} compilation"), e))
 }
 
 /// A GPU with the kernels loaded (cloning shares the stream: the clone's launches are ordered with the original's).
@@ -144,6 +156,17 @@ impl TensorElem {
     }
 }
 
+/// The virtual architecture NVRTC compiles for on `ctx`'s device ("compute_90" on Hopper).
+pub(crate) fn arch_of(ctx: &CudaContext) -> Result<&'static str> {
+    use cudarc::driver::sys::CUdevice_attribute::*;
+    let (major, minor) = (
+        ctx.attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(|e| err("query", e))?,
+        ctx.attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(|e| err("query", e))?,
+    );
+    // (a few bytes per device opened; cudarc's CompileOptions takes a &'static str)
+    Ok(Box::leak(format!("compute_{major}{minor}").into_boxed_str()))
+}
+
 impl Gpu {
     /// Opens device `ordinal`, compiles and loads the kernels. Errors (never panics) without a GPU.
     pub fn open(ordinal: usize) -> Result<Gpu> {
@@ -151,12 +174,7 @@ impl Gpu {
             return Err(Error::Cuda("no CUDA driver (libcuda.so) on this machine".into()));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| err("device open", e))?;
-        let (major, minor) = (
-            ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(|e| err("query", e))?,
-            ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(|e| err("query", e))?,
-        );
-        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
-        let ptx = compile(arch)?;
+        let ptx = compile(arch_of(&ctx)?)?;
         let module = ctx.load_module(ptx).map_err(|e| err("module load", e))?;
         let f = |n: &str| module.load_function(n).map_err(|e| err("function load", e));
         Ok(Gpu {

@@ -411,6 +411,75 @@ pub fn run(runs: usize) -> Result<Vec<CaseResult>> {
             cpu_ms,
         });
     }
+    results.extend(window_attention(&gpu, &mut rng, runs)?);
+    Ok(results)
+}
+
+/// com.matteflow.WindowAttention's kernel (what `prepare --fp16` fuses BiRefNet's Swin attention into) on random
+/// f16 inputs, against the host `attend` on the same values. The kernel adds qkv's bias in f32 and rounds the sum
+/// to f16 before its GEMMs, so the reference is given that rounded sum; what differs then is the probabilities
+/// rounded to f16 for P·v and the f16 output: under 5e-3 on values in ±2.5.
+fn window_attention(gpu: &Gpu, rng: &mut Rng, runs: usize) -> Result<Vec<CaseResult>> {
+    use crate::infer::window_attention::{attend, Kernel, Shape};
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    use half::f16;
+    let st = &gpu.stream;
+    let kern = Kernel::load(&gpu.ctx)?;
+    let scale = 32f32.powf(-0.5);
+    // (name, shape, windows, bias as (Wb, Hb), qkv bias)
+    let cases = [
+        ("BiRefNet-L stage 1: 144 tokens, 6 heads, 484 windows, shift mask per window, qkv bias", 6, 144, 484, Some((484, 6)), true),
+        ("BiRefNet-L stage 3 at batch 4: 144 tokens, 24 heads, 4×36 windows, bias shared by images", 24, 144, 144, Some((36, 24)), true),
+        ("49 tokens (Swin 7×7), 3 heads, 50 windows, one bias for all heads, no qkv bias", 3, 49, 50, Some((1, 1)), false),
+        ("49 tokens, 3 heads, 50 windows, no bias", 3, 49, 50, None, false),
+    ];
+    let mut results = Vec::new();
+    for (name, heads, tokens, windows, bias, with_qkv_bias) in cases {
+        let sh = Shape { heads, head_dim: 32, tokens, scale };
+        let c = sh.channels();
+        let h16 = |v: Vec<f32>| -> Vec<f16> { v.into_iter().map(f16::from_f32).collect() };
+        let qkv = h16(rng.f32s(windows * tokens * 3 * c).iter().map(|v| v * 4.0 - 2.0).collect());
+        let qkv_bias = with_qkv_bias.then(|| h16(rng.f32s(3 * c).iter().map(|v| v - 0.5).collect()));
+        // relative-position-like values in [−4, 0], and a shift mask's −100 on one in five
+        let bias = bias.map(|(wb, hb)| {
+            let n = wb * hb * tokens * tokens;
+            let r = rng.f32s(2 * n);
+            (h16((0..n).map(|i| if r[n + i] < 0.2 { -100.0 } else { -4.0 * r[i] }).collect()), wb, hb)
+        });
+        // the reference's inputs: qkv + its bias, rounded to f16 as the kernel does
+        let summed: Vec<f32> = qkv
+            .iter()
+            .enumerate()
+            .map(|(i, v)| f16::from_f32(v.to_f32() + qkv_bias.as_ref().map_or(0.0, |b| b[i % (3 * c)].to_f32())).to_f32())
+            .collect();
+        let bias32 = bias.as_ref().map(|(b, wb, hb)| (b.iter().map(|x| x.to_f32()).collect::<Vec<f32>>(), *wb, *hb));
+        let mut want = vec![0f32; windows * tokens * c];
+        let t = Instant::now();
+        attend(sh, &summed, bias32.as_ref().map(|(b, wb, hb)| (b.as_slice(), *wb, *hb)), None, &mut want);
+        let cpu_ms = t.elapsed().as_secs_f64() * 1000.0;
+
+        let bits = |v: &[f16]| -> Vec<u16> { v.iter().map(|x| x.to_bits()).collect() };
+        let d_qkv = st.clone_htod(&bits(&qkv)).map_err(|x| e("upload", x))?;
+        let d_bias = bias.as_ref().map(|(b, _, _)| st.clone_htod(&bits(b))).transpose().map_err(|x| e("upload", x))?;
+        let d_qb = qkv_bias.as_ref().map(|b| st.clone_htod(&bits(b))).transpose().map_err(|x| e("upload", x))?;
+        let mut d_out: CudaSlice<u16> = st.alloc_zeros(want.len()).map_err(|x| e("alloc", x))?;
+        let gpu_ms = {
+            let (p_qkv, _g1) = d_qkv.device_ptr(st);
+            let p_bias = d_bias.as_ref().map(|b| b.device_ptr(st));
+            let p_qb = d_qb.as_ref().map(|b| b.device_ptr(st));
+            let (p_out, _g4) = d_out.device_ptr_mut(st);
+            let bias_arg = p_bias.as_ref().zip(bias.as_ref()).map(|((p, _), (_, wb, hb))| (*p as *const std::ffi::c_void, *wb, *hb));
+            let qb_arg = p_qb.as_ref().map_or(std::ptr::null(), |(p, _)| *p as *const std::ffi::c_void);
+            time(runs, || {
+                // SAFETY: the buffers above, of the sizes the shape says, on this context's stream.
+                unsafe { kern.launch(st.cu_stream(), sh, windows, p_qkv as *const _, bias_arg, qb_arg, p_out as *mut _) }
+                    .map_err(|x| e("window attention launch", x))?;
+                st.synchronize().map_err(|x| e("sync", x))
+            })?
+        };
+        let got: Vec<f32> = st.clone_dtoh(&d_out).map_err(|x| e("download", x))?.into_iter().map(|b| f16::from_bits(b).to_f32()).collect();
+        results.push(CaseResult { name: format!("window attention, {name}"), max_error: max_diff(&got, &want), tolerance: 5e-3, gpu_ms, cpu_ms });
+    }
     Ok(results)
 }
 

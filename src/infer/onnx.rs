@@ -12,6 +12,7 @@ use crate::preprocess::ModelInput;
 use crate::runtime::{self, Provider, ProviderOptions};
 
 mod device;
+pub mod window_attention;
 pub use device::{ort_run_time, DeviceIo, DeviceMask};
 
 pub struct OnnxSegmenter {
@@ -89,6 +90,9 @@ impl OnnxSegmenter {
                 .with_intra_threads(threads)
                 .map_err(ort::Error::<()>::from)?
                 .with_intra_op_spinning(opts.spin)
+                .map_err(ort::Error::<()>::from)?
+                // matteflow's own operators (what `prepare --fp16` writes; models without them are unaffected)
+                .with_operators(window_attention::domain()?)
                 .map_err(ort::Error::<()>::from)?;
             let mut opts = opts.clone();
             if opts.trt_profile.is_none() {

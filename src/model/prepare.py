@@ -699,6 +699,164 @@ def pass_qkv_bias(g):
     return fired
 
 
+MF = "com.matteflow"
+WINDOW_ATTENTION_HEAD_DIMS = (32,)  # head sizes the CUDA kernel is built for (Swin: 32 in every stage)
+WINDOW_ATTENTION_MAX_TOKENS = 160   # tokens per window it takes (Swin: 7² = 49, BiRefNet-L 12² = 144)
+
+
+def _logits_chain(g, start):
+    """From the attention logits to the Softmax over their last axis: [(node, input)] through Adds, Muls by a
+    scalar constant and Reshapes that keep the last axis, and the Softmax — else None."""
+    chain, x = [], start
+    while True:
+        u = g.only_consumer(x)
+        if u is None:
+            return None
+        if u.op_type == "Softmax":
+            return chain, u if attr(u, "axis", -1) in (-1, len(g.static_shape(x) or [0]) - 1) else None
+        shp_in, shp_out = g.static_shape(x), g.static_shape(u.output[0])
+        if shp_in is None or shp_out is None or shp_in[-1] != shp_out[-1]:
+            return None
+        scalar = u.op_type == "Mul" and any(i != x and g.const(i) is not None and g.const(i).size == 1 for i in u.input)
+        if not (u.op_type == "Add" or scalar or u.op_type == "Reshape" and u.input[0] == x):
+            return None
+        chain.append((u, x))
+        x = u.output[0]
+
+
+def _replay_bias(g, chain, full4, nodes):
+    """What the logits chain adds, as one tensor of shape [Wb, Hb, S, S] (Wb divides the windows, Hb is 1 or the
+    heads) built by new nodes appended to `nodes`, and the chain's scale: the chain is a·logits + bias, and
+    replaying it on zero logits gives the bias. Constant pieces fold afterwards (`fold` runs again)."""
+    t, shape, scale = None, None, 1.0
+
+    def emit(op, ins, out_shape, **kw):
+        nonlocal t, shape
+        out = g.unique("attn_bias")
+        nodes.append(helper.make_node(op, ins, [out], name=out, **kw))
+        t, shape = out, list(out_shape)
+
+    for u, x in chain:
+        full = g.static_shape(x)
+        if u.op_type == "Add":
+            other = u.input[1] if u.input[0] == x else u.input[0]
+            oshape = g.static_shape(other) or (list(g.const(other).shape) if g.const(other) is not None else None)
+            if oshape is None:
+                return None
+            if t is None:
+                t, shape = other, list(oshape)
+            else:
+                emit("Add", [t, other], np.broadcast_shapes(tuple(shape), tuple(oshape)))
+        elif u.op_type == "Mul":
+            s = next(g.const(i) for i in u.input if i != x and g.const(i) is not None)
+            scale *= float(np.asarray(s).reshape(()))
+            if t is not None:
+                emit("Mul", [t, next(i for i in u.input if i != x)], shape)
+        elif t is not None:  # Reshape: of the whole tensor only
+            target = g.static_shape(u.output[0])
+            if [1] * (len(full) - len(shape)) + shape != full:
+                emit("Expand", [t, g.add_init("attn_full", np.array(full, dtype=np.int64))], full)
+            emit("Reshape", [t, g.add_init("attn_shape", np.array(target, dtype=np.int64))], target)
+    if t is None:
+        return None, scale
+    shape = [1] * (4 - len(shape)) + shape if len(shape) <= 4 else shape
+    w, heads, s = full4[0], full4[1], full4[2]
+    ok = len(shape) == 4 and shape[2:] == [s, s] and w % shape[0] == 0 and shape[1] in (1, heads)
+    if not ok:
+        if shape != full4:
+            emit("Expand", [t, g.add_init("attn_full", np.array(full4, dtype=np.int64))], full4)
+    emit("Reshape", [t, g.add_init("attn_shape", np.array(shape if ok else full4, dtype=np.int64))], shape if ok else full4)
+    return t, scale
+
+
+def pass_window_attention(g):
+    """Swin's window attention → one com.matteflow WindowAttention node (matteflow's own kernel on the CUDA
+    provider, tensor cores, one block per window and head; a host version for the CPU): qkv's bias added, q·kᵀ
+    scaled, the relative-position bias and shift mask added, softmax, ·v and the heads merged, without writing
+    the [windows, heads, S, S] logits or the per-head copies of q, k and v. In ONNX Runtime's graph the same is
+    a bias broadcast, a 5-D transpose, a split, two batched GEMMs, a softmax and a transpose per block (issue
+    15: ~2 ms of BiRefNet lite's 12, more of general's). The node's output is laid out as the exporter's
+    `(attn @ v).transpose(1, 2)`, so what read that reads the new node through a Reshape (free in ONNX
+    Runtime). Only matteflow's runtime runs the result (its host operator on the CPU, its kernel on the CUDA provider)."""
+    fired = 0
+    for t in list(g.g.node):
+        if t.op_type != "Transpose" or attr(t, "perm") != [2, 0, 3, 1, 4]:
+            continue
+        r = g.producer.get(t.input[0])
+        if r is None or r.op_type != "Reshape" or getattr(g.only_consumer(r.output[0]), "name", None) != t.name:
+            continue
+        shape = g.static_shape(r.output[0])
+        if shape is None or len(shape) != 5 or shape[2] != 3:
+            continue
+        w, s, heads, hd = shape[0], shape[1], shape[3], shape[4]
+        if hd not in WINDOW_ATTENTION_HEAD_DIMS or s > WINDOW_ATTENTION_MAX_TOKENS:
+            continue  # outside what the kernel is built for (src/cuda/attention.cu)
+        c = heads * hd
+        users = g.consumers.get(t.output[0], [])
+        parts = split_parts(g, users[0]) if len(users) == 1 and users[0].op_type == "Split" else [head_part(g, u) for u in users]
+        if len(parts) != 3 or any(p is None for p in parts) or sorted(p[0] for p in parts) != [0, 1, 2]:
+            continue
+        q, k, v = (next(p[1] for p in parts if p[0] == i) for i in range(3))
+        # q: through Muls by a scalar into the logits MatMul's left side.
+        qscale, x = 1.0, q
+        while True:
+            u = g.only_consumer(x)
+            if u is not None and u.op_type == "Mul" and any(i != x and g.const(i) is not None and g.const(i).size == 1 for i in u.input):
+                qscale *= float(np.asarray(next(g.const(i) for i in u.input if i != x and g.const(i) is not None)).reshape(()))
+                x = u.output[0]
+                continue
+            break
+        mm = keys_transposed(g, k)
+        if mm is None or mm.input[0] != x:
+            continue
+        kscale, y = 1.0, k
+        while y != mm.input[1]:
+            u = g.only_consumer(y)
+            if u.op_type == "Mul":
+                kscale *= float(np.asarray(next(g.const(i) for i in u.input if i != y and g.const(i) is not None)).reshape(()))
+            y = u.output[0]
+        found = _logits_chain(g, mm.output[0])
+        if found is None or found[1] is None:
+            continue
+        chain, soft = found
+        av = g.only_consumer(v)
+        if av is None or av.op_type != "MatMul" or av.input[1] != v or av.input[0] != soft.output[0]:
+            continue
+        if len(g.consumers.get(soft.output[0], [])) != 1:
+            continue
+        tr = g.only_consumer(av.output[0])
+        if tr is None or tr.op_type != "Transpose" or attr(tr, "perm") != [0, 2, 1, 3]:
+            continue
+        new = []
+        replayed = _replay_bias(g, chain, [w, heads, s, s], new)
+        if replayed is None:
+            continue
+        bias, lscale = replayed
+        # qkv and its bias (an Add of a constant [3C] after the MatMul; it is added inside the kernel).
+        qkv, qkv_bias = r.input[0], None
+        mb = bias_of(g, g.producer.get(qkv))
+        if mb is not None and g.const(mb[1]).shape == (3 * c,) and getattr(g.only_consumer(qkv), "name", None) == r.name:
+            qkv, qkv_bias = mb
+        ins = [qkv, bias or "", qkv_bias or ""]
+        while not ins[-1]:
+            ins.pop()
+        out = g.unique("window_attention")
+        new.append(helper.make_node("WindowAttention", ins, [out], domain=MF, name=out, heads=heads, head_dim=hd,
+                                    tokens=s, scale=qscale * kscale * lscale))
+        g.types[out] = (g.elem_type(tr.output[0]), [w, s, c])
+        new.append(helper.make_node("Reshape", [out, g.add_init("attn_out_shape", np.array([w, s, heads, hd], dtype=np.int64))],
+                                    [tr.output[0]], name=g.unique("attn_out")))
+        gone = [r, t, tr, av, soft, mm] + [u for u, _ in chain] + users
+        replace_nodes(g, [n for n in g.g.node if n.name in {x.name for x in gone}], new)
+        g.g.value_info.append(helper.make_tensor_value_info(out, g.elem_type(tr.output[0]), [w, s, c]))
+        g.refresh_links()
+        drop_dead(g)
+        fired += 1
+    if fired and not any(o.domain == MF for o in g.model.opset_import):
+        g.model.opset_import.append(helper.make_opsetid(MF, 1))  # shape inference skips the op, keeps its shape
+    return fired
+
+
 def bias_of(g, add):
     """(matmul_output, bias_name) when `add` is MatMul + constant 1-D bias (either order), else None."""
     if add is None or add.op_type != "Add":
@@ -789,8 +947,12 @@ PASSES = {
     "bias-gelu": pass_bias_gelu,
     "conv-bn": pass_conv_bn,
     "skip-layernorm": pass_skip_layernorm,
+    "window-attention": pass_window_attention,
 }
 DEFAULT_PASSES = ["fold", "window-gather", "gather-linear", "qkv-bias", "window-pad", "bias-gelu", "skip-layernorm", "conv-bn"]
+# With --fp16 (the GPU form). window-attention joins these (before qkv-bias takes its bias apart, with `fold`
+# again after for the bias it replays) once its CUDA kernel is checked on a GPU against the unfused graph.
+DEFAULT_FP16_PASSES = list(DEFAULT_PASSES)
 
 
 def prune(model):
@@ -858,8 +1020,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("input")
     ap.add_argument("output")
-    ap.add_argument("--passes", default=",".join(DEFAULT_PASSES),
-                    help=f"comma-separated, in order (known: {', '.join(PASSES)}; 'none' for none)")
+    ap.add_argument("--passes", default=None,
+                    help=f"comma-separated, in order (known: {', '.join(PASSES)}; 'none' for none; default "
+                         f"{','.join(DEFAULT_PASSES)}, with --fp16 {','.join(DEFAULT_FP16_PASSES)})")
     ap.add_argument("--fp16", action="store_true", help="convert to float16 after the passes (fp32 input/output)")
     ap.add_argument("--keep-fp32", default="", help="with --fp16: ops kept in float32 (comma-separated, e.g. DeformConv)")
     ap.add_argument("--report", help="write the report as JSON here")
@@ -870,6 +1033,8 @@ def main():
     t0 = time.time()
     model = onnx.load(a.input)
     before = op_counts(model)
+    if a.passes is None:
+        a.passes = ",".join(DEFAULT_FP16_PASSES if a.fp16 else DEFAULT_PASSES)
     names = [] if a.passes == "none" else [p.strip() for p in a.passes.split(",") if p.strip()]
     unknown = [p for p in names if p not in PASSES]
     if unknown:
@@ -884,8 +1049,9 @@ def main():
         report["passes"].append({"pass": name, "fired": fired, "seconds": round(time.time() - t, 2)})
         print(f"prepare: {name}: {fired} rewrites", file=sys.stderr, flush=True)
     topo_sort(g.model)
-    if any(n.domain == MS for n in g.g.node) and not any(o.domain == MS for o in g.model.opset_import):
-        g.model.opset_import.append(helper.make_opsetid(MS, 1))
+    for dom in (MS, MF):
+        if any(n.domain == dom for n in g.g.node) and not any(o.domain == dom for o in g.model.opset_import):
+            g.model.opset_import.append(helper.make_opsetid(dom, 1))
     report["initializers_dropped"] = prune(g.model)
     if a.fp16:
         model = to_fp16(g.model, [o for o in a.keep_fp32.split(",") if o])
