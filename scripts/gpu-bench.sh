@@ -10,7 +10,7 @@
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
-#                                     e2e-steady
+#                                     e2e-steady wa
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -590,6 +590,47 @@ PY
         done
       done
       nginx_stop $nx
+      ;;
+    wa)
+      # Issue 15's fused window attention (com.matteflow.WindowAttention, prepare's window-attention pass):
+      # `gpu-check` (the kernel against the host reference on random inputs, among the other kernels); then per
+      # model and batch (lite 1 and 8, general 1 and 4; BATCHES="1" for batch 1 only) the fp16 file prepared
+      # with the default passes ("prep") and with the window-attention passes ("wa"), model alone (IO binding),
+      # alternating, twice each; at batch 1 the masks of both on bikes.mp4 (GPU stages) against each other and
+      # against the fp32 export, and NCU=1 adds Nsight Compute of the fused file. MODELS_ONLY=lite|general.
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+      local wa_passes=${WA_PASSES:-fold,window-gather,gather-linear,window-attention,qkv-bias,window-pad,bias-gelu,skip-layernorm,conv-bn,fold}
+      [ -n "${NO_CHECK:-}" ] || T 300 matteflow gpu-check --runs 20 2>&1 | grep -E "^\||window|fail|error"
+      local name g bs b t tag man v r passes
+      for name in birefnet-lite birefnet-general; do
+        [ -n "${MODELS_ONLY:-}" ] && [ "$name" != "birefnet-$MODELS_ONLY" ] && continue
+        g=2362 bs=${BATCHES:-1 4} t=l; [ $name = birefnet-lite ] && g=469 bs=${BATCHES:-1 8} t=t
+        man="$ROOT/models/$name.toml"
+        for b in $bs; do
+          tag=$name; [ "$b" != 1 ] && tag=$name-b$b
+          [ -f "$MODELS/$tag.onnx" ] || step export-$t$b
+          for v in prep wa; do
+            passes=(); [ $v = wa ] && passes=(--passes "$wa_passes")
+            [ -f "$MODELS/$tag-$v.onnx" ] || T 400 python3 "$ROOT/src/model/prepare.py" "$MODELS/$tag.onnx" "$MODELS/$tag-$v.onnx" \
+              --fp16 "${passes[@]}" --report "$W/prep-$tag-$v.json" 2>&1 | grep -v "warn"
+          done
+          for r in 1 2; do
+            for v in prep wa; do
+              gpu_bench "$tag-$v-$r" "$MODELS/$tag-$v.onnx" "$man" $g --batch "$b" --device-only 2>&1 | tail -6
+            done
+          done
+          [ "$b" = 1 ] || continue
+          mkdir -p /tmp/q
+          for v in "" -prep -wa; do
+            T 120 matteflow convert "$ROOT/assets/media/bikes.mp4" -k mask -o "/tmp/q/$name$v-bikes/" --model "$MODELS/$name$v.onnx" \
+              --manifest "$man" --device cuda --cuda-stages --overwrite 2>&1 | tail -1
+          done
+          echo "QUALITY $name bikes fused vs unfused (both fp16): $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-prep-bikes" "/tmp/q/$name-wa-bikes")"
+          echo "QUALITY $name bikes unfused fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-bikes" "/tmp/q/$name-prep-bikes")"
+          echo "QUALITY $name bikes fused fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-bikes" "/tmp/q/$name-wa-bikes")"
+          [ -n "${NCU:-}" ] && ncu_model "$name-wa" "$MODELS/$name-wa.onnx" "$man"
+        done
+      done
       ;;
     *) echo "unknown step $1"; return 2 ;;
   esac
