@@ -683,7 +683,9 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 let entries: Vec<&str> = matteflow::cuda::KERNEL_NAMES.iter().copied().filter(|k| text.contains(&format!(".entry {k}("))).collect();
                 println!("PTX compiled for {arch}: {} bytes, kernels: {}", text.len(), entries.join(", "));
                 anyhow::ensure!(entries.len() == matteflow::cuda::KERNEL_NAMES.len(), "kernels missing from the PTX");
-                let attn = matteflow::cuda::compile_attention(arch)?.to_src();
+                // (the configuration BiRefNet's 12² = 144-token windows get; tests/cuda.rs assembles it with ptxas)
+                let cfg = matteflow::infer::window_attention::KernelConfig::for_tokens(144);
+                let attn = matteflow::cuda::compile_attention(arch, &cfg.defines())?.to_src();
                 if let Some(d) = &ptx_dir {
                     let f = d.join(format!("attention-{arch}.ptx"));
                     std::fs::write(&f, &attn).with_context(|| format!("writing {}", f.display()))?;

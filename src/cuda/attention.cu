@@ -1,12 +1,21 @@
 // com.matteflow.WindowAttention on the GPU (src/infer/onnx/window_attention.rs has the host reference).
 // Float16 in and out, float32 accumulation and softmax. One block per (window, head); each warp takes 16 query
-// rows with tensor-core mma.m16n8k16: q·kᵀ into registers (16 × SP scores per warp), scale + bias, softmax
-// with quad shuffles, the probabilities reused in registers as the A operand of P·v (FlashAttention's trick).
-// Head size 32 (Swin's in every stage); S ≤ 160 tokens (padded to SP, a multiple of 16). No headers: f16 goes
-// through PTX conversions, so NVRTC needs no include path.
+// rows with tensor-core mma.m16n8k16: q·kᵀ a chunk of keys at a time into registers, scale + bias + mask, an
+// online softmax with quad shuffles, the probabilities reused in registers as the A operand of P·v
+// (FlashAttention's scheme, on one window's keys held in shared memory).
+// Head size 32 (Swin's in every stage); S ≤ 160 tokens (padded to SP = 8·WA_TILES, a multiple of 16). No
+// headers: f16 goes through PTX conversions, so NVRTC needs no include path.
 
 #define WA_HD 32
-#define WA_MAX_TILES 20   // SP / 8 for SP = 160
+#ifndef WA_TILES
+#define WA_TILES 20       // SP / 8: the launcher compiles one kernel per token count (-DWA_TILES=18 for 144)
+#endif
+#ifndef WA_CHUNK
+#define WA_CHUNK 2        // key tiles per online-softmax step (even, divides WA_TILES; 6 for 144 tokens)
+#endif
+#ifndef WA_MIN_BLOCKS
+#define WA_MIN_BLOCKS 1   // blocks per SM the register budget is set for
+#endif
 
 __device__ __forceinline__ float wa_h2f(unsigned short x) {
     float f;
@@ -31,45 +40,64 @@ __device__ __forceinline__ void wa_mma(float* c, const unsigned* a, unsigned b0,
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// qkv [W, S, 3, H, 32], bias [Wb, Hb, S, S] or null, qkv_bias [3·H·32] or null → out [W, S, H, 32].
-// Launch: grid (W, H), block SP / 16 warps, dynamic shared memory 192 · SP bytes.
-extern "C" __global__ void window_attention(const unsigned short* __restrict__ qkv,
-                                            const unsigned short* __restrict__ bias,
-                                            const unsigned short* __restrict__ qkv_bias,
-                                            unsigned short* __restrict__ out,
-                                            int S, int H, int Wb, int Hb, float scale) {
-    const int SP = ((S + 15) / 16) * 16;
-    extern __shared__ unsigned wa_smem[];
-    unsigned* Qs = wa_smem;                                  // [SP][16] words (two halves each)
-    unsigned* Ks = wa_smem + SP * 16;                        // [SP][16]
-    unsigned short* Vt = (unsigned short*)(wa_smem + SP * 32); // [32][SP] halves: v transposed
-    const int w = blockIdx.x, h = blockIdx.y, C = H * WA_HD;
-    const unsigned short* base = qkv + (size_t)w * S * 3 * C;
+// b[0..1] += p[0..1], p being columns col, col + 1 of an S-wide row: one aligned 4-byte load when S is even
+// (Swin's 12² = 144), else two (7² = 49; the second only inside the row).
+__device__ __forceinline__ void wa_add_pair(float* b, const unsigned short* p, int S, int col) {
+    if ((S & 1) == 0) {
+        const unsigned x = *(const unsigned*)p;
+        b[0] += wa_h2f(x & 0xffff);
+        b[1] += wa_h2f(x >> 16);
+    } else {
+        b[0] += wa_h2f(p[0]);
+        if (col + 1 < S) b[1] += wa_h2f(p[1]);
+    }
+}
 
-    for (int idx = threadIdx.x; idx < SP * 16; idx += blockDim.x) {
-        const int t = idx >> 4, d = (idx & 15) * 2;
-        float q0 = 0.f, q1 = 0.f, k0 = 0.f, k1 = 0.f, v0 = 0.f, v1 = 0.f;
+// qkv [W, S, 3, H, 32], bias and mask [Wb, Hb, S, S] each or null (window w reads w % Wb, head h reads h % Hb:
+// Swin's relative-position bias [1, H, S, S] and shift mask [nW, 1, S, S], kept apart so that neither is
+// broadcast over the other in memory), qkv_bias [3·H·32] or null → out [W, S, H, 32].
+// Launch: grid (W, H), block SP / 16 warps (SP = 8·WA_TILES ≥ S), dynamic shared memory 192 · SP bytes.
+extern "C" __global__ void __launch_bounds__(WA_TILES * 16, WA_MIN_BLOCKS)
+window_attention(const unsigned short* __restrict__ qkv, const unsigned short* __restrict__ bias,
+                 const unsigned short* __restrict__ qkv_bias, const unsigned short* __restrict__ mask,
+                 unsigned short* __restrict__ out, int S, int H, int Wb, int Hb, int Wm, int Hm, float scale) {
+    const int SP = WA_TILES * 8;
+    extern __shared__ uint4 wa_smem4[];
+    unsigned* Qs = (unsigned*)wa_smem4;                      // [SP][16] words (two halves each)
+    unsigned* Ks = Qs + SP * 16;                             // [SP][16]
+    unsigned short* Vt = (unsigned short*)(Qs + SP * 32);    // [32][SP] halves: v transposed
+    const int w = blockIdx.x, h = blockIdx.y, C = H * WA_HD;
+    const unsigned short* base = qkv + (size_t)w * S * 3 * C + h * WA_HD;
+
+    // 16-byte loads: a thread takes 8 dimensions of one token's q, k and v (C is a multiple of 32, so every
+    // row of 8 starts 16-byte aligned).
+    for (int idx = threadIdx.x; idx < SP * 4; idx += blockDim.x) {
+        const int t = idx >> 2, d = (idx & 3) * 8;
+        float q[8], k[8], v[8];
         if (t < S) {
-            const unsigned short* row = base + (size_t)t * 3 * C + h * WA_HD + d;
-            q0 = wa_h2f(row[0]);         q1 = wa_h2f(row[1]);
-            k0 = wa_h2f(row[C]);         k1 = wa_h2f(row[C + 1]);
-            v0 = wa_h2f(row[2 * C]);     v1 = wa_h2f(row[2 * C + 1]);
+            const unsigned short* row = base + (size_t)t * 3 * C + d;
+            const uint4 rq = *(const uint4*)row, rk = *(const uint4*)(row + C), rv = *(const uint4*)(row + 2 * C);
+            const unsigned short *hq = (const unsigned short*)&rq, *hk = (const unsigned short*)&rk, *hv = (const unsigned short*)&rv;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) { q[i] = wa_h2f(hq[i]); k[i] = wa_h2f(hk[i]); v[i] = wa_h2f(hv[i]); }
             if (qkv_bias) {
                 const unsigned short* b = qkv_bias + h * WA_HD + d;
-                q0 += wa_h2f(b[0]);      q1 += wa_h2f(b[1]);
-                k0 += wa_h2f(b[C]);      k1 += wa_h2f(b[C + 1]);
-                v0 += wa_h2f(b[2 * C]);  v1 += wa_h2f(b[2 * C + 1]);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) { q[i] += wa_h2f(b[i]); k[i] += wa_h2f(b[C + i]); v[i] += wa_h2f(b[2 * C + i]); }
             }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) q[i] = k[i] = v[i] = 0.f;
         }
-        Qs[idx] = wa_pack(q0, q1);
-        Ks[idx] = wa_pack(k0, k1);
-        Vt[d * SP + t] = wa_f2h(v0);
-        Vt[(d + 1) * SP + t] = wa_f2h(v1);
+        *(uint4*)(Qs + t * 16 + d / 2) = make_uint4(wa_pack(q[0], q[1]), wa_pack(q[2], q[3]), wa_pack(q[4], q[5]), wa_pack(q[6], q[7]));
+        *(uint4*)(Ks + t * 16 + d / 2) = make_uint4(wa_pack(k[0], k[1]), wa_pack(k[2], k[3]), wa_pack(k[4], k[5]), wa_pack(k[6], k[7]));
+#pragma unroll
+        for (int i = 0; i < 8; ++i) Vt[(d + i) * SP + t] = wa_f2h(v[i]);
     }
     __syncthreads();
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
-    const int r0 = warp * 16, rowA = r0 + g, rowB = r0 + g + 8, tiles = SP / 8;
+    const int r0 = warp * 16, rowA = r0 + g, rowB = r0 + g + 8;
 
     unsigned a[2][4];
 #pragma unroll
@@ -80,78 +108,94 @@ extern "C" __global__ void window_attention(const unsigned short* __restrict__ q
         a[kc][3] = Qs[rowB * 16 + kc * 8 + tg + 4];
     }
 
-    float s[WA_MAX_TILES][4];
-    float mA = -1e30f, mB = -1e30f;
     const unsigned short* bw = bias ? bias + ((size_t)(w % Wb) * Hb + (h % Hb)) * S * S : 0;
-#pragma unroll
-    for (int nt = 0; nt < WA_MAX_TILES; ++nt) {
-        if (nt < tiles) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-            for (int kc = 0; kc < 2; ++kc) {
-                const unsigned* kr = Ks + (nt * 8 + g) * 16 + kc * 8 + tg;
-                wa_mma(s[nt], a[kc], kr[0], kr[4]);
-            }
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int col = nt * 8 + tg * 2 + e;
-                if (col < S) {
-                    float bA = 0.f, bB = 0.f;
-                    if (bw) {
-                        if (rowA < S) bA = wa_h2f(bw[rowA * S + col]);
-                        if (rowB < S) bB = wa_h2f(bw[rowB * S + col]);
-                    }
-                    s[nt][e] = s[nt][e] * scale + bA;
-                    s[nt][2 + e] = s[nt][2 + e] * scale + bB;
-                } else {
-                    s[nt][e] = -1e30f;
-                    s[nt][2 + e] = -1e30f;
-                }
-                mA = fmaxf(mA, s[nt][e]);
-                mB = fmaxf(mB, s[nt][2 + e]);
-            }
-        }
-    }
-    mA = fmaxf(mA, __shfl_xor_sync(0xffffffffu, mA, 1));
-    mA = fmaxf(mA, __shfl_xor_sync(0xffffffffu, mA, 2));
-    mB = fmaxf(mB, __shfl_xor_sync(0xffffffffu, mB, 1));
-    mB = fmaxf(mB, __shfl_xor_sync(0xffffffffu, mB, 2));
-    float sumA = 0.f, sumB = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < WA_MAX_TILES; ++nt) {
-        if (nt < tiles) {
-            s[nt][0] = __expf(s[nt][0] - mA);
-            s[nt][1] = __expf(s[nt][1] - mA);
-            s[nt][2] = __expf(s[nt][2] - mB);
-            s[nt][3] = __expf(s[nt][3] - mB);
-            sumA += s[nt][0] + s[nt][1];
-            sumB += s[nt][2] + s[nt][3];
-        }
-    }
-    sumA += __shfl_xor_sync(0xffffffffu, sumA, 1);
-    sumA += __shfl_xor_sync(0xffffffffu, sumA, 2);
-    sumB += __shfl_xor_sync(0xffffffffu, sumB, 1);
-    sumB += __shfl_xor_sync(0xffffffffu, sumB, 2);
-
+    const unsigned short* mw = mask ? mask + ((size_t)(w % Wm) * Hm + (h % Hm)) * S * S : 0;
+    // Keys in chunks of WA_CHUNK tiles of 8 with an online softmax (running max m, running sum l, the output
+    // rescaled when the max grows): only one chunk's scores live in registers.
     float o[4][4];
 #pragma unroll
     for (int nd = 0; nd < 4; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+    float mA = -1e30f, mB = -1e30f, lA = 0.f, lB = 0.f;
+#pragma unroll 1
+    for (int c0 = 0; c0 < WA_TILES; c0 += WA_CHUNK) {
+        float s[WA_CHUNK][4];
+        float cA = -1e30f, cB = -1e30f;
 #pragma unroll
-    for (int kc = 0; kc < WA_MAX_TILES / 2; ++kc) {
-        if (2 * kc < tiles) {
+        for (int j = 0; j < WA_CHUNK; ++j) {
+            const int nt = c0 + j;
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+            for (int kc = 0; kc < 2; ++kc) {
+                const unsigned* kr = Ks + (nt * 8 + g) * 16 + kc * 8 + tg;
+                wa_mma(s[j], a[kc], kr[0], kr[4]);
+            }
+            // columns col, col + 1 of rows A and B, with the bias and the mask added
+            const int col = nt * 8 + tg * 2;
+            float bA[2] = {0.f, 0.f}, bB[2] = {0.f, 0.f};
+            if (col < S) {
+#pragma unroll
+                for (int src = 0; src < 2; ++src) {
+                    const unsigned short* p = src ? mw : bw;
+                    if (!p) continue;
+                    if (rowA < S) wa_add_pair(bA, p + rowA * S + col, S, col);
+                    if (rowB < S) wa_add_pair(bB, p + rowB * S + col, S, col);
+                }
+            }
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const bool in = col + e < S;
+                s[j][e] = in ? s[j][e] * scale + bA[e] : -1e30f;
+                s[j][2 + e] = in ? s[j][2 + e] * scale + bB[e] : -1e30f;
+                cA = fmaxf(cA, s[j][e]);
+                cB = fmaxf(cB, s[j][2 + e]);
+            }
+        }
+        cA = fmaxf(cA, __shfl_xor_sync(0xffffffffu, cA, 1));
+        cA = fmaxf(cA, __shfl_xor_sync(0xffffffffu, cA, 2));
+        cB = fmaxf(cB, __shfl_xor_sync(0xffffffffu, cB, 1));
+        cB = fmaxf(cB, __shfl_xor_sync(0xffffffffu, cB, 2));
+        // (the first chunk holds column 0, so a row's max is a real score from the start)
+        const float nA = fmaxf(mA, cA), nB = fmaxf(mB, cB);
+        const float fA = __expf(mA - nA), fB = __expf(mB - nB);
+        mA = nA;
+        mB = nB;
+        lA *= fA;
+        lB *= fB;
+#pragma unroll
+        for (int nd = 0; nd < 4; ++nd) {
+            o[nd][0] *= fA; o[nd][1] *= fA;
+            o[nd][2] *= fB; o[nd][3] *= fB;
+        }
+#pragma unroll
+        for (int j = 0; j < WA_CHUNK; ++j) {
+            s[j][0] = __expf(s[j][0] - mA);
+            s[j][1] = __expf(s[j][1] - mA);
+            s[j][2] = __expf(s[j][2] - mB);
+            s[j][3] = __expf(s[j][3] - mB);
+            lA += s[j][0] + s[j][1];
+            lB += s[j][2] + s[j][3];
+        }
+        // P·v: the probabilities, packed to f16 in registers, are the A operand (16 keys per mma)
+#pragma unroll
+        for (int kc = 0; kc < WA_CHUNK / 2; ++kc) {
             unsigned p[4];
             p[0] = wa_pack(s[2 * kc][0], s[2 * kc][1]);
             p[1] = wa_pack(s[2 * kc][2], s[2 * kc][3]);
             p[2] = wa_pack(s[2 * kc + 1][0], s[2 * kc + 1][1]);
             p[3] = wa_pack(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+            const int key = (c0 + 2 * kc) * 8;
 #pragma unroll
             for (int nd = 0; nd < 4; ++nd) {
-                const unsigned* vr = (const unsigned*)(Vt + (nd * 8 + g) * SP + kc * 16 + tg * 2);
+                const unsigned* vr = (const unsigned*)(Vt + (nd * 8 + g) * SP + key + tg * 2);
                 wa_mma(o[nd], p, vr[0], vr[4]);
             }
         }
     }
-    const float iA = 1.f / sumA, iB = 1.f / sumB;
+    lA += __shfl_xor_sync(0xffffffffu, lA, 1);
+    lA += __shfl_xor_sync(0xffffffffu, lA, 2);
+    lB += __shfl_xor_sync(0xffffffffu, lB, 1);
+    lB += __shfl_xor_sync(0xffffffffu, lB, 2);
+    const float iA = 1.f / lA, iB = 1.f / lB;
 #pragma unroll
     for (int nd = 0; nd < 4; ++nd) {
         const int col = h * WA_HD + nd * 8 + tg * 2;

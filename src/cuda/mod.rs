@@ -44,16 +44,17 @@ pub fn driver_present() -> bool {
 
 /// Compiles the kernels to PTX for `arch` (e.g. "compute_90"). Works without a GPU.
 pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
-    compile_source(KERNELS, "matteflow_kernels.cu", arch)
+    compile_source(KERNELS, "matteflow_kernels.cu", arch, &[])
 }
 
 /// Compiles com.matteflow.WindowAttention's kernel (`ATTENTION`) to PTX for `arch` (compute_80 or later: it
-/// uses the tensor cores' mma.sync). Works without a GPU.
-pub fn compile_attention(arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
-    compile_source(ATTENTION, "attention.cu", arch)
+/// uses the tensor cores' mma.sync), with its compile-time sizes as `-D` definitions (e.g. "WA_TILES=18";
+/// none: the source's defaults). Works without a GPU.
+pub fn compile_attention(arch: &'static str, defines: &[String]) -> Result<cudarc::nvrtc::Ptx> {
+    compile_source(ATTENTION, "attention.cu", arch, defines)
 }
 
-fn compile_source(src: &str, name: &str, arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
+fn compile_source(src: &str, name: &str, arch: &'static str, defines: &[String]) -> Result<cudarc::nvrtc::Ptx> {
     if !nvrtc_present() {
         return Err(Error::Cuda(
             "NVRTC (libnvrtc.so.13) not found: install the CUDA 13 toolkit or `pip install nvidia-cuda-nvrtc==13.0.88` \
@@ -61,7 +62,8 @@ fn compile_source(src: &str, name: &str, arch: &'static str) -> Result<cudarc::n
                 .into(),
         ));
     }
-    let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), name: Some(name.into()), ..Default::default() };
+    let options = defines.iter().map(|d| format!("-D{d}")).collect();
+    let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), name: Some(name.into()), options, ..Default::default() };
     cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| err(&format!("{name} compilation"), e))
 }
 

@@ -418,69 +418,127 @@ pub fn run(runs: usize) -> Result<Vec<CaseResult>> {
 /// com.matteflow.WindowAttention's kernel (what `prepare --fp16` fuses BiRefNet's Swin attention into) on random
 /// f16 inputs, against the host `attend` on the same values. The kernel adds qkv's bias in f32 and rounds the sum
 /// to f16 before its GEMMs, so the reference is given that rounded sum; what differs then is the probabilities
-/// rounded to f16 for P·v and the f16 output: under 5e-3 on values in ±2.5.
+/// rounded to f16 for P·v and the f16 output: under 5e-3 on values in ±2.5. The first case is also timed with
+/// other kernel configurations (online-softmax step, blocks per SM) beside the one the operator uses.
 fn window_attention(gpu: &Gpu, rng: &mut Rng, runs: usize) -> Result<Vec<CaseResult>> {
-    use crate::infer::window_attention::{attend, Kernel, Shape};
-    use cudarc::driver::{DevicePtr, DevicePtrMut};
-    use half::f16;
-    let st = &gpu.stream;
-    let kern = Kernel::load(&gpu.ctx)?;
-    let scale = 32f32.powf(-0.5);
-    // (name, shape, windows, bias as (Wb, Hb), qkv bias)
-    let cases = [
-        ("BiRefNet-L stage 1: 144 tokens, 6 heads, 484 windows, shift mask per window, qkv bias", 6, 144, 484, Some((484, 6)), true),
-        ("BiRefNet-L stage 3 at batch 4: 144 tokens, 24 heads, 4×36 windows, bias shared by images", 24, 144, 144, Some((36, 24)), true),
-        ("49 tokens (Swin 7×7), 3 heads, 50 windows, one bias for all heads, no qkv bias", 3, 49, 50, Some((1, 1)), false),
-        ("49 tokens, 3 heads, 50 windows, no bias", 3, 49, 50, None, false),
+    use crate::infer::window_attention::{KernelConfig, Shape};
+    // (name, heads, tokens, windows, bias (Wb, Hb), mask (Wm, Hm), qkv bias)
+    type Case = (&'static str, usize, usize, usize, Option<(usize, usize)>, Option<(usize, usize)>, bool);
+    let cases: [Case; 5] = [
+        ("BiRefNet-L stage 1: 144 tokens, 6 heads, 484 windows, bias [1,6] + shift mask [484,1], qkv bias", 6, 144, 484, Some((1, 6)), Some((484, 1)), true),
+        ("BiRefNet-L stage 3 at batch 4: 144 tokens, 24 heads, 4×36 windows, bias [1,24] + mask [36,1]", 24, 144, 144, Some((1, 24)), Some((36, 1)), true),
+        ("144 tokens, 6 heads, 484 windows, one bias [484,6] (bias and mask added in memory)", 6, 144, 484, Some((484, 6)), None, true),
+        ("49 tokens (Swin 7×7), 3 heads, 50 windows, one bias for all heads, no qkv bias", 3, 49, 50, Some((1, 1)), None, false),
+        ("49 tokens, 3 heads, 50 windows, no bias", 3, 49, 50, None, None, false),
     ];
     let mut results = Vec::new();
-    for (name, heads, tokens, windows, bias, with_qkv_bias) in cases {
-        let sh = Shape { heads, head_dim: 32, tokens, scale };
-        let c = sh.channels();
-        let h16 = |v: Vec<f32>| -> Vec<f16> { v.into_iter().map(f16::from_f32).collect() };
-        let qkv = h16(rng.f32s(windows * tokens * 3 * c).iter().map(|v| v * 4.0 - 2.0).collect());
-        let qkv_bias = with_qkv_bias.then(|| h16(rng.f32s(3 * c).iter().map(|v| v - 0.5).collect()));
-        // relative-position-like values in [−4, 0], and a shift mask's −100 on one in five
-        let bias = bias.map(|(wb, hb)| {
-            let n = wb * hb * tokens * tokens;
-            let r = rng.f32s(2 * n);
-            (h16((0..n).map(|i| if r[n + i] < 0.2 { -100.0 } else { -4.0 * r[i] }).collect()), wb, hb)
-        });
-        // the reference's inputs: qkv + its bias, rounded to f16 as the kernel does
-        let summed: Vec<f32> = qkv
-            .iter()
-            .enumerate()
-            .map(|(i, v)| f16::from_f32(v.to_f32() + qkv_bias.as_ref().map_or(0.0, |b| b[i % (3 * c)].to_f32())).to_f32())
-            .collect();
-        let bias32 = bias.as_ref().map(|(b, wb, hb)| (b.iter().map(|x| x.to_f32()).collect::<Vec<f32>>(), *wb, *hb));
-        let mut want = vec![0f32; windows * tokens * c];
+    for (i, (name, heads, tokens, windows, bias, mask, with_qkv_bias)) in cases.into_iter().enumerate() {
+        let sh = Shape { heads, head_dim: 32, tokens, scale: 32f32.powf(-0.5) };
+        let input = AttentionInput::random(rng, sh, windows, bias, mask, with_qkv_bias);
         let t = Instant::now();
-        attend(sh, &summed, bias32.as_ref().map(|(b, wb, hb)| (b.as_slice(), *wb, *hb)), None, &mut want);
+        let want = input.reference(sh, windows);
         let cpu_ms = t.elapsed().as_secs_f64() * 1000.0;
-
-        let bits = |v: &[f16]| -> Vec<u16> { v.iter().map(|x| x.to_bits()).collect() };
-        let d_qkv = st.clone_htod(&bits(&qkv)).map_err(|x| e("upload", x))?;
-        let d_bias = bias.as_ref().map(|(b, _, _)| st.clone_htod(&bits(b))).transpose().map_err(|x| e("upload", x))?;
-        let d_qb = qkv_bias.as_ref().map(|b| st.clone_htod(&bits(b))).transpose().map_err(|x| e("upload", x))?;
-        let mut d_out: CudaSlice<u16> = st.alloc_zeros(want.len()).map_err(|x| e("alloc", x))?;
-        let gpu_ms = {
-            let (p_qkv, _g1) = d_qkv.device_ptr(st);
-            let p_bias = d_bias.as_ref().map(|b| b.device_ptr(st));
-            let p_qb = d_qb.as_ref().map(|b| b.device_ptr(st));
-            let (p_out, _g4) = d_out.device_ptr_mut(st);
-            let bias_arg = p_bias.as_ref().zip(bias.as_ref()).map(|((p, _), (_, wb, hb))| (*p as *const std::ffi::c_void, *wb, *hb));
-            let qb_arg = p_qb.as_ref().map_or(std::ptr::null(), |(p, _)| *p as *const std::ffi::c_void);
-            time(runs, || {
-                // SAFETY: the buffers above, of the sizes the shape says, on this context's stream.
-                unsafe { kern.launch(st.cu_stream(), sh, windows, p_qkv as *const _, bias_arg, qb_arg, p_out as *mut _) }
-                    .map_err(|x| e("window attention launch", x))?;
-                st.synchronize().map_err(|x| e("sync", x))
-            })?
-        };
-        let got: Vec<f32> = st.clone_dtoh(&d_out).map_err(|x| e("download", x))?.into_iter().map(|b| f16::from_bits(b).to_f32()).collect();
-        results.push(CaseResult { name: format!("window attention, {name}"), max_error: max_diff(&got, &want), tolerance: 5e-3, gpu_ms, cpu_ms });
+        let default = KernelConfig::for_tokens(tokens);
+        let mut configs = vec![default];
+        if i == 0 {
+            for (chunk, min_blocks) in [(2, 1), (2, 3), (6, 1), (18, 1)] {
+                configs.push(KernelConfig { chunk, min_blocks, ..default });
+            }
+        }
+        for cfg in configs {
+            let (got, gpu_ms) = input.run_gpu(gpu, cfg, sh, windows, runs)?;
+            let label = if cfg == default { String::new() } else { format!(" [kernel chunk {} min blocks {}]", cfg.chunk, cfg.min_blocks) };
+            results.push(CaseResult { name: format!("window attention, {name}{label}"), max_error: max_diff(&got, &want), tolerance: 5e-3, gpu_ms, cpu_ms });
+        }
     }
     Ok(results)
+}
+
+/// One window-attention case's inputs, in f16 as the kernel reads them.
+struct AttentionInput {
+    qkv: Vec<half::f16>,
+    qkv_bias: Option<Vec<half::f16>>,
+    /// bias, then mask: (values, Wb, Hb)
+    biases: Vec<(Vec<half::f16>, usize, usize)>,
+    has_bias: bool,
+}
+
+impl AttentionInput {
+    fn random(rng: &mut Rng, sh: crate::infer::window_attention::Shape, windows: usize, bias: Option<(usize, usize)>, mask: Option<(usize, usize)>, with_qkv_bias: bool) -> Self {
+        use half::f16;
+        let (c, s) = (sh.channels(), sh.tokens);
+        let h16 = |v: Vec<f32>| -> Vec<f16> { v.into_iter().map(f16::from_f32).collect() };
+        let qkv = h16(rng.f32s(windows * s * 3 * c).iter().map(|v| v * 4.0 - 2.0).collect());
+        let qkv_bias = with_qkv_bias.then(|| h16(rng.f32s(3 * c).iter().map(|v| v - 0.5).collect()));
+        // relative-position-like values in [−4, 0]; the mask −100 on one in five, else 0
+        let mut make = |(wb, hb): (usize, usize), is_mask: bool| {
+            let n = wb * hb * s * s;
+            let r = rng.f32s(n);
+            (h16(r.iter().map(|&x| if is_mask { if x < 0.2 { -100.0 } else { 0.0 } } else { -4.0 * x }).collect()), wb, hb)
+        };
+        let mut biases = Vec::new();
+        biases.extend(bias.map(|b| make(b, false)));
+        biases.extend(mask.map(|m| make(m, true)));
+        AttentionInput { qkv, qkv_bias, biases, has_bias: bias.is_some() }
+    }
+
+    /// The host operator's output on qkv + its bias rounded to f16 (as the kernel rounds it).
+    fn reference(&self, sh: crate::infer::window_attention::Shape, windows: usize) -> Vec<f32> {
+        use half::f16;
+        let c3 = 3 * sh.channels();
+        let summed: Vec<f32> = self
+            .qkv
+            .iter()
+            .enumerate()
+            .map(|(i, v)| f16::from_f32(v.to_f32() + self.qkv_bias.as_ref().map_or(0.0, |b| b[i % c3].to_f32())).to_f32())
+            .collect();
+        let b32: Vec<(Vec<f32>, usize, usize)> = self.biases.iter().map(|(b, wb, hb)| (b.iter().map(|x| x.to_f32()).collect(), *wb, *hb)).collect();
+        let refs: Vec<(&[f32], usize, usize)> = b32.iter().map(|(b, wb, hb)| (b.as_slice(), *wb, *hb)).collect();
+        let mut want = vec![0f32; windows * sh.tokens * sh.channels()];
+        crate::infer::window_attention::attend(sh, &summed, &refs, None, &mut want);
+        want
+    }
+
+    /// The kernel compiled for `cfg`: its output and the mean GPU milliseconds of a launch (CUDA events).
+    fn run_gpu(&self, gpu: &Gpu, cfg: crate::infer::window_attention::KernelConfig, sh: crate::infer::window_attention::Shape, windows: usize, runs: usize) -> Result<(Vec<f32>, f64)> {
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        use std::ffi::c_void;
+        let st = &gpu.stream;
+        let kern = crate::infer::window_attention::Kernel::load(&gpu.ctx, cfg)?;
+        let bits = |v: &[half::f16]| -> Vec<u16> { v.iter().map(|x| x.to_bits()).collect() };
+        let d_qkv = st.clone_htod(&bits(&self.qkv)).map_err(|x| e("upload", x))?;
+        let d_qb = self.qkv_bias.as_ref().map(|b| st.clone_htod(&bits(b))).transpose().map_err(|x| e("upload", x))?;
+        let d_b: Vec<(CudaSlice<u16>, usize, usize)> =
+            self.biases.iter().map(|(b, wb, hb)| st.clone_htod(&bits(b)).map(|d| (d, *wb, *hb))).collect::<std::result::Result<_, _>>().map_err(|x| e("upload", x))?;
+        let mut d_out: CudaSlice<u16> = st.alloc_zeros(windows * sh.tokens * sh.channels()).map_err(|x| e("alloc", x))?;
+        let gpu_ms = {
+            let (p_qkv, _g1) = d_qkv.device_ptr(st);
+            let p_qb = d_qb.as_ref().map(|b| b.device_ptr(st));
+            let p_b: Vec<_> = d_b.iter().map(|(d, wb, hb)| (d.device_ptr(st), *wb, *hb)).collect();
+            let arg = |k: usize| p_b.get(k).map(|((p, _), wb, hb)| (*p as *const c_void, *wb, *hb));
+            let (bias, mask) = if self.has_bias { (arg(0), arg(1)) } else { (None, arg(0)) };
+            let qb = p_qb.as_ref().map_or(std::ptr::null(), |(p, _)| *p as *const c_void);
+            let (p_out, _g4) = d_out.device_ptr_mut(st);
+            let launch = || {
+                // SAFETY: the buffers above, of the sizes the shape says, on this context's stream.
+                unsafe { kern.launch(st.cu_stream(), sh, windows, p_qkv as *const c_void, bias, qb, mask, p_out as *mut c_void) }
+                    .map_err(|x| e("window attention launch", x))
+            };
+            launch()?;
+            st.synchronize().map_err(|x| e("sync", x))?;
+            // GPU time between CUDA events around back-to-back launches
+            let event = || gpu.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e("event", x));
+            let (start, end) = (event()?, event()?);
+            start.record(st).map_err(|x| e("event", x))?;
+            for _ in 0..runs {
+                launch()?;
+            }
+            end.record(st).map_err(|x| e("event", x))?;
+            start.elapsed_ms(&end).map_err(|x| e("event", x))? as f64 / runs as f64
+        };
+        let got = st.clone_dtoh(&d_out).map_err(|x| e("download", x))?.into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect();
+        Ok((got, gpu_ms))
+    }
 }
 
 /// What `decode_check` saw.

@@ -769,6 +769,49 @@ def _replay_bias(g, chain, full4, nodes):
     return t, scale
 
 
+def _bias_terms(g, chain, w, heads, s, nodes):
+    """What the logits chain adds, as at most two tensors [Wb, Hb, S, S] that the op indexes by window % Wb and
+    head % Hb (Swin's relative-position bias [1, heads, S, S] and shift mask [nW, 1, S, S]) without broadcasting
+    either over the other: [(tensor, [Wb, Hb, S, S])] with the reshapes appended to `nodes`, and the chain's
+    scale — else None (then `_replay_bias` builds one full tensor). A term added where the logits are
+    [W, heads, S, S] maps as it stands; where they are [B, nW, heads, S, S], a term the same for every image
+    ([1, nW or 1, heads or 1, S, S]) maps to [nW or 1, heads or 1, S, S]."""
+    terms, scale = [], 1.0
+    for u, x in chain:
+        if u.op_type == "Mul":
+            k = float(np.asarray(next(g.const(i) for i in u.input if i != x and g.const(i) is not None)).reshape(()))
+            scale *= k
+            terms = [(t, shp, m * k) for t, shp, m in terms]
+            continue
+        if u.op_type != "Add":
+            continue
+        frame = g.static_shape(x)
+        other = u.input[1] if u.input[0] == x else u.input[0]
+        oshape = g.static_shape(other) or (list(g.const(other).shape) if g.const(other) is not None else None)
+        if frame is None or oshape is None or len(oshape) > len(frame) or frame[-2:] != [s, s] or list(oshape[-2:]) != [s, s]:
+            return None
+        o = [1] * (len(frame) - len(oshape)) + list(oshape)
+        if len(frame) == 4 and frame[:2] == [w, heads] and o[0] in (1, w) and o[1] in (1, heads):
+            wb, hb = o[0], o[1]
+        elif len(frame) == 5 and frame[0] * frame[1] == w and frame[2] == heads and o[0] == 1 and o[1] in (1, frame[1]) and o[2] in (1, heads):
+            wb, hb = o[1], o[2]
+        else:
+            return None
+        terms.append((other, [wb, hb, s, s], 1.0))
+    if len(terms) > 2:
+        return None
+    out = []
+    for t, shp, m in terms:
+        if m != 1.0:
+            k = g.unique("attn_bias")
+            nodes.append(helper.make_node("Mul", [t, g.add_init("attn_scale", np.array(m, dtype=np.float32))], [k], name=k))
+            t = k
+        r = g.unique("attn_bias")
+        nodes.append(helper.make_node("Reshape", [t, g.add_init("attn_shape", np.array(shp, dtype=np.int64))], [r], name=r))
+        out.append((r, shp))
+    return out, scale
+
+
 def pass_window_attention(g):
     """Swin's window attention → one com.matteflow WindowAttention node (matteflow's own kernel on the CUDA
     provider, tensor cores, one block per window and head; a host version for the CPU): qkv's bias added, q·kᵀ
@@ -828,16 +871,21 @@ def pass_window_attention(g):
         if tr is None or tr.op_type != "Transpose" or attr(tr, "perm") != [0, 2, 1, 3]:
             continue
         new = []
-        replayed = _replay_bias(g, chain, [w, heads, s, s], new)
-        if replayed is None:
-            continue
-        bias, lscale = replayed
+        split = _bias_terms(g, chain, w, heads, s, new)
+        if split is None:
+            replayed = _replay_bias(g, chain, [w, heads, s, s], new)
+            if replayed is None:
+                continue
+            bias, lscale = replayed
+            split = ([(bias, None)] if bias is not None else [], lscale)
+        terms, lscale = split
         # qkv and its bias (an Add of a constant [3C] after the MatMul; it is added inside the kernel).
         qkv, qkv_bias = r.input[0], None
         mb = bias_of(g, g.producer.get(qkv))
         if mb is not None and g.const(mb[1]).shape == (3 * c,) and getattr(g.only_consumer(qkv), "name", None) == r.name:
             qkv, qkv_bias = mb
-        ins = [qkv, bias or "", qkv_bias or ""]
+        # inputs: qkv, bias, qkv's bias, mask (the second bias term)
+        ins = [qkv, terms[0][0] if terms else "", qkv_bias or "", terms[1][0] if len(terms) > 1 else ""]
         while not ins[-1]:
             ins.pop()
         out = g.unique("window_attention")

@@ -4,7 +4,9 @@
 //!
 //! Inputs: `qkv` [W·S·3C] laid out [W, S, 3, heads, head_dim] (the qkv Linear's output, without its bias);
 //! `bias` [Wb, Hb, S, S] added to the scaled logits, window w reading `bias[w % Wb]`, head h `bias[.., h % Hb]`
-//! (optional); `qkv_bias` [3C] (optional). Attributes: `heads`, `head_dim`, `tokens` (S), `scale`.
+//! (optional); `qkv_bias` [3C] (optional); `mask` [Wm, Hm, S, S] added as `bias` is (optional: Swin's shift
+//! mask [nW, 1, S, S], kept apart from its relative-position bias [1, heads, S, S] so that neither is broadcast
+//! over the other in memory). Attributes: `heads`, `head_dim`, `tokens` (S), `scale`.
 //! Output [W, S, C], laid out [W, S, heads, head_dim] (the exporter's `(attn @ v).transpose(1, 2)`).
 
 use std::sync::{Arc, Mutex};
@@ -47,7 +49,8 @@ impl Shape {
 }
 
 /// The attention itself, in f32: `qkv` as described above, `out` [W, S, C]. The reference for the CUDA kernel.
-pub fn attend(sh: Shape, qkv: &[f32], bias: Option<(&[f32], usize, usize)>, qkv_bias: Option<&[f32]>, out: &mut [f32]) {
+/// `biases`: each (values [Wb, Hb, S, S], Wb, Hb), all added.
+pub fn attend(sh: Shape, qkv: &[f32], biases: &[(&[f32], usize, usize)], qkv_bias: Option<&[f32]>, out: &mut [f32]) {
     let (s, hd, c) = (sh.tokens, sh.head_dim, sh.channels());
     let windows = qkv.len() / (s * 3 * c);
     let mut logits = vec![0f32; s];
@@ -62,7 +65,7 @@ pub fn attend(sh: Shape, qkv: &[f32], bias: Option<(&[f32], usize, usize)>, qkv_
                 let mut max = f32::NEG_INFINITY;
                 for (j, l) in logits.iter_mut().enumerate() {
                     let dot: f32 = (0..hd).map(|d| get(w, i, 0, h, d) * get(w, j, 1, h, d)).sum();
-                    let b = bias.map_or(0.0, |(b, wb, hb)| b[(((w % wb) * hb + h % hb) * s + i) * s + j]);
+                    let b: f32 = biases.iter().map(|(b, wb, hb)| b[(((w % wb) * hb + h % hb) * s + i) * s + j]).sum();
                     *l = dot * sh.scale + b;
                     max = max.max(*l);
                 }
@@ -107,7 +110,7 @@ impl Operator for Host {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [OperatorInput::required(self.0), OperatorInput::optional(self.0), OperatorInput::optional(self.0)]
+        [OperatorInput::required(self.0), OperatorInput::optional(self.0), OperatorInput::optional(self.0), OperatorInput::optional(self.0)]
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
@@ -128,20 +131,21 @@ impl Operator for Host {
                 )));
             }
             let windows = qkv.len() / per_window;
-            let bias = match ctx.input(1)? {
-                Some(b) => {
+            let mut biases = Vec::new();
+            for i in [1, 3] {
+                if let Some(b) = ctx.input(i)? {
                     let (shape, b) = floats(&b, ty)?;
                     let (wb, hb) = check_bias(&shape, sh, windows)?;
-                    Some((b, wb, hb))
+                    biases.push((b, wb, hb));
                 }
-                None => None,
-            };
+            }
             let qkv_bias = match ctx.input(2)? {
                 Some(b) => Some(floats(&b, ty)?.1),
                 None => None,
             };
             let mut out = vec![0f32; windows * sh.tokens * sh.channels()];
-            attend(sh, &qkv, bias.as_ref().map(|(b, wb, hb)| (b.as_slice(), *wb, *hb)), qkv_bias.as_deref(), &mut out);
+            let biases: Vec<_> = biases.iter().map(|(b, wb, hb)| (b.as_slice(), *wb, *hb)).collect();
+            attend(sh, &qkv, &biases, qkv_bias.as_deref(), &mut out);
             let shape = vec![windows as i64, sh.tokens as i64, sh.channels() as i64];
             let mut o = ctx.output(0, shape)?.ok_or_else(|| ort::Error::new("WindowAttention: no output"))?;
             if ty == TensorElementType::Float16 {
@@ -156,49 +160,75 @@ impl Operator for Host {
     }
 }
 
-/// The kernel of src/cuda/attention.cu, loaded once per device into its primary context (the one ONNX Runtime's
-/// CUDA provider and cudarc both use).
+/// The kernel's compile-time sizes: `tiles` key tiles of 8 (the tokens padded to a multiple of 16), scored
+/// `chunk` tiles at a time (the online softmax's step; fewer registers, more rescaling), registers budgeted for
+/// `min_blocks` blocks per SM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelConfig {
+    pub tiles: usize,
+    pub chunk: usize,
+    pub min_blocks: usize,
+}
+
+impl KernelConfig {
+    /// What the operator compiles for `tokens` (ptxas on sm_90 for 144 tokens: 92 registers, no spills).
+    pub fn for_tokens(tokens: usize) -> KernelConfig {
+        let tiles = tokens.div_ceil(16) * 2;
+        let chunk = [6, 4, 2].into_iter().find(|c| tiles % c == 0).unwrap_or(2);
+        KernelConfig { tiles, chunk, min_blocks: 2 }
+    }
+
+    pub fn defines(&self) -> Vec<String> {
+        vec![format!("WA_TILES={}", self.tiles), format!("WA_CHUNK={}", self.chunk), format!("WA_MIN_BLOCKS={}", self.min_blocks)]
+    }
+}
+
+/// The kernel of src/cuda/attention.cu for one `KernelConfig`, loaded into a device's primary context (the
+/// one ONNX Runtime's CUDA provider and cudarc both use).
 pub struct Kernel {
+    cfg: KernelConfig,
     _module: Arc<cudarc::driver::CudaModule>,
     f: cudarc::driver::CudaFunction,
 }
 
-static LOADED: Mutex<Vec<(i32, Arc<Kernel>)>> = Mutex::new(Vec::new());
+type Loaded = Vec<((i32, KernelConfig), Arc<Kernel>)>;
+static LOADED: Mutex<Loaded> = Mutex::new(Vec::new());
 
 impl Kernel {
-    /// The kernel for the device whose context is current on this thread (ONNX Runtime's, inside a compute call),
-    /// compiled by NVRTC the first time.
-    fn for_current_device() -> ort::Result<Arc<Kernel>> {
+    /// The kernel for `cfg` on the device whose context is current on this thread (ONNX Runtime's, inside a
+    /// compute call), compiled by NVRTC the first time.
+    fn for_current_device(cfg: KernelConfig) -> ort::Result<Arc<Kernel>> {
         let mut dev = 0;
         // SAFETY: writes the current context's device ordinal into `dev`.
         unsafe { cudarc::driver::sys::cuCtxGetDevice(&mut dev) }
             .result()
             .map_err(|e| ort::Error::new(format!("WindowAttention: no current CUDA device: {e}")))?;
         let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, k)) = loaded.iter().find(|(d, _)| *d == dev) {
+        if let Some((_, k)) = loaded.iter().find(|(key, _)| *key == (dev, cfg)) {
             return Ok(k.clone());
         }
         let ctx = cudarc::driver::CudaContext::new(dev as usize).map_err(|e| ort::Error::new(format!("WindowAttention: CUDA device {dev}: {e}")))?;
-        let k = Arc::new(Kernel::load(&ctx).map_err(|e| ort::Error::new(format!("WindowAttention: {e}")))?);
-        loaded.push((dev, k.clone()));
+        let k = Arc::new(Kernel::load(&ctx, cfg).map_err(|e| ort::Error::new(format!("WindowAttention: {e}")))?);
+        loaded.push(((dev, cfg), k.clone()));
         Ok(k)
     }
 
-    /// Compiles the kernel for `ctx`'s device and loads it there.
-    pub fn load(ctx: &Arc<cudarc::driver::CudaContext>) -> crate::Result<Kernel> {
-        let ptx = crate::cuda::compile_attention(crate::cuda::arch_of(ctx)?)?;
+    /// Compiles the kernel for `cfg` and `ctx`'s device and loads it there.
+    pub fn load(ctx: &Arc<cudarc::driver::CudaContext>, cfg: KernelConfig) -> crate::Result<Kernel> {
+        let ptx = crate::cuda::compile_attention(crate::cuda::arch_of(ctx)?, &cfg.defines())?;
         let cuda = |what: &str, e: cudarc::driver::DriverError| crate::Error::Cuda(format!("window attention kernel: {what}: {e}"));
         let module = ctx.load_module(ptx).map_err(|e| cuda("load", e))?;
         let f = module.load_function("window_attention").map_err(|e| cuda("function", e))?;
-        Ok(Kernel { _module: module, f })
+        Ok(Kernel { cfg, _module: module, f })
     }
 
-    /// Launches the attention on `stream` over device buffers: `qkv` [windows, S, 3, heads, 32] f16, `bias`
-    /// [wb, hb, S, S] f16 or null, `qkv_bias` [3·heads·32] f16 or null, `out` [windows, S, heads·32] f16.
+    /// Launches the attention on `stream` over device buffers: `qkv` [windows, S, 3, heads, 32] f16, `bias` and
+    /// `mask` each (pointer to [Wb, Hb, S, S] f16, Wb, Hb) or None, `qkv_bias` [3·heads·32] f16 or null, `out`
+    /// [windows, S, heads·32] f16.
     ///
     /// # Safety
     /// The pointers must be device buffers of those sizes in this kernel's context, live until the stream
-    /// reaches the kernel, and `sh.head_dim` must be 32 and `sh.tokens` ≤ 160 (`Shape::fits_kernel`).
+    /// reaches the kernel; `sh.head_dim` must be 32 and the kernel's config the one for `sh.tokens`.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn launch(
         &self,
@@ -208,25 +238,31 @@ impl Kernel {
         qkv: *const std::ffi::c_void,
         bias: Option<(*const std::ffi::c_void, usize, usize)>,
         qkv_bias: *const std::ffi::c_void,
+        mask: Option<(*const std::ffi::c_void, usize, usize)>,
         out: *mut std::ffi::c_void,
     ) -> Result<(), cudarc::driver::DriverError> {
+        debug_assert!(sh.head_dim == 32 && sh.tokens.div_ceil(16) * 2 == self.cfg.tiles);
         let (mut p_qkv, mut p_qb, mut p_out) = (qkv, qkv_bias, out);
         let (mut p_bias, wb, hb) = bias.unwrap_or((std::ptr::null(), 1, 1));
-        let (mut wb, mut hb) = (wb as i32, hb as i32);
+        let (mut p_mask, wm, hm) = mask.unwrap_or((std::ptr::null(), 1, 1));
+        let [mut wb, mut hb, mut wm, mut hm] = [wb, hb, wm, hm].map(|v| v as i32);
         let (mut s, mut h, mut scale) = (sh.tokens as i32, sh.heads as i32, sh.scale);
-        let sp = sh.tokens.div_ceil(16) * 16;
-        let mut params: [*mut std::ffi::c_void; 9] = [
+        let sp = self.cfg.tiles * 8;
+        let mut params: [*mut std::ffi::c_void; 12] = [
             (&raw mut p_qkv).cast(),
             (&raw mut p_bias).cast(),
             (&raw mut p_qb).cast(),
+            (&raw mut p_mask).cast(),
             (&raw mut p_out).cast(),
             (&raw mut s).cast(),
             (&raw mut h).cast(),
             (&raw mut wb).cast(),
             (&raw mut hb).cast(),
+            (&raw mut wm).cast(),
+            (&raw mut hm).cast(),
             (&raw mut scale).cast(),
         ];
-        // SAFETY: the caller's contract; the nine parameters are the kernel's, in its order and types. Grid
+        // SAFETY: the caller's contract; the twelve parameters are the kernel's, in its order and types. Grid
         // (windows, heads), SP/16 warps, 192·SP bytes of shared memory (src/cuda/attention.cu).
         unsafe {
             cudarc::driver::result::launch_kernel(
@@ -257,7 +293,7 @@ impl Operator for Cuda {
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
         let t = TensorElementType::Float16;
-        [OperatorInput::required(t), OperatorInput::optional(t), OperatorInput::optional(t)]
+        [OperatorInput::required(t), OperatorInput::optional(t), OperatorInput::optional(t), OperatorInput::optional(t)]
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
@@ -274,7 +310,7 @@ impl Operator for Cuda {
             let stream = ctx.stream()?.ok_or_else(|| ort::Error::new("WindowAttention: no CUDA stream"))?;
             let kern = match &kernel {
                 Some(k) => k.clone(),
-                None => kernel.insert(Kernel::for_current_device()?).clone(),
+                None => kernel.insert(Kernel::for_current_device(KernelConfig::for_tokens(sh.tokens))?).clone(),
             };
             let qkv = ctx.input(0)?.ok_or_else(|| ort::Error::new("WindowAttention: no qkv input"))?.downcast::<DynTensorValueType>()?;
             let n: i64 = qkv.shape().iter().product();
@@ -283,21 +319,20 @@ impl Operator for Cuda {
                 return Err(ort::Error::new(format!("WindowAttention: qkv has {n} values, not a multiple of {per_window}")));
             }
             let windows = (n / per_window) as usize;
-            let bias = ctx.input(1)?.map(|b| b.downcast::<DynTensorValueType>()).transpose()?;
-            let bias_dims = match &bias {
-                Some(b) => Some(check_bias(b.shape(), sh, windows)?),
-                None => None,
-            };
-            let qkv_bias = ctx.input(2)?.map(|b| b.downcast::<DynTensorValueType>()).transpose()?;
+            let tensor = |i: usize| -> ort::Result<_> { ctx.input(i)?.map(|b| b.downcast::<DynTensorValueType>()).transpose() };
+            let (bias, qkv_bias, mask) = (tensor(1)?, tensor(2)?, tensor(3)?);
+            let bias_dims = bias.as_ref().map(|b| check_bias(b.shape(), sh, windows)).transpose()?;
+            let mask_dims = mask.as_ref().map(|b| check_bias(b.shape(), sh, windows)).transpose()?;
             let out = ctx
                 .output(0, vec![windows as i64, sh.tokens as i64, sh.channels() as i64])?
                 .ok_or_else(|| ort::Error::new("WindowAttention: no output"))?
                 .downcast::<DynTensorValueType>()?;
             let bias = bias.as_ref().zip(bias_dims).map(|(b, (wb, hb))| (b.data_ptr(), wb, hb));
+            let mask = mask.as_ref().zip(mask_dims).map(|(b, (wb, hb))| (b.data_ptr(), wb, hb));
             let qkv_bias = qkv_bias.as_ref().map_or(std::ptr::null(), |b| b.data_ptr());
             // SAFETY: ONNX Runtime's device buffers for this call (sizes checked above; the output's buffer is
             // writable: GetTensorMutableData underneath), on its stream, in the current (its) context.
-            unsafe { kern.launch(stream.as_ptr().cast(), sh, windows, qkv.data_ptr(), bias, qkv_bias, out.data_ptr().cast_mut()) }
+            unsafe { kern.launch(stream.as_ptr().cast(), sh, windows, qkv.data_ptr(), bias, qkv_bias, mask, out.data_ptr().cast_mut()) }
                 .map_err(|e| ort::Error::new(format!("WindowAttention: launch: {e}")))
         }))
     }
@@ -340,14 +375,22 @@ mod tests {
         // token 0: q=1 k=0 v=10; token 1: q=0 k=1 v=20
         let qkv = [1.0, 0.0, 10.0, 0.0, 1.0, 20.0];
         let mut out = [0f32; 2];
-        attend(sh, &qkv, None, None, &mut out);
+        attend(sh, &qkv, &[], None, &mut out);
         // token 0: logits [0, 1] → p = [1/(1+e), e/(1+e)]
         let e = 1f32.exp();
         assert!((out[0] - (10.0 + 20.0 * e) / (1.0 + e)).abs() < 1e-5, "{out:?}");
         assert!((out[1] - 15.0).abs() < 1e-5, "{out:?}");
         // a bias of −∞ on key 1 for every query: only token 0's value is left
         let bias = [0.0, -1e9, 0.0, -1e9];
-        attend(sh, &qkv, Some((&bias, 1, 1)), None, &mut out);
+        attend(sh, &qkv, &[(&bias, 1, 1)], None, &mut out);
         assert!((out[0] - 10.0).abs() < 1e-4 && (out[1] - 10.0).abs() < 1e-4, "{out:?}");
+        // the same split in two, each −∞ half: a bias and a mask add up
+        let half = [0.0, -5e8, 0.0, -5e8];
+        attend(sh, &qkv, &[(&half, 1, 1), (&half, 1, 1)], None, &mut out);
+        assert!((out[0] - 10.0).abs() < 1e-4 && (out[1] - 10.0).abs() < 1e-4, "{out:?}");
+        // a qkv bias of +1 on token values: every output moves by 1
+        let qkv_bias = [0.0, 0.0, 1.0];
+        attend(sh, &qkv, &[], Some(&qkv_bias), &mut out);
+        assert!((out[1] - 16.0).abs() < 1e-5, "{out:?}");
     }
 }
