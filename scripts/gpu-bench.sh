@@ -597,7 +597,8 @@ PY
       # model and batch (lite 1 and 8, general 1 and 4; BATCHES="1" for batch 1 only) the fp16 file prepared
       # with the default passes ("prep") and with the window-attention passes ("wa"), model alone (IO binding),
       # alternating, twice each; at batch 1 the masks of both on bikes.mp4 (GPU stages) against each other and
-      # against the fp32 export, and NCU=1 adds Nsight Compute of the fused file. MODELS_ONLY=lite|general.
+      # against the fp32 export (NO_MASKS=1 skips them). GRAPH=1 adds the fused file with --cuda-graph, NCU=1
+      # Nsight Compute of the fused batch-1 file, NO_CHECK=1 skips gpu-check. MODELS_ONLY=lite|general.
       python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
       local wa_passes=${WA_PASSES:-fold,window-gather,gather-linear,window-attention,qkv-bias,window-pad,bias-gelu,skip-layernorm,conv-bn,fold}
       [ -n "${NO_CHECK:-}" ] || T 300 matteflow gpu-check --runs 20 2>&1 | grep -E "^\||window|fail|error"
@@ -619,7 +620,9 @@ PY
               gpu_bench "$tag-$v-$r" "$MODELS/$tag-$v.onnx" "$man" $g --batch "$b" --device-only 2>&1 | tail -6
             done
           done
-          [ "$b" = 1 ] || continue
+          [ -n "${GRAPH:-}" ] && gpu_bench "$tag-wa-graph" "$MODELS/$tag-wa.onnx" "$man" $g --batch "$b" --device-only --cuda-graph 2>&1 | tail -3
+          [ -n "${NCU:-}" ] && [ "$b" = 1 ] && ncu_model "$name-wa" "$MODELS/$name-wa.onnx" "$man"
+          [ "$b" = 1 ] && [ -z "${NO_MASKS:-}" ] || continue
           mkdir -p /tmp/q
           for v in "" -prep -wa; do
             T 120 matteflow convert "$ROOT/assets/media/bikes.mp4" -k mask -o "/tmp/q/$name$v-bikes/" --model "$MODELS/$name$v.onnx" \
@@ -628,7 +631,6 @@ PY
           echo "QUALITY $name bikes fused vs unfused (both fp16): $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-prep-bikes" "/tmp/q/$name-wa-bikes")"
           echo "QUALITY $name bikes unfused fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-bikes" "/tmp/q/$name-prep-bikes")"
           echo "QUALITY $name bikes fused fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-bikes" "/tmp/q/$name-wa-bikes")"
-          [ -n "${NCU:-}" ] && ncu_model "$name-wa" "$MODELS/$name-wa.onnx" "$man"
         done
       done
       ;;

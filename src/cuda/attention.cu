@@ -40,18 +40,31 @@ __device__ __forceinline__ void wa_mma(float* c, const unsigned* a, unsigned b0,
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// b[0..1] += p[0..1], p being columns col, col + 1 of an S-wide row: one aligned 4-byte load when S is even
-// (Swin's 12² = 144), else two (7² = 49; the second only inside the row).
-__device__ __forceinline__ void wa_add_pair(float* b, const unsigned short* p, int S, int col) {
-    if ((S & 1) == 0) {
-        const unsigned x = *(const unsigned*)p;
-        b[0] += wa_h2f(x & 0xffff);
-        b[1] += wa_h2f(x >> 16);
-    } else {
-        b[0] += wa_h2f(p[0]);
-        if (col + 1 < S) b[1] += wa_h2f(p[1]);
+// Columns col, col + 1 of an S-wide row (null: a row past S) as two halves, 0 outside the row: one aligned
+// 4-byte load when S is even (Swin's 12² = 144), else two (7² = 49).
+__device__ __forceinline__ unsigned wa_pair(const unsigned short* row, int S, int col) {
+    if (!row || col >= S) return 0u;
+    if ((S & 1) == 0) return *(const unsigned*)(row + col);
+    return (unsigned)row[col] | (col + 1 < S ? (unsigned)row[col + 1] << 16 : 0u);
+}
+
+// The bias and mask pairs one thread adds in chunk c0, rows A and B, raw (bias A, mask A, bias B, mask B): loaded
+// a chunk ahead and converted only when used, so that global memory's latency hides behind a chunk's arithmetic.
+__device__ __forceinline__ void wa_load_bias(unsigned (*r)[4], const unsigned short* bA, const unsigned short* bB,
+                                             const unsigned short* mA, const unsigned short* mB, int S, int c0, int tg) {
+#pragma unroll
+    for (int j = 0; j < WA_CHUNK; ++j) {
+        const int col = (c0 + j) * 8 + tg * 2;
+        r[j][0] = wa_pair(bA, S, col);
+        r[j][1] = wa_pair(mA, S, col);
+        r[j][2] = wa_pair(bB, S, col);
+        r[j][3] = wa_pair(mB, S, col);
     }
 }
+
+// The two halves of x + y, as floats.
+__device__ __forceinline__ float wa_lo2(unsigned x, unsigned y) { return wa_h2f(x & 0xffff) + wa_h2f(y & 0xffff); }
+__device__ __forceinline__ float wa_hi2(unsigned x, unsigned y) { return wa_h2f(x >> 16) + wa_h2f(y >> 16); }
 
 // qkv [W, S, 3, H, 32], bias and mask [Wb, Hb, S, S] each or null (window w reads w % Wb, head h reads h % Hb:
 // Swin's relative-position bias [1, H, S, S] and shift mask [nW, 1, S, S], kept apart so that neither is
@@ -110,15 +123,28 @@ window_attention(const unsigned short* __restrict__ qkv, const unsigned short* _
 
     const unsigned short* bw = bias ? bias + ((size_t)(w % Wb) * Hb + (h % Hb)) * S * S : 0;
     const unsigned short* mw = mask ? mask + ((size_t)(w % Wm) * Hm + (h % Hm)) * S * S : 0;
+    // this thread's rows of the bias and the mask (null past S or without one)
+    const unsigned short* bA = bw && rowA < S ? bw + rowA * S : 0;
+    const unsigned short* bB = bw && rowB < S ? bw + rowB * S : 0;
+    const unsigned short* mrA = mw && rowA < S ? mw + rowA * S : 0;
+    const unsigned short* mrB = mw && rowB < S ? mw + rowB * S : 0;
     // Keys in chunks of WA_CHUNK tiles of 8 with an online softmax (running max m, running sum l, the output
     // rescaled when the max grows): only one chunk's scores live in registers.
     float o[4][4];
 #pragma unroll
     for (int nd = 0; nd < 4; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
     float mA = -1e30f, mB = -1e30f, lA = 0.f, lB = 0.f;
+    unsigned bnext[WA_CHUNK][4];
+    wa_load_bias(bnext, bA, bB, mrA, mrB, S, 0, tg);
 #pragma unroll 1
     for (int c0 = 0; c0 < WA_TILES; c0 += WA_CHUNK) {
         float s[WA_CHUNK][4];
+        unsigned bc[WA_CHUNK][4];
+#pragma unroll
+        for (int j = 0; j < WA_CHUNK; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) bc[j][e] = bnext[j][e];
+        if (c0 + WA_CHUNK < WA_TILES) wa_load_bias(bnext, bA, bB, mrA, mrB, S, c0 + WA_CHUNK, tg);
         float cA = -1e30f, cB = -1e30f;
 #pragma unroll
         for (int j = 0; j < WA_CHUNK; ++j) {
@@ -129,23 +155,13 @@ window_attention(const unsigned short* __restrict__ qkv, const unsigned short* _
                 const unsigned* kr = Ks + (nt * 8 + g) * 16 + kc * 8 + tg;
                 wa_mma(s[j], a[kc], kr[0], kr[4]);
             }
-            // columns col, col + 1 of rows A and B, with the bias and the mask added
             const int col = nt * 8 + tg * 2;
-            float bA[2] = {0.f, 0.f}, bB[2] = {0.f, 0.f};
-            if (col < S) {
-#pragma unroll
-                for (int src = 0; src < 2; ++src) {
-                    const unsigned short* p = src ? mw : bw;
-                    if (!p) continue;
-                    if (rowA < S) wa_add_pair(bA, p + rowA * S + col, S, col);
-                    if (rowB < S) wa_add_pair(bB, p + rowB * S + col, S, col);
-                }
-            }
+            const float add[4] = {wa_lo2(bc[j][0], bc[j][1]), wa_hi2(bc[j][0], bc[j][1]), wa_lo2(bc[j][2], bc[j][3]), wa_hi2(bc[j][2], bc[j][3])};
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const bool in = col + e < S;
-                s[j][e] = in ? s[j][e] * scale + bA[e] : -1e30f;
-                s[j][2 + e] = in ? s[j][2 + e] * scale + bB[e] : -1e30f;
+                s[j][e] = in ? s[j][e] * scale + add[e] : -1e30f;
+                s[j][2 + e] = in ? s[j][2 + e] * scale + add[2 + e] : -1e30f;
                 cA = fmaxf(cA, s[j][e]);
                 cB = fmaxf(cB, s[j][2 + e]);
             }

@@ -441,7 +441,7 @@ fn window_attention(gpu: &Gpu, rng: &mut Rng, runs: usize) -> Result<Vec<CaseRes
         let default = KernelConfig::for_tokens(tokens);
         let mut configs = vec![default];
         if i == 0 {
-            for (chunk, min_blocks) in [(2, 1), (2, 3), (6, 1), (18, 1)] {
+            for (chunk, min_blocks) in [(2, 1), (2, 3), (6, 1), (6, 2), (18, 1)] {
                 configs.push(KernelConfig { chunk, min_blocks, ..default });
             }
         }
