@@ -592,16 +592,21 @@ PY
       nginx_stop $nx
       ;;
     wa)
-      # Issue 15's fused window attention (com.matteflow.WindowAttention, prepare's window-attention pass):
-      # `gpu-check` (the kernel against the host reference on random inputs, among the other kernels); then per
-      # model and batch (lite 1 and 8, general 1 and 4; BATCHES="1" for batch 1 only) the fp16 file prepared
-      # with the default passes ("prep") and with the window-attention passes ("wa"), model alone (IO binding),
-      # alternating, twice each; at batch 1 the masks of both on bikes.mp4 (GPU stages) against each other and
-      # against the fp32 export (NO_MASKS=1 skips them). GRAPH=1 adds the fused file with --cuda-graph, NCU=1
-      # Nsight Compute of the fused batch-1 file, NO_CHECK=1 skips gpu-check. MODELS_ONLY=lite|general.
+      # Issue 15's own operators (com.matteflow.WindowAttention and DeformIm2Col): `gpu-check` (the kernels against
+      # the host references on random inputs, among the other kernels); then per model and batch (lite 1 and 8,
+      # general 1 and 4; BATCHES="1" for batch 1 only) the fp16 file prepared three ways — "prep": the ONNX-only
+      # passes (the fp32 defaults); "wa": those + window-attention; "ops": the --fp16 defaults (window-attention
+      # and deform-im2col) — model alone (IO binding), alternating, twice each (VARIANTS="prep ops" for fewer);
+      # at batch 1 the masks on bikes.mp4 (GPU stages) of the last variant against the first and against the fp32
+      # export (NO_MASKS=1 skips them). GRAPH=1 adds the last variant with --cuda-graph, NCU=1 Nsight Compute of
+      # the last variant at batch 1, NO_CHECK=1 skips gpu-check, E2E=1 adds end to end (1080p H.264 → composite,
+      # GPU stages) of the last variant at batch 1. MODELS_ONLY=lite|general.
       python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
-      local wa_passes=${WA_PASSES:-fold,window-gather,gather-linear,window-attention,qkv-bias,window-pad,bias-gelu,skip-layernorm,conv-bn,fold}
-      [ -n "${NO_CHECK:-}" ] || T 300 matteflow gpu-check --runs 20 2>&1 | grep -E "^\||window|fail|error"
+      local onnx_passes=fold,window-gather,gather-linear,qkv-bias,window-pad,bias-gelu,skip-layernorm,conv-bn
+      local wa_passes=fold,window-gather,gather-linear,window-attention,qkv-bias,window-pad,bias-gelu,skip-layernorm,conv-bn,fold
+      local variants=(${VARIANTS:-prep wa ops})
+      local first=${variants[0]} last=${variants[-1]}
+      [ -n "${NO_CHECK:-}" ] || T 300 matteflow gpu-check --runs 20 2>&1 | grep -E "^\||window|deformable|fail|error"
       local name g bs b t tag man v r passes
       for name in birefnet-lite birefnet-general; do
         [ -n "${MODELS_ONLY:-}" ] && [ "$name" != "birefnet-$MODELS_ONLY" ] && continue
@@ -610,27 +615,30 @@ PY
         for b in $bs; do
           tag=$name; [ "$b" != 1 ] && tag=$name-b$b
           [ -f "$MODELS/$tag.onnx" ] || step export-$t$b
-          for v in prep wa; do
-            passes=(); [ $v = wa ] && passes=(--passes "$wa_passes")
+          for v in "${variants[@]}"; do
+            passes=()
+            [ $v = prep ] && passes=(--passes "$onnx_passes")
+            [ $v = wa ] && passes=(--passes "$wa_passes")
             [ -f "$MODELS/$tag-$v.onnx" ] || T 400 python3 "$ROOT/src/model/prepare.py" "$MODELS/$tag.onnx" "$MODELS/$tag-$v.onnx" \
               --fp16 "${passes[@]}" --report "$W/prep-$tag-$v.json" 2>&1 | grep -v "warn"
           done
           for r in 1 2; do
-            for v in prep wa; do
+            for v in "${variants[@]}"; do
               gpu_bench "$tag-$v-$r" "$MODELS/$tag-$v.onnx" "$man" $g --batch "$b" --device-only 2>&1 | tail -6
             done
           done
-          [ -n "${GRAPH:-}" ] && gpu_bench "$tag-wa-graph" "$MODELS/$tag-wa.onnx" "$man" $g --batch "$b" --device-only --cuda-graph 2>&1 | tail -3
-          [ -n "${NCU:-}" ] && [ "$b" = 1 ] && ncu_model "$name-wa" "$MODELS/$name-wa.onnx" "$man"
+          [ -n "${GRAPH:-}" ] && gpu_bench "$tag-$last-graph" "$MODELS/$tag-$last.onnx" "$man" $g --batch "$b" --device-only --cuda-graph 2>&1 | tail -3
+          [ -n "${NCU:-}" ] && [ "$b" = 1 ] && ncu_model "$name-$last" "$MODELS/$name-$last.onnx" "$man"
+          [ -n "${E2E:-}" ] && [ "$b" = 1 ] && e2e "$name-$last-cuda-stages" "$MODELS/$name-$last.onnx" "$man" --cuda-stages
           [ "$b" = 1 ] && [ -z "${NO_MASKS:-}" ] || continue
           mkdir -p /tmp/q
-          for v in "" -prep -wa; do
+          for v in "" "-$first" "-$last"; do
             T 120 matteflow convert "$ROOT/assets/media/bikes.mp4" -k mask -o "/tmp/q/$name$v-bikes/" --model "$MODELS/$name$v.onnx" \
               --manifest "$man" --device cuda --cuda-stages --overwrite 2>&1 | tail -1
           done
-          echo "QUALITY $name bikes fused vs unfused (both fp16): $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-prep-bikes" "/tmp/q/$name-wa-bikes")"
-          echo "QUALITY $name bikes unfused fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-bikes" "/tmp/q/$name-prep-bikes")"
-          echo "QUALITY $name bikes fused fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-bikes" "/tmp/q/$name-wa-bikes")"
+          echo "QUALITY $name bikes $last vs $first (both fp16): $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-$first-bikes" "/tmp/q/$name-$last-bikes")"
+          echo "QUALITY $name bikes $first fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-bikes" "/tmp/q/$name-$first-bikes")"
+          echo "QUALITY $name bikes $last fp16 vs fp32: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/q/$name-bikes" "/tmp/q/$name-$last-bikes")"
         done
       done
       ;;

@@ -692,6 +692,13 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 }
                 anyhow::ensure!(attn.contains(".entry window_attention("), "window_attention missing from the PTX");
                 println!("PTX compiled for {arch}: {} bytes, kernels: window_attention", attn.len());
+                let deform = matteflow::cuda::compile_deform(arch)?.to_src();
+                if let Some(d) = &ptx_dir {
+                    let f = d.join(format!("deform-{arch}.ptx"));
+                    std::fs::write(&f, &deform).with_context(|| format!("writing {}", f.display()))?;
+                }
+                anyhow::ensure!(deform.contains(".entry deform_im2col("), "deform_im2col missing from the PTX");
+                println!("PTX compiled for {arch}: {} bytes, kernels: deform_im2col", deform.len());
             }
             if compile_only {
                 return Ok(());

@@ -57,6 +57,12 @@ fn kernels_assemble_for_sm80_and_sm90_with_ptxas() {
         let log = String::from_utf8_lossy(&r.stderr);
         assert!(r.status.success(), "ptxas -arch=sm_{sm}: {log}");
         assert!(log.contains("0 bytes spill stores") && log.contains("0 bytes spill loads"), "sm_{sm}: the attention kernel spills: {log}");
+        let ptx = dir.path().join(format!("deform-compute_{sm}.ptx"));
+        let cubin = dir.path().join(format!("deform-sm_{sm}.cubin"));
+        let r = std::process::Command::new(&ptxas).args([&format!("-arch=sm_{sm}"), "-v", ptx.to_str().unwrap(), "-o", cubin.to_str().unwrap()]).output().unwrap();
+        let log = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success() && log.contains("deform_im2col"), "ptxas -arch=sm_{sm} of the deformable im2col kernel: {log}");
+        assert!(log.contains("0 bytes spill stores"), "sm_{sm}: the deformable im2col kernel spills: {log}");
     }
 }
 

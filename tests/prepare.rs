@@ -97,7 +97,7 @@ fn passes_fire_on_a_swin_block_and_the_masks_stay_the_same() {
 
 /// `--fp16`'s passes (window-attention among them), given by name so that the graph stays float32 for the 1e-5
 /// comparison.
-const FP16_PASSES: &str = "fold,window-gather,gather-linear,window-attention,qkv-bias,window-pad,bias-gelu,skip-layernorm,conv-bn,fold";
+const FP16_PASSES: &str = "fold,window-gather,gather-linear,window-attention,qkv-bias,window-pad,bias-gelu,skip-layernorm,conv-bn,deform-im2col,fold";
 
 /// The attention fixture prepared with the default passes (or `passes`): each pass fires as `fired` says, the op
 /// counts come out as expected and the masks stay within 1e-5.
@@ -126,6 +126,9 @@ fn attention_block(fixture_args: &[&str], passes: Option<&str>, fired_want: &[(&
     let fused = fired_want.contains(&("window-attention", 1));
     assert_eq!(ops.get("WindowAttention").is_some(), fused, "{ops}");
     assert_eq!(ops.get("Softmax").is_none(), fused, "the softmax is inside the fused op: {ops}");
+    let im2col = fired_want.contains(&("deform-im2col", 1));
+    assert_eq!(ops.get("DeformIm2Col").is_some(), im2col, "{ops}");
+    assert_eq!(ops.get("DeformConv").is_none(), im2col, "{ops}");
     assert_eq!((r["nodes_before"].as_i64().unwrap(), r["nodes_after"].as_i64().unwrap()), nodes);
 
     let before = masks(&selfie_manifest_for(&onnx, "attn"));
@@ -141,7 +144,7 @@ fn shifted_window_attention_becomes_row_gathers_and_its_biases_fold() {
     // each; the projection moves after the reverse; its bias, with the value bias, goes into the norm; the
     // weights' Transposes fold into the initializers.
     let fired = [("fold", 2), ("window-gather", 2), ("gather-linear", 1), ("qkv-bias", 1), ("skip-layernorm", 1), ("conv-bn", 1), ("window-pad", 0)];
-    attention_block(&[], None, &fired, (61, 39));
+    attention_block(&[], None, &fired, (64, 42));
 }
 
 #[test]
@@ -149,17 +152,19 @@ fn the_torchscript_form_of_the_official_exports_is_folded_first() {
     // Shapes computed at run time (the pad through a Cast, which shape inference cannot see through), a
     // Constant scale, qkv unbound by Split + Squeeze: `fold` makes them constants, then the same passes fire.
     let fired = [("fold", 7), ("window-gather", 2), ("gather-linear", 1), ("qkv-bias", 1), ("skip-layernorm", 1), ("conv-bn", 1)];
-    attention_block(&["--torchscript"], None, &fired, (78, 37));
+    attention_block(&["--torchscript"], None, &fired, (81, 40));
 }
 
 #[test]
-fn window_attention_becomes_one_matteflow_operator_and_the_masks_stay_the_same() {
+fn window_attention_and_deform_conv_become_matteflow_operators_and_the_masks_stay_the_same() {
     // qkv's bias, the scale, the relative-position bias + shift mask (replayed as one constant and folded), the
     // softmax and ·v: one com.matteflow.WindowAttention node, which matteflow's host operator runs on the CPU
     // provider (the CUDA provider's kernel is checked by `gpu-check` on a GPU). qkv-bias finds nothing left to do.
+    // The modulated DeformConv (its BatchNormalization folded first): com.matteflow.DeformIm2Col + MatMul + bias
+    // Add + Reshape.
     for (args, fold) in [(&[][..], 2), (&["--torchscript"][..], 7)] {
-        let fired = [("fold", fold), ("window-gather", 2), ("gather-linear", 1), ("window-attention", 1), ("qkv-bias", 0), ("skip-layernorm", 1)];
-        attention_block(args, Some(FP16_PASSES), &fired, (if fold == 2 { 61 } else { 78 }, 22));
+        let fired = [("fold", fold), ("window-gather", 2), ("gather-linear", 1), ("window-attention", 1), ("qkv-bias", 0), ("skip-layernorm", 1), ("conv-bn", 1), ("deform-im2col", 1)];
+        attention_block(args, Some(FP16_PASSES), &fired, (if fold == 2 { 64 } else { 81 }, 28));
     }
 }
 

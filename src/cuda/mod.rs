@@ -24,6 +24,8 @@ use crate::preprocess::Geometry;
 pub const KERNELS: &str = include_str!("kernels.cu");
 /// com.matteflow.WindowAttention's kernel (src/infer/onnx/window_attention.rs launches it on ONNX Runtime's stream).
 pub const ATTENTION: &str = include_str!("attention.cu");
+/// com.matteflow.DeformIm2Col's kernel (src/infer/onnx/deform_im2col.rs launches it on ONNX Runtime's stream).
+pub const DEFORM: &str = include_str!("deform.cu");
 pub const KERNEL_NAMES: &[&str] = &["preprocess", "nv12_to_rgba", "upsample_mask", "composite", "motion_diff", "motion_blend", "resample_rgba", "mask_prob", "mask_threshold"];
 
 fn err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -52,6 +54,11 @@ pub fn compile(arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
 /// none: the source's defaults). Works without a GPU.
 pub fn compile_attention(arch: &'static str, defines: &[String]) -> Result<cudarc::nvrtc::Ptx> {
     compile_source(ATTENTION, "attention.cu", arch, defines)
+}
+
+/// Compiles com.matteflow.DeformIm2Col's kernel (`DEFORM`) to PTX for `arch`. Works without a GPU.
+pub fn compile_deform(arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
+    compile_source(DEFORM, "deform.cu", arch, &[])
 }
 
 fn compile_source(src: &str, name: &str, arch: &'static str, defines: &[String]) -> Result<cudarc::nvrtc::Ptx> {

@@ -412,6 +412,72 @@ pub fn run(runs: usize) -> Result<Vec<CaseResult>> {
         });
     }
     results.extend(window_attention(&gpu, &mut rng, runs)?);
+    results.extend(deform_im2col(&gpu, &mut rng, runs)?);
+    Ok(results)
+}
+
+/// com.matteflow.DeformIm2Col's kernel (what `prepare --fp16` turns DeformConv into) on random f16 inputs, against
+/// the host `im2col` on the same values: offsets in ±4 pixels (samples past every edge), modulation in [0, 2),
+/// values in ±1. The kernel rounds its f32 result to f16 once: under 2e-3 (half an f16 step at 2).
+fn deform_im2col(gpu: &Gpu, rng: &mut Rng, runs: usize) -> Result<Vec<CaseResult>> {
+    use crate::infer::deform_im2col::{im2col, Dims, Geometry, Kernel};
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    use half::f16;
+    use std::ffi::c_void;
+    let geo = |k: usize, s: usize, p: usize, d: usize| Geometry { kh: k, kw: k, stride: (s, s), pad: (p, p), dilation: (d, d) };
+    // (name, geometry, batch, channels, input side, modulated)
+    let cases = [
+        ("BiRefNet lite decoder 7×7 at 256², 64 channels, modulated", geo(7, 1, 3, 1), 1, 64, 256, true),
+        ("3×3 at 64², 192 channels, batch 2, modulated", geo(3, 1, 1, 1), 2, 192, 64, true),
+        ("1×1 at 32², 768 channels, modulated", geo(1, 1, 0, 1), 1, 768, 32, true),
+        ("3×3 stride 2 dilation 2 at 45², 16 channels, no modulation", geo(3, 2, 2, 2), 1, 16, 45, false),
+    ];
+    let kern = Kernel::load(&gpu.ctx)?;
+    let st = &gpu.stream;
+    let mut results = Vec::new();
+    for (name, g, n, c, side, modulated) in cases {
+        let out_side = (side + 2 * g.pad.0 - g.dilation.0 * (g.kh - 1) - 1) / g.stride.0 + 1;
+        let d = Dims { n, c, h: side, w: side, ho: out_side, wo: out_side };
+        let (kk, p) = (g.taps(), out_side * out_side);
+        let h16 = |v: Vec<f32>| -> Vec<f16> { v.into_iter().map(f16::from_f32).collect() };
+        let x = h16(rng.f32s(n * c * side * side).iter().map(|v| v * 2.0 - 1.0).collect());
+        let offset = h16(rng.f32s(n * 2 * kk * p).iter().map(|v| v * 8.0 - 4.0).collect());
+        let mask = modulated.then(|| h16(rng.f32s(n * kk * p).iter().map(|v| v * 2.0).collect()));
+        let f32s = |v: &[f16]| -> Vec<f32> { v.iter().map(|x| x.to_f32()).collect() };
+        let t = Instant::now();
+        let mut want = vec![0f32; n * c * kk * p];
+        im2col(g, d, &f32s(&x), &f32s(&offset), mask.as_deref().map(f32s).as_deref(), &mut want);
+        let cpu_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let bits = |v: &[f16]| -> Vec<u16> { v.iter().map(|x| x.to_bits()).collect() };
+        let d_x = st.clone_htod(&bits(&x)).map_err(|x| e("upload", x))?;
+        let d_o = st.clone_htod(&bits(&offset)).map_err(|x| e("upload", x))?;
+        let d_m = mask.as_deref().map(|m| st.clone_htod(&bits(m))).transpose().map_err(|x| e("upload", x))?;
+        let mut d_cols: CudaSlice<u16> = st.alloc_zeros(want.len()).map_err(|x| e("alloc", x))?;
+        let gpu_ms = {
+            let (px, _g1) = d_x.device_ptr(st);
+            let (po, _g2) = d_o.device_ptr(st);
+            let pm = d_m.as_ref().map(|m| m.device_ptr(st));
+            let pm = pm.as_ref().map_or(std::ptr::null(), |(p, _)| *p as *const c_void);
+            let (pc, _g4) = d_cols.device_ptr_mut(st);
+            let launch = || {
+                // SAFETY: the buffers above, of the sizes `d` and `g` say, on this context's stream.
+                unsafe { kern.launch(st.cu_stream(), g, d, px as *const c_void, po as *const c_void, pm, pc as *mut c_void) }
+                    .map_err(|x| e("deformable im2col launch", x))
+            };
+            launch()?;
+            st.synchronize().map_err(|x| e("sync", x))?;
+            let event = || gpu.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e("event", x));
+            let (start, end) = (event()?, event()?);
+            start.record(st).map_err(|x| e("event", x))?;
+            for _ in 0..runs {
+                launch()?;
+            }
+            end.record(st).map_err(|x| e("event", x))?;
+            start.elapsed_ms(&end).map_err(|x| e("event", x))? as f64 / runs as f64
+        };
+        let got: Vec<f32> = st.clone_dtoh(&d_cols).map_err(|x| e("download", x))?.into_iter().map(|b| f16::from_bits(b).to_f32()).collect();
+        results.push(CaseResult { name: format!("deformable im2col, {name}"), max_error: max_diff(&got, &want), tolerance: 2e-3, gpu_ms, cpu_ms });
+    }
     Ok(results)
 }
 

@@ -11,9 +11,26 @@ use crate::model::{manifest, Layout, ModelSource, ResolvedModel};
 use crate::preprocess::ModelInput;
 use crate::runtime::{self, Provider, ProviderOptions};
 
+pub mod deform_im2col;
 mod device;
 pub mod window_attention;
 pub use device::{ort_run_time, DeviceIo, DeviceMask};
+
+/// matteflow's operator domain (com.matteflow), which every session registers (a model without its ops is
+/// unaffected): the host operators for f32 and f16 and, where a CUDA driver and NVRTC load, the CUDA provider's.
+pub fn operators() -> ort::Result<ort::operator::OperatorDomain> {
+    use ort::value::TensorElementType::{Float16, Float32};
+    let d = ort::operator::OperatorDomain::new(window_attention::DOMAIN)?
+        .add(window_attention::Host(Float32))?
+        .add(window_attention::Host(Float16))?
+        .add(deform_im2col::Host(Float32))?
+        .add(deform_im2col::Host(Float16))?;
+    if crate::cuda::driver_present() && crate::cuda::nvrtc_present() {
+        d.add(window_attention::Cuda)?.add(deform_im2col::Cuda)
+    } else {
+        Ok(d)
+    }
+}
 
 pub struct OnnxSegmenter {
     /// Shared by every handle (`share()`): one model in memory, however many files are in flight.
@@ -92,7 +109,7 @@ impl OnnxSegmenter {
                 .with_intra_op_spinning(opts.spin)
                 .map_err(ort::Error::<()>::from)?
                 // matteflow's own operators (what `prepare --fp16` writes; models without them are unaffected)
-                .with_operators(window_attention::domain()?)
+                .with_operators(operators()?)
                 .map_err(ort::Error::<()>::from)?;
             let mut opts = opts.clone();
             if opts.trt_profile.is_none() {

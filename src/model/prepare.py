@@ -509,6 +509,53 @@ def pass_conv_bn(g):
     return fired
 
 
+def pass_deform_im2col(g):
+    """DeformConv (group 1, one offset group, constant weights, static output size) → com.matteflow
+    DeformIm2Col + MatMul with the weights [Cout, C·kh·kw] (+ the bias) + Reshape. ONNX Runtime's CUDA DeformConv
+    is the same im2col + GEMM, but its im2col kernel works out each sample's position and bilinear weights again
+    for every channel: 1.16 ms of BiRefNet lite's ~10 (five 7×7 at up to 256², 0.83 ms the largest). matteflow's
+    kernel (src/cuda/deform.cu) does them once per (tap, pixel) for all channels; the GEMM stays ONNX
+    Runtime's. Only matteflow's runtime runs the result (its host operator on the CPU, its kernel on CUDA).
+    Runs after conv-bn (which folds the following BatchNormalization into the weights)."""
+    fired = 0
+    for dc in list(g.g.node):
+        if dc.op_type != "DeformConv" or attr(dc, "group", 1) != 1 or attr(dc, "offset_group", 1) != 1:
+            continue
+        w = g.const(dc.input[1])
+        out = g.static_shape(dc.output[0])
+        if w is None or w.ndim != 4 or out is None or len(out) != 4:
+            continue
+        cout, cin, kh, kw = w.shape
+        if list(attr(dc, "kernel_shape", [kh, kw])) != [kh, kw]:
+            continue
+        b = g.const(dc.input[3]) if len(dc.input) > 3 and dc.input[3] else None
+        if len(dc.input) > 3 and dc.input[3] and b is None:
+            continue  # a computed bias: left alone
+        n, _, ho, wo = out
+        ins = [dc.input[0], dc.input[2]] + ([dc.input[4]] if len(dc.input) > 4 and dc.input[4] else [])
+        cols = g.unique("deform_cols")
+        geo = {a: list(attr(dc, a, d)) for a, d in
+               (("kernel_shape", [kh, kw]), ("strides", [1, 1]), ("pads", [0, 0, 0, 0]), ("dilations", [1, 1]))}
+        new = [helper.make_node("DeformIm2Col", ins, [cols], domain=MF, name=cols, **geo)]
+        ty = g.elem_type(dc.output[0])
+        g.types[cols] = (ty, [n, cin * kh * kw, ho * wo])
+        g.g.value_info.append(helper.make_tensor_value_info(cols, ty, [n, cin * kh * kw, ho * wo]))
+        mm = g.unique("deform_gemm")
+        new.append(helper.make_node("MatMul", [g.add_init("deform_w", w.reshape(cout, cin * kh * kw)), cols], [mm], name=mm))
+        if b is not None and np.any(b):
+            biased = g.unique("deform_bias")
+            new.append(helper.make_node("Add", [mm, g.add_init("deform_b", b.reshape(cout, 1))], [biased], name=biased))
+            mm = biased
+        new.append(helper.make_node("Reshape", [mm, g.add_init("deform_shape", np.array([0, cout, ho, wo], dtype=np.int64))],
+                                    [dc.output[0]], name=g.unique("deform_out")))
+        replace_nodes(g, [dc], new)
+        g.refresh_links()
+        fired += 1
+    if fired and not any(o.domain == MF for o in g.model.opset_import):
+        g.model.opset_import.append(helper.make_opsetid(MF, 1))
+    return fired
+
+
 def const_value(g, name):
     """An initializer's value, also through a Transpose of one (exports write Linear weights as W and W^T)."""
     c = g.const(name)
@@ -996,11 +1043,15 @@ PASSES = {
     "conv-bn": pass_conv_bn,
     "skip-layernorm": pass_skip_layernorm,
     "window-attention": pass_window_attention,
+    "deform-im2col": pass_deform_im2col,
 }
 DEFAULT_PASSES = ["fold", "window-gather", "gather-linear", "qkv-bias", "window-pad", "bias-gelu", "skip-layernorm", "conv-bn"]
-# With --fp16 (the GPU form). window-attention joins these (before qkv-bias takes its bias apart, with `fold`
-# again after for the bias it replays) once its CUDA kernel is checked on a GPU against the unfused graph.
-DEFAULT_FP16_PASSES = list(DEFAULT_PASSES)
+# With --fp16 (the GPU form): matteflow's own operators too (window-attention before qkv-bias takes the qkv bias
+# apart, `fold` again after for the bias it replays; deform-im2col after conv-bn). Their CUDA kernels are
+# checked on a GPU against the host operators (`matteflow gpu-check`), the prepared masks against the fp32
+# original (scripts/gpu-bench.sh wa); the fp32 form keeps ONNX operators only.
+DEFAULT_FP16_PASSES = ["fold", "window-gather", "gather-linear", "window-attention", "qkv-bias", "window-pad", "bias-gelu",
+                       "skip-layernorm", "conv-bn", "deform-im2col", "fold"]
 
 
 def prune(model):

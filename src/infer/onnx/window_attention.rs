@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 
 use half::f16;
-use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput};
+use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::{DynTensorValueType, TensorElementType};
 
 pub const DOMAIN: &str = "com.matteflow";
@@ -90,7 +90,7 @@ pub fn attend(sh: Shape, qkv: &[f32], biases: &[(&[f32], usize, usize)], qkv_bia
 }
 
 /// The host operator for one element type (f32 or f16; f16 is computed in f32).
-struct Host(TensorElementType);
+pub(super) struct Host(pub TensorElementType);
 
 fn floats(v: &ort::value::ValueRef<'_>, ty: TensorElementType) -> ort::Result<(Vec<i64>, Vec<f32>)> {
     Ok(if ty == TensorElementType::Float16 {
@@ -277,7 +277,7 @@ impl Kernel {
 }
 
 /// The CUDA provider's operator: float16 on device buffers, launched on the provider's stream.
-struct Cuda;
+pub(super) struct Cuda;
 
 impl Operator for Cuda {
     type Kernel<'attr> = BoxedKernel<'attr>;
@@ -350,17 +350,6 @@ fn check_bias(shape: &[i64], sh: Shape, windows: usize) -> ort::Result<(usize, u
         return Err(ort::Error::new(format!("WindowAttention: bias shape {shape:?} does not fit {windows} windows of {s} tokens, {} heads", sh.heads)));
     }
     Ok((shape[0] as usize, shape[1] as usize))
-}
-
-/// The operator domain every session registers (a model without the op is unaffected): the host operator for
-/// f32 and f16, and, where a CUDA driver and NVRTC load, the CUDA provider's.
-pub fn domain() -> ort::Result<OperatorDomain> {
-    let d = OperatorDomain::new(DOMAIN)?.add(Host(TensorElementType::Float32))?.add(Host(TensorElementType::Float16))?;
-    if crate::cuda::driver_present() && crate::cuda::nvrtc_present() {
-        d.add(Cuda)
-    } else {
-        Ok(d)
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,333 @@
+//! `com.matteflow.DeformIm2Col`: the columns of a modulated deformable convolution (what `matteflow prepare`'s
+//! `deform-im2col` pass writes in place of ONNX's DeformConv, followed by a MatMul with the weights and a
+//! Reshape). This is the host implementation, for the CPU provider and as the reference the CUDA kernel
+//! (src/cuda/deform.cu) is checked against.
+//!
+//! Inputs: `x` [N, C, H, W]; `offset` [N, 2·kh·kw, Ho, Wo] ((Δy, Δx) pairs per kernel position, as DeformConv
+//! with one offset group); `mask` [N, kh·kw, Ho, Wo] (optional: the modulation). Attributes as DeformConv's:
+//! `kernel_shape`, `strides`, `pads`, `dilations` (group and offset group 1). Output [N, C·kh·kw, Ho·Wo], row
+//! c·kh·kw + i·kw + j (the order of the weights [Cout, C, kh, kw] flattened).
+
+use std::sync::{Arc, Mutex};
+
+use half::f16;
+use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
+use ort::value::{DynTensorValueType, TensorElementType};
+
+/// The operator's attributes, read once when the kernel is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    /// Top and left padding (the bottom and right only decide Ho and Wo, which the offsets carry).
+    pub pad: (usize, usize),
+    pub dilation: (usize, usize),
+}
+
+impl Geometry {
+    fn from_kernel(k: &KernelContext<'_>) -> ort::Result<Self> {
+        let ints = |name: &str, len: usize, default: i64| -> ort::Result<Vec<usize>> {
+            let v = k.get::<Vec<i64>>(name).unwrap_or_else(|| vec![default; len]);
+            if v.len() < len || v.iter().any(|x| *x < 0) || (name != "pads" && v.iter().any(|x| *x == 0)) {
+                return Err(ort::Error::new(format!("DeformIm2Col: attribute {name} {v:?} is not {len} valid values")));
+            }
+            Ok(v.into_iter().map(|x| x as usize).collect())
+        };
+        let ks = k.get::<Vec<i64>>("kernel_shape").ok_or_else(|| ort::Error::new("DeformIm2Col: attribute kernel_shape missing"))?;
+        if ks.len() != 2 || ks.iter().any(|x| *x <= 0) {
+            return Err(ort::Error::new(format!("DeformIm2Col: kernel_shape {ks:?} is not two positive sizes")));
+        }
+        let (s, p, d) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
+        Ok(Geometry { kh: ks[0] as usize, kw: ks[1] as usize, stride: (s[0], s[1]), pad: (p[0], p[1]), dilation: (d[0], d[1]) })
+    }
+
+    pub fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+}
+
+/// The sizes of one call: batch, channels, input map, output map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl Dims {
+    /// From the inputs' shapes, each checked against the others and `geo`.
+    pub fn of(x: &[i64], offset: &[i64], mask: Option<&[i64]>, geo: Geometry) -> ort::Result<Dims> {
+        let bad = |what: String| ort::Error::new(format!("DeformIm2Col: {what}"));
+        if x.len() != 4 || offset.len() != 4 || x.iter().chain(offset).any(|d| *d <= 0) {
+            return Err(bad(format!("x {x:?} and offset {offset:?} must be 4-D [N, C, H, W] and [N, 2·kh·kw, Ho, Wo]")));
+        }
+        let kk = geo.taps() as i64;
+        if offset[0] != x[0] || offset[1] != 2 * kk {
+            return Err(bad(format!("offset {offset:?} does not fit x {x:?} and a {}×{} kernel (one offset group)", geo.kh, geo.kw)));
+        }
+        if let Some(m) = mask {
+            if m != [x[0], kk, offset[2], offset[3]] {
+                return Err(bad(format!("mask {m:?} is not [{}, {kk}, {}, {}]", x[0], offset[2], offset[3])));
+            }
+        }
+        let u = |v: i64| v as usize;
+        Ok(Dims { n: u(x[0]), c: u(x[1]), h: u(x[2]), w: u(x[3]), ho: u(offset[2]), wo: u(offset[3]) })
+    }
+
+    pub fn cols_shape(&self, geo: Geometry) -> Vec<i64> {
+        vec![self.n as i64, (self.c * geo.taps()) as i64, (self.ho * self.wo) as i64]
+    }
+}
+
+/// The bilinear sample of one map at (y, x) as torchvision's deform_conv2d takes it: 0 outside (−1, H) × (−1, W),
+/// each corner outside the map read as 0.
+fn sample(map: &[f32], h: usize, w: usize, y: f32, x: f32) -> f32 {
+    if y <= -1.0 || y >= h as f32 || x <= -1.0 || x >= w as f32 {
+        return 0.0;
+    }
+    let (fy, fx) = (y.floor(), x.floor());
+    let (ly, lx) = (y - fy, x - fx);
+    let (y0, x0) = (fy as i64, fx as i64);
+    let at = |yy: i64, xx: i64| -> f32 {
+        if yy < 0 || xx < 0 || yy >= h as i64 || xx >= w as i64 {
+            0.0
+        } else {
+            map[yy as usize * w + xx as usize]
+        }
+    };
+    (1.0 - ly) * (1.0 - lx) * at(y0, x0) + (1.0 - ly) * lx * at(y0, x0 + 1) + ly * (1.0 - lx) * at(y0 + 1, x0) + ly * lx * at(y0 + 1, x0 + 1)
+}
+
+/// The columns in f32: `x` [N, C, H, W], `offset` [N, 2·KK, Ho, Wo], `mask` [N, KK, Ho, Wo] or None, `cols`
+/// [N, C·KK, Ho·Wo]. The reference for the CUDA kernel.
+pub fn im2col(geo: Geometry, d: Dims, x: &[f32], offset: &[f32], mask: Option<&[f32]>, cols: &mut [f32]) {
+    let (kk, p) = (geo.taps(), d.ho * d.wo);
+    for n in 0..d.n {
+        for k in 0..kk {
+            let (i, j) = (k / geo.kw, k % geo.kw);
+            for oh in 0..d.ho {
+                for ow in 0..d.wo {
+                    let q = oh * d.wo + ow;
+                    let dy = offset[(n * 2 * kk + 2 * k) * p + q];
+                    let dx = offset[(n * 2 * kk + 2 * k + 1) * p + q];
+                    let m = mask.map_or(1.0, |m| m[(n * kk + k) * p + q]);
+                    let y = (oh * geo.stride.0 + i * geo.dilation.0) as f32 - geo.pad.0 as f32 + dy;
+                    let xx = (ow * geo.stride.1 + j * geo.dilation.1) as f32 - geo.pad.1 as f32 + dx;
+                    for c in 0..d.c {
+                        let map = &x[(n * d.c + c) * d.h * d.w..][..d.h * d.w];
+                        cols[((n * d.c + c) * kk + k) * p + q] = m * sample(map, d.h, d.w, y, xx);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The host operator for one element type (f32 or f16; f16 is computed in f32).
+pub(super) struct Host(pub TensorElementType);
+
+fn floats(v: &ort::value::ValueRef<'_>, ty: TensorElementType) -> ort::Result<(Vec<i64>, Vec<f32>)> {
+    Ok(if ty == TensorElementType::Float16 {
+        let (shape, d) = v.try_extract_tensor::<f16>()?;
+        (shape.to_vec(), d.iter().map(|x| x.to_f32()).collect())
+    } else {
+        let (shape, d) = v.try_extract_tensor::<f32>()?;
+        (shape.to_vec(), d.to_vec())
+    })
+}
+
+impl Operator for Host {
+    type Kernel<'attr> = BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        "DeformIm2Col"
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [OperatorInput::required(self.0), OperatorInput::required(self.0), OperatorInput::optional(self.0)]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(self.0)]
+    }
+
+    fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        let geo = Geometry::from_kernel(k)?;
+        let ty = self.0;
+        Ok(Box::new(move |ctx: &ComputeContext| {
+            let input = |i: usize, what: &str| ctx.input(i)?.ok_or_else(|| ort::Error::new(format!("DeformIm2Col: no {what} input")));
+            let (xs, x) = floats(&input(0, "x")?, ty)?;
+            let (os, offset) = floats(&input(1, "offset")?, ty)?;
+            let mask = ctx.input(2)?.map(|m| floats(&m, ty)).transpose()?;
+            let d = Dims::of(&xs, &os, mask.as_ref().map(|(s, _)| s.as_slice()), geo)?;
+            let mut cols = vec![0f32; d.n * d.c * geo.taps() * d.ho * d.wo];
+            im2col(geo, d, &x, &offset, mask.as_ref().map(|(_, m)| m.as_slice()), &mut cols);
+            let mut o = ctx.output(0, d.cols_shape(geo))?.ok_or_else(|| ort::Error::new("DeformIm2Col: no output"))?;
+            if ty == TensorElementType::Float16 {
+                let (_, dst) = o.try_extract_tensor_mut::<f16>()?;
+                dst.iter_mut().zip(&cols).for_each(|(d, s)| *d = f16::from_f32(*s));
+            } else {
+                let (_, dst) = o.try_extract_tensor_mut::<f32>()?;
+                dst.copy_from_slice(&cols);
+            }
+            Ok(())
+        }))
+    }
+}
+
+/// The kernel of src/cuda/deform.cu, loaded into a device's primary context (the one ONNX Runtime's CUDA
+/// provider and cudarc both use).
+pub struct Kernel {
+    _module: Arc<cudarc::driver::CudaModule>,
+    f: cudarc::driver::CudaFunction,
+}
+
+static LOADED: Mutex<Vec<(i32, Arc<Kernel>)>> = Mutex::new(Vec::new());
+
+/// Threads per block of the launch.
+const BLOCK: usize = 256;
+
+impl Kernel {
+    /// The kernel on the device whose context is current on this thread (ONNX Runtime's, inside a compute
+    /// call), compiled by NVRTC the first time.
+    fn for_current_device() -> ort::Result<Arc<Kernel>> {
+        let mut dev = 0;
+        // SAFETY: writes the current context's device ordinal into `dev`.
+        unsafe { cudarc::driver::sys::cuCtxGetDevice(&mut dev) }
+            .result()
+            .map_err(|e| ort::Error::new(format!("DeformIm2Col: no current CUDA device: {e}")))?;
+        let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, k)) = loaded.iter().find(|(d, _)| *d == dev) {
+            return Ok(k.clone());
+        }
+        let ctx = cudarc::driver::CudaContext::new(dev as usize).map_err(|e| ort::Error::new(format!("DeformIm2Col: CUDA device {dev}: {e}")))?;
+        let k = Arc::new(Kernel::load(&ctx).map_err(|e| ort::Error::new(format!("DeformIm2Col: {e}")))?);
+        loaded.push((dev, k.clone()));
+        Ok(k)
+    }
+
+    /// Compiles the kernel for `ctx`'s device and loads it there.
+    pub fn load(ctx: &Arc<cudarc::driver::CudaContext>) -> crate::Result<Kernel> {
+        let ptx = crate::cuda::compile_deform(crate::cuda::arch_of(ctx)?)?;
+        let cuda = |what: &str, e: cudarc::driver::DriverError| crate::Error::Cuda(format!("deformable im2col kernel: {what}: {e}"));
+        let module = ctx.load_module(ptx).map_err(|e| cuda("load", e))?;
+        let f = module.load_function("deform_im2col").map_err(|e| cuda("function", e))?;
+        Ok(Kernel { _module: module, f })
+    }
+
+    /// Launches the columns on `stream` over device buffers: `x` [N, C, H, W] f16, `offset` [N, 2·KK, Ho, Wo]
+    /// f16, `mask` [N, KK, Ho, Wo] f16 or null, `cols` [N, C·KK, Ho·Wo] f16.
+    ///
+    /// # Safety
+    /// The pointers must be device buffers of those sizes in this kernel's context, live until the stream
+    /// reaches the kernel.
+    pub unsafe fn launch(
+        &self,
+        stream: cudarc::driver::sys::CUstream,
+        geo: Geometry,
+        d: Dims,
+        x: *const std::ffi::c_void,
+        offset: *const std::ffi::c_void,
+        mask: *const std::ffi::c_void,
+        cols: *mut std::ffi::c_void,
+    ) -> Result<(), cudarc::driver::DriverError> {
+        let blocks = (geo.taps() * d.ho * d.wo).div_ceil(BLOCK);
+        // Enough blocks to fill the GPU (a few thousand): the channels split into runs when the map is small.
+        let runs = 2048usize.div_ceil(blocks).clamp(1, d.c);
+        let cpb = d.c.div_ceil(runs);
+        let (mut px, mut po, mut pm, mut pc) = (x, offset, mask, cols);
+        let mut ints = [d.c, d.h, d.w, d.ho, d.wo, geo.kh, geo.kw, geo.stride.0, geo.stride.1, geo.pad.0, geo.pad.1, geo.dilation.0, geo.dilation.1, cpb]
+            .map(|v| v as i32);
+        let mut params: Vec<*mut std::ffi::c_void> = vec![(&raw mut px).cast(), (&raw mut po).cast(), (&raw mut pm).cast(), (&raw mut pc).cast()];
+        params.extend(ints.iter_mut().map(|v| (v as *mut i32).cast::<std::ffi::c_void>()));
+        // SAFETY: the caller's contract; the eighteen parameters are the kernel's, in its order and types.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                self.f.cu_function(),
+                (blocks as u32, d.c.div_ceil(cpb) as u32, d.n as u32),
+                (BLOCK as u32, 1, 1),
+                0,
+                stream,
+                &mut params,
+            )
+        }
+    }
+}
+
+/// The CUDA provider's operator: float16 on device buffers, launched on the provider's stream.
+pub(super) struct Cuda;
+
+impl Operator for Cuda {
+    type Kernel<'attr> = BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        "DeformIm2Col"
+    }
+
+    fn execution_provider_type(&self) -> Option<&str> {
+        Some("CUDAExecutionProvider")
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        let t = TensorElementType::Float16;
+        [OperatorInput::required(t), OperatorInput::required(t), OperatorInput::optional(t)]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float16)]
+    }
+
+    fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        let geo = Geometry::from_kernel(k)?;
+        let mut kernel: Option<Arc<Kernel>> = None;
+        Ok(Box::new(move |ctx: &ComputeContext| {
+            let stream = ctx.stream()?.ok_or_else(|| ort::Error::new("DeformIm2Col: no CUDA stream"))?;
+            let kern = match &kernel {
+                Some(k) => k.clone(),
+                None => kernel.insert(Kernel::for_current_device()?).clone(),
+            };
+            let tensor = |i: usize| -> ort::Result<_> { ctx.input(i)?.map(|b| b.downcast::<DynTensorValueType>()).transpose() };
+            let x = tensor(0)?.ok_or_else(|| ort::Error::new("DeformIm2Col: no x input"))?;
+            let offset = tensor(1)?.ok_or_else(|| ort::Error::new("DeformIm2Col: no offset input"))?;
+            let mask = tensor(2)?;
+            let d = Dims::of(x.shape(), offset.shape(), mask.as_ref().map(|m| &**m.shape()), geo)?;
+            let cols = ctx.output(0, d.cols_shape(geo))?.ok_or_else(|| ort::Error::new("DeformIm2Col: no output"))?.downcast::<DynTensorValueType>()?;
+            let mask = mask.as_ref().map_or(std::ptr::null(), |m| m.data_ptr());
+            // SAFETY: ONNX Runtime's device buffers for this call (shapes checked above; the output's buffer is
+            // writable: GetTensorMutableData underneath), on its stream, in the current (its) context.
+            unsafe { kern.launch(stream.as_ptr().cast(), geo, d, x.data_ptr(), offset.data_ptr(), mask, cols.data_ptr().cast_mut()) }
+                .map_err(|e| ort::Error::new(format!("DeformIm2Col: launch: {e}")))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2×2 map, a 1×1 kernel: zero offsets copy the map; half-pixel offsets average neighbours; a sample past
+    /// the edge reads 0 there; the mask scales.
+    #[test]
+    fn samples_by_hand() {
+        let geo = Geometry { kh: 1, kw: 1, stride: (1, 1), pad: (0, 0), dilation: (1, 1) };
+        let d = Dims { n: 1, c: 1, h: 2, w: 2, ho: 2, wo: 2 };
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let mut cols = [0f32; 4];
+        im2col(geo, d, &x, &[0.0; 8], None, &mut cols);
+        assert_eq!(cols, x);
+        // Δx = 0.5 everywhere: (1+2)/2 at the left column; at the right one the corner past the edge is 0
+        let mut off = [0f32; 8];
+        off[4..].fill(0.5);
+        im2col(geo, d, &x, &off, Some(&[1.0, 1.0, 1.0, 0.5]), &mut cols);
+        assert_eq!(cols, [1.5, 1.0, 3.5, 1.0]);
+        // Δy = −1 everywhere: the top row samples y = −1, outside: 0
+        let mut off = [0f32; 8];
+        off[..4].fill(-1.0);
+        im2col(geo, d, &x, &off, None, &mut cols);
+        assert_eq!(cols, [0.0, 0.0, 1.0, 2.0]);
+    }
+}
