@@ -649,7 +649,9 @@ PY
 for s in "$@"; do
   W=$(mktemp -d /tmp/gb-"$s"-XXXX)
   echo "=== step $s ($(date -u +%H:%M:%S)) ==="
-  step "$s" 2>&1 | tee "$OUT/$s.log"
+  # (a step run twice into one $OUT keeps both: wa.log, wa-2.log, …)
+  name=$s; k=1; while [ -e "$OUT/$name.log" ]; do k=$((k + 1)); name=$s-$k; done
+  step "$s" 2>&1 | tee "$OUT/$name.log"
   rm -f "$W"/*.onnx
-  tar -C "$W" -czf "$OUT/$s.tgz" .
+  tar -C "$W" -czf "$OUT/$name.tgz" .
 done
