@@ -6,7 +6,7 @@ throughput (frames/s) against batch size for each runtime (lines, log2 x axis).
     python3 scripts/gpu_bench_plot.py docs/gpu-bench-2026-11-29.json docs/gpu-bench-2026-11-29.svg
 
 Input JSON: {"title": str,
-             "stages": [{"label": str, "fps": float, "ms": {"decode": .., "preprocess": .., "infer": .., ...}}],
+             "stages" (optional: without it, the right panel alone): [{"label": str, "fps": float, "ms": {"decode": .., "preprocess": .., "infer": .., ...}}],
              "batch": [{"label": str, "points": [[batch, frames_per_s], ...]}]}
 """
 import json
@@ -96,12 +96,14 @@ def batch_panel(series, x0, y0, w, h):
 
 def main():
     data = json.load(open(sys.argv[1]))
-    W, H = 1180, 470
+    stages = data.get("stages") or []  # none: the throughput panel alone
+    W, H = (1180, 470) if stages else (620, 470)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}">',
              f'<rect width="{W}" height="{H}" fill="white"/>',
              text(W / 2, 20, data.get("title", ""), 14, "middle", "bold")]
-    parts += stage_panel(data["stages"], 70, 80, 480, 300)
-    parts += batch_panel(data["batch"], 680, 80, 460, 300)
+    if stages:
+        parts += stage_panel(stages, 70, 80, 480, 300)
+    parts += batch_panel(data["batch"], 680 if stages else 110, 80, 460, 300)
     parts.append("</svg>")
     open(sys.argv[2], "w").write("\n".join(parts) + "\n")
 
