@@ -112,7 +112,8 @@ enum Cmd {
     },
     /// Rewrite an ONNX model (BiRefNet and kin) once into the graph ONNX Runtime's CUDA provider runs fastest,
     /// same outputs (shape arithmetic folded, Swin's window shuffles as one row Gather, attention biases moved,
-    /// MatMul biases fused into BiasGelu / SkipLayerNormalization, BatchNorm into convolutions, optional float16).
+    /// MatMul biases fused into BiasGelu / SkipLayerNormalization, BatchNorm into convolutions, optional float16;
+    /// with --fp16 also matteflow's own WindowAttention and DeformIm2Col operators, which only matteflow runs).
     /// Cached by the model's hash; prints the prepared file's path. With --device cuda every command then runs
     /// the prepared graph by itself. Needs Python 3 with onnx
     Prepare {
@@ -122,7 +123,8 @@ enum Cmd {
         #[arg(long)]
         fp16: bool,
         /// Passes in order, comma-separated (default: fold,window-gather,gather-linear,qkv-bias,window-pad,
-        /// bias-gelu,skip-layernorm,conv-bn; also head-gather; none for none)
+        /// bias-gelu,skip-layernorm,conv-bn; with --fp16: fold,window-gather,gather-linear,window-attention,
+        /// qkv-bias,window-pad,bias-gelu,skip-layernorm,conv-bn,deform-im2col,fold; also head-gather; none for none)
         #[arg(long)]
         passes: Option<String>,
         /// With --fp16: operators kept in float32 (e.g. DeformConv)
