@@ -13,6 +13,7 @@ use crate::runtime::{self, Provider, ProviderOptions};
 
 pub mod deform_im2col;
 mod device;
+mod ops;
 pub mod window_attention;
 pub use device::{ort_run_time, DeviceIo, DeviceMask};
 

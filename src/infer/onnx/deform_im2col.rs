@@ -10,9 +10,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use half::f16;
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::{DynTensorValueType, TensorElementType};
+
+use super::ops::{for_current_device, read_f32, write_f32, Loaded};
 
 /// The operator's attributes, read once when the kernel is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +30,7 @@ impl Geometry {
     fn from_kernel(k: &KernelContext<'_>) -> ort::Result<Self> {
         let ints = |name: &str, len: usize, default: i64| -> ort::Result<Vec<usize>> {
             let v = k.get::<Vec<i64>>(name).unwrap_or_else(|| vec![default; len]);
-            if v.len() < len || v.iter().any(|x| *x < 0) || (name != "pads" && v.iter().any(|x| *x == 0)) {
+            if v.len() < len || v.iter().any(|x| *x < 0) || (name != "pads" && v.contains(&0)) {
                 return Err(ort::Error::new(format!("DeformIm2Col: attribute {name} {v:?} is not {len} valid values")));
             }
             Ok(v.into_iter().map(|x| x as usize).collect())
@@ -130,16 +131,6 @@ pub fn im2col(geo: Geometry, d: Dims, x: &[f32], offset: &[f32], mask: Option<&[
 /// The host operator for one element type (f32 or f16; f16 is computed in f32).
 pub(super) struct Host(pub TensorElementType);
 
-fn floats(v: &ort::value::ValueRef<'_>, ty: TensorElementType) -> ort::Result<(Vec<i64>, Vec<f32>)> {
-    Ok(if ty == TensorElementType::Float16 {
-        let (shape, d) = v.try_extract_tensor::<f16>()?;
-        (shape.to_vec(), d.iter().map(|x| x.to_f32()).collect())
-    } else {
-        let (shape, d) = v.try_extract_tensor::<f32>()?;
-        (shape.to_vec(), d.to_vec())
-    })
-}
-
 impl Operator for Host {
     type Kernel<'attr> = BoxedKernel<'attr>;
 
@@ -160,21 +151,13 @@ impl Operator for Host {
         let ty = self.0;
         Ok(Box::new(move |ctx: &ComputeContext| {
             let input = |i: usize, what: &str| ctx.input(i)?.ok_or_else(|| ort::Error::new(format!("DeformIm2Col: no {what} input")));
-            let (xs, x) = floats(&input(0, "x")?, ty)?;
-            let (os, offset) = floats(&input(1, "offset")?, ty)?;
-            let mask = ctx.input(2)?.map(|m| floats(&m, ty)).transpose()?;
+            let (xs, x) = read_f32(&input(0, "x")?, ty)?;
+            let (os, offset) = read_f32(&input(1, "offset")?, ty)?;
+            let mask = ctx.input(2)?.map(|m| read_f32(&m, ty)).transpose()?;
             let d = Dims::of(&xs, &os, mask.as_ref().map(|(s, _)| s.as_slice()), geo)?;
             let mut cols = vec![0f32; d.n * d.c * geo.taps() * d.ho * d.wo];
             im2col(geo, d, &x, &offset, mask.as_ref().map(|(_, m)| m.as_slice()), &mut cols);
-            let mut o = ctx.output(0, d.cols_shape(geo))?.ok_or_else(|| ort::Error::new("DeformIm2Col: no output"))?;
-            if ty == TensorElementType::Float16 {
-                let (_, dst) = o.try_extract_tensor_mut::<f16>()?;
-                dst.iter_mut().zip(&cols).for_each(|(d, s)| *d = f16::from_f32(*s));
-            } else {
-                let (_, dst) = o.try_extract_tensor_mut::<f32>()?;
-                dst.copy_from_slice(&cols);
-            }
-            Ok(())
+            write_f32(ctx, d.cols_shape(geo), ty, &cols, "DeformIm2Col")
         }))
     }
 }
@@ -186,30 +169,12 @@ pub struct Kernel {
     f: cudarc::driver::CudaFunction,
 }
 
-static LOADED: Mutex<Vec<(i32, Arc<Kernel>)>> = Mutex::new(Vec::new());
+static LOADED: Loaded<(), Kernel> = Mutex::new(Vec::new());
 
 /// Threads per block of the launch.
 const BLOCK: usize = 256;
 
 impl Kernel {
-    /// The kernel on the device whose context is current on this thread (ONNX Runtime's, inside a compute
-    /// call), compiled by NVRTC the first time.
-    fn for_current_device() -> ort::Result<Arc<Kernel>> {
-        let mut dev = 0;
-        // SAFETY: writes the current context's device ordinal into `dev`.
-        unsafe { cudarc::driver::sys::cuCtxGetDevice(&mut dev) }
-            .result()
-            .map_err(|e| ort::Error::new(format!("DeformIm2Col: no current CUDA device: {e}")))?;
-        let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, k)) = loaded.iter().find(|(d, _)| *d == dev) {
-            return Ok(k.clone());
-        }
-        let ctx = cudarc::driver::CudaContext::new(dev as usize).map_err(|e| ort::Error::new(format!("DeformIm2Col: CUDA device {dev}: {e}")))?;
-        let k = Arc::new(Kernel::load(&ctx).map_err(|e| ort::Error::new(format!("DeformIm2Col: {e}")))?);
-        loaded.push((dev, k.clone()));
-        Ok(k)
-    }
-
     /// Compiles the kernel for `ctx`'s device and loads it there.
     pub fn load(ctx: &Arc<cudarc::driver::CudaContext>) -> crate::Result<Kernel> {
         let ptx = crate::cuda::compile_deform(crate::cuda::arch_of(ctx)?)?;
@@ -225,6 +190,7 @@ impl Kernel {
     /// # Safety
     /// The pointers must be device buffers of those sizes in this kernel's context, live until the stream
     /// reaches the kernel.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn launch(
         &self,
         stream: cudarc::driver::sys::CUstream,
@@ -288,7 +254,7 @@ impl Operator for Cuda {
             let stream = ctx.stream()?.ok_or_else(|| ort::Error::new("DeformIm2Col: no CUDA stream"))?;
             let kern = match &kernel {
                 Some(k) => k.clone(),
-                None => kernel.insert(Kernel::for_current_device()?).clone(),
+                None => kernel.insert(for_current_device(&LOADED, (), "DeformIm2Col", Kernel::load)?).clone(),
             };
             let tensor = |i: usize| -> ort::Result<_> { ctx.input(i)?.map(|b| b.downcast::<DynTensorValueType>()).transpose() };
             let x = tensor(0)?.ok_or_else(|| ort::Error::new("DeformIm2Col: no x input"))?;

@@ -11,9 +11,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use half::f16;
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::{DynTensorValueType, TensorElementType};
+
+use super::ops::{for_current_device, read_f32, write_f32, Loaded};
 
 pub const DOMAIN: &str = "com.matteflow";
 
@@ -92,16 +93,6 @@ pub fn attend(sh: Shape, qkv: &[f32], biases: &[(&[f32], usize, usize)], qkv_bia
 /// The host operator for one element type (f32 or f16; f16 is computed in f32).
 pub(super) struct Host(pub TensorElementType);
 
-fn floats(v: &ort::value::ValueRef<'_>, ty: TensorElementType) -> ort::Result<(Vec<i64>, Vec<f32>)> {
-    Ok(if ty == TensorElementType::Float16 {
-        let (shape, d) = v.try_extract_tensor::<f16>()?;
-        (shape.to_vec(), d.iter().map(|x| x.to_f32()).collect())
-    } else {
-        let (shape, d) = v.try_extract_tensor::<f32>()?;
-        (shape.to_vec(), d.to_vec())
-    })
-}
-
 impl Operator for Host {
     type Kernel<'attr> = BoxedKernel<'attr>;
 
@@ -122,7 +113,7 @@ impl Operator for Host {
         let ty = self.0;
         Ok(Box::new(move |ctx: &ComputeContext| {
             let qkv = ctx.input(0)?.ok_or_else(|| ort::Error::new("WindowAttention: no qkv input"))?;
-            let (_, qkv) = floats(&qkv, ty)?;
+            let (_, qkv) = read_f32(&qkv, ty)?;
             let per_window = sh.tokens * 3 * sh.channels();
             if qkv.is_empty() || qkv.len() % per_window != 0 {
                 return Err(ort::Error::new(format!(
@@ -134,28 +125,19 @@ impl Operator for Host {
             let mut biases = Vec::new();
             for i in [1, 3] {
                 if let Some(b) = ctx.input(i)? {
-                    let (shape, b) = floats(&b, ty)?;
+                    let (shape, b) = read_f32(&b, ty)?;
                     let (wb, hb) = check_bias(&shape, sh, windows)?;
                     biases.push((b, wb, hb));
                 }
             }
             let qkv_bias = match ctx.input(2)? {
-                Some(b) => Some(floats(&b, ty)?.1),
+                Some(b) => Some(read_f32(&b, ty)?.1),
                 None => None,
             };
             let mut out = vec![0f32; windows * sh.tokens * sh.channels()];
             let biases: Vec<_> = biases.iter().map(|(b, wb, hb)| (b.as_slice(), *wb, *hb)).collect();
             attend(sh, &qkv, &biases, qkv_bias.as_deref(), &mut out);
-            let shape = vec![windows as i64, sh.tokens as i64, sh.channels() as i64];
-            let mut o = ctx.output(0, shape)?.ok_or_else(|| ort::Error::new("WindowAttention: no output"))?;
-            if ty == TensorElementType::Float16 {
-                let (_, dst) = o.try_extract_tensor_mut::<f16>()?;
-                dst.iter_mut().zip(&out).for_each(|(d, s)| *d = f16::from_f32(*s));
-            } else {
-                let (_, dst) = o.try_extract_tensor_mut::<f32>()?;
-                dst.copy_from_slice(&out);
-            }
-            Ok(())
+            write_f32(ctx, vec![windows as i64, sh.tokens as i64, sh.channels() as i64], ty, &out, "WindowAttention")
         }))
     }
 }
@@ -190,28 +172,9 @@ pub struct Kernel {
     f: cudarc::driver::CudaFunction,
 }
 
-type Loaded = Vec<((i32, KernelConfig), Arc<Kernel>)>;
-static LOADED: Mutex<Loaded> = Mutex::new(Vec::new());
+static LOADED: Loaded<KernelConfig, Kernel> = Mutex::new(Vec::new());
 
 impl Kernel {
-    /// The kernel for `cfg` on the device whose context is current on this thread (ONNX Runtime's, inside a
-    /// compute call), compiled by NVRTC the first time.
-    fn for_current_device(cfg: KernelConfig) -> ort::Result<Arc<Kernel>> {
-        let mut dev = 0;
-        // SAFETY: writes the current context's device ordinal into `dev`.
-        unsafe { cudarc::driver::sys::cuCtxGetDevice(&mut dev) }
-            .result()
-            .map_err(|e| ort::Error::new(format!("WindowAttention: no current CUDA device: {e}")))?;
-        let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, k)) = loaded.iter().find(|(key, _)| *key == (dev, cfg)) {
-            return Ok(k.clone());
-        }
-        let ctx = cudarc::driver::CudaContext::new(dev as usize).map_err(|e| ort::Error::new(format!("WindowAttention: CUDA device {dev}: {e}")))?;
-        let k = Arc::new(Kernel::load(&ctx, cfg).map_err(|e| ort::Error::new(format!("WindowAttention: {e}")))?);
-        loaded.push(((dev, cfg), k.clone()));
-        Ok(k)
-    }
-
     /// Compiles the kernel for `cfg` and `ctx`'s device and loads it there.
     pub fn load(ctx: &Arc<cudarc::driver::CudaContext>, cfg: KernelConfig) -> crate::Result<Kernel> {
         let ptx = crate::cuda::compile_attention(crate::cuda::arch_of(ctx)?, &cfg.defines())?;
@@ -309,7 +272,10 @@ impl Operator for Cuda {
             let stream = ctx.stream()?.ok_or_else(|| ort::Error::new("WindowAttention: no CUDA stream"))?;
             let kern = match &kernel {
                 Some(k) => k.clone(),
-                None => kernel.insert(Kernel::for_current_device(KernelConfig::for_tokens(sh.tokens))?).clone(),
+                None => {
+                    let cfg = KernelConfig::for_tokens(sh.tokens);
+                    kernel.insert(for_current_device(&LOADED, cfg, "WindowAttention", |ctx| Kernel::load(ctx, cfg))?).clone()
+                }
             };
             let qkv = ctx.input(0)?.ok_or_else(|| ort::Error::new("WindowAttention: no qkv input"))?.downcast::<DynTensorValueType>()?;
             let n: i64 = qkv.shape().iter().product();
