@@ -160,11 +160,11 @@ fn window_attention_and_deform_conv_become_matteflow_operators_and_the_masks_sta
     // qkv's bias, the scale, the relative-position bias + shift mask (replayed as one constant and folded), the
     // softmax and ·v: one com.matteflow.WindowAttention node, which matteflow's host operator runs on the CPU
     // provider (the CUDA provider's kernel is checked by `gpu-check` on a GPU). qkv-bias finds nothing left to do.
-    // The modulated DeformConv (its BatchNormalization folded first): com.matteflow.DeformIm2Col + MatMul + bias
-    // Add + Reshape.
+    // The modulated DeformConv (its BatchNormalization folded first): com.matteflow.DeformIm2Col (with the ones
+    // row its bias multiplies) + MatMul + Reshape.
     for (args, fold) in [(&[][..], 2), (&["--torchscript"][..], 7)] {
         let fired = [("fold", fold), ("window-gather", 2), ("gather-linear", 1), ("window-attention", 1), ("qkv-bias", 0), ("skip-layernorm", 1), ("conv-bn", 1), ("deform-im2col", 1)];
-        attention_block(args, Some(FP16_PASSES), &fired, (if fold == 2 { 64 } else { 81 }, 28));
+        attention_block(args, Some(FP16_PASSES), &fired, (if fold == 2 { 64 } else { 81 }, 27));
     }
 }
 

@@ -4,6 +4,7 @@
 //
 //   cols[n, c·KK + k, p] = mask[n, k, p] · bilinear(x[n, c], oh·sh − ph + i·dh + Δy, ow·sw − pw + j·dw + Δx)
 //
+// then `ones_rows` rows per image (a row of ones, then zeros: the bias as one more weight column of the MatMul),
 // with k = i·kw + j, p = oh·Wo + ow, (Δy, Δx) = offset[n, 2k, p], offset[n, 2k + 1, p], and the bilinear sample
 // as torchvision's deform_conv2d (and ONNX's DeformConv) take it: 0 outside (−1, H) × (−1, W), each corner
 // outside the map read as 0.
@@ -29,7 +30,7 @@ __device__ __forceinline__ unsigned short di_f2h(float f) {
 extern "C" __global__ void deform_im2col(const unsigned short* __restrict__ x, const unsigned short* __restrict__ offset,
                                          const unsigned short* __restrict__ mask, unsigned short* __restrict__ cols,
                                          int C, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw, int ph,
-                                         int pw, int dh, int dw, int cpb) {
+                                         int pw, int dh, int dw, int cpb, int ones_rows) {
     const int KK = kh * kw;
     const long long P = (long long)Ho * Wo;
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -50,7 +51,12 @@ extern "C" __global__ void deform_im2col(const unsigned short* __restrict__ x, c
     const int c1 = min(C, c0 + cpb);
     const long long plane = (long long)H * W;
     const long long step = (long long)KK * P;
-    unsigned short* out = cols + ((long long)n * C + c0) * step + (long long)k * P + p;
+    const long long image = ((long long)C * KK + ones_rows) * P;  // one image's rows
+    if (blockIdx.y == 0 && k == 0) {  // each p of the image once: the ones rows
+        unsigned short* r = cols + n * image + (long long)C * KK * P + p;
+        for (int j = 0; j < ones_rows; ++j, r += P) *r = j == 0 ? 0x3c00 : 0;  // f16 1.0, 0.0
+    }
+    unsigned short* out = cols + n * image + (long long)c0 * step + (long long)k * P + p;
     const unsigned short* in = x + ((long long)n * C + c0) * plane;
 
     float w00 = 0.f, w01 = 0.f, w10 = 0.f, w11 = 0.f;

@@ -424,13 +424,14 @@ fn deform_im2col(gpu: &Gpu, rng: &mut Rng, runs: usize) -> Result<Vec<CaseResult
     use cudarc::driver::{DevicePtr, DevicePtrMut};
     use half::f16;
     use std::ffi::c_void;
-    let geo = |k: usize, s: usize, p: usize, d: usize| Geometry { kh: k, kw: k, stride: (s, s), pad: (p, p), dilation: (d, d) };
+    let geo = |k: usize, s: usize, p: usize, d: usize| Geometry { kh: k, kw: k, stride: (s, s), pad: (p, p), dilation: (d, d), ones_rows: 0 };
     // (name, geometry, batch, channels, input side, modulated)
     let cases = [
         ("BiRefNet lite decoder 7×7 at 256², 64 channels, modulated", geo(7, 1, 3, 1), 1, 64, 256, true),
         ("3×3 at 64², 192 channels, batch 2, modulated", geo(3, 1, 1, 1), 2, 192, 64, true),
         ("1×1 at 32², 768 channels, modulated", geo(1, 1, 0, 1), 1, 768, 32, true),
         ("3×3 stride 2 dilation 2 at 45², 16 channels, no modulation", geo(3, 2, 2, 2), 1, 16, 45, false),
+        ("3×3 at 64², 64 channels, batch 2, modulated, 8 ones rows (the bias's)", Geometry { ones_rows: 8, ..geo(3, 1, 1, 1) }, 2, 64, 64, true),
     ];
     let kern = Kernel::load(&gpu.ctx)?;
     let st = &gpu.stream;
@@ -445,7 +446,7 @@ fn deform_im2col(gpu: &Gpu, rng: &mut Rng, runs: usize) -> Result<Vec<CaseResult
         let mask = modulated.then(|| h16(rng.f32s(n * kk * p).iter().map(|v| v * 2.0).collect()));
         let f32s = |v: &[f16]| -> Vec<f32> { v.iter().map(|x| x.to_f32()).collect() };
         let t = Instant::now();
-        let mut want = vec![0f32; n * c * kk * p];
+        let mut want = vec![0f32; n * g.rows(c) * p];
         im2col(g, d, &f32s(&x), &f32s(&offset), mask.as_deref().map(f32s).as_deref(), &mut want);
         let cpu_ms = t.elapsed().as_secs_f64() * 1000.0;
         let bits = |v: &[f16]| -> Vec<u16> { v.iter().map(|x| x.to_bits()).collect() };

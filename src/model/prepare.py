@@ -511,7 +511,8 @@ def pass_conv_bn(g):
 
 def pass_deform_im2col(g):
     """DeformConv (group 1, one offset group, constant weights, static output size) → com.matteflow
-    DeformIm2Col + MatMul with the weights [Cout, C·kh·kw] (+ the bias) + Reshape. ONNX Runtime's CUDA DeformConv
+    DeformIm2Col + MatMul with the weights [Cout, C·kh·kw] (a bias as one more weight column over a row of ones
+    the op writes) + Reshape. ONNX Runtime's CUDA DeformConv
     is the same im2col + GEMM, but its im2col kernel works out each sample's position and bilinear weights again
     for every channel: 1.16 ms of BiRefNet lite's ~10 (five 7×7 at up to 256², 0.83 ms the largest). matteflow's
     kernel (src/cuda/deform.cu) does them once per (tap, pixel) for all channels; the GEMM stays ONNX
@@ -536,16 +537,20 @@ def pass_deform_im2col(g):
         cols = g.unique("deform_cols")
         geo = {a: list(attr(dc, a, d)) for a, d in
                (("kernel_shape", [kh, kw]), ("strides", [1, 1]), ("pads", [0, 0, 0, 0]), ("dilations", [1, 1]))}
+        # A bias rides in the GEMM: the columns end with a row of ones (and 7 zero rows, keeping the inner size a
+        # multiple of 8), the weights with the bias column (and 7 zero columns).
+        w2 = w.reshape(cout, cin * kh * kw)
+        ones = 8 if b is not None and np.any(b) else 0
+        if ones:
+            w2 = np.concatenate([w2, b.reshape(cout, 1).astype(w2.dtype), np.zeros((cout, ones - 1), w2.dtype)], axis=1)
+            geo["ones_rows"] = ones
+        rows = cin * kh * kw + ones
         new = [helper.make_node("DeformIm2Col", ins, [cols], domain=MF, name=cols, **geo)]
         ty = g.elem_type(dc.output[0])
-        g.types[cols] = (ty, [n, cin * kh * kw, ho * wo])
-        g.g.value_info.append(helper.make_tensor_value_info(cols, ty, [n, cin * kh * kw, ho * wo]))
+        g.types[cols] = (ty, [n, rows, ho * wo])
+        g.g.value_info.append(helper.make_tensor_value_info(cols, ty, [n, rows, ho * wo]))
         mm = g.unique("deform_gemm")
-        new.append(helper.make_node("MatMul", [g.add_init("deform_w", w.reshape(cout, cin * kh * kw)), cols], [mm], name=mm))
-        if b is not None and np.any(b):
-            biased = g.unique("deform_bias")
-            new.append(helper.make_node("Add", [mm, g.add_init("deform_b", b.reshape(cout, 1))], [biased], name=biased))
-            mm = biased
+        new.append(helper.make_node("MatMul", [g.add_init("deform_w", w2), cols], [mm], name=mm))
         new.append(helper.make_node("Reshape", [mm, g.add_init("deform_shape", np.array([0, cout, ho, wo], dtype=np.int64))],
                                     [dc.output[0]], name=g.unique("deform_out")))
         replace_nodes(g, [dc], new)

@@ -5,8 +5,11 @@
 //!
 //! Inputs: `x` [N, C, H, W]; `offset` [N, 2·kh·kw, Ho, Wo] ((Δy, Δx) pairs per kernel position, as DeformConv
 //! with one offset group); `mask` [N, kh·kw, Ho, Wo] (optional: the modulation). Attributes as DeformConv's:
-//! `kernel_shape`, `strides`, `pads`, `dilations` (group and offset group 1). Output [N, C·kh·kw, Ho·Wo], row
-//! c·kh·kw + i·kw + j (the order of the weights [Cout, C, kh, kw] flattened).
+//! `kernel_shape`, `strides`, `pads`, `dilations` (group and offset group 1), and `ones_rows` (default 0).
+//! Output [N, C·kh·kw + ones_rows, Ho·Wo], row c·kh·kw + i·kw + j (the order of the weights [Cout, C, kh, kw]
+//! flattened); then, where `ones_rows` > 0, a row of ones and zero rows: the MatMul after it takes the
+//! convolution's bias as one more weight column (8 rows keep its inner size a multiple of 8, as tensor cores
+//! want), so no separate bias Add reads and writes the output again.
 
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +27,8 @@ pub struct Geometry {
     /// Top and left padding (the bottom and right only decide Ho and Wo, which the offsets carry).
     pub pad: (usize, usize),
     pub dilation: (usize, usize),
+    /// Rows after the columns: a row of ones, then zeros (0: none).
+    pub ones_rows: usize,
 }
 
 impl Geometry {
@@ -40,11 +45,27 @@ impl Geometry {
             return Err(ort::Error::new(format!("DeformIm2Col: kernel_shape {ks:?} is not two positive sizes")));
         }
         let (s, p, d) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?, ints("dilations", 2, 1)?);
-        Ok(Geometry { kh: ks[0] as usize, kw: ks[1] as usize, stride: (s[0], s[1]), pad: (p[0], p[1]), dilation: (d[0], d[1]) })
+        let ones_rows = k.get::<i64>("ones_rows").unwrap_or(0);
+        if !(0..=64).contains(&ones_rows) {
+            return Err(ort::Error::new(format!("DeformIm2Col: ones_rows {ones_rows} is not in 0..=64")));
+        }
+        Ok(Geometry {
+            kh: ks[0] as usize,
+            kw: ks[1] as usize,
+            stride: (s[0], s[1]),
+            pad: (p[0], p[1]),
+            dilation: (d[0], d[1]),
+            ones_rows: ones_rows as usize,
+        })
     }
 
     pub fn taps(&self) -> usize {
         self.kh * self.kw
+    }
+
+    /// Rows of the output for `c` input channels.
+    pub fn rows(&self, c: usize) -> usize {
+        c * self.taps() + self.ones_rows
     }
 }
 
@@ -80,7 +101,7 @@ impl Dims {
     }
 
     pub fn cols_shape(&self, geo: Geometry) -> Vec<i64> {
-        vec![self.n as i64, (self.c * geo.taps()) as i64, (self.ho * self.wo) as i64]
+        vec![self.n as i64, geo.rows(self.c) as i64, (self.ho * self.wo) as i64]
     }
 }
 
@@ -104,10 +125,13 @@ fn sample(map: &[f32], h: usize, w: usize, y: f32, x: f32) -> f32 {
 }
 
 /// The columns in f32: `x` [N, C, H, W], `offset` [N, 2·KK, Ho, Wo], `mask` [N, KK, Ho, Wo] or None, `cols`
-/// [N, C·KK, Ho·Wo]. The reference for the CUDA kernel.
+/// [N, C·KK + ones_rows, Ho·Wo]. The reference for the CUDA kernel.
 pub fn im2col(geo: Geometry, d: Dims, x: &[f32], offset: &[f32], mask: Option<&[f32]>, cols: &mut [f32]) {
-    let (kk, p) = (geo.taps(), d.ho * d.wo);
+    let (kk, p, rows) = (geo.taps(), d.ho * d.wo, geo.rows(d.c));
     for n in 0..d.n {
+        for r in 0..geo.ones_rows {
+            cols[(n * rows + d.c * kk + r) * p..][..p].fill(if r == 0 { 1.0 } else { 0.0 });
+        }
         for k in 0..kk {
             let (i, j) = (k / geo.kw, k % geo.kw);
             for oh in 0..d.ho {
@@ -120,7 +144,7 @@ pub fn im2col(geo: Geometry, d: Dims, x: &[f32], offset: &[f32], mask: Option<&[
                     let xx = (ow * geo.stride.1 + j * geo.dilation.1) as f32 - geo.pad.1 as f32 + dx;
                     for c in 0..d.c {
                         let map = &x[(n * d.c + c) * d.h * d.w..][..d.h * d.w];
-                        cols[((n * d.c + c) * kk + k) * p + q] = m * sample(map, d.h, d.w, y, xx);
+                        cols[(n * rows + c * kk + k) * p + q] = m * sample(map, d.h, d.w, y, xx);
                     }
                 }
             }
@@ -155,7 +179,7 @@ impl Operator for Host {
             let (os, offset) = read_f32(&input(1, "offset")?, ty)?;
             let mask = ctx.input(2)?.map(|m| read_f32(&m, ty)).transpose()?;
             let d = Dims::of(&xs, &os, mask.as_ref().map(|(s, _)| s.as_slice()), geo)?;
-            let mut cols = vec![0f32; d.n * d.c * geo.taps() * d.ho * d.wo];
+            let mut cols = vec![0f32; d.n * geo.rows(d.c) * d.ho * d.wo];
             im2col(geo, d, &x, &offset, mask.as_ref().map(|(_, m)| m.as_slice()), &mut cols);
             write_f32(ctx, d.cols_shape(geo), ty, &cols, "DeformIm2Col")
         }))
@@ -185,7 +209,7 @@ impl Kernel {
     }
 
     /// Launches the columns on `stream` over device buffers: `x` [N, C, H, W] f16, `offset` [N, 2·KK, Ho, Wo]
-    /// f16, `mask` [N, KK, Ho, Wo] f16 or null, `cols` [N, C·KK, Ho·Wo] f16.
+    /// f16, `mask` [N, KK, Ho, Wo] f16 or null, `cols` [N, C·KK + ones_rows, Ho·Wo] f16.
     ///
     /// # Safety
     /// The pointers must be device buffers of those sizes in this kernel's context, live until the stream
@@ -206,11 +230,11 @@ impl Kernel {
         let runs = 2048usize.div_ceil(blocks).clamp(1, d.c);
         let cpb = d.c.div_ceil(runs);
         let (mut px, mut po, mut pm, mut pc) = (x, offset, mask, cols);
-        let mut ints = [d.c, d.h, d.w, d.ho, d.wo, geo.kh, geo.kw, geo.stride.0, geo.stride.1, geo.pad.0, geo.pad.1, geo.dilation.0, geo.dilation.1, cpb]
+        let mut ints = [d.c, d.h, d.w, d.ho, d.wo, geo.kh, geo.kw, geo.stride.0, geo.stride.1, geo.pad.0, geo.pad.1, geo.dilation.0, geo.dilation.1, cpb, geo.ones_rows]
             .map(|v| v as i32);
         let mut params: Vec<*mut std::ffi::c_void> = vec![(&raw mut px).cast(), (&raw mut po).cast(), (&raw mut pm).cast(), (&raw mut pc).cast()];
         params.extend(ints.iter_mut().map(|v| (v as *mut i32).cast::<std::ffi::c_void>()));
-        // SAFETY: the caller's contract; the eighteen parameters are the kernel's, in its order and types.
+        // SAFETY: the caller's contract; the nineteen parameters are the kernel's, in its order and types.
         unsafe {
             cudarc::driver::result::launch_kernel(
                 self.f.cu_function(),
@@ -279,7 +303,7 @@ mod tests {
     /// the edge reads 0 there; the mask scales.
     #[test]
     fn samples_by_hand() {
-        let geo = Geometry { kh: 1, kw: 1, stride: (1, 1), pad: (0, 0), dilation: (1, 1) };
+        let geo = Geometry { kh: 1, kw: 1, stride: (1, 1), pad: (0, 0), dilation: (1, 1), ones_rows: 0 };
         let d = Dims { n: 1, c: 1, h: 2, w: 2, ho: 2, wo: 2 };
         let x = [1.0, 2.0, 3.0, 4.0];
         let mut cols = [0f32; 4];
@@ -295,5 +319,10 @@ mod tests {
         off[..4].fill(-1.0);
         im2col(geo, d, &x, &off, None, &mut cols);
         assert_eq!(cols, [0.0, 0.0, 1.0, 2.0]);
+        // two ones rows after the columns: ones, then zeros
+        let geo = Geometry { ones_rows: 2, ..geo };
+        let mut cols = [9f32; 12];
+        im2col(geo, d, &x, &[0.0; 8], None, &mut cols);
+        assert_eq!(cols, [1.0, 2.0, 3.0, 4.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
     }
 }
