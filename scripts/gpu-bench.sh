@@ -474,14 +474,18 @@ PY
       # Issue 13's "GPU convert end to end ≥ 95 % of the model alone" for BiRefNet: the model alone (batch 1, IO
       # binding), then three end-to-end runs (1080p H.264 → composite, GPU stages; the steady state after the first
       # call), for the plain fp16 exports and, where step final15 or live-gpu made them, the prepared ones.
+      # Also IS-Net and step wa's files (lite-ops, general-ops, where that step made them). E2E_ARGS adds
+      # arguments to the end-to-end runs (e.g. "--cuda-graph"); E2E_ONLY="lite-ops isnet" picks rows by name.
       local m name onnx man r
-      for m in "lite-fp16|$MODELS/birefnet-lite-fp16.onnx|birefnet-lite" "general-fp16|$MODELS/birefnet-general-fp16.onnx|birefnet-general" \
-               "lite-prep|$MODELS/birefnet-lite-prep.onnx|birefnet-lite" "general-prep|$MODELS/birefnet-general-prep.onnx|birefnet-general"; do
+      for m in "isnet|$ISNET|isnet" "lite-fp16|$MODELS/birefnet-lite-fp16.onnx|birefnet-lite" "general-fp16|$MODELS/birefnet-general-fp16.onnx|birefnet-general" \
+               "lite-prep|$MODELS/birefnet-lite-prep.onnx|birefnet-lite" "general-prep|$MODELS/birefnet-general-prep.onnx|birefnet-general" \
+               "lite-ops|$MODELS/birefnet-lite-ops.onnx|birefnet-lite" "general-ops|$MODELS/birefnet-general-ops.onnx|birefnet-general"; do
         IFS='|' read -r name onnx man <<< "$m"
+        [ -n "${E2E_ONLY:-}" ] && [[ " $E2E_ONLY " != *" $name "* ]] && continue
         [ -f "$onnx" ] || { echo "skip $name: no $onnx"; continue; }
         gpu_bench "$name-alone" "$onnx" "$ROOT/models/$man.toml" 0 --batch 1 --device-only
         for r in 1 2 3; do
-          echo "== $name run $r"; e2e "$name-$r" "$onnx" "$ROOT/models/$man.toml" --cuda-stages 2>&1 | grep -E "after it|steady|end to end:"
+          echo "== $name run $r"; e2e "$name-$r" "$onnx" "$ROOT/models/$man.toml" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "after it|steady|end to end:"
         done
       done
       ;;
