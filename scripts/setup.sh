@@ -49,13 +49,13 @@ else
 fi
 
 PYDEPS="$DEPS/py"
-if ! PYTHONPATH="$PYDEPS" "$PY" -c 'import onnx, numpy' >/dev/null 2>&1; then
-  log "installing onnx + numpy (test fixtures) into $PYDEPS"
+if ! PYTHONPATH="$PYDEPS" "$PY" -c 'import onnx, numpy, onnxconverter_common' >/dev/null 2>&1; then
+  log "installing onnx + numpy + onnxconverter-common (test fixtures, \`prepare --fp16\` checks) into $PYDEPS"
   rm -rf "$PYDEPS.tmp"
-  "$PY" -m pip install -q --disable-pip-version-check --target "$PYDEPS.tmp" "onnx==1.17.0" "numpy<2.3"
+  "$PY" -m pip install -q --disable-pip-version-check --target "$PYDEPS.tmp" "onnx==1.17.0" "numpy<2.3" "onnxconverter-common==1.16.0"
   rm -rf "$PYDEPS" && mv "$PYDEPS.tmp" "$PYDEPS"
 else
-  log "onnx + numpy present"
+  log "onnx + numpy + onnxconverter-common present"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -110,6 +110,6 @@ pub fn run(ort_lib: Option<&std::path::Path>, popts: &ProviderOptions) -> Vec<Ch
     let cuda = unsafe { cudarc::driver::sys::is_culib_present() };
     out.push(optional("CUDA driver", cuda, if cuda { "libcuda found" } else { "not found: CPU is used" }));
     let nvrtc = unsafe { cudarc::nvrtc::sys::is_culib_present() };
-    out.push(optional("NVRTC", nvrtc, if nvrtc { "libnvrtc found" } else { "not found (only needed for CUDA kernels)" }));
+    out.push(optional("NVRTC", nvrtc, if nvrtc { "libnvrtc found" } else { "not found (only needed for CUDA kernels: the GPU stages and the operators of `prepare --fp16` files)" }));
     out
 }

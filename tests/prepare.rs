@@ -169,6 +169,31 @@ fn window_attention_and_deform_conv_become_matteflow_operators_and_the_masks_sta
 }
 
 #[test]
+fn the_fp16_form_runs_on_the_cpu_through_the_host_operators() {
+    // What the GPU runs (`prepare --fp16`: the default fp16 passes, float16 weights and activations,
+    // WindowAttention and DeformIm2Col) on the CPU provider: matteflow's host operators in f16, masks close to the
+    // float32 original's (float16 rounding: 0.00084 here, 1/255 at most on carphone's frames).
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("attn.onnx");
+    fixture_py("make_swin_attention.py", &[&onnx]);
+    let prepared = dir.path().join("attn16.onnx");
+    let rep = dir.path().join("report.json");
+    prepare_ok(&[onnx.to_str().unwrap(), "-o", prepared.to_str().unwrap(), "--fp16", "--report", rep.to_str().unwrap()], dir.path());
+    let r = report(&rep);
+    assert_eq!(r["fp16"], true, "{r}");
+    for pass in ["window-attention", "deform-im2col"] {
+        assert_eq!(fired(&r, pass), 1, "{pass} is among the --fp16 defaults: {r}");
+    }
+    let ops = &r["ops_after"];
+    assert!(ops.get("WindowAttention").is_some() && ops.get("DeformIm2Col").is_some() && ops.get("DeformConv").is_none(), "{ops}");
+    let before = masks(&selfie_manifest_for(&onnx, "attn"));
+    let after = masks(&selfie_manifest_for(&prepared, "attn16"));
+    let d = max_diff(&before, &after);
+    assert!(d <= 0.005, "the fp16 form's masks differ by {d} (tolerance 0.005)");
+    assert!(max_diff(&before[..1], &before[1..2]) > 0.01, "the block's masks vary with the input");
+}
+
+#[test]
 fn a_constant_over_the_fold_limit_stays_computed_from_its_largest_piece_within_it() {
     // Swin's shift mask broadcast over a batch outgrows the limit; the mask itself must still fold, or its whole
     // construction (ScatterND, Where, index arithmetic) runs every frame (BiRefNet lite at batch 8: 1351 nodes
@@ -298,7 +323,13 @@ fn a_prepared_graph_in_the_cache_is_used_with_device_cuda() {
             args.push(a.to_string());
         }
         args.extend(extra.iter().map(|a| a.to_string()));
-        let o = Command::new(env!("CARGO_BIN_EXE_matteflow")).args(&args).env("MATTEFLOW_CACHE_DIR", &cache).output().unwrap();
+        // (no NVRTC on the library path, on any machine: see the --fp16 part below)
+        let o = Command::new(env!("CARGO_BIN_EXE_matteflow"))
+            .args(&args)
+            .env("MATTEFLOW_CACHE_DIR", &cache)
+            .env("LD_LIBRARY_PATH", "/nonexistent")
+            .output()
+            .unwrap();
         let err = stderr_of(&o);
         assert!(o.status.success(), "{args:?}: {err}");
         err
@@ -314,6 +345,12 @@ fn a_prepared_graph_in_the_cache_is_used_with_device_cuda() {
     // … not with --no-prepared, and not on the CPU.
     assert!(!run(&["--device", "cuda", "--no-prepared"], "c.mkv").contains("prepared graph"));
     assert!(!run(&["--device", "cpu"], "d.mkv").contains("prepared graph"));
+    // The --fp16 form is preferred, but it carries matteflow's own operators, whose CUDA kernels need NVRTC:
+    // without it the float32 preparation is taken, and the log says why.
+    let (path16, _) = prepare_ok(&[onnx.to_str().unwrap(), "--fp16"], &cache);
+    assert_ne!(path16.trim(), path);
+    let err = run(&["--device", "cuda"], "d2.mkv");
+    assert!(err.contains("not using its fp16 prepared graph") && err.contains("NVRTC") && err.contains(&used), "{err}");
     // A changed model file is not matched with the old preparation.
     let mut bytes = std::fs::read(&onnx).unwrap();
     bytes.extend_from_slice(b"\x32\x01y");

@@ -468,7 +468,18 @@ fn with_prepared_graph(mut model: ResolvedModel, opts: &ProviderOptions) -> Reso
     if opts.ignore_prepared || !matches!(opts.device, runtime::DeviceChoice::Cuda(_)) {
         return model;
     }
-    match crate::model::prepare::find_cached(path) {
+    let mut found = crate::model::prepare::find_cached(path);
+    if found.first().is_some_and(|(_, fp16)| *fp16) && !crate::cuda::nvrtc_present() {
+        // Its WindowAttention and DeformIm2Col would run as host operators, copying every tensor to the CPU.
+        tracing::warn!(
+            "{}: not using its fp16 prepared graph: its own operators' CUDA kernels need NVRTC (libnvrtc.so.13), \
+             which is not found (install the CUDA 13 toolkit or `pip install nvidia-cuda-nvrtc` and add its lib \
+             folder to LD_LIBRARY_PATH; `matteflow doctor --device cuda` checks)",
+            path.display()
+        );
+        found.remove(0);
+    }
+    match found.into_iter().next().map(|(p, _)| p) {
         Some(prepared) => {
             tracing::info!(
                 "{}: using its prepared graph {} (from `matteflow prepare`; {} runs the file as given)",

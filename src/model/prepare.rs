@@ -119,17 +119,19 @@ pub fn cached_path(model: &Path, o: &PrepareOptions) -> Result<PathBuf> {
     Ok(cache_dir().join("prepared").join(format!("{stem}-{}-p{}{tag}.onnx", &hash[..16], script_tag())))
 }
 
-/// The prepared form of `model` that `matteflow prepare MODEL [--fp16]` left in the cache with this
-/// matteflow's passes (the fp16 one first), if any.
-pub fn find_cached(model: &Path) -> Option<PathBuf> {
+/// The prepared forms of `model` that `matteflow prepare MODEL [--fp16]` left in the cache with this
+/// matteflow's passes, the fp16 one first: (path, whether it is the fp16 form, which carries matteflow's own
+/// operators).
+pub fn find_cached(model: &Path) -> Vec<(PathBuf, bool)> {
     let prepared_dir = cache_dir().join("prepared");
     if model.starts_with(&prepared_dir) {
-        return None; // already a prepared file
+        return Vec::new(); // already a prepared file
     }
     [true, false]
         .into_iter()
-        .filter_map(|fp16| cached_path(model, &PrepareOptions { fp16, ..Default::default() }).ok())
-        .find(|p| p.is_file())
+        .filter_map(|fp16| cached_path(model, &PrepareOptions { fp16, ..Default::default() }).ok().map(|p| (p, fp16)))
+        .filter(|(p, _)| p.is_file())
+        .collect()
 }
 
 fn python(o: &PrepareOptions) -> PathBuf {
