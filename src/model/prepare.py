@@ -37,10 +37,10 @@ class Graph:
             seen.add(n.name)
         self.refresh()
 
-    def refresh(self, known=None):
+    def refresh(self, again=False):
         """Links, and shapes by ONNX shape inference (once: it knows no com.microsoft ops, so it runs before the
-        fusing passes; the names they keep keep their shapes). `known`: shapes found before, kept where inference
-        finds none (it fails outright once the fused ops are in)."""
+        fusing passes; the names they keep keep their shapes). `again`: a re-inference, which fails once the fused
+        ops are in (the shapes written into the graph's value_info stay): no warning then."""
         self.refresh_links()
         if getattr(self, "types", None):
             return
@@ -48,7 +48,7 @@ class Graph:
         try:
             inferred = shape_inference.infer_shapes(self.model, data_prop=True)
         except Exception as e:  # noqa: BLE001 - shapes are a help, not a must
-            if not known:
+            if not again:
                 print(f"prepare: shape inference failed ({e}); passes that need shapes skip", file=sys.stderr)
             inferred = self.model
         for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
@@ -57,13 +57,11 @@ class Graph:
             self.types[v.name] = (t.elem_type, dims)
         for i in self.g.initializer:
             self.types[i.name] = (i.data_type, list(i.dims))
-        for name, t in (known or {}).items():
-            self.types.setdefault(name, t)
 
     def reinfer(self):
-        """Shapes again (after a pass made more of them static); those known before stay where inference fails."""
-        known, self.types = self.types, None
-        self.refresh(known)
+        """Shapes again (after a pass made more of them static)."""
+        self.types = None
+        self.refresh(again=True)
 
     def refresh_links(self):
         self.inits = {i.name: i for i in self.g.initializer}
