@@ -1,7 +1,7 @@
 //! The `matteflow` command line: a thin clap front end over the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -629,6 +629,30 @@ fn main() {
     std::process::exit(code);
 }
 
+/// `gpu-check`'s first part (no GPU needed): every CUDA source compiled by NVRTC for Ampere and Hopper, each
+/// checked for its kernels, the PTX written to `ptx_dir` (tests/cuda.rs assembles it with ptxas).
+fn compile_kernels(ptx_dir: Option<&Path>) -> anyhow::Result<()> {
+    for arch in ["compute_80", "compute_90"] {
+        // (the window attention in the configuration BiRefNet's 12² = 144-token windows get)
+        let cfg = matteflow::infer::window_attention::KernelConfig::for_tokens(144);
+        let sources = [
+            ("kernels", matteflow::cuda::compile(arch)?.to_src(), matteflow::cuda::KERNEL_NAMES),
+            ("attention", matteflow::cuda::compile_attention(arch, &cfg.defines())?.to_src(), &["window_attention"][..]),
+            ("deform", matteflow::cuda::compile_deform(arch)?.to_src(), &["deform_im2col"][..]),
+        ];
+        for (name, text, kernels) in sources {
+            if let Some(d) = ptx_dir {
+                let f = d.join(format!("{name}-{arch}.ptx"));
+                std::fs::write(&f, &text).with_context(|| format!("writing {}", f.display()))?;
+            }
+            let entries: Vec<&str> = kernels.iter().copied().filter(|k| text.contains(&format!(".entry {k}("))).collect();
+            println!("PTX compiled for {arch}: {} bytes, kernels: {}", text.len(), entries.join(", "));
+            anyhow::ensure!(entries.len() == kernels.len(), "kernels missing from the {name} PTX");
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Convert(a) => {
@@ -675,33 +699,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
         }
         Cmd::Demo { out_dir } => demo(&out_dir, cancel)?,
         Cmd::GpuCheck { compile_only, runs, decode, frames, ptx_dir } => {
-            for arch in ["compute_80", "compute_90"] {
-                let ptx = matteflow::cuda::compile(arch)?;
-                let text = ptx.to_src();
-                if let Some(d) = &ptx_dir {
-                    let f = d.join(format!("kernels-{arch}.ptx"));
-                    std::fs::write(&f, &text).with_context(|| format!("writing {}", f.display()))?;
-                }
-                let entries: Vec<&str> = matteflow::cuda::KERNEL_NAMES.iter().copied().filter(|k| text.contains(&format!(".entry {k}("))).collect();
-                println!("PTX compiled for {arch}: {} bytes, kernels: {}", text.len(), entries.join(", "));
-                anyhow::ensure!(entries.len() == matteflow::cuda::KERNEL_NAMES.len(), "kernels missing from the PTX");
-                // (the configuration BiRefNet's 12² = 144-token windows get; tests/cuda.rs assembles it with ptxas)
-                let cfg = matteflow::infer::window_attention::KernelConfig::for_tokens(144);
-                let attn = matteflow::cuda::compile_attention(arch, &cfg.defines())?.to_src();
-                if let Some(d) = &ptx_dir {
-                    let f = d.join(format!("attention-{arch}.ptx"));
-                    std::fs::write(&f, &attn).with_context(|| format!("writing {}", f.display()))?;
-                }
-                anyhow::ensure!(attn.contains(".entry window_attention("), "window_attention missing from the PTX");
-                println!("PTX compiled for {arch}: {} bytes, kernels: window_attention", attn.len());
-                let deform = matteflow::cuda::compile_deform(arch)?.to_src();
-                if let Some(d) = &ptx_dir {
-                    let f = d.join(format!("deform-{arch}.ptx"));
-                    std::fs::write(&f, &deform).with_context(|| format!("writing {}", f.display()))?;
-                }
-                anyhow::ensure!(deform.contains(".entry deform_im2col("), "deform_im2col missing from the PTX");
-                println!("PTX compiled for {arch}: {} bytes, kernels: deform_im2col", deform.len());
-            }
+            compile_kernels(ptx_dir.as_deref())?;
             if compile_only {
                 return Ok(());
             }

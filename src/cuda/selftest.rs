@@ -465,16 +465,7 @@ fn deform_im2col(gpu: &Gpu, rng: &mut Rng, runs: usize) -> Result<Vec<CaseResult
                 unsafe { kern.launch(st.cu_stream(), g, d, px as *const c_void, po as *const c_void, pm, pc as *mut c_void) }
                     .map_err(|x| e("deformable im2col launch", x))
             };
-            launch()?;
-            st.synchronize().map_err(|x| e("sync", x))?;
-            let event = || gpu.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e("event", x));
-            let (start, end) = (event()?, event()?);
-            start.record(st).map_err(|x| e("event", x))?;
-            for _ in 0..runs {
-                launch()?;
-            }
-            end.record(st).map_err(|x| e("event", x))?;
-            start.elapsed_ms(&end).map_err(|x| e("event", x))? as f64 / runs as f64
+            gpu_ms_per_launch(gpu, runs, launch)?
         };
         let got: Vec<f32> = st.clone_dtoh(&d_cols).map_err(|x| e("download", x))?.into_iter().map(|b| f16::from_bits(b).to_f32()).collect();
         results.push(CaseResult { name: format!("deformable im2col, {name}"), max_error: max_diff(&got, &want), tolerance: 2e-3, gpu_ms, cpu_ms });
@@ -519,6 +510,22 @@ fn window_attention(gpu: &Gpu, rng: &mut Rng, runs: usize) -> Result<Vec<CaseRes
         }
     }
     Ok(results)
+}
+
+/// `launch` once (warm-up, synchronised), then `runs` times back to back on `gpu`'s stream: the mean GPU
+/// milliseconds of one launch, between CUDA events around them.
+fn gpu_ms_per_launch(gpu: &Gpu, runs: usize, launch: impl Fn() -> Result<()>) -> Result<f64> {
+    let st = &gpu.stream;
+    launch()?;
+    st.synchronize().map_err(|x| e("sync", x))?;
+    let event = || gpu.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e("event", x));
+    let (start, end) = (event()?, event()?);
+    start.record(st).map_err(|x| e("event", x))?;
+    for _ in 0..runs {
+        launch()?;
+    }
+    end.record(st).map_err(|x| e("event", x))?;
+    Ok(start.elapsed_ms(&end).map_err(|x| e("event", x))? as f64 / runs as f64)
 }
 
 /// One window-attention case's inputs, in f16 as the kernel reads them.
@@ -591,17 +598,7 @@ impl AttentionInput {
                 unsafe { kern.launch(st.cu_stream(), sh, windows, p_qkv as *const c_void, bias, qb, mask, p_out as *mut c_void) }
                     .map_err(|x| e("window attention launch", x))
             };
-            launch()?;
-            st.synchronize().map_err(|x| e("sync", x))?;
-            // GPU time between CUDA events around back-to-back launches
-            let event = || gpu.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e("event", x));
-            let (start, end) = (event()?, event()?);
-            start.record(st).map_err(|x| e("event", x))?;
-            for _ in 0..runs {
-                launch()?;
-            }
-            end.record(st).map_err(|x| e("event", x))?;
-            start.elapsed_ms(&end).map_err(|x| e("event", x))? as f64 / runs as f64
+            gpu_ms_per_launch(gpu, runs, launch)?
         };
         let got = st.clone_dtoh(&d_out).map_err(|x| e("download", x))?.into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect();
         Ok((got, gpu_ms))
