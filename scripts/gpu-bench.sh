@@ -10,7 +10,7 @@
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
-#                                     e2e-steady wa
+#                                     e2e-steady wa queued queued-jobs
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -61,7 +61,7 @@ T() { # T SECONDS CMD...: run bounded, say how it ended
 gpu_bench() { # LABEL ONNX MANIFEST GFLOP ARGS...: model-only timing
   local label=$1 onnx=$2 man=$3 gflop=$4; shift 4
   local gf=(); [ "$gflop" != 0 ] && gf=(--gflop "$gflop")
-  T 240 matteflow gpu-bench --device cuda --model "$onnx" --manifest "$man" --runs "$RUNS" "${gf[@]}" \
+  T 240 "${MF:-matteflow}" gpu-bench --device cuda --model "$onnx" --manifest "$man" --runs "$RUNS" "${gf[@]}" \
     --timeout 230 --json "$W/gb-$label.json" "$@"
 }
 
@@ -487,6 +487,46 @@ PY
         for r in 1 2 3; do
           echo "== $name run $r"; e2e "$name-$r" "$onnx" "$ROOT/models/$man.toml" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "after it|steady|end to end:"
         done
+      done
+      ;;
+    queued)
+      # Issue 15's end to end with the model queued on the GPU (ONNX Runtime on a stream of ours, ordered by events
+      # between the preprocessing and the mask steps, no host wait per frame) against the previous binary
+      # ($OLD_MF: a host wait after preprocessing and at each run's end), same inputs, same lease: per model (IS-Net,
+      # and step wa's lite-ops / general-ops where they exist) the model alone with each binary, then end to end
+      # (1080p H.264 → composite, GPU stages, steady state) alternating, twice each (E2E_ARGS adds arguments);
+      # then the masks of bikes_1080p (PNG, GPU stages) from both binaries compared. Step queued-jobs: IS-Net's
+      # masks with three files converted at once (--jobs 3: three jobs around the one shared session) against
+      # each file alone (PNG).
+      local m name onnx man r
+      for m in "isnet|$ISNET|isnet" "lite-ops|$MODELS/birefnet-lite-ops.onnx|birefnet-lite" "general-ops|$MODELS/birefnet-general-ops.onnx|birefnet-general"; do
+        IFS='|' read -r name onnx man <<< "$m"
+        [ -n "${E2E_ONLY:-}" ] && [[ " $E2E_ONLY " != *" $name "* ]] && continue
+        [ -f "$onnx" ] || { echo "skip $name: no $onnx"; continue; }
+        man="$ROOT/models/$man.toml"
+        MF=$OLD_MF gpu_bench "$name-alone-old" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
+        gpu_bench "$name-alone-new" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
+        for r in 1 2; do
+          echo "== $name old run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|utilisation"
+          echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|utilisation"
+        done
+        rm -rf "/tmp/qm-$name-old" "/tmp/qm-$name-new"
+        T 120 "$OLD_MF" convert "$CLIP" -k mask -o "/tmp/qm-$name-old/" --model "$onnx" --manifest "$man" --device cuda --cuda-stages 2>&1 | tail -1
+        T 120 matteflow convert "$CLIP" -k mask -o "/tmp/qm-$name-new/" --model "$onnx" --manifest "$man" --device cuda --cuda-stages 2>&1 | tail -1
+        echo "MASKS $name bikes_1080p new vs old: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/qm-$name-old" "/tmp/qm-$name-new")"
+      done
+      ;;
+    queued-jobs)
+      local dir=/tmp/jobs-in f n
+      rm -rf "$dir" /tmp/jobs-out /tmp/jobs-alone && mkdir -p "$dir" /tmp/jobs-alone
+      cp "$ROOT"/assets/media/*.mp4 "$dir/" && cp "$CLIP" "$dir/"
+      T 240 matteflow batch "$dir" -o /tmp/jobs-out -f png -k mask --device cuda --cuda-stages --model "$ISNET" \
+        --manifest "$ROOT/models/isnet.toml" --jobs 3 2>&1 | tail -4
+      for f in "$dir"/*.mp4; do
+        n=$(basename "$f" .mp4)
+        T 120 matteflow convert "$f" -o "/tmp/jobs-alone/$n/" -k mask --device cuda --cuda-stages --model "$ISNET" \
+          --manifest "$ROOT/models/isnet.toml" 2>&1 | tail -1
+        echo "JOBS $n: $(ls "/tmp/jobs-alone/$n" | wc -l) frames alone, $(ls "/tmp/jobs-out/$n" 2>/dev/null | wc -l) with --jobs 3; $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/jobs-alone/$n" "/tmp/jobs-out/$n")"
       done
       ;;
     element-net)

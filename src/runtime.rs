@@ -226,11 +226,12 @@ pub fn wanted(opts: &ProviderOptions) -> Vec<Provider> {
     }
 }
 
-/// Registers the first providers that work on `builder`; returns the one that will run the model and the reasons
-/// the better ones were skipped.
+/// Registers the first providers that work on `builder`, the GPU ones on `stream` where given (ONNX Runtime's
+/// user compute stream); returns the one that will run the model and the reasons the better ones were skipped.
 pub fn register(
     mut builder: ort::session::builder::SessionBuilder,
     opts: &ProviderOptions,
+    stream: Option<&cudarc::driver::CudaStream>,
 ) -> ort::Result<(ort::session::builder::SessionBuilder, Provider, Vec<String>)> {
     use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ExecutionProvider};
     let mut skipped = Vec::new();
@@ -250,6 +251,10 @@ pub fn register(
                     continue;
                 }
                 let mut trt = ep::TensorRT::default().with_device_id(device_id).with_fp16(opts.trt_fp16);
+                if let Some(st) = stream {
+                    // SAFETY: the stream outlives the session (the segmenter drops the session first).
+                    trt = unsafe { trt.with_compute_stream(st.cu_stream() as *mut ()) };
+                }
                 if let Some((min, opt, max)) = &opts.trt_profile {
                     trt = trt.with_profile_min_shapes(min).with_profile_opt_shapes(opt).with_profile_max_shapes(max);
                     tracing::info!("TensorRT profile: min {min}, opt {opt}, max {max}");
@@ -277,6 +282,10 @@ pub fn register(
                     continue;
                 }
                 let mut cuda = ep::CUDA::default().with_device_id(device_id);
+                if let Some(st) = stream {
+                    // SAFETY: as above.
+                    cuda = unsafe { cuda.with_compute_stream(st.cu_stream() as *mut ()) };
+                }
                 if opts.cuda_graph {
                     cuda = cuda.with_cuda_graph(true);
                 }

@@ -24,6 +24,10 @@ pub struct StageTimes {
     /// When the last inference call ended (from the pipeline's start): what follows is the drain (the last
     /// frames' composite, download and encoder flush).
     pub last_infer_done: Duration,
+    /// GPU stages: the model's own time on the GPU (CUDA events around each run, the first call left out) and
+    /// the frames it covers. There the host only queues the run, so `infer` is the time to queue it.
+    pub model_gpu: Duration,
+    pub model_gpu_frames: u64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -100,6 +104,9 @@ impl Report {
                 infer,
                 fps
             );
+        }
+        if s.model_gpu_frames > 0 {
+            t += &format!("model on the GPU after the first call (CUDA events): {:.2} ms/frame\n", ms(s.model_gpu, s.model_gpu_frames));
         }
         if let Some((pre_post, fps)) = self.steady() {
             t += &format!(

@@ -9,7 +9,8 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PinnedHostSlice};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PinnedHostSlice};
 
 use super::composite::GpuCompositor;
 use super::gst_cuda::CudaFrame;
@@ -91,6 +92,38 @@ pub struct GpuStages {
     post: PostprocessConfig,
     std_over_scale: [f32; 3],
     smoothing: Option<Smoothing>,
+    releaser: Releaser,
+}
+
+/// Hands decoded frames back to the decoder once the GPU has read them: each group waits for its event
+/// (recorded after the kernels that read it) on a thread of its own, asleep, so that a frame goes back as soon
+/// as it can, whatever the model's thread waits for meanwhile.
+#[derive(Default)]
+struct Releaser(Option<Sender<(CudaEvent, Vec<Arc<CudaFrame>>)>>);
+
+impl Releaser {
+    fn release(&mut self, stream: &CudaStream, frames: Vec<Arc<CudaFrame>>) -> Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let done = stream.record_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC)).map_err(|x| e("event", x))?;
+        if self.0.is_none() {
+            let (tx, rx) = channel::<(CudaEvent, Vec<Arc<CudaFrame>>)>();
+            let spawned = std::thread::Builder::new().name("mf-frame-release".into()).spawn(move || {
+                for (done, frames) in rx {
+                    let _ = done.synchronize();
+                    drop(frames);
+                }
+            });
+            if spawned.is_ok() {
+                self.0 = Some(tx);
+            }
+        }
+        match &self.0 {
+            Some(tx) => tx.send((done, frames)).map_err(|_| Error::Cuda("the frame release thread ended".into())),
+            None => done.synchronize().map_err(|x| e("sync", x)),
+        }
+    }
 }
 
 /// Time spent per stage for one frame.
@@ -165,6 +198,7 @@ impl GpuStages {
             post: *post,
             std_over_scale: std::array::from_fn(|c| manifest.input.std[c] / manifest.input.scale),
             smoothing: None,
+            releaser: Releaser::default(),
         })
     }
 
@@ -227,9 +261,10 @@ impl GpuStages {
         }
     }
 
-    /// Preprocesses the frames into the model's bound input of `batch` slots (each frame also lands, as RGBA, in
-    /// its device frame of `set`; a short group leaves the spare slots as they were, their masks are not used, so
-    /// the bound shapes never change), and waits until the input is complete. Frames must share a size.
+    /// Queues the preprocessing of the frames into the model's bound input of `batch` slots (each frame also
+    /// lands, as RGBA, in its device frame of `set`; a short group leaves the spare slots as they were, their
+    /// masks are not used, so the bound shapes never change). Frames must share a size; an NV12 frame must stay
+    /// alive until the stream has read it.
     fn prepare(&mut self, seg: &mut OnnxSegmenter, frames: &[Pixels], w: u32, h: u32, set: &mut [CudaSlice<u8>], batch: usize) -> Result<Prepared> {
         let st = self.gpu.stream.clone();
         let n = (w * h) as usize;
@@ -263,15 +298,15 @@ impl GpuStages {
                 }
             }
         }
-        // ONNX Runtime runs on its own stream: the tensor must be complete before it starts. (This also waits
-        // for the previous call's composites, which read that call's output: ONNX Runtime may overwrite it now.)
-        st.synchronize().map_err(|x| e("sync", x))?;
+        // No wait here: the run is ordered after these kernels (and after the previous call's composites,
+        // which read that call's output) on the GPU, by `run_device_on`.
         Ok(Prepared { geo, input, per_frame, elem, preprocessed: Instant::now() })
     }
 
-    /// Runs the model once on the prepared input.
+    /// Queues one run of the model on the prepared input, ordered on the stream between the preprocessing and
+    /// what comes next (no host wait where the session runs on a stream of ours).
     fn infer(&mut self, seg: &mut OnnxSegmenter, prep: Prepared) -> Result<Inferred> {
-        Ok(Inferred { mask: seg.run_device(&mut self.io)?, prep })
+        Ok(Inferred { mask: seg.run_device_on(&mut self.io, &self.gpu.stream)?, prep })
     }
 
     /// Makes sure the smoothing state fits this mask (allocated on first use and when the size changes).
@@ -358,13 +393,17 @@ impl GpuStages {
         let (w, h) = same_size(frames.iter().map(|f| (f.width, f.height)), k, batch)?;
         let mut set = self.take_set((w * h * 4) as usize, batch)?;
         let pixels: Vec<Pixels> = frames.iter().map(Pixels::of).collect();
-        let prepared = self.prepare(seg, &pixels, w, h, &mut set, batch)?;
+        let prepared = self.prepare(seg, &pixels, w, h, &mut set, batch);
         drop(pixels);
-        // The decoder's buffers go back to its pool before inference, so it decodes the next frames meanwhile.
-        for f in frames.iter_mut() {
-            f.cuda = None;
-        }
-        let inf = self.infer(seg, prepared)?;
+        // The decoder's buffers go back to its pool as soon as the preprocessing has read them, so it decodes
+        // the next frames meanwhile.
+        self.releaser.release(&self.gpu.stream, frames.iter_mut().filter_map(|f| f.cuda.take()).collect())?;
+        // The model's time on the GPU, between two events on the stream (read once the frames are downloaded).
+        let st = self.gpu.stream.clone();
+        let timed = || st.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e("event", x));
+        let started = timed()?;
+        let inf = self.infer(seg, prepared?)?;
+        let model = (started, timed()?);
         let t1 = Instant::now();
         let mut alpha = self.alpha.take().ok_or_else(|| Error::Cuda("no alpha buffer".into()))?;
         let composited = (0..k).try_for_each(|i| {
@@ -373,7 +412,7 @@ impl GpuStages {
         });
         self.alpha = Some(alpha);
         composited?;
-        let queued = Queued { set, k, give_back: self.give_back.clone() };
+        let queued = Queued { set, k, give_back: self.give_back.clone(), model: Some(model) };
         let times = GpuTimes { preprocess: inf.prep.preprocessed - t0, infer: t1 - inf.prep.preprocessed, post_composite: t1.elapsed() };
         Ok((times, queued))
     }
@@ -383,9 +422,14 @@ impl GpuStages {
     pub fn mask(&mut self, seg: &mut OnnxSegmenter, frame: Pixels, w: u32, h: u32) -> Result<(CudaSlice<u8>, GpuTimes)> {
         let t0 = Instant::now();
         let mut set = self.take_set((w * h * 4) as usize, 1)?;
-        let inf = self.prepare(seg, &[frame], w, h, &mut set, 1).and_then(|p| self.infer(seg, p));
+        // One mask per call, waited for (the caller's frame is read before this returns, and the live budget
+        // takes the call's time as the model's).
+        let inf = self.prepare(seg, &[frame], w, h, &mut set, 1).and_then(|p| {
+            self.gpu.stream.synchronize().map_err(|x| e("sync", x))?;
+            Ok(Inferred { mask: seg.run_device(&mut self.io)?, prep: p })
+        });
         // The device frame only carried the upload; it goes back for the next call.
-        drop(Queued { set, k: 1, give_back: self.give_back.clone() });
+        drop(Queued { set, k: 1, give_back: self.give_back.clone(), model: None });
         let inf = inf?;
         let t1 = Instant::now();
         let mut alpha = self.gpu.stream.alloc_zeros::<u8>((w * h) as usize).map_err(|x| e("alloc", x))?;
@@ -412,6 +456,8 @@ pub struct Queued {
     set: Vec<CudaSlice<u8>>,
     k: usize,
     give_back: Sender<Vec<CudaSlice<u8>>>,
+    /// Events on the stages' stream just before and after the model's run.
+    model: Option<(CudaEvent, CudaEvent)>,
 }
 
 impl Queued {
@@ -419,8 +465,8 @@ impl Queued {
     /// frames carry their last write as an event) and gives the device frames back for reuse. The copies go
     /// through page-locked `staging` buffers (kept by the caller, grown to the frame size on first use): a
     /// download into pageable memory is a staged, blocking copy inside the driver, at a fraction of the bus speed.
-    /// Returns the time it took.
-    pub fn download(self, stream: &Arc<CudaStream>, staging: &mut Vec<PinnedHostSlice<u8>>, frames: &mut [Frame]) -> Result<Duration> {
+    /// Returns the time it took and the model's time on the GPU (from its events).
+    pub fn download(self, stream: &Arc<CudaStream>, staging: &mut Vec<PinnedHostSlice<u8>>, frames: &mut [Frame]) -> Result<(Duration, Option<Duration>)> {
         let t = Instant::now();
         if frames.len() != self.k {
             return Err(Error::Cuda(format!("{} frames to download for a call of {}", frames.len(), self.k)));
@@ -436,12 +482,17 @@ impl Queued {
             }
             stream.memcpy_dtoh(d, p).map_err(|x| e("download", x))?;
         }
-        stream.synchronize().map_err(|x| e("sync", x))?;
+        // Waits asleep (a blocking-sync event), not spinning: with the model queued ahead this wait lasts about a
+        // frame, and a thread polling the driver that long may slow the model thread's launches.
+        let copied = stream.record_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC)).map_err(|x| e("event", x))?;
+        copied.synchronize().map_err(|x| e("sync", x))?;
+        // Both events are behind the composites the download waited for: complete, no wait here.
+        let model = self.model.as_ref().and_then(|(a, b)| a.elapsed_ms(b).ok()).map(|ms| Duration::from_secs_f64(ms as f64 / 1e3));
         drop(self);
         for (f, p) in frames.iter_mut().zip(staging.iter()) {
             f.data.copy_from_slice(p.as_slice().map_err(|x| e("download", x))?);
         }
-        Ok(t.elapsed())
+        Ok((t.elapsed(), model))
     }
 }
 

@@ -85,8 +85,17 @@ impl Ordered {
 /// The second step of a call: composite (host) or download (device), then hand out buffers.
 pub enum Finisher {
     Host(CpuComposite),
-    /// The download stream and its page-locked staging buffers.
-    Device(Arc<CudaStream>, Vec<PinnedHostSlice<u8>>),
+    /// The download stream, its page-locked staging buffers, and the model's GPU time so far.
+    Device(Arc<CudaStream>, Vec<PinnedHostSlice<u8>>, ModelTime),
+}
+
+/// The model's time on the GPU over the device calls after the first (whose run holds the provider's warm-up),
+/// and their frames.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ModelTime {
+    pub calls: u64,
+    pub frames: u64,
+    pub time: Duration,
 }
 
 impl Finisher {
@@ -94,7 +103,9 @@ impl Finisher {
     pub fn open(s: &MatteSettings, place: &Placement) -> Result<Finisher> {
         Ok(match place {
             Placement::Host => Finisher::Host(super::host_compositor(s)?),
-            Placement::Device(gpu) => Finisher::Device(gpu.ctx.new_stream().map_err(|e| Error::Cuda(format!("stream: {e}")))?, Vec::new()),
+            Placement::Device(gpu) => {
+                Finisher::Device(gpu.ctx.new_stream().map_err(|e| Error::Cuda(format!("stream: {e}")))?, Vec::new(), ModelTime::default())
+            }
         })
     }
 
@@ -111,13 +122,27 @@ impl Finisher {
                 }
                 out
             }
-            (Finisher::Device(stream, staging), Matted::Device(mut frames, queued)) => {
-                queued.download(stream, staging, &mut frames)?;
+            (Finisher::Device(stream, staging, model), Matted::Device(mut frames, queued)) => {
+                let (_, gpu) = queued.download(stream, staging, &mut frames)?;
+                if let Some(t) = gpu.filter(|_| model.calls > 0) {
+                    (model.time, model.frames) = (model.time + t, model.frames + frames.len() as u64);
+                }
+                model.calls += 1;
                 frames.into_iter().map(|f| to_buffer(f, None)).collect()
             }
             _ => return Err(Error::config("frames matted on one side (CPU/GPU) finished on the other")),
         };
         Ok((frames, t.elapsed()))
+    }
+}
+
+impl Finisher {
+    /// The model's time on the GPU so far (device stages; zero on the host).
+    pub fn model_time(&self) -> ModelTime {
+        match self {
+            Finisher::Device(_, _, m) => *m,
+            Finisher::Host(_) => ModelTime::default(),
+        }
     }
 }
 

@@ -36,6 +36,10 @@ pub fn operators() -> ort::Result<ort::operator::OperatorDomain> {
 pub struct OnnxSegmenter {
     /// Shared by every handle (`share()`): one model in memory, however many files are in flight.
     session: std::sync::Arc<std::sync::Mutex<Session>>,
+    /// The CUDA stream the GPU providers run the session on (ONNX Runtime's user compute stream), where one
+    /// was made: device runs are then ordered with our kernels by events, not host waits (`run_device_on`).
+    /// Declared after `session`, so that it outlives it.
+    stream: Option<std::sync::Arc<cudarc::driver::CudaStream>>,
     model: ResolvedModel,
     provider: Provider,
     /// Recurrent state per `manifest.recurrent` entry: (shape, values).
@@ -100,6 +104,7 @@ impl OnnxSegmenter {
             ModelSource::Embedded(_) => format!("{} ({label})", model.manifest.name),
         };
         let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let stream = compute_stream(opts);
 
         let build = || -> ort::Result<(Session, Provider, Vec<String>)> {
             let b = Session::builder(env)?
@@ -116,7 +121,7 @@ impl OnnxSegmenter {
             if opts.trt_profile.is_none() {
                 opts.trt_profile = runtime::trt_profile_for(&model.manifest);
             }
-            let (mut b, provider, skipped) = runtime::register(b, &opts)?;
+            let (mut b, provider, skipped) = runtime::register(b, &opts, stream.as_deref())?;
             let s = match &model.source {
                 ModelSource::File(p) => b.commit_from_file(p)?,
                 ModelSource::Embedded(bytes) => b.commit_from_memory(bytes)?,
@@ -185,6 +190,7 @@ impl OnnxSegmenter {
             .collect();
         Ok(OnnxSegmenter {
             session: std::sync::Arc::new(std::sync::Mutex::new(session)),
+            stream: stream.filter(|_| provider != Provider::Cpu),
             model,
             provider,
             states,
@@ -194,6 +200,11 @@ impl OnnxSegmenter {
             input_f16,
             output_f16,
         })
+    }
+
+    /// The CUDA stream the GPU providers run this session on, where it is one of ours (see `run_device_on`).
+    pub fn compute_stream(&self) -> Option<std::sync::Arc<cudarc::driver::CudaStream>> {
+        self.stream.clone()
     }
 
     pub fn model(&self) -> &ResolvedModel {
@@ -254,6 +265,7 @@ impl OnnxSegmenter {
     pub fn share(&self) -> OnnxSegmenter {
         let mut h = OnnxSegmenter {
             session: self.session.clone(),
+            stream: self.stream.clone(),
             model: self.model.clone(),
             provider: self.provider,
             states: Vec::new(),
@@ -272,6 +284,26 @@ impl OnnxSegmenter {
     pub fn reset(&mut self) {
         for (r, st) in self.model.manifest.recurrent.iter().zip(self.states.iter_mut()) {
             *st = (r.initial_shape.clone(), vec![0f32; r.initial_shape.iter().product::<i64>().max(0) as usize]);
+        }
+    }
+}
+
+/// A stream of our own for the GPU providers to run on, where one may run the model: a CUDA build of ONNX
+/// Runtime, a driver and device `opts.device` (else None, and a provider keeps a stream of its own).
+fn compute_stream(opts: &ProviderOptions) -> Option<std::sync::Arc<cudarc::driver::CudaStream>> {
+    let id = match opts.device {
+        runtime::DeviceChoice::Cpu => return None,
+        runtime::DeviceChoice::Cuda(n) => n,
+        runtime::DeviceChoice::Auto => 0,
+    };
+    if !crate::cuda::driver_present() || !<ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available().unwrap_or(false) {
+        return None;
+    }
+    match cudarc::driver::CudaContext::new(id.max(0) as usize).and_then(|c| c.new_stream()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::debug!("no CUDA stream of our own for ONNX Runtime ({e}); it makes its own");
+            None
         }
     }
 }

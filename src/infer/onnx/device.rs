@@ -13,7 +13,8 @@
 //! and output addresses never change (what ONNX Runtime's CUDA graphs need).
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::IoBinding;
+use cudarc::driver::CudaStream;
+use ort::session::{IoBinding, RunOptions};
 use ort::value::{DynTensor, TensorElementType};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +81,8 @@ pub struct DeviceIo {
     /// ONNX Runtime's own output buffer of the first run (before the output was bound), kept until the next.
     first_output: Option<DynTensor>,
     output_bound: bool,
+    /// Run options of the runs [`OnnxSegmenter::run_device_on`] only queues (no wait for the GPU at the end).
+    queued_run: Option<RunOptions>,
 }
 
 impl DeviceIo {
@@ -186,17 +189,51 @@ impl OnnxSegmenter {
     }
 
     /// Runs the model on the bound device input (see [`Self::device_input`]). Returns when the output is
-    /// complete (ONNX Runtime synchronises its stream); the mask stays on the GPU. CUDA provider only;
-    /// single-channel outputs.
+    /// complete; the mask stays on the GPU. CUDA provider only; single-channel outputs.
     pub fn run_device(&mut self, io: &mut DeviceIo) -> Result<DeviceMask> {
+        self.run_device_ordered(io, None)
+    }
+
+    /// Runs the model after the work queued on `stream` so far (which writes its input), and queues on `stream`
+    /// a wait for the run, so that kernels queued there next may read the mask. Where the session runs on a
+    /// stream of ours ([`Self::compute_stream`]) this returns once the run is queued, without waiting for the
+    /// GPU: the host goes on to the next frame while the model runs. Otherwise it waits for `stream` before
+    /// the run and for the run's end, as [`Self::run_device`].
+    pub fn run_device_on(&mut self, io: &mut DeviceIo, stream: &CudaStream) -> Result<DeviceMask> {
+        self.run_device_ordered(io, Some(stream))
+    }
+
+    fn run_device_ordered(&mut self, io: &mut DeviceIo, after: Option<&CudaStream>) -> Result<DeviceMask> {
         let m = self.model.manifest.clone();
         let rt = rt(&m.name);
         let (Some(binding), Some(_)) = (io.binding.as_mut(), io.input.as_ref()) else {
             return Err(Error::Runtime("run_device before device_input".into()));
         };
+        let cuda = |what: &'static str| move |x: cudarc::driver::DriverError| Error::Cuda(format!("{what}: {x}"));
+        let queued = match (after, self.stream.as_deref()) {
+            (Some(after), Some(ours)) => Some((after, ours)),
+            (Some(after), None) => {
+                after.synchronize().map_err(cuda("sync"))?;
+                None
+            }
+            (None, _) => None,
+        };
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned".into()))?;
         let t0 = Instant::now();
-        let mut outputs = session.run_binding(binding).map_err(&rt)?;
+        let mut outputs = match queued {
+            Some((after, ours)) => {
+                ours.join(after).map_err(cuda("ordering the run after its input"))?;
+                if io.queued_run.is_none() {
+                    let mut o = RunOptions::new().map_err(&rt)?;
+                    o.disable_device_sync().map_err(&rt)?;
+                    io.queued_run = Some(o);
+                }
+                let outputs = session.run_binding_with_options(binding, io.queued_run.as_ref().unwrap()).map_err(&rt)?;
+                after.join(ours).map_err(cuda("ordering the mask steps after the run"))?;
+                outputs
+            }
+            None => session.run_binding(binding).map_err(&rt)?,
+        };
         ORT_RUN_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         ORT_RUNS.fetch_add(1, Ordering::Relaxed);
         let value = outputs
