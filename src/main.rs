@@ -753,7 +753,15 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 pause: std::time::Duration::from_millis(pause_ms),
                 profile_run,
             };
-            let rows = matteflow::cuda::bench::run(&mut seg, &o)?;
+            // With --cuda-graph the host-tensor reference runs in a second session, without graphs.
+            let mut reference = if model.cuda_graph {
+                let mut plain = model.clone();
+                plain.cuda_graph = false;
+                Some(plain.open()?)
+            } else {
+                None
+            };
+            let rows = matteflow::cuda::bench::run(&mut seg, reference.as_mut(), &o)?;
             print!("{}", matteflow::cuda::bench::table(&name, &rows));
             if model.ort_profile.is_some() {
                 println!("ONNX Runtime profile: {}", seg.end_profiling()?);
