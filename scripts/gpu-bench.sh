@@ -497,7 +497,7 @@ PY
       # (1080p H.264 → composite, GPU stages, steady state) alternating, twice each (E2E_ARGS adds arguments);
       # then the masks of bikes_1080p (PNG, GPU stages) from both binaries compared. Step queued-jobs: IS-Net's
       # masks with three files converted at once (--jobs 3: three jobs around the one shared session) against
-      # each file alone (PNG).
+      # each file alone (PNG); GRAPH=1 runs both with --cuda-graph (each binding captures a graph of its own).
       local m name onnx man r
       for m in "isnet|$ISNET|isnet" "lite-ops|$MODELS/birefnet-lite-ops.onnx|birefnet-lite" "general-ops|$MODELS/birefnet-general-ops.onnx|birefnet-general"; do
         IFS='|' read -r name onnx man <<< "$m"
@@ -517,14 +517,15 @@ PY
       done
       ;;
     queued-jobs)
-      local dir=/tmp/jobs-in f n
+      local dir=/tmp/jobs-in f n g=()
+      [ -n "${GRAPH:-}" ] && g=(--cuda-graph)
       rm -rf "$dir" /tmp/jobs-out /tmp/jobs-alone && mkdir -p "$dir" /tmp/jobs-alone
       cp "$ROOT"/assets/media/*.mp4 "$dir/" && cp "$CLIP" "$dir/"
-      T 240 matteflow batch "$dir" -o /tmp/jobs-out -f png -k mask --device cuda --cuda-stages --model "$ISNET" \
+      T 240 matteflow batch "$dir" -o /tmp/jobs-out -f png -k mask --device cuda --cuda-stages "${g[@]}" --model "$ISNET" \
         --manifest "$ROOT/models/isnet.toml" --jobs 3 2>&1 | tail -4
       for f in "$dir"/*.mp4; do
         n=$(basename "$f" .mp4)
-        T 120 matteflow convert "$f" -o "/tmp/jobs-alone/$n/" -k mask --device cuda --cuda-stages --model "$ISNET" \
+        T 120 matteflow convert "$f" -o "/tmp/jobs-alone/$n/" -k mask --device cuda --cuda-stages "${g[@]}" --model "$ISNET" \
           --manifest "$ROOT/models/isnet.toml" 2>&1 | tail -1
         echo "JOBS $n: $(ls "/tmp/jobs-alone/$n" | wc -l) frames alone, $(ls "/tmp/jobs-out/$n" 2>/dev/null | wc -l) with --jobs 3; $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/jobs-alone/$n" "/tmp/jobs-out/$n")"
       done

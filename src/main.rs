@@ -172,9 +172,11 @@ struct ModelArgs {
     /// TensorRT: engine and timing cache folder
     #[arg(long, value_name = "DIR")]
     trt_cache: Option<PathBuf>,
-    /// CUDA: ONNX Runtime's CUDA graph capture (with --cuda-stages or gpu-bench; fixed input size). Off by
-    /// default: masks are identical with it, but on the H200 it gains ≤ 2 % at batch 1 and loses 6–19 % batched
-    /// (docs/BENCHMARKS.md, 2026-12-02)
+    /// CUDA: ONNX Runtime's CUDA graphs for the model's device runs (the GPU stages and gpu-bench; each binding
+    /// and input size captures its own, host runs none). With the GPU stages, which queue the runs on the GPU,
+    /// it takes ONNX Runtime's launch cost off the host: on an H200 the prepared BiRefNet lite went from 96–98
+    /// to 113–114 fps end to end (1080p), masks identical (docs/BENCHMARKS.md, 2026-12-03). Off by default
+    /// until several files at once have been checked with it on a GPU
     #[arg(long)]
     cuda_graph: bool,
     /// CUDA: prefer NHWC convolution kernels

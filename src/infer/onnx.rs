@@ -40,6 +40,9 @@ pub struct OnnxSegmenter {
     /// was made: device runs are then ordered with our kernels by events, not host waits (`run_device_on`).
     /// Declared after `session`, so that it outlives it.
     stream: Option<std::sync::Arc<cudarc::driver::CudaStream>>,
+    /// The session captures CUDA graphs (`--cuda-graph` on the CUDA provider): device runs name their binding's
+    /// graph, host runs none (they must never be captured or replayed: their buffers change every run).
+    graphs: bool,
     model: ResolvedModel,
     provider: Provider,
     /// Recurrent state per `manifest.recurrent` entry: (shape, values).
@@ -191,6 +194,7 @@ impl OnnxSegmenter {
         Ok(OnnxSegmenter {
             session: std::sync::Arc::new(std::sync::Mutex::new(session)),
             stream: stream.filter(|_| provider != Provider::Cpu),
+            graphs: opts.cuda_graph && provider == Provider::Cuda,
             model,
             provider,
             states,
@@ -266,6 +270,7 @@ impl OnnxSegmenter {
         let mut h = OnnxSegmenter {
             session: self.session.clone(),
             stream: self.stream.clone(),
+            graphs: self.graphs,
             model: self.model.clone(),
             provider: self.provider,
             states: Vec::new(),
@@ -347,6 +352,17 @@ fn infer_manifest(
     Ok(())
 }
 
+impl OnnxSegmenter {
+    /// A host run's options: where the session captures CUDA graphs, none for it (`gpu_graph_id` -1).
+    fn host_run_options(&self) -> ort::Result<ort::session::RunOptions> {
+        let mut o = ort::session::RunOptions::new()?;
+        if self.graphs {
+            o.set("gpu_graph_id", "-1")?;
+        }
+        Ok(o)
+    }
+}
+
 impl Segmenter for OnnxSegmenter {
     fn provider(&self) -> Provider {
         self.provider
@@ -364,8 +380,9 @@ impl Segmenter for OnnxSegmenter {
             feeds.push((r.input.as_str().into(), t.into()));
         }
         feeds.extend(constant_feeds(&m, rt)?);
+        let options = self.host_run_options().map_err(rt)?;
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned by an earlier panic".into()))?;
-        let outputs = session.run(feeds).map_err(rt)?;
+        let outputs = session.run_with_options(feeds, &options).map_err(rt)?;
         let mut new_states = Vec::with_capacity(m.recurrent.len());
         for r in &m.recurrent {
             let v = outputs
@@ -409,8 +426,9 @@ impl Segmenter for OnnxSegmenter {
         let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
             vec![(m.input.name.as_str().into(), tensor)];
         feeds.extend(constant_feeds(&m, rt)?);
+        let options = self.host_run_options().map_err(rt)?;
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned by an earlier panic".into()))?;
-        let outputs = session.run(feeds).map_err(rt)?;
+        let outputs = session.run_with_options(feeds, &options).map_err(rt)?;
         let value = outputs
             .get(&m.output.name)
             .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;

@@ -81,8 +81,44 @@ pub struct DeviceIo {
     /// ONNX Runtime's own output buffer of the first run (before the output was bound), kept until the next.
     first_output: Option<DynTensor>,
     output_bound: bool,
-    /// Run options of the runs [`OnnxSegmenter::run_device_on`] only queues (no wait for the GPU at the end).
-    queued_run: Option<RunOptions>,
+    runs: DeviceRuns,
+}
+
+/// The run options of one binding's device runs, made on first use: the CUDA graph its runs capture and
+/// replay where the session captures graphs (`gpu_graph_id`: one per binding and input shape, since a graph
+/// keeps the addresses it was captured with — two bindings on one session, as `--jobs` makes, must not share
+/// one), and for the runs [`OnnxSegmenter::run_device_on`] only queues, no wait for the GPU at the end.
+#[derive(Default)]
+struct DeviceRuns {
+    graph: i32,
+    waited: Option<RunOptions>,
+    queued: Option<RunOptions>,
+}
+
+/// The next binding's CUDA graph id (0 is ONNX Runtime's default, -1 its "no graph").
+static NEXT_GRAPH: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(1);
+
+impl DeviceRuns {
+    /// For a new binding (or a new input shape): a graph of its own.
+    fn renew(&mut self) {
+        *self = DeviceRuns { graph: NEXT_GRAPH.fetch_add(1, Ordering::Relaxed), waited: None, queued: None };
+    }
+
+    fn get(&mut self, queued: bool, graphs: bool) -> ort::Result<&RunOptions> {
+        let graph = self.graph;
+        let slot = if queued { &mut self.queued } else { &mut self.waited };
+        if slot.is_none() {
+            let mut o = RunOptions::new()?;
+            if queued {
+                o.disable_device_sync()?;
+            }
+            if graphs {
+                o.set("gpu_graph_id", graph.to_string())?;
+            }
+            *slot = Some(o);
+        }
+        Ok(slot.as_ref().unwrap())
+    }
 }
 
 impl DeviceIo {
@@ -181,6 +217,7 @@ impl OnnxSegmenter {
             }
         }
         io.input_shape = shape;
+        io.runs.renew();
         io.input_elem = in_elem;
         io.output_elem = out_elem;
         let ptr = input.data_ptr_mut() as u64;
@@ -220,19 +257,15 @@ impl OnnxSegmenter {
         };
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned".into()))?;
         let t0 = Instant::now();
+        let options = io.runs.get(queued.is_some(), self.graphs).map_err(&rt)?;
         let mut outputs = match queued {
             Some((after, ours)) => {
                 ours.join(after).map_err(cuda("ordering the run after its input"))?;
-                if io.queued_run.is_none() {
-                    let mut o = RunOptions::new().map_err(&rt)?;
-                    o.disable_device_sync().map_err(&rt)?;
-                    io.queued_run = Some(o);
-                }
-                let outputs = session.run_binding_with_options(binding, io.queued_run.as_ref().unwrap()).map_err(&rt)?;
+                let outputs = session.run_binding_with_options(binding, options).map_err(&rt)?;
                 after.join(ours).map_err(cuda("ordering the mask steps after the run"))?;
                 outputs
             }
-            None => session.run_binding(binding).map_err(&rt)?,
+            None => session.run_binding_with_options(binding, options).map_err(&rt)?,
         };
         ORT_RUN_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         ORT_RUNS.fetch_add(1, Ordering::Relaxed);
