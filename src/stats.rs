@@ -130,3 +130,33 @@ impl Report {
         t
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(model_gpu_ms: u64, frames: u64) -> Report {
+        let stages = StageTimes {
+            infer: Duration::from_millis(40),
+            infer_calls: 10,
+            first_infer: Duration::from_millis(4),
+            first_infer_frames: 1,
+            first_infer_done: Duration::from_millis(100),
+            last_infer_done: Duration::from_millis(190),
+            model_gpu: Duration::from_millis(model_gpu_ms),
+            model_gpu_frames: frames,
+            ..Default::default()
+        };
+        Report { frames: 10, width: 64, height: 48, wall: Duration::from_millis(200), stages, ..Default::default() }
+    }
+
+    #[test]
+    fn the_table_gives_the_models_gpu_time_where_the_gpu_stages_measured_it() {
+        let t = report(81, 9).table();
+        assert!(t.contains("model on the GPU after the first call (CUDA events): 9.00 ms/frame"), "{t}");
+        // The host's own infer line stays (after the first call: 36 ms over 9 frames).
+        assert!(t.contains("after it: infer 4.00 ms/frame"), "{t}");
+        let host = report(0, 0).table();
+        assert!(!host.contains("model on the GPU"), "no GPU time measured, no line: {host}");
+    }
+}
