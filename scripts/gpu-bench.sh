@@ -485,7 +485,7 @@ PY
         [ -f "$onnx" ] || { echo "skip $name: no $onnx"; continue; }
         gpu_bench "$name-alone" "$onnx" "$ROOT/models/$man.toml" 0 --batch 1 --device-only
         for r in 1 2 3; do
-          echo "== $name run $r"; e2e "$name-$r" "$onnx" "$ROOT/models/$man.toml" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "after it|steady|end to end:"
+          echo "== $name run $r"; e2e "$name-$r" "$onnx" "$ROOT/models/$man.toml" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "after it|model on|steady|end to end:|encode alone"
         done
       done
       ;;
@@ -507,8 +507,8 @@ PY
         MF=$OLD_MF gpu_bench "$name-alone-old" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
         gpu_bench "$name-alone-new" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
         for r in 1 2; do
-          echo "== $name old run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|utilisation"
-          echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|utilisation"
+          echo "== $name old run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|encode alone|utilisation"
+          echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|encode alone|utilisation"
         done
         rm -rf "/tmp/qm-$name-old" "/tmp/qm-$name-new"
         T 120 "$OLD_MF" convert "$CLIP" -k mask -o "/tmp/qm-$name-old/" --model "$onnx" --manifest "$man" --device cuda --cuda-stages 2>&1 | tail -1

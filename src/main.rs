@@ -871,11 +871,22 @@ fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             best = Some(r);
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     let r = best.unwrap();
     let d = matteflow::pipeline::decode_only(&a.input)?;
+    // The same encoder chain on the decoded frames, no matting: what the two ends allow (x264 on the CPU where the
+    // GPU has no NVENC).
+    let on_gpu = r.provider != matteflow::runtime::Provider::Cpu.name();
+    let ends = dir.join(format!("ends-{ext}"));
+    if a.format == Format::Png {
+        std::fs::create_dir_all(&ends)?;
+    }
+    let de = matteflow::pipeline::decode_encode_only(&a.input, a.format, &ends, on_gpu);
+    let _ = std::fs::remove_dir_all(&dir);
+    let de = de?;
+    let per = |t: std::time::Duration| (t.as_secs_f64() * 1000.0 / r.frames as f64, r.frames as f64 / t.as_secs_f64());
     println!("input {} ({}x{}), {} frames; output {} {:?}", a.input, r.width, r.height, r.frames, a.format.describe(), a.output_kind);
-    println!("decode alone (GStreamer → RGBA): {:.2} ms/frame ({:.1} fps)", d.as_secs_f64() * 1000.0 / r.frames as f64, r.frames as f64 / d.as_secs_f64());
+    println!("decode alone (GStreamer → RGBA): {:.2} ms/frame ({:.1} fps)", per(d).0, per(d).1);
+    println!("decode + encode alone ({}, no matting): {:.2} ms/frame ({:.1} fps)", a.format.describe(), per(de).0, per(de).1);
     print!("{}", r.table());
     {
         let (runs, t) = matteflow::infer::ort_run_time();

@@ -842,6 +842,17 @@ fn progress_now(shared: &Shared) -> Progress {
 
 /// Decodes the whole input to RGBA and discards it: the decode stage's cost on its own (for `bench`).
 pub fn decode_only(input: &str) -> Result<Duration> {
+    decode_alone(input, None)
+}
+
+/// The input decoded to RGBA and encoded as `format` into `location` by the encoder chain a conversion builds
+/// (`gpu`: where it may encode on the GPU), no matting: the pipeline's ceiling from its two ends. Returns the
+/// wall time.
+pub fn decode_encode_only(input: &str, format: Format, location: &std::path::Path, gpu: bool) -> Result<Duration> {
+    decode_alone(input, Some((format, location, gpu)))
+}
+
+fn decode_alone(input: &str, encode: Option<(Format, &std::path::Path, bool)>) -> Result<Duration> {
     gst::init()?;
     let uri = source::input_uri(input)?;
     let pipeline = gst::Pipeline::new();
@@ -850,9 +861,19 @@ pub fn decode_only(input: &str) -> Result<Duration> {
     let caps = gst::ElementFactory::make("capsfilter")
         .property("caps", gst::Caps::builder("video/x-raw").field("format", "RGBA").build())
         .build()?;
-    let fake = gst::ElementFactory::make("fakesink").property("sync", false).build()?;
-    pipeline.add_many([&decode, &convert, &caps, &fake])?;
-    gst::Element::link_many([&convert, &caps, &fake])?;
+    pipeline.add_many([&decode, &convert, &caps])?;
+    convert.link(&caps)?;
+    match encode {
+        Some((format, location, gpu)) => {
+            let (head, _audio) = crate::sink::encoder_chain(&pipeline, format, location, gpu)?;
+            caps.link(&head)?;
+        }
+        None => {
+            let fake = gst::ElementFactory::make("fakesink").property("sync", false).build()?;
+            pipeline.add(&fake)?;
+            caps.link(&fake)?;
+        }
+    }
     source::link_video_pads(&decode, &convert);
     let t = Instant::now();
     pipeline.set_state(gst::State::Playing)?;

@@ -153,3 +153,18 @@ fn hints_name_flags_of_the_command_that_printed_them() {
     assert_eq!(decode(&out).len(), 120);
     assert_no_partials(dir.path());
 }
+
+#[test]
+fn bench_reports_the_pipelines_two_ends_beside_the_matting() {
+    let clip = sample("carphone_pristine.mp4");
+    let out = matteflow_ok(&["bench", clip.to_str().unwrap(), "--runs", "1", "-f", "h264"]);
+    assert!(out.contains("end to end: 120 frames 176x144"), "{out}");
+    // Decode alone, then decode and the same H.264 chain with no matting: a rate each, and encoding costs time.
+    let rate = |prefix: &str| -> f64 {
+        let line = out.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no '{prefix}' line in:\n{out}"));
+        line.rsplit_once('(').and_then(|(_, r)| r.strip_suffix(" fps)")).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let decode = rate("decode alone (GStreamer → RGBA): ");
+    let ends = rate("decode + encode alone (H.264 .mp4, no matting): ");
+    assert!(decode > 0.0 && ends > 0.0 && ends < decode, "decode {decode} fps, decode + encode {ends} fps:\n{out}");
+}
