@@ -30,6 +30,8 @@
 #     ! video/x-raw,width=1920,height=1080,pixel-aspect-ratio=1/1,format=I420,framerate=30/1 \
 #     ! x264enc speed-preset=veryfast bitrate=8000 bframes=0 ! h264parse ! mp4mux ! filesink location=.gpu/bikes_1080p30nb.mp4 \
 #     filesrc location=$M ! decodebin ! c. filesrc location=$M ! decodebin ! c.
+# IS-Net (.deps/models/isnet-medium.onnx, 88 MB) is over the device tool's 64 MiB carry: split it
+# (`split -b 45M … .gpu/isn1/isn. ; mv …ab .gpu/isn2/`), carry the halves in two calls and `cat` them into $ISNET.
 # Exports go to $MODELS. Each step is bounded by
 # `timeout -s KILL`; logs and JSON go to $OUT/STEP.log and $OUT/STEP.tgz.
 set -uo pipefail
@@ -475,7 +477,8 @@ PY
       # binding), then three end-to-end runs (1080p H.264 → composite, GPU stages; the steady state after the first
       # call), for the plain fp16 exports and, where step final15 or live-gpu made them, the prepared ones.
       # Also IS-Net and step wa's files (lite-ops, general-ops, where that step made them). E2E_ARGS adds
-      # arguments to the end-to-end runs (e.g. "--cuda-graph"); E2E_ONLY="lite-ops isnet" picks rows by name.
+      # arguments to the end-to-end runs (e.g. "--cuda-graph"), ALONE_ARGS to the model-alone run (e.g.
+      # "--cuda-graph" again: compare like with like); E2E_ONLY="lite-ops isnet" picks rows by name.
       local m name onnx man r
       for m in "isnet|$ISNET|isnet" "lite-fp16|$MODELS/birefnet-lite-fp16.onnx|birefnet-lite" "general-fp16|$MODELS/birefnet-general-fp16.onnx|birefnet-general" \
                "lite-prep|$MODELS/birefnet-lite-prep.onnx|birefnet-lite" "general-prep|$MODELS/birefnet-general-prep.onnx|birefnet-general" \
@@ -483,7 +486,7 @@ PY
         IFS='|' read -r name onnx man <<< "$m"
         [ -n "${E2E_ONLY:-}" ] && [[ " $E2E_ONLY " != *" $name "* ]] && continue
         [ -f "$onnx" ] || { echo "skip $name: no $onnx"; continue; }
-        gpu_bench "$name-alone" "$onnx" "$ROOT/models/$man.toml" 0 --batch 1 --device-only
+        gpu_bench "$name-alone" "$onnx" "$ROOT/models/$man.toml" 0 --batch 1 --device-only ${ALONE_ARGS:-}
         for r in 1 2 3; do
           echo "== $name run $r"; e2e "$name-$r" "$onnx" "$ROOT/models/$man.toml" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "after it|model on|steady|end to end:|encode alone"
         done
