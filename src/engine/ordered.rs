@@ -134,9 +134,7 @@ impl Finisher {
         };
         Ok((frames, t.elapsed()))
     }
-}
 
-impl Finisher {
     /// The model's time on the GPU so far (device stages; zero on the host).
     pub fn model_time(&self) -> ModelTime {
         match self {
