@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
 
 use crate::config::{ConvertConfig, Format};
 use crate::engine::ordered::{Finisher, Matted, Ordered};
@@ -485,7 +486,9 @@ fn matte_frames(
 /// go on to their own thread for the encoder, so that a download (or composite) never waits behind an encoder
 /// that is busy: the device frames go back for the next inference call as soon as they are downloaded.
 fn finish_frames(plan: &Plan, shared: Arc<Shared>, rx: crossbeam_channel::Receiver<Matted>, tx: crossbeam_channel::Sender<Vec<gst::Buffer>>) -> impl FnOnce() + Send {
-    let finisher = Finisher::open(&plan.settings, &plan.place);
+    // An encoder that takes 4:2:0 gets I420 frames from the GPU stages (converted there as videoconvert would).
+    let i420 = matches!(plan.format, Format::H264 | Format::Vp9);
+    let finisher = Finisher::open(&plan.settings, &plan.place, i420);
     move || {
         let mut finisher = match finisher {
             Ok(f) => f,
@@ -601,22 +604,28 @@ impl Durations {
     }
 }
 
-/// The encoder's caps, from the stream's format and the first finished frame's size.
+/// The encoder's caps, from the stream's format and the first finished frame: RGBA of the output size, or I420
+/// where the GPU stages converted it (the buffer's `VideoMeta` says so).
 fn set_output_caps(appsrc: &gst_app::AppSrc, shared: &Shared, kind: crate::config::OutputKind, first: &gst::Buffer) {
     let info = shared.info.lock().unwrap().unwrap_or(StreamInfo { width: 0, height: 0, fps: gst::Fraction::new(0, 1), par: gst::Fraction::new(1, 1) });
     let (ow, oh) = crate::composite::output_size(kind, info.width, info.height);
-    if (ow * oh * 4) as usize != first.size() {
+    let i420 = first
+        .meta::<gst_video::VideoMeta>()
+        .filter(|m| m.format() == gst_video::VideoFormat::I420)
+        .and_then(|m| crate::cuda::i420::I420Out::for_size(m.width(), m.height()))
+        .and_then(|l| l.caps(info.fps, info.par));
+    if i420.is_none() && (ow * oh * 4) as usize != first.size() {
         tracing::warn!("finished frame of {} bytes for {ow}x{oh} RGBA", first.size());
     }
-    appsrc.set_caps(Some(
-        &gst::Caps::builder("video/x-raw")
+    appsrc.set_caps(Some(&i420.unwrap_or_else(|| {
+        gst::Caps::builder("video/x-raw")
             .field("format", "RGBA")
             .field("width", ow as i32)
             .field("height", oh as i32)
             .field("framerate", info.fps)
             .field("pixel-aspect-ratio", info.par)
-            .build(),
-    ));
+            .build()
+    })));
     appsrc.set_max_bytes(ow as u64 * oh as u64 * 4 * 3);
     start_h264_encoder(appsrc, shared.variable_rate.load(Ordering::SeqCst));
 }

@@ -156,3 +156,49 @@ fn kernel_source_compiled_for_the_host_is_videoconvert() {
     }
     println!("kernel source on the host: {checked} frames, max {worst} levels from videoconvert");
 }
+
+/// The other direction, for the encoder: the CPU reference of the GPU's RGBA → I420 (`cuda::i420`, which
+/// `matteflow gpu-check` holds the `rgba_to_i420` kernel to) is `videoconvert ! I420` with the encoder chain's two
+/// threads, bit for bit, on random frames (the worst case for chroma) and a decoded one: HD (BT.709, chroma on
+/// the even columns), SD (BT.601, chroma between them), rows padded to 4 bytes, 4K. Heights of 4k + 2 rows are
+/// compared with one thread: with two, `videoconvert` pairs the second stripe's rows wrongly (see cuda::i420).
+#[test]
+fn i420_reference_is_videoconvert() {
+    use matteflow::cuda::i420::I420Out;
+    use matteflow::cuda::nv12_frames::videoconvert_i420;
+    gst::init().unwrap();
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 24) as u8
+            })
+            .collect()
+    };
+    let clip = FrameSource::new("bikes 640x272", &format!("filesrc location=\"{}\" ! decodebin", sample("bikes.mp4").display()), None);
+    let decoded = videoconvert_rgba(&clip.frames(1).unwrap(), 1).unwrap().remove(0);
+    let cases: Vec<(String, u32, u32, u32, Vec<u8>)> = vec![
+        ("random 1920x1080".into(), 1920, 1080, 2, random(1920 * 1080 * 4)),
+        ("random 1280x720".into(), 1280, 720, 2, random(1280 * 720 * 4)),
+        ("random 640x480".into(), 640, 480, 2, random(640 * 480 * 4)),
+        ("random 642x480 (padded rows)".into(), 642, 480, 2, random(642 * 480 * 4)),
+        ("random 96x54".into(), 96, 54, 2, random(96 * 54 * 4)),
+        ("random 1920x1078".into(), 1920, 1078, 1, random(1920 * 1078 * 4)),
+        ("random 3840x2160".into(), 3840, 2160, 2, random(3840 * 2160 * 4)),
+        ("bikes frame 640x272".into(), 640, 272, 2, decoded),
+    ];
+    for (what, w, h, threads, rgba) in cases {
+        let layout = I420Out::for_size(w, h).unwrap_or_else(|| panic!("{what}: no I420 layout"));
+        let theirs = videoconvert_i420(&rgba, w, h, threads).unwrap();
+        assert_eq!(theirs.len(), layout.size(), "{what}: videoconvert's frame is laid out as ours");
+        let ours = layout.convert(&rgba);
+        let (a, b) = (layout.visible(&ours), layout.visible(&theirs));
+        let worst = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        let off = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        println!("{what}: {threads} thread(s), max {worst} levels, {off} of {} values differ", a.len());
+        assert_eq!(worst, 0, "{what}: the reference differs from videoconvert");
+    }
+}

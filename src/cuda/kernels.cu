@@ -114,6 +114,45 @@ __global__ void nv12_to_rgba(const unsigned char* src, int w, int h, int pitch, 
 }
 // ---- NV12 end ----
 
+// RGBA → I420 as videoconvert makes it for an encoder (see src/cuda/i420.rs): 8.8 fixed-point matrix per pixel,
+// chroma rows averaged in pairs, then columns in pairs (chroma between them) or [1 2 1] around the even column
+// (mpeg2 siting; first column c[-1] = c[0], last one [1 3]). One thread per 2×2 block; w and h even.
+struct I420 {
+    int coef[9];    // Y, Cb, Cr rows of R, G, B coefficients × 256
+    int offset[3];  // Y, Cb, Cr offsets × 256
+    int h_cosited;
+    int y_stride, c_stride, u_offset, v_offset;
+};
+
+__device__ __forceinline__ int i420_component(const unsigned char* p, const I420& c, int k) {
+    int s = c.coef[3 * k] * p[0] + c.coef[3 * k + 1] * p[1] + c.coef[3 * k + 2] * p[2] + c.offset[k];
+    return min(max(s >> 8, 0), 255);
+}
+
+__global__ void rgba_to_i420(const unsigned char* rgba, int w, int h, I420 c, unsigned char* out) {
+    int cw = w / 2, ch = h / 2;
+    int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= cw * ch) return;
+    int i = idx % cw, j = idx / cw;
+    const unsigned char* r0 = rgba + (size_t)(2 * j) * w * 4;
+    const unsigned char* r1 = r0 + (size_t)w * 4;
+    for (int dy = 0; dy < 2; ++dy)
+        for (int dx = 0; dx < 2; ++dx)
+            out[(size_t)(2 * j + dy) * c.y_stride + 2 * i + dx] = (unsigned char)i420_component((dy ? r1 : r0) + (2 * i + dx) * 4, c, 0);
+    for (int k = 1; k <= 2; ++k) {
+        int m = (i420_component(r0 + (2 * i) * 4, c, k) + i420_component(r1 + (2 * i) * 4, c, k) + 1) >> 1;
+        int r = (i420_component(r0 + (2 * i + 1) * 4, c, k) + i420_component(r1 + (2 * i + 1) * 4, c, k) + 1) >> 1;
+        int v;
+        if (!c.h_cosited) {
+            v = (m + r + 1) >> 1;
+        } else {
+            int l = i == 0 ? m : (i420_component(r0 + (2 * i - 1) * 4, c, k) + i420_component(r1 + (2 * i - 1) * 4, c, k) + 1) >> 1;
+            v = i == cw - 1 ? (l + 3 * m + 2) >> 2 : (l + 2 * m + r + 2) >> 2;
+        }
+        out[(size_t)(k == 1 ? c.u_offset : c.v_offset) + (size_t)j * c.c_stride + i] = (unsigned char)v;
+    }
+}
+
 // Sampling window of output index i over an input of n pixels, exactly as the CPU resizer builds it:
 // centre (i + 0.5)·scale, triangle filter widened by max(scale, 1) when antialiasing, weights normalised.
 __device__ __forceinline__ void window(int i, float scale, int n, int antialias, int* lo, int* hi, float* fs,

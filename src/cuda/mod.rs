@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod composite;
 pub mod gst_cuda;
+pub mod i420;
 pub mod nv12;
 pub mod nv12_check;
 pub mod nv12_frames;
@@ -26,7 +27,7 @@ pub const KERNELS: &str = include_str!("kernels.cu");
 pub const ATTENTION: &str = include_str!("attention.cu");
 /// com.matteflow.DeformIm2Col's kernel (src/infer/onnx/deform_im2col.rs launches it on ONNX Runtime's stream).
 pub const DEFORM: &str = include_str!("deform.cu");
-pub const KERNEL_NAMES: &[&str] = &["preprocess", "nv12_to_rgba", "upsample_mask", "composite", "motion_diff", "motion_blend", "resample_rgba", "mask_prob", "mask_threshold"];
+pub const KERNEL_NAMES: &[&str] = &["preprocess", "nv12_to_rgba", "upsample_mask", "composite", "motion_diff", "motion_blend", "resample_rgba", "mask_prob", "mask_threshold", "rgba_to_i420"];
 
 fn err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Cuda(format!("{what}: {e}"))
@@ -89,6 +90,7 @@ pub struct Gpu {
     f_resample: CudaFunction,
     f_prob: CudaFunction,
     f_thr: CudaFunction,
+    f_i420: CudaFunction,
 }
 
 fn grid(n: usize) -> LaunchConfig {
@@ -197,6 +199,7 @@ impl Gpu {
             f_resample: f("resample_rgba")?,
             f_prob: f("mask_prob")?,
             f_thr: f("mask_threshold")?,
+            f_i420: f("rgba_to_i420")?,
             _module: module,
             ctx,
         })
@@ -270,6 +273,22 @@ impl Gpu {
         b.arg(&src).arg(&ww).arg(&hh).arg(&p).arg(&uv).arg(&nv).arg(out);
         // SAFETY: argument list matches the kernel; `src` holds an NV12 frame of this geometry, `out` w·h·4 bytes.
         unsafe { b.launch(grid((w * h) as usize)) }.map_err(|e| err("nv12_to_rgba launch", e))?;
+        Ok(())
+    }
+
+    /// This GPU's kernels launched on `stream` instead (e.g. a download thread's own stream).
+    pub fn on_stream(&self, stream: Arc<CudaStream>) -> Gpu {
+        Gpu { stream, ..self.clone() }
+    }
+
+    /// Packed RGBA `src` (w × h, both even) → one I420 frame in `out` as `videoconvert` makes it for an encoder
+    /// (see [`i420`]; `out` holds the layout's size).
+    pub fn rgba_to_i420(&self, src: &CudaSlice<u8>, w: u32, h: u32, conv: &i420::I420Conversion, out: &mut CudaSlice<u8>) -> Result<()> {
+        let (ww, hh) = (w as i32, h as i32);
+        let mut b = self.stream.launch_builder(&self.f_i420);
+        b.arg(src).arg(&ww).arg(&hh).arg(conv).arg(out);
+        // SAFETY: argument list matches the kernel; `src` holds w·h·4 bytes, `out` the I420 layout `conv` describes.
+        unsafe { b.launch(grid((w / 2 * (h / 2)) as usize)) }.map_err(|e| err("rgba_to_i420 launch", e))?;
         Ok(())
     }
 

@@ -172,32 +172,59 @@ pub fn videoconvert_rgba(frames: &[HostNv12], threads: u32) -> Result<Vec<Vec<u8
     gst::init()?;
     let Some(first) = frames.first() else { return Ok(Vec::new()) };
     let caps = first.info.to_caps().map_err(|e| gst_err("NV12 caps", e))?;
+    let data: Vec<&[u8]> = frames.iter().map(|f| &f.data[..]).collect();
+    let (w, h) = (first.info.width() as usize, first.info.height() as usize);
+    videoconvert(&caps, &data, "RGBA", threads)?
+        .iter()
+        .map(|sample| {
+            let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).map_err(|e| gst_err("RGBA caps", e))?;
+            let map = sample.buffer().unwrap().map_readable().map_err(|e| gst_err("RGBA buffer", e))?;
+            let stride = info.stride()[0] as usize;
+            Ok((0..h).flat_map(|r| map[r * stride..r * stride + w * 4].iter().copied()).collect())
+        })
+        .collect()
+}
+
+/// The I420 frame `videoconvert` (with `n-threads=threads`) makes of a packed RGBA frame of `w` × `h`, as the
+/// encoder chain of `convert` asks for it (no colorimetry: GStreamer's default for the size), in GStreamer's
+/// default layout.
+pub fn videoconvert_i420(rgba: &[u8], w: u32, h: u32, threads: u32) -> Result<Vec<u8>> {
+    gst::init()?;
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "RGBA")
+        .field("width", w as i32)
+        .field("height", h as i32)
+        .field("framerate", gst::Fraction::new(25, 1))
+        .build();
+    let sample = videoconvert(&caps, &[rgba], "I420", threads)?.pop().ok_or_else(|| Error::Gst("videoconvert gave no frame".into()))?;
+    let map = sample.buffer().unwrap().map_readable().map_err(|e| gst_err("I420 buffer", e))?;
+    Ok(map.to_vec())
+}
+
+/// `frames` (laid out as `caps` says) through `videoconvert n-threads=threads ! video/x-raw,format=out`.
+fn videoconvert(caps: &gst::Caps, frames: &[&[u8]], out: &str, threads: u32) -> Result<Vec<gst::Sample>> {
     let pipeline = gst::Pipeline::new();
-    let src = gst_app::AppSrc::builder().caps(&caps).format(gst::Format::Time).build();
+    let src = gst_app::AppSrc::builder().caps(caps).format(gst::Format::Time).build();
     let convert = gst::ElementFactory::make("videoconvert").property("n-threads", threads).build()?;
-    let sink = gst_app::AppSink::builder().caps(&gst::Caps::builder("video/x-raw").field("format", "RGBA").build()).sync(false).build();
+    let sink = gst_app::AppSink::builder().caps(&gst::Caps::builder("video/x-raw").field("format", out).build()).sync(false).build();
     pipeline.add_many([src.upcast_ref(), &convert, sink.upcast_ref()])?;
     gst::Element::link_many([src.upcast_ref(), &convert, sink.upcast_ref()])?;
     pipeline.set_state(gst::State::Playing).map_err(|e| gst_err("videoconvert pipeline", e))?;
     let result = (|| {
         for (i, f) in frames.iter().enumerate() {
-            let mut buffer = gst::Buffer::from_slice(f.data.clone());
+            let mut buffer = gst::Buffer::from_slice(f.to_vec());
             buffer.get_mut().unwrap().set_pts(gst::ClockTime::from_mseconds(40 * i as u64));
             src.push_buffer(buffer).map_err(|e| gst_err("videoconvert pipeline", e))?;
         }
         let _ = src.end_of_stream();
-        let (w, h) = (first.info.width() as usize, first.info.height() as usize);
-        let mut out = Vec::with_capacity(frames.len());
-        while out.len() < frames.len() {
+        let mut samples = Vec::with_capacity(frames.len());
+        while samples.len() < frames.len() {
             let sample = sink
                 .try_pull_sample(gst::ClockTime::from_nseconds(Duration::from_secs(20).as_nanos() as u64))
-                .ok_or_else(|| bus_error(&pipeline, "videoconvert to RGBA gave no frame"))?;
-            let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).map_err(|e| gst_err("RGBA caps", e))?;
-            let map = sample.buffer().unwrap().map_readable().map_err(|e| gst_err("RGBA buffer", e))?;
-            let stride = info.stride()[0] as usize;
-            out.push((0..h).flat_map(|r| map[r * stride..r * stride + w * 4].iter().copied()).collect());
+                .ok_or_else(|| bus_error(&pipeline, &format!("videoconvert to {out} gave no frame")))?;
+            samples.push(sample);
         }
-        Ok(out)
+        Ok(samples)
     })();
     let _ = pipeline.set_state(gst::State::Null);
     result

@@ -227,11 +227,6 @@ impl GpuStages {
         self.std_over_scale = std::array::from_fn(|c| manifest.input.std[c] / manifest.input.scale);
     }
 
-    /// The stream for [`Queued::download`] on another thread (downloads there overlap the next inference call).
-    pub fn download_stream(&self) -> Result<Arc<CudaStream>> {
-        self.gpu.ctx.new_stream().map_err(|x| e("stream", x))
-    }
-
     /// A set of `batch` device frames of `bytes` each: a free one, a new one while fewer than FRAME_SETS exist,
     /// or else the next one a download gives back.
     fn take_set(&mut self, bytes: usize, batch: usize) -> Result<Vec<CudaSlice<u8>>> {
@@ -460,27 +455,87 @@ pub struct Queued {
     model: Option<(CudaEvent, CudaEvent)>,
 }
 
+/// Where finished frames go down to the host: a stream of its own (downloads overlap the next inference call),
+/// page-locked staging buffers (a download into pageable memory is a staged, blocking copy inside the driver, at
+/// a fraction of the bus speed), and, for an encoder that takes 4:2:0, the conversion to I420 on the device
+/// first ([`super::i420`]): 12 bits a pixel cross the bus instead of 32, and the CPU's `videoconvert` has
+/// nothing left to do.
+pub struct Downloader {
+    /// The kernels, on the download stream.
+    gpu: Gpu,
+    staging: Vec<PinnedHostSlice<u8>>,
+    /// Whether to convert to I420 where the frame size allows it.
+    i420: bool,
+    /// The I420 layout of the last frame size (`None` inside: that size stays RGBA).
+    layout: Option<((u32, u32), Option<super::i420::I420Out>)>,
+    /// Device I420 frames, one per batch slot.
+    converted: Vec<CudaSlice<u8>>,
+}
+
+impl Downloader {
+    /// Downloads on a new stream of `gpu`'s device; `i420`: frames go down as I420 where they can.
+    pub fn new(gpu: &Gpu, i420: bool) -> Result<Downloader> {
+        let stream = gpu.ctx.new_stream().map_err(|x| e("stream", x))?;
+        Ok(Downloader { gpu: gpu.on_stream(stream), staging: Vec::new(), i420, layout: None, converted: Vec::new() })
+    }
+
+    /// The I420 layout frames of `w` × `h` go down in, if any.
+    fn layout_for(&mut self, w: u32, h: u32) -> Option<super::i420::I420Out> {
+        if !self.i420 {
+            return None;
+        }
+        if self.layout.as_ref().is_none_or(|(size, _)| *size != (w, h)) {
+            let l = super::i420::I420Out::for_size(w, h);
+            if l.is_none() {
+                tracing::info!("{w}x{h} frames go down from the GPU as RGBA (I420 on the GPU takes even sizes)");
+            }
+            self.layout = Some(((w, h), l));
+        }
+        self.layout.as_ref().and_then(|(_, l)| l.clone())
+    }
+
+    /// `n` buffers of `bytes` each in `v`, reusing those of that size.
+    fn ensure<T>(v: &mut Vec<T>, n: usize, bytes: usize, len: impl Fn(&T) -> usize, alloc: impl Fn() -> Result<T>) -> Result<()> {
+        v.retain(|b| len(b) == bytes);
+        while v.len() < n {
+            v.push(alloc()?);
+        }
+        Ok(())
+    }
+}
+
 impl Queued {
-    /// Downloads the frames into each frame's `data` on `stream` (which waits for the composites: the device
-    /// frames carry their last write as an event) and gives the device frames back for reuse. The copies go
-    /// through page-locked `staging` buffers (kept by the caller, grown to the frame size on first use): a
-    /// download into pageable memory is a staged, blocking copy inside the driver, at a fraction of the bus speed.
-    /// Returns the time it took and the model's time on the GPU (from its events).
-    pub fn download(self, stream: &Arc<CudaStream>, staging: &mut Vec<PinnedHostSlice<u8>>, frames: &mut [Frame]) -> Result<(Duration, Option<Duration>)> {
+    /// Downloads the frames on `d`'s stream (which waits for the composites: the device frames carry their last
+    /// write as an event) into each frame's `data`, as RGBA or, where `d` converts, as I420 in the first bytes
+    /// of `data` (the layout returned); the device frames go back for reuse. Returns the time it took, the
+    /// model's time on the GPU (from its events) and the I420 layout, if the frames went down as I420.
+    pub fn download(self, d: &mut Downloader, frames: &mut [Frame]) -> Result<(Duration, Option<Duration>, Option<super::i420::I420Out>)> {
         let t = Instant::now();
         if frames.len() != self.k {
             return Err(Error::Cuda(format!("{} frames to download for a call of {}", frames.len(), self.k)));
         }
-        staging.retain(|p| self.set.first().is_some_and(|d| d.len() == p.len()));
-        for d in self.set.iter().take(self.k).skip(staging.len()) {
-            // SAFETY: page-locked host memory of d.len() bytes, written by the copy below before it is read.
-            staging.push(unsafe { stream.context().alloc_pinned_with_flags::<u8>(d.len(), 0) }.map_err(|x| e("pinned alloc", x))?);
+        let (w, h) = frames.first().map_or((0, 0), |f| (f.width, f.height));
+        let rgba_bytes = self.set.first().map_or(0, |s| s.len());
+        let layout = d.layout_for(w, h);
+        let bytes = layout.as_ref().map_or(rgba_bytes, |l| l.size());
+        let stream = d.gpu.stream.clone();
+        // SAFETY: page-locked host memory of `bytes`, written by the copies below before it is read.
+        let pinned = || unsafe { stream.context().alloc_pinned_with_flags::<u8>(bytes, 0) }.map_err(|x| e("pinned alloc", x));
+        Downloader::ensure(&mut d.staging, self.k, bytes, |p| p.len(), pinned)?;
+        if layout.is_some() {
+            Downloader::ensure(&mut d.converted, self.k, bytes, |c| c.len(), || stream.alloc_zeros::<u8>(bytes).map_err(|x| e("alloc", x)))?;
         }
-        for ((d, f), p) in self.set.iter().zip(frames.iter()).zip(staging.iter_mut()) {
-            if f.data.len() != d.len() {
-                return Err(Error::Cuda(format!("frame buffer of {} bytes for a {}-byte RGBA frame", f.data.len(), d.len())));
+        for (i, (dev, f)) in self.set.iter().zip(frames.iter()).enumerate() {
+            if f.data.len() != rgba_bytes {
+                return Err(Error::Cuda(format!("frame buffer of {} bytes for a {rgba_bytes}-byte RGBA frame", f.data.len())));
             }
-            stream.memcpy_dtoh(d, p).map_err(|x| e("download", x))?;
+            match &layout {
+                Some(l) => {
+                    d.gpu.rgba_to_i420(dev, w, h, &l.conv, &mut d.converted[i])?;
+                    stream.memcpy_dtoh(&d.converted[i], &mut d.staging[i]).map_err(|x| e("download", x))?;
+                }
+                None => stream.memcpy_dtoh(dev, &mut d.staging[i]).map_err(|x| e("download", x))?,
+            }
         }
         // Waits asleep (a blocking-sync event), not spinning: with the model queued ahead this wait lasts about a
         // frame, and a thread polling the driver that long may slow the model thread's launches.
@@ -489,10 +544,10 @@ impl Queued {
         // Both events are behind the composites the download waited for: complete, no wait here.
         let model = self.model.as_ref().and_then(|(a, b)| a.elapsed_ms(b).ok()).map(|ms| Duration::from_secs_f64(ms as f64 / 1e3));
         drop(self);
-        for (f, p) in frames.iter_mut().zip(staging.iter()) {
-            f.data.copy_from_slice(p.as_slice().map_err(|x| e("download", x))?);
+        for (f, p) in frames.iter_mut().zip(d.staging.iter()) {
+            f.data[..bytes].copy_from_slice(p.as_slice().map_err(|x| e("download", x))?);
         }
-        Ok((t.elapsed(), model))
+        Ok((t.elapsed(), model, layout))
     }
 }
 

@@ -5,15 +5,13 @@
 //! - [`Finisher::finish`]: on the host the composite, on the device the download of the finished frames (on a
 //!   stream of its own, overlapping the next call's inference). Out come buffers for the encoder.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaStream, PinnedHostSlice};
 use gstreamer as gst;
 
 use super::{Matter, MatteSettings, Placement, StepTimes};
 use crate::composite::{Composite, CpuComposite};
-use crate::cuda::stages::Queued;
+use crate::cuda::stages::{Downloader, Queued};
 use crate::error::{Error, Result};
 use crate::source::Frame;
 
@@ -85,8 +83,8 @@ impl Ordered {
 /// The second step of a call: composite (host) or download (device), then hand out buffers.
 pub enum Finisher {
     Host(CpuComposite),
-    /// The download stream, its page-locked staging buffers, and the model's GPU time so far.
-    Device(Arc<CudaStream>, Vec<PinnedHostSlice<u8>>, ModelTime),
+    /// The downloads, and the model's GPU time so far.
+    Device(Downloader, ModelTime),
 }
 
 /// The model's time on the GPU over the device calls after the first (whose run holds the provider's warm-up),
@@ -99,13 +97,13 @@ pub struct ModelTime {
 }
 
 impl Finisher {
-    /// The finisher for `ordered`'s stages; on the device, downloads get a stream of their own.
-    pub fn open(s: &MatteSettings, place: &Placement) -> Result<Finisher> {
+    /// The finisher for `ordered`'s stages; on the device, downloads get a stream of their own, and with
+    /// `i420` (an encoder that takes 4:2:0 next) frames go down as I420 where their size allows; such buffers
+    /// carry a `VideoMeta` saying so.
+    pub fn open(s: &MatteSettings, place: &Placement, i420: bool) -> Result<Finisher> {
         Ok(match place {
             Placement::Host => Finisher::Host(super::host_compositor(s)?),
-            Placement::Device(gpu) => {
-                Finisher::Device(gpu.ctx.new_stream().map_err(|e| Error::Cuda(format!("stream: {e}")))?, Vec::new(), ModelTime::default())
-            }
+            Placement::Device(gpu) => Finisher::Device(Downloader::new(gpu, i420)?, ModelTime::default()),
         })
     }
 
@@ -122,13 +120,21 @@ impl Finisher {
                 }
                 out
             }
-            (Finisher::Device(stream, staging, model), Matted::Device(mut frames, queued)) => {
-                let (_, gpu) = queued.download(stream, staging, &mut frames)?;
+            (Finisher::Device(down, model), Matted::Device(mut frames, queued)) => {
+                let (_, gpu, i420) = queued.download(down, &mut frames)?;
                 if let Some(t) = gpu.filter(|_| model.calls > 0) {
                     (model.time, model.frames) = (model.time + t, model.frames + frames.len() as u64);
                 }
                 model.calls += 1;
-                frames.into_iter().map(|f| to_buffer(f, None)).collect()
+                let mut out = Vec::with_capacity(frames.len());
+                for f in frames {
+                    let mut b = to_buffer(f, None);
+                    if let Some(l) = &i420 {
+                        l.tag(b.make_mut()).map_err(|e| Error::Gst(format!("an I420 frame: {e}")))?;
+                    }
+                    out.push(b);
+                }
+                out
             }
             _ => return Err(Error::config("frames matted on one side (CPU/GPU) finished on the other")),
         };
@@ -138,7 +144,7 @@ impl Finisher {
     /// The model's time on the GPU so far (device stages; zero on the host).
     pub fn model_time(&self) -> ModelTime {
         match self {
-            Finisher::Device(_, _, m) => *m,
+            Finisher::Device(_, m) => *m,
             Finisher::Host(_) => ModelTime::default(),
         }
     }

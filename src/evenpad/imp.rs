@@ -15,8 +15,14 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 /// Four bytes per pixel, any channel order: the copy does not look inside a pixel.
-const FORMATS: [gst_video::VideoFormat; 4] =
-    [gst_video::VideoFormat::Rgba, gst_video::VideoFormat::Bgra, gst_video::VideoFormat::Rgbx, gst_video::VideoFormat::Bgrx];
+const FORMATS: [gst_video::VideoFormat; 5] = [
+    gst_video::VideoFormat::Rgba,
+    gst_video::VideoFormat::Bgra,
+    gst_video::VideoFormat::Rgbx,
+    gst_video::VideoFormat::Bgrx,
+    // what the GPU stages hand an H.264 encoder (converted there)
+    gst_video::VideoFormat::I420,
+];
 
 #[derive(Default)]
 pub struct EvenPad;
@@ -107,18 +113,24 @@ impl VideoFilterImpl for EvenPad {
         inframe: &gst_video::VideoFrameRef<&gst::BufferRef>,
         outframe: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let (w, h) = (inframe.width() as usize, inframe.height() as usize);
-        let (ow, oh) = (outframe.width() as usize, outframe.height() as usize);
-        let in_stride = inframe.plane_stride()[0] as usize;
-        let out_stride = outframe.plane_stride()[0] as usize;
-        let src = inframe.plane_data(0).map_err(|_| gst::FlowError::Error)?;
-        let dst = outframe.plane_data_mut(0).map_err(|_| gst::FlowError::Error)?;
-        for y in 0..oh {
-            let from = &src[y.min(h - 1) * in_stride..][..w * 4];
-            let to = &mut dst[y * out_stride..][..ow * 4];
-            to[..w * 4].copy_from_slice(from);
-            for x in w..ow {
-                to.copy_within((w - 1) * 4..w * 4, x * 4);
+        // Plane by plane (one for RGBA, three for I420, whose chroma planes are ⌈w/2⌉ × ⌈h/2⌉ either way).
+        let finfo = inframe.format_info();
+        for plane in 0..inframe.n_planes() {
+            let Some(comp) = finfo.plane().iter().position(|&p| p == plane) else { continue };
+            let (sw, sh) = (|v| finfo.scale_width(comp as u8, v) as usize, |v| finfo.scale_height(comp as u8, v) as usize);
+            let (w, h, ow, oh) = (sw(inframe.width()), sh(inframe.height()), sw(outframe.width()), sh(outframe.height()));
+            let px = finfo.pixel_stride()[comp] as usize;
+            let in_stride = inframe.plane_stride()[plane as usize] as usize;
+            let out_stride = outframe.plane_stride()[plane as usize] as usize;
+            let src = inframe.plane_data(plane).map_err(|_| gst::FlowError::Error)?;
+            let dst = outframe.plane_data_mut(plane).map_err(|_| gst::FlowError::Error)?;
+            for y in 0..oh {
+                let from = &src[y.min(h - 1) * in_stride..][..w * px];
+                let to = &mut dst[y * out_stride..][..ow * px];
+                to[..w * px].copy_from_slice(from);
+                for x in w..ow {
+                    to.copy_within((w - 1) * px..w * px, x * px);
+                }
             }
         }
         Ok(gst::FlowSuccess::Ok)
