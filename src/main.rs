@@ -880,13 +880,21 @@ fn bench(a: BenchArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     if a.format == Format::Png {
         std::fs::create_dir_all(&ends)?;
     }
-    let de = matteflow::pipeline::decode_encode_only(&a.input, a.format, &ends, on_gpu);
+    // The GPU stages hand an H.264/VP9 encoder I420 (converted on the GPU); the ceiling starts from the same.
+    let i420 = (a.cuda_stages || a.stages == Some(matteflow::engine::StagesChoice::Gpu)) && matches!(a.format, Format::H264 | Format::Vp9);
+    let de = matteflow::pipeline::decode_encode_only(&a.input, a.format, &ends, on_gpu, i420);
     let _ = std::fs::remove_dir_all(&dir);
     let de = de?;
     let per = |t: std::time::Duration| (t.as_secs_f64() * 1000.0 / r.frames as f64, r.frames as f64 / t.as_secs_f64());
     println!("input {} ({}x{}), {} frames; output {} {:?}", a.input, r.width, r.height, r.frames, a.format.describe(), a.output_kind);
     println!("decode alone (GStreamer → RGBA): {:.2} ms/frame ({:.1} fps)", per(d).0, per(d).1);
-    println!("decode + encode alone ({}, no matting): {:.2} ms/frame ({:.1} fps)", a.format.describe(), per(de).0, per(de).1);
+    println!(
+        "decode + encode alone ({}, no matting, from {}): {:.2} ms/frame ({:.1} fps)",
+        a.format.describe(),
+        if i420 { "I420" } else { "RGBA" },
+        per(de).0,
+        per(de).1
+    );
     print!("{}", r.table());
     {
         let (runs, t) = matteflow::infer::ort_run_time();

@@ -851,24 +851,24 @@ fn progress_now(shared: &Shared) -> Progress {
 
 /// Decodes the whole input to RGBA and discards it: the decode stage's cost on its own (for `bench`).
 pub fn decode_only(input: &str) -> Result<Duration> {
-    decode_alone(input, None)
+    decode_alone(input, "RGBA", None)
 }
 
-/// The input decoded to RGBA and encoded as `format` into `location` by the encoder chain a conversion builds
-/// (`gpu`: where it may encode on the GPU), no matting: the pipeline's ceiling from its two ends. Returns the
-/// wall time.
-pub fn decode_encode_only(input: &str, format: Format, location: &std::path::Path, gpu: bool) -> Result<Duration> {
-    decode_alone(input, Some((format, location, gpu)))
+/// The input decoded to RGBA (or, with `i420`, to the I420 the GPU stages hand an H.264/VP9 encoder) and encoded
+/// as `format` into `location` by the encoder chain a conversion builds (`gpu`: where it may encode on the GPU),
+/// no matting: the pipeline's ceiling from its two ends. Returns the wall time.
+pub fn decode_encode_only(input: &str, format: Format, location: &std::path::Path, gpu: bool, i420: bool) -> Result<Duration> {
+    decode_alone(input, if i420 { "I420" } else { "RGBA" }, Some((format, location, gpu)))
 }
 
-fn decode_alone(input: &str, encode: Option<(Format, &std::path::Path, bool)>) -> Result<Duration> {
+fn decode_alone(input: &str, frames: &str, encode: Option<(Format, &std::path::Path, bool)>) -> Result<Duration> {
     gst::init()?;
     let uri = source::input_uri(input)?;
     let pipeline = gst::Pipeline::new();
     let decode = gst::ElementFactory::make("uridecodebin").property("uri", &uri).build()?;
     let convert = gst::ElementFactory::make("videoconvert").property("n-threads", 2u32).build()?;
     let caps = gst::ElementFactory::make("capsfilter")
-        .property("caps", gst::Caps::builder("video/x-raw").field("format", "RGBA").build())
+        .property("caps", gst::Caps::builder("video/x-raw").field("format", frames).build())
         .build()?;
     pipeline.add_many([&decode, &convert, &caps])?;
     convert.link(&caps)?;

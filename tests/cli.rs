@@ -166,6 +166,6 @@ fn bench_reports_the_pipelines_two_ends_beside_the_matting() {
         line.rsplit_once('(').and_then(|(_, r)| r.strip_suffix(" fps)")).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
     };
     let decode = rate("decode alone (GStreamer → RGBA): ");
-    let ends = rate("decode + encode alone (H.264 .mp4, no matting): ");
+    let ends = rate("decode + encode alone (H.264 .mp4, no matting, from RGBA): ");
     assert!(decode > 0.0 && ends > 0.0, "decode {decode} fps, decode + encode {ends} fps:\n{out}");
 }

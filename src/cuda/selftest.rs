@@ -306,6 +306,28 @@ pub fn run(runs: usize) -> Result<Vec<CaseResult>> {
         results.push(CaseResult { name: "composite 1080p over blur (radius 20)".into(), max_error: err, tolerance: 1.0 / 255.0, gpu_ms, cpu_ms });
     }
 
+    // RGBA → I420 for the encoder (the download of `convert` to x264/vp9): the kernel against the CPU reference,
+    // which tests/chroma.rs holds to videoconvert bit for bit. HD (BT.709, chroma on the even columns), SD (BT.601,
+    // between them) with rows padded to 4 bytes; random frames.
+    for (w, h) in [(1920u32, 1080u32), (642, 480)] {
+        let layout = super::i420::I420Out::for_size(w, h).ok_or_else(|| Error::Cuda(format!("no I420 layout for {w}x{h}")))?;
+        let rgba = rng.u8s((w * h * 4) as usize);
+        let mut want = Vec::new();
+        let cpu_ms = time(runs.min(3), || {
+            want = layout.convert(&rgba);
+            Ok(())
+        })?;
+        let d_rgba = st.clone_htod(&rgba).map_err(|x| e("upload", x))?;
+        let mut d_out: CudaSlice<u8> = st.alloc_zeros(layout.size()).map_err(|x| e("alloc", x))?;
+        let gpu_ms = time(runs, || {
+            gpu.rgba_to_i420(&d_rgba, w, h, &layout.conv, &mut d_out)?;
+            st.synchronize().map_err(|x| e("sync", x))
+        })?;
+        let got = st.clone_dtoh(&d_out).map_err(|x| e("download", x))?;
+        let err = super::nv12_check::max_levels(&layout.visible(&got), &layout.visible(&want)) as f64 / 255.0;
+        results.push(CaseResult { name: format!("rgba_to_i420 {w}x{h} (videoconvert's I420)"), max_error: err, tolerance: 0.0, gpu_ms, cpu_ms });
+    }
+
     // Motion-aware temporal blend at 1024² NCHW.
     {
         let m = model::builtin("birefnet-general").unwrap();
