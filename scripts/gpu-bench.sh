@@ -10,7 +10,7 @@
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
-#                                     e2e-steady wa queued queued-jobs
+#                                     e2e-steady wa queued queued-jobs i420
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -500,7 +500,8 @@ PY
       # (1080p H.264 → composite, GPU stages, steady state) alternating, twice each (E2E_ARGS adds arguments);
       # then the masks of bikes_1080p (PNG, GPU stages) from both binaries compared. Step queued-jobs: IS-Net's
       # masks with three files converted at once (--jobs 3: three jobs around the one shared session) against
-      # each file alone (PNG); GRAPH=1 runs both with --cuda-graph (each binding captures a graph of its own).
+      # each file alone (PNG); GRAPH=1 runs both with --cuda-graph (each binding captures a graph of its own; since
+      # the ninth session graphs are the default, and NO_GRAPH=1 runs both with --no-cuda-graph).
       local m name onnx man r
       for m in "isnet|$ISNET|isnet" "lite-ops|$MODELS/birefnet-lite-ops.onnx|birefnet-lite" "general-ops|$MODELS/birefnet-general-ops.onnx|birefnet-general"; do
         IFS='|' read -r name onnx man <<< "$m"
@@ -522,6 +523,7 @@ PY
     queued-jobs)
       local dir=/tmp/jobs-in f n g=()
       [ -n "${GRAPH:-}" ] && g=(--cuda-graph)
+      [ -n "${NO_GRAPH:-}" ] && g=(--no-cuda-graph)
       rm -rf "$dir" /tmp/jobs-out /tmp/jobs-alone && mkdir -p "$dir" /tmp/jobs-alone
       cp "$ROOT"/assets/media/*.mp4 "$dir/" && cp "$CLIP" "$dir/"
       T 240 matteflow batch "$dir" -o /tmp/jobs-out -f png -k mask --device cuda --cuda-stages "${g[@]}" --model "$ISNET" \
@@ -531,6 +533,50 @@ PY
         T 120 matteflow convert "$f" -o "/tmp/jobs-alone/$n/" -k mask --device cuda --cuda-stages "${g[@]}" --model "$ISNET" \
           --manifest "$ROOT/models/isnet.toml" 2>&1 | tail -1
         echo "JOBS $n: $(ls "/tmp/jobs-alone/$n" | wc -l) frames alone, $(ls "/tmp/jobs-out/$n" 2>/dev/null | wc -l) with --jobs 3; $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/jobs-alone/$n" "/tmp/jobs-out/$n")"
+      done
+      ;;
+    i420)
+      # Issue 15, ninth session: the GPU stages' finished frames go down as I420 for x264 (converted on the GPU as
+      # videoconvert converts them) and CUDA graphs are on by default. Per model (IS-Net, and step wa's lite-ops /
+      # general-ops where they exist; E2E_ONLY picks): the model alone with graphs (the default) and without; end to
+      # end (1080p H.264 → composite, GPU stages, steady state, with bench's decode + encode ceiling) alternating
+      # with the previous binary ($OLD_MF, which downloads RGBA for the CPU's videoconvert) run with --cuda-graph,
+      # twice each; the two binaries' H.264 files decoded and compared frame by frame (the encoder got the same
+      # frames: identical); the masks with graphs against --no-cuda-graph.
+      local m name onnx man r
+      for m in "isnet|$ISNET|isnet" "lite-ops|$MODELS/birefnet-lite-ops.onnx|birefnet-lite" "general-ops|$MODELS/birefnet-general-ops.onnx|birefnet-general"; do
+        IFS='|' read -r name onnx man <<< "$m"
+        [ -n "${E2E_ONLY:-}" ] && [[ " $E2E_ONLY " != *" $name "* ]] && continue
+        [ -f "$onnx" ] || { echo "skip $name: no $onnx"; continue; }
+        man="$ROOT/models/$man.toml"
+        gpu_bench "$name-alone-graph" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
+        gpu_bench "$name-alone-nograph" "$onnx" "$man" 0 --batch 1 --device-only --no-cuda-graph 2>&1 | grep -E "IO binding|rc "
+        for r in 1 2; do
+          echo "== $name old run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages --cuda-graph 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation"
+          echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation"
+        done
+        rm -rf /tmp/i4 && mkdir -p /tmp/i4
+        T 120 "$OLD_MF" convert "$CLIP" -o /tmp/i4/old.mp4 -k composite -b green --model "$onnx" --manifest "$man" --device cuda --cuda-stages --cuda-graph 2>&1 | tail -1
+        T 120 matteflow convert "$CLIP" -o /tmp/i4/new.mp4 -k composite -b green --model "$onnx" --manifest "$man" --device cuda --cuda-stages 2>&1 | tail -1
+        for v in old new; do
+          gst-launch-1.0 -q filesrc location=/tmp/i4/$v.mp4 ! qtdemux ! h264parse ! avdec_h264 ! video/x-raw,format=I420 ! filesink location=/tmp/i4/$v.yuv
+        done
+        echo "H264 $name new (I420 from the GPU) vs old (RGBA, CPU videoconvert): $(python3 - /tmp/i4/old.yuv /tmp/i4/new.yuv <<'PY'
+import sys, numpy as np
+a, b = (np.fromfile(f, np.uint8) for f in sys.argv[1:3])
+n = 1920 * 1080 * 3 // 2
+if a.size != b.size:
+    print(f"sizes differ: {a.size // n} vs {b.size // n} frames")
+else:
+    d = np.abs(a.astype(int) - b.astype(int)).reshape(-1, n)
+    print(f"{a.size // n} frames; identical frames {int((d.max(1) == 0).sum())}; max {d.max()} levels, mean {d.mean():.5f}")
+PY
+)"
+        rm -rf /tmp/i4
+        rm -rf "/tmp/gm-$name-graph" "/tmp/gm-$name-nograph"
+        T 120 matteflow convert "$CLIP" -k mask -o "/tmp/gm-$name-graph/" --model "$onnx" --manifest "$man" --device cuda --cuda-stages 2>&1 | tail -1
+        T 120 matteflow convert "$CLIP" -k mask -o "/tmp/gm-$name-nograph/" --model "$onnx" --manifest "$man" --device cuda --cuda-stages --no-cuda-graph 2>&1 | tail -1
+        echo "MASKS $name bikes_1080p graphs vs none: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/gm-$name-nograph" "/tmp/gm-$name-graph")"
       done
       ;;
     element-net)

@@ -172,12 +172,15 @@ struct ModelArgs {
     /// TensorRT: engine and timing cache folder
     #[arg(long, value_name = "DIR")]
     trt_cache: Option<PathBuf>,
-    /// CUDA: ONNX Runtime's CUDA graphs for the model's device runs (the GPU stages and gpu-bench; each binding
-    /// and input size captures its own, host runs none). With the GPU stages, which queue the runs on the GPU,
-    /// it takes ONNX Runtime's launch cost off the host: on an H200 the prepared BiRefNet lite went from 96–98
-    /// to 113–114 fps end to end (1080p), masks identical (docs/BENCHMARKS.md, 2026-12-03). Off by default
-    /// until several files at once have been checked with it on a GPU
+    /// CUDA: run without ONNX Runtime's CUDA graphs. They are on by default for the model's device runs (the GPU
+    /// stages and gpu-bench; each binding and input size captures its own, host runs none; a model the CUDA EP
+    /// cannot capture is opened again without). With the GPU stages, which queue the runs on the GPU, graphs
+    /// take ONNX Runtime's launch cost off the host: on an H200 the prepared BiRefNet lite went from 96–98 to
+    /// 113–114 fps end to end (1080p), masks identical (docs/BENCHMARKS.md, 2026-12-03)
     #[arg(long)]
+    no_cuda_graph: bool,
+    /// (CUDA graphs are on by default; kept so that older command lines still run.)
+    #[arg(long, hide = true)]
     cuda_graph: bool,
     /// CUDA: prefer NHWC convolution kernels
     #[arg(long)]
@@ -504,7 +507,7 @@ impl ModelArgs {
             trt_cache_dir: self.trt_cache.clone(),
             threads: self.threads,
             trt_profile: None,
-            cuda_graph: self.cuda_graph,
+            cuda_graph: !self.no_cuda_graph,
             cuda_nhwc: self.cuda_nhwc,
             cuda_options: self.cuda_option.clone(),
             cudnn_search: self.cudnn_search,
@@ -755,15 +758,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 pause: std::time::Duration::from_millis(pause_ms),
                 profile_run,
             };
-            // With --cuda-graph the host-tensor reference runs in a second session, without graphs.
-            let mut reference = if model.cuda_graph {
-                let mut plain = model.clone();
-                plain.cuda_graph = false;
-                Some(plain.open()?)
-            } else {
-                None
-            };
-            let rows = matteflow::cuda::bench::run(&mut seg, reference.as_mut(), &o)?;
+            let rows = matteflow::cuda::bench::run(&mut seg, &o)?;
             print!("{}", matteflow::cuda::bench::table(&name, &rows));
             if model.ort_profile.is_some() {
                 println!("ONNX Runtime profile: {}", seg.end_profiling()?);

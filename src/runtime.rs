@@ -178,7 +178,7 @@ pub fn compiled_providers() -> Vec<Provider> {
 }
 
 /// Options for GPU providers (TensorRT caches and precision).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ProviderOptions {
     pub device: DeviceChoice,
     pub trt_fp16: bool,
@@ -187,8 +187,9 @@ pub struct ProviderOptions {
     /// TensorRT optimisation profile for dynamic inputs: (min, opt, max) in TensorRT's
     /// "name:1x3x64x64" syntax. Filled from the manifest when the model is dynamic.
     pub trt_profile: Option<(String, String, String)>,
-    /// CUDA EP: capture the model in a CUDA graph and replay it (needs IO binding with fixed input and output
-    /// addresses, i.e. the GPU frame path, and every node on the GPU; one input shape per session).
+    /// CUDA EP (on by default): ONNX Runtime's CUDA graphs for the model's device runs: each IO binding and
+    /// input size captures its own graph on its first run and replays it after; host-tensor runs use none. A
+    /// model the CUDA EP cannot capture (nodes on the CPU) is opened again without (see `OnnxSegmenter::open`).
     pub cuda_graph: bool,
     /// CUDA EP: prefer NHWC kernels (tensor-core friendly convolutions, fewer layout transposes).
     pub cuda_nhwc: bool,
@@ -205,6 +206,25 @@ pub struct ProviderOptions {
     /// Run the model file as given even when `matteflow prepare` left a prepared graph of it in the cache
     /// (which is otherwise used on CUDA).
     pub ignore_prepared: bool,
+}
+
+impl Default for ProviderOptions {
+    fn default() -> Self {
+        ProviderOptions {
+            device: DeviceChoice::default(),
+            trt_fp16: false,
+            trt_cache_dir: None,
+            threads: None,
+            trt_profile: None,
+            cuda_graph: true,
+            cuda_nhwc: false,
+            cuda_options: Vec::new(),
+            cudnn_search: CudnnSearch::default(),
+            profile: None,
+            spin: false,
+            ignore_prepared: false,
+        }
+    }
 }
 
 /// The TensorRT profile for a dynamic model: sizes from one multiple up to twice the manifest's size.
@@ -286,7 +306,8 @@ pub fn register(
                     // SAFETY: as above.
                     cuda = unsafe { cuda.with_compute_stream(st.cu_stream() as *mut ()) };
                 }
-                if opts.cuda_graph {
+                // (Not behind TensorRT, which takes the nodes it can and leaves CUDA the rest.)
+                if opts.cuda_graph && chosen != Provider::TensorRt {
                     cuda = cuda.with_cuda_graph(true);
                 }
                 if opts.cuda_nhwc {

@@ -76,10 +76,8 @@ fn row(path: &str, batch: usize, (median, min): (f64, f64), o: &BenchOptions, no
 }
 
 /// Times `seg` (opened on the CUDA provider) as configured. The CUDA context must be current on this thread
-/// (open a [`super::Gpu`] first). The host-tensor runs (their row and the reference mask) go to `reference`
-/// where given: a session that captures CUDA graphs replays its first captured run whatever it is given, so it
-/// must see the device runs only.
-pub fn run(seg: &mut OnnxSegmenter, reference: Option<&mut OnnxSegmenter>, o: &BenchOptions) -> Result<Vec<BenchRow>> {
+/// (open a [`super::Gpu`] first).
+pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
     let m = seg.model().manifest.clone();
     let [h, w] = m.input.size;
     let shape1 = m.input_shape(h, w);
@@ -88,23 +86,24 @@ pub fn run(seg: &mut OnnxSegmenter, reference: Option<&mut OnnxSegmenter>, o: &B
 
     // Host tensors: what the pipeline does without --cuda-stages (copy in, run, copy out, sigmoid on the CPU).
     // A model exported with a fixed batch N > 1 takes the frame padded to N (as the pipeline does).
-    let hosted = reference.unwrap_or(seg);
-    hosted.configure_batch(1, false);
-    let fixed = hosted.declared_batch().max(1) as usize;
+    // (Where the session captures CUDA graphs, host runs use none: they are the reference the device runs are
+    // checked against, on the same session.)
+    seg.configure_batch(1, false);
+    let fixed = seg.declared_batch().max(1) as usize;
     let input = ModelInput { data: random(frame_len, 7), shape: shape1, geometry: None };
     let mut host_mask = LowResMask::default();
     let host_run = |seg: &mut OnnxSegmenter, mask: &mut LowResMask| seg.run_batch(&[&input], std::slice::from_mut(mask));
-    host_run(hosted, &mut host_mask)?;
+    host_run(seg, &mut host_mask)?;
     if o.host_path {
         let mut t = Vec::new();
         for i in 0..o.warmup + o.runs {
             let t0 = Instant::now();
-            host_run(hosted, &mut host_mask)?;
+            host_run(seg, &mut host_mask)?;
             if i >= o.warmup {
                 t.push(t0.elapsed());
             }
         }
-        host_run(hosted, &mut host_mask)?;
+        host_run(seg, &mut host_mask)?;
         rows.push(row("ORT CUDA EP, host tensors (session.run)", fixed, stats(t), o, "includes copies and the CPU sigmoid".into()));
     }
 

@@ -100,6 +100,12 @@ impl GpuCompositor {
     /// Composites an RGBA frame in host memory with a device `alpha`: up, composite, down into `frame`. Waits
     /// for the download (the frame is ready when this returns).
     pub fn run_host(&mut self, frame: &mut [u8], w: u32, h: u32, alpha: &CudaSlice<u8>) -> Result<()> {
+        // (On a thread of its own beside the model's: its allocations and pageable copies wait for any CUDA graph
+        // capture to end.)
+        crate::infer::outside_capture(|| self.host_frame(frame, w, h, alpha))
+    }
+
+    fn host_frame(&mut self, frame: &mut [u8], w: u32, h: u32, alpha: &CudaSlice<u8>) -> Result<()> {
         let n = (w * h) as usize;
         if frame.len() != n * 4 || alpha.len() != n {
             return Err(Error::Cuda(format!("a {w}x{h} frame of {} bytes with a mask of {} values", frame.len(), alpha.len())));
@@ -121,6 +127,10 @@ impl GpuCompositor {
     /// it with `alpha` when there is one (else it stays the unmatted picture), and downloads it into `out` (RGBA,
     /// `w * h * 4`). Waits for the download: the decoder's frame is no longer read when this returns.
     pub fn run_nv12(&mut self, frame: &CudaFrame, alpha: Option<&CudaSlice<u8>>, out: &mut [u8]) -> Result<()> {
+        crate::infer::outside_capture(|| self.nv12_frame(frame, alpha, out))
+    }
+
+    fn nv12_frame(&mut self, frame: &CudaFrame, alpha: Option<&CudaSlice<u8>>, out: &mut [u8]) -> Result<()> {
         let (w, h) = (frame.width, frame.height);
         let n = (w * h) as usize;
         if out.len() != n * 4 || alpha.is_some_and(|a| a.len() != n) {

@@ -521,10 +521,13 @@ impl Queued {
         let stream = d.gpu.stream.clone();
         // SAFETY: page-locked host memory of `bytes`, written by the copies below before it is read.
         let pinned = || unsafe { stream.context().alloc_pinned_with_flags::<u8>(bytes, 0) }.map_err(|x| e("pinned alloc", x));
-        Downloader::ensure(&mut d.staging, self.k, bytes, |p| p.len(), pinned)?;
-        if layout.is_some() {
-            Downloader::ensure(&mut d.converted, self.k, bytes, |c| c.len(), || stream.alloc_zeros::<u8>(bytes).map_err(|x| e("alloc", x)))?;
-        }
+        crate::infer::outside_capture(|| {
+            Downloader::ensure(&mut d.staging, self.k, bytes, |p| p.len(), pinned)?;
+            match layout {
+                Some(_) => Downloader::ensure(&mut d.converted, self.k, bytes, |c| c.len(), || stream.alloc_zeros::<u8>(bytes).map_err(|x| e("alloc", x))),
+                None => Ok(()),
+            }
+        })?;
         for (i, (dev, f)) in self.set.iter().zip(frames.iter()).enumerate() {
             if f.data.len() != rgba_bytes {
                 return Err(Error::Cuda(format!("frame buffer of {} bytes for a {rgba_bytes}-byte RGBA frame", f.data.len())));

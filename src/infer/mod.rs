@@ -8,7 +8,7 @@ mod onnx;
 
 pub use batched::BatchPlan;
 pub use batcher::{BatchClient, BatchServer, BatchStats, BATCH_WINDOW, DEFAULT_GPU_BATCH};
-pub use onnx::{deform_im2col, ort_run_time, window_attention, DeviceIo, DeviceMask, OnnxSegmenter};
+pub use onnx::{deform_im2col, ort_run_time, outside_capture, window_attention, DeviceIo, DeviceMask, OnnxSegmenter};
 
 use crate::error::Result;
 use crate::preprocess::ModelInput;

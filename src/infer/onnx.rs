@@ -15,7 +15,7 @@ pub mod deform_im2col;
 mod device;
 mod ops;
 pub mod window_attention;
-pub use device::{ort_run_time, DeviceIo, DeviceMask};
+pub use device::{ort_run_time, outside_capture, DeviceIo, DeviceMask};
 
 /// matteflow's operator domain (com.matteflow), which every session registers (a model without its ops is
 /// unaffected): the host operators for f32 and f16 and, where a CUDA driver and NVRTC load, the CUDA provider's.
@@ -109,7 +109,7 @@ impl OnnxSegmenter {
         let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let stream = compute_stream(opts);
 
-        let build = || -> ort::Result<(Session, Provider, Vec<String>)> {
+        let build = |cuda_graph: bool| -> ort::Result<(Session, Provider, Vec<String>)> {
             let b = Session::builder(env)?
                 .with_optimization_level(GraphOptimizationLevel::Level3)
                 .map_err(ort::Error::<()>::from)?
@@ -120,7 +120,7 @@ impl OnnxSegmenter {
                 // matteflow's own operators (what `prepare --fp16` writes; models without them are unaffected)
                 .with_operators(operators()?)
                 .map_err(ort::Error::<()>::from)?;
-            let mut opts = opts.clone();
+            let mut opts = ProviderOptions { cuda_graph, ..opts.clone() };
             if opts.trt_profile.is_none() {
                 opts.trt_profile = runtime::trt_profile_for(&model.manifest);
             }
@@ -134,7 +134,16 @@ impl OnnxSegmenter {
         // ONNX Runtime's pool threads, started while the session is made, take this thread's name: name them
         // for what they are (the live CPU-by-thread summary), then restore ours.
         let named = ThreadName::set(c"mf-ort-pool");
-        let built = build();
+        let mut graphs = opts.cuda_graph;
+        let built = build(graphs).or_else(|e| {
+            if !graphs {
+                return Err(e);
+            }
+            // CUDA graphs need every node on the GPU: a model the CUDA EP cannot capture runs without them.
+            tracing::warn!("{model_name}: opened again without CUDA graphs, which ONNX Runtime refused: {e}");
+            graphs = false;
+            build(false)
+        });
         drop(named);
         let (session, provider, skipped) = built.map_err(|e| {
             let msg = e.to_string();
@@ -194,7 +203,7 @@ impl OnnxSegmenter {
         Ok(OnnxSegmenter {
             session: std::sync::Arc::new(std::sync::Mutex::new(session)),
             stream: stream.filter(|_| provider != Provider::Cpu),
-            graphs: opts.cuda_graph && provider == Provider::Cuda,
+            graphs: graphs && provider == Provider::Cuda,
             model,
             provider,
             states,

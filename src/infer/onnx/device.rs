@@ -91,6 +91,8 @@ pub struct DeviceIo {
 #[derive(Default)]
 struct DeviceRuns {
     graph: i32,
+    /// Runs so far (ONNX Runtime captures a graph on its second run).
+    count: u32,
     waited: Option<RunOptions>,
     queued: Option<RunOptions>,
 }
@@ -98,10 +100,22 @@ struct DeviceRuns {
 /// The next binding's CUDA graph id (0 is ONNX Runtime's default, -1 its "no graph").
 static NEXT_GRAPH: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(1);
 
+/// Held for writing across the runs that may capture a CUDA graph. ONNX Runtime captures in CUDA's global mode:
+/// meanwhile, a call of another thread that may synchronise the device (an allocation, a pageable copy) fails and
+/// spoils the capture. Our other threads make such calls inside [`outside_capture`]. (GStreamer's CUDA decoder
+/// allocates its pool when it starts, before the model's first run.)
+static CAPTURE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Runs `f` (CUDA calls that may synchronise: allocations, pageable copies) while no CUDA graph is being captured.
+pub fn outside_capture<T>(f: impl FnOnce() -> T) -> T {
+    let _g = CAPTURE.read().unwrap_or_else(|p| p.into_inner());
+    f()
+}
+
 impl DeviceRuns {
     /// For a new binding (or a new input shape): a graph of its own.
     fn renew(&mut self) {
-        *self = DeviceRuns { graph: NEXT_GRAPH.fetch_add(1, Ordering::Relaxed), waited: None, queued: None };
+        *self = DeviceRuns { graph: NEXT_GRAPH.fetch_add(1, Ordering::Relaxed), ..Default::default() };
     }
 
     fn get(&mut self, queued: bool, graphs: bool) -> ort::Result<&RunOptions> {
@@ -257,6 +271,9 @@ impl OnnxSegmenter {
         };
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned".into()))?;
         let t0 = Instant::now();
+        // ONNX Runtime captures on a binding's second run; the first three are guarded (see CAPTURE).
+        let _capturing = (self.graphs && io.runs.count < 3).then(|| CAPTURE.write().unwrap_or_else(|p| p.into_inner()));
+        io.runs.count += 1;
         let options = io.runs.get(queued.is_some(), self.graphs).map_err(&rt)?;
         let mut outputs = match queued {
             Some((after, ours)) => {
