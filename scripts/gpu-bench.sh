@@ -559,7 +559,7 @@ PY
         T 120 "$OLD_MF" convert "$CLIP" -o /tmp/i4/old.mp4 -k composite -b green --model "$onnx" --manifest "$man" --device cuda --cuda-stages --cuda-graph 2>&1 | tail -1
         T 120 matteflow convert "$CLIP" -o /tmp/i4/new.mp4 -k composite -b green --model "$onnx" --manifest "$man" --device cuda --cuda-stages 2>&1 | tail -1
         for v in old new; do
-          gst-launch-1.0 -q filesrc location=/tmp/i4/$v.mp4 ! qtdemux ! h264parse ! avdec_h264 ! video/x-raw,format=I420 ! filesink location=/tmp/i4/$v.yuv
+          gst-launch-1.0 -q filesrc location=/tmp/i4/$v.mp4 ! qtdemux ! h264parse ! openh264dec ! video/x-raw,format=I420 ! filesink location=/tmp/i4/$v.yuv
         done
         echo "H264 $name new (I420 from the GPU) vs old (RGBA, CPU videoconvert): $(python3 - /tmp/i4/old.yuv /tmp/i4/new.yuv <<'PY'
 import sys, numpy as np

@@ -409,7 +409,10 @@ pub fn run(
                     observer.started(w, &job);
                     let t = Instant::now();
                     let batcher = server.map(BatchServer::client);
-                    match convert_one(cfg, &job, segmenter.share(), batcher, per_file_batch, cancel.clone(), &settings, w, observer) {
+                    // Several files at once on one session: their device runs go without CUDA graphs (see
+                    // `OnnxSegmenter::without_graphs`).
+                    let seg = if workers > 1 { segmenter.share().without_graphs() } else { segmenter.share() };
+                    match convert_one(cfg, &job, seg, batcher, per_file_batch, cancel.clone(), &settings, w, observer) {
                         Ok((frames, dur)) => {
                             rep.status = Status::Done;
                             rep.frames = frames;

@@ -118,16 +118,19 @@ impl DeviceRuns {
         *self = DeviceRuns { graph: NEXT_GRAPH.fetch_add(1, Ordering::Relaxed), ..Default::default() };
     }
 
-    fn get(&mut self, queued: bool, graphs: bool) -> ort::Result<&RunOptions> {
-        let graph = self.graph;
+    /// `graph`: where the session captures graphs, whether this binding's runs use one (else `gpu_graph_id` -1).
+    fn get(&mut self, queued: bool, graph: Option<bool>) -> ort::Result<&RunOptions> {
+        let id = self.graph;
         let slot = if queued { &mut self.queued } else { &mut self.waited };
         if slot.is_none() {
             let mut o = RunOptions::new()?;
             if queued {
                 o.disable_device_sync()?;
             }
-            if graphs {
-                o.set("gpu_graph_id", graph.to_string())?;
+            match graph {
+                Some(true) => o.set("gpu_graph_id", id.to_string())?,
+                Some(false) => o.set("gpu_graph_id", "-1")?,
+                None => {}
             }
             *slot = Some(o);
         }
@@ -272,9 +275,10 @@ impl OnnxSegmenter {
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned".into()))?;
         let t0 = Instant::now();
         // ONNX Runtime captures on a binding's second run; the first three are guarded (see CAPTURE).
-        let _capturing = (self.graphs && io.runs.count < 3).then(|| CAPTURE.write().unwrap_or_else(|p| p.into_inner()));
+        let graph = self.graphs.then_some(self.device_graphs);
+        let _capturing = (graph == Some(true) && io.runs.count < 3).then(|| CAPTURE.write().unwrap_or_else(|p| p.into_inner()));
         io.runs.count += 1;
-        let options = io.runs.get(queued.is_some(), self.graphs).map_err(&rt)?;
+        let options = io.runs.get(queued.is_some(), graph).map_err(&rt)?;
         let mut outputs = match queued {
             Some((after, ours)) => {
                 ours.join(after).map_err(cuda("ordering the run after its input"))?;
