@@ -85,6 +85,17 @@ e2e() { # LABEL ONNX MANIFEST ARGS...: 1080p file conversion, GPU memory and loa
   awk -F', ' '{ if ($1 > m) m = $1; u += $2; n++ } END { if (n) printf "GPU memory peak %d MiB, mean utilisation %.0f%% (%d samples)\n", m, u / n, n }' "$W/smi-$label.csv"
 }
 
+ab_e2e() { # NAME ONNX MANIFEST "OLD ARGS" "NEW ARGS": end to end with $OLD_MF and this binary alternating, twice each
+  local name=$1 onnx=$2 man=$3 old=$4 new=$5 r
+  local keep="^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation"
+  for r in 1 2; do
+    # shellcheck disable=SC2086  # (the argument strings split into arguments)
+    echo "== $name old run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages $old 2>&1 | grep -E "$keep"
+    # shellcheck disable=SC2086
+    echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages $new 2>&1 | grep -E "$keep"
+  done
+}
+
 nginx_start() { # DIR PORT: nginx-rtmp from the bundle on 127.0.0.1:PORT (application "live"); fails loudly
   local nx=$1 port=$2
   rm -rf "$nx" && mkdir -p "$nx/logs"
@@ -510,10 +521,7 @@ PY
         man="$ROOT/models/$man.toml"
         MF=$OLD_MF gpu_bench "$name-alone-old" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
         gpu_bench "$name-alone-new" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
-        for r in 1 2; do
-          echo "== $name old run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|encode alone|utilisation"
-          echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages ${E2E_ARGS:-} 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|encode alone|utilisation"
-        done
+        ab_e2e "$name" "$onnx" "$man" "${E2E_ARGS:-}" "${E2E_ARGS:-}"
         rm -rf "/tmp/qm-$name-old" "/tmp/qm-$name-new"
         T 120 "$OLD_MF" convert "$CLIP" -k mask -o "/tmp/qm-$name-old/" --model "$onnx" --manifest "$man" --device cuda --cuda-stages 2>&1 | tail -1
         T 120 matteflow convert "$CLIP" -k mask -o "/tmp/qm-$name-new/" --model "$onnx" --manifest "$man" --device cuda --cuda-stages 2>&1 | tail -1
@@ -551,10 +559,7 @@ PY
         man="$ROOT/models/$man.toml"
         gpu_bench "$name-alone-graph" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
         gpu_bench "$name-alone-nograph" "$onnx" "$man" 0 --batch 1 --device-only --no-cuda-graph 2>&1 | grep -E "IO binding|rc "
-        for r in 1 2; do
-          echo "== $name old run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages --cuda-graph 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation"
-          echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation"
-        done
+        ab_e2e "$name" "$onnx" "$man" --cuda-graph ""
         rm -rf /tmp/i4 && mkdir -p /tmp/i4
         T 120 "$OLD_MF" convert "$CLIP" -o /tmp/i4/old.mp4 -k composite -b green --model "$onnx" --manifest "$man" --device cuda --cuda-stages --cuda-graph 2>&1 | tail -1
         T 120 matteflow convert "$CLIP" -o /tmp/i4/new.mp4 -k composite -b green --model "$onnx" --manifest "$man" --device cuda --cuda-stages 2>&1 | tail -1
