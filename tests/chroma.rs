@@ -3,7 +3,9 @@
 //! this machine's GStreamer on real NV12 frames GStreamer made — decoded clips at their size and scaled to odd
 //! sizes and to 1080p, test patterns with sharp colour edges — read with BT.601 / BT.709 / BT.2020 caps,
 //! limited and full range, every chroma siting, through `videoconvert` with one thread and with the CPU
-//! stages' thread count (whose stripes change the picture). No GPU needed.
+//! stages' thread count (whose stripes change the picture). And the other direction, RGBA → I420 for the encoder
+//! (`cuda::i420`, the `rgba_to_i420` kernel's reference), against `videoconvert ! I420` and through `convert`'s
+//! H.264 encoder chain. No GPU needed.
 
 mod common;
 use common::*;
@@ -200,5 +202,68 @@ fn i420_reference_is_videoconvert() {
         let off = a.iter().zip(&b).filter(|(x, y)| x != y).count();
         println!("{what}: {threads} thread(s), max {worst} levels, {off} of {} values differ", a.len());
         assert_eq!(worst, 0, "{what}: the reference differs from videoconvert");
+    }
+}
+
+/// What the GPU stages hand an H.264 encoder — I420 made as `videoconvert` makes it (the CPU reference of the
+/// kernel here), tagged by a `VideoMeta`, with `I420Out::caps` — goes through `convert`'s own H.264 encoder chain
+/// (`sink::encoder_chain`: evenpad, videoconvert, x264) and gives the same pictures, decoded, as the RGBA frames
+/// the CPU stages hand it: the chain passes I420 through and x264 gets the same frames. Real frames (bikes.mp4
+/// scaled to 1280x720: BT.709, chroma on the even columns).
+#[test]
+fn i420_frames_encode_to_what_rgba_frames_do() {
+    use gstreamer::prelude::*;
+    use gstreamer_app as gst_app;
+    use matteflow::cuda::i420::I420Out;
+    gst::init().unwrap();
+    let (w, h) = (1280u32, 720u32);
+    let clip = FrameSource::new("bikes 1280x720", &format!("filesrc location=\"{}\" ! decodebin", sample("bikes.mp4").display()), Some((w, h)));
+    let rgba = videoconvert_rgba(&clip.frames(6).unwrap(), 1).unwrap();
+    let layout = I420Out::for_size(w, h).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let encode = |name: &str, caps: gst::Caps, buffers: Vec<gst::Buffer>| {
+        let out = dir.path().join(name);
+        let pipeline = gst::Pipeline::new();
+        let src = gst_app::AppSrc::builder().caps(&caps).format(gst::Format::Time).build();
+        pipeline.add(&src).unwrap();
+        let (head, _audio) = matteflow::sink::encoder_chain(&pipeline, matteflow::config::Format::H264, &out, false).unwrap();
+        src.link(&head).unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        for (i, mut b) in buffers.into_iter().enumerate() {
+            let m = b.make_mut();
+            m.set_pts(gst::ClockTime::from_mseconds(40 * i as u64));
+            m.set_duration(gst::ClockTime::from_mseconds(40));
+            src.push_buffer(b).unwrap();
+        }
+        src.end_of_stream().unwrap();
+        let msg = pipeline.bus().unwrap().timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]);
+        assert!(matches!(msg.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_))), "{name}: {msg:?}");
+        pipeline.set_state(gst::State::Null).unwrap();
+        decode(&out)
+    };
+    let rgba_caps = gst::Caps::builder("video/x-raw")
+        .field("format", "RGBA")
+        .field("width", w as i32)
+        .field("height", h as i32)
+        .field("framerate", gst::Fraction::new(25, 1))
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+        .build();
+    let from_rgba = encode("rgba.mp4", rgba_caps, rgba.iter().map(|f| gst::Buffer::from_slice(f.clone())).collect());
+    let i420_buffers = rgba
+        .iter()
+        .map(|f| {
+            let mut b = gst::Buffer::from_mut_slice(layout.convert(f));
+            layout.tag(b.get_mut().unwrap()).unwrap();
+            b
+        })
+        .collect();
+    let caps = layout.caps(gst::Fraction::new(25, 1), gst::Fraction::new(1, 1)).unwrap();
+    assert_eq!(caps.structure(0).unwrap().get::<String>("colorimetry").unwrap(), "bt709");
+    let from_i420 = encode("i420.mp4", caps, i420_buffers);
+    assert_eq!((from_rgba.len(), from_i420.len()), (6, 6), "frames out");
+    for (i, (a, b)) in from_rgba.iter().zip(&from_i420).enumerate() {
+        assert_eq!((a.width, a.height, a.pts), (b.width, b.height, b.pts), "frame {i}");
+        let differ = a.rgba.iter().zip(&b.rgba).filter(|(x, y)| x != y).count();
+        assert_eq!(differ, 0, "frame {i}: {differ} values differ between the file made from RGBA and the one made from I420");
     }
 }
