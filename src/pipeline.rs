@@ -849,19 +849,38 @@ fn progress_now(shared: &Shared) -> Progress {
     Progress { frames, total }
 }
 
+/// How long one of `bench`'s pipelines without matting took: all of it (its start included), and the time from
+/// the first decoded frame to the last with the number of frames in between (the steady rate).
+#[derive(Debug, Clone, Copy)]
+pub struct EndsTime {
+    pub wall: Duration,
+    pub first_to_last: Option<(Duration, u64)>,
+}
+
+impl EndsTime {
+    /// Milliseconds a frame from the first decoded frame to the last (the wall time over `frames` where fewer
+    /// than two frames came).
+    pub fn steady_ms_per_frame(&self, frames: u64) -> f64 {
+        match self.first_to_last {
+            Some((d, n)) if n > 0 => d.as_secs_f64() * 1e3 / n as f64,
+            _ => self.wall.as_secs_f64() * 1e3 / frames.max(1) as f64,
+        }
+    }
+}
+
 /// Decodes the whole input to RGBA and discards it: the decode stage's cost on its own (for `bench`).
-pub fn decode_only(input: &str) -> Result<Duration> {
+pub fn decode_only(input: &str) -> Result<EndsTime> {
     decode_alone(input, "RGBA", None)
 }
 
 /// The input decoded to RGBA (or, with `i420`, to the I420 the GPU stages hand an H.264/VP9 encoder) and encoded
 /// as `format` into `location` by the encoder chain a conversion builds (`gpu`: where it may encode on the GPU),
 /// no matting: the pipeline's ceiling from its two ends. Returns the wall time.
-pub fn decode_encode_only(input: &str, format: Format, location: &std::path::Path, gpu: bool, i420: bool) -> Result<Duration> {
+pub fn decode_encode_only(input: &str, format: Format, location: &std::path::Path, gpu: bool, i420: bool) -> Result<EndsTime> {
     decode_alone(input, if i420 { "I420" } else { "RGBA" }, Some((format, location, gpu)))
 }
 
-fn decode_alone(input: &str, frames: &str, encode: Option<(Format, &std::path::Path, bool)>) -> Result<Duration> {
+fn decode_alone(input: &str, frames: &str, encode: Option<(Format, &std::path::Path, bool)>) -> Result<EndsTime> {
     gst::init()?;
     let uri = source::input_uri(input)?;
     let pipeline = gst::Pipeline::new();
@@ -884,6 +903,18 @@ fn decode_alone(input: &str, frames: &str, encode: Option<(Format, &std::path::P
         }
     }
     source::link_video_pads(&decode, &convert);
+    // When the decoded frames leave for the encoder (or the sink): the first, the last, how many.
+    let seen: Arc<Mutex<(Option<Instant>, Option<Instant>, u64)>> = Arc::default();
+    if let Some(pad) = caps.static_pad("src") {
+        let seen = seen.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            let mut s = seen.lock().unwrap();
+            let now = Instant::now();
+            s.0.get_or_insert(now);
+            (s.1, s.2) = (Some(now), s.2 + 1);
+            gst::PadProbeReturn::Ok
+        });
+    }
     let t = Instant::now();
     pipeline.set_state(gst::State::Playing)?;
     let bus = pipeline.bus().unwrap();
@@ -892,7 +923,14 @@ fn decode_alone(input: &str, frames: &str, encode: Option<(Format, &std::path::P
             break Err(Error::Gst("decode timed out".into()));
         };
         match msg.view() {
-            gst::MessageView::Eos(_) => break Ok(t.elapsed()),
+            gst::MessageView::Eos(_) => {
+                let wall = t.elapsed();
+                let first_to_last = match *seen.lock().unwrap() {
+                    (Some(a), Some(b), n) if n > 1 => Some((b - a, n - 1)),
+                    _ => None,
+                };
+                break Ok(EndsTime { wall, first_to_last });
+            }
             gst::MessageView::Error(e) => break Err(source::explain_decode_error(input, &e)),
             _ => {}
         }
