@@ -188,7 +188,7 @@ pub struct ProviderOptions {
     /// "name:1x3x64x64" syntax. Filled from the manifest when the model is dynamic.
     pub trt_profile: Option<(String, String, String)>,
     /// CUDA EP (on by default): ONNX Runtime's CUDA graphs for the model's device runs: each IO binding and
-    /// input size captures its own graph on its first run and replays it after; host-tensor runs use none. A
+    /// input size captures its own graph (on its second run) and replays it after; host-tensor runs use none. A
     /// model the CUDA EP cannot capture (nodes on the CPU) is opened again without (see `OnnxSegmenter::open`).
     pub cuda_graph: bool,
     /// CUDA EP: prefer NHWC kernels (tensor-core friendly convolutions, fewer layout transposes).
