@@ -383,7 +383,8 @@ struct BatchArgs {
     background: Option<BackgroundSpec>,
     #[command(flatten)]
     quality: QualityArgs,
-    /// Files converted at once (default: 1 per 2 cores, at least 1; they share one loaded model)
+    /// Files converted at once (default: 1 per 2 cores, at least 1; they share one loaded model, and with more than
+    /// one the GPU stages run it without CUDA graphs)
     #[arg(short, long)]
     jobs: Option<usize>,
     /// Frames per inference call: with --jobs > 1 frames of concurrent files share a call, with one job
