@@ -85,6 +85,16 @@ e2e() { # LABEL ONNX MANIFEST ARGS...: 1080p file conversion, GPU memory and loa
   awk -F', ' '{ if ($1 > m) m = $1; u += $2; n++ } END { if (n) printf "GPU memory peak %d MiB, mean utilisation %.0f%% (%d samples)\n", m, u / n, n }' "$W/smi-$label.csv"
 }
 
+ops_models() { # NAME|ONNX|MANIFEST of steps queued and i420 (IS-Net, step wa's lite-ops / general-ops) that exist and E2E_ONLY picks
+  local m name onnx man
+  for m in "isnet|$ISNET|isnet" "lite-ops|$MODELS/birefnet-lite-ops.onnx|birefnet-lite" "general-ops|$MODELS/birefnet-general-ops.onnx|birefnet-general"; do
+    IFS='|' read -r name onnx man <<< "$m"
+    [ -n "${E2E_ONLY:-}" ] && [[ " $E2E_ONLY " != *" $name "* ]] && continue
+    [ -f "$onnx" ] || { echo "skip $name: no $onnx" >&2; continue; }
+    echo "$name|$onnx|$ROOT/models/$man.toml"
+  done
+}
+
 ab_e2e() { # NAME ONNX MANIFEST "OLD ARGS" "NEW ARGS": end to end with $OLD_MF and this binary alternating, twice each
   local name=$1 onnx=$2 man=$3 old=$4 new=$5 r
   local keep="^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation"
@@ -513,12 +523,9 @@ PY
       # masks with three files converted at once (--jobs 3: three jobs around the one shared session) against
       # each file alone (PNG); GRAPH=1 runs both with --cuda-graph (each binding captures a graph of its own; since
       # the ninth session graphs are the default, and NO_GRAPH=1 runs both with --no-cuda-graph).
-      local m name onnx man r
-      for m in "isnet|$ISNET|isnet" "lite-ops|$MODELS/birefnet-lite-ops.onnx|birefnet-lite" "general-ops|$MODELS/birefnet-general-ops.onnx|birefnet-general"; do
+      local m name onnx man
+      for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
-        [ -n "${E2E_ONLY:-}" ] && [[ " $E2E_ONLY " != *" $name "* ]] && continue
-        [ -f "$onnx" ] || { echo "skip $name: no $onnx"; continue; }
-        man="$ROOT/models/$man.toml"
         MF=$OLD_MF gpu_bench "$name-alone-old" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
         gpu_bench "$name-alone-new" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
         ab_e2e "$name" "$onnx" "$man" "${E2E_ARGS:-}" "${E2E_ARGS:-}"
@@ -551,12 +558,9 @@ PY
       # with the previous binary ($OLD_MF, which downloads RGBA for the CPU's videoconvert) run with --cuda-graph,
       # twice each; the two binaries' H.264 files decoded and compared frame by frame (the encoder got the same
       # frames: identical); the masks with graphs against --no-cuda-graph.
-      local m name onnx man r
-      for m in "isnet|$ISNET|isnet" "lite-ops|$MODELS/birefnet-lite-ops.onnx|birefnet-lite" "general-ops|$MODELS/birefnet-general-ops.onnx|birefnet-general"; do
+      local m name onnx man
+      for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
-        [ -n "${E2E_ONLY:-}" ] && [[ " $E2E_ONLY " != *" $name "* ]] && continue
-        [ -f "$onnx" ] || { echo "skip $name: no $onnx"; continue; }
-        man="$ROOT/models/$man.toml"
         gpu_bench "$name-alone-graph" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
         gpu_bench "$name-alone-nograph" "$onnx" "$man" 0 --batch 1 --device-only --no-cuda-graph 2>&1 | grep -E "IO binding|rc "
         ab_e2e "$name" "$onnx" "$man" --cuda-graph ""
