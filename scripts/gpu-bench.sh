@@ -10,7 +10,7 @@
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
-#                                     e2e-steady wa queued queued-jobs i420
+#                                     e2e-steady wa queued queued-jobs i420 one-stream
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -85,7 +85,7 @@ e2e() { # LABEL ONNX MANIFEST ARGS...: 1080p file conversion, GPU memory and loa
   awk -F', ' '{ if ($1 > m) m = $1; u += $2; n++ } END { if (n) printf "GPU memory peak %d MiB, mean utilisation %.0f%% (%d samples)\n", m, u / n, n }' "$W/smi-$label.csv"
 }
 
-ops_models() { # NAME|ONNX|MANIFEST of steps queued and i420 (IS-Net, step wa's lite-ops / general-ops) that exist and E2E_ONLY picks
+ops_models() { # NAME|ONNX|MANIFEST of steps queued, i420 and one-stream (IS-Net, step wa's lite-ops / general-ops) that exist and E2E_ONLY picks
   local m name onnx man
   for m in "isnet|$ISNET|isnet" "lite-ops|$MODELS/birefnet-lite-ops.onnx|birefnet-lite" "general-ops|$MODELS/birefnet-general-ops.onnx|birefnet-general"; do
     IFS='|' read -r name onnx man <<< "$m"
@@ -95,15 +95,57 @@ ops_models() { # NAME|ONNX|MANIFEST of steps queued and i420 (IS-Net, step wa's 
   done
 }
 
-ab_e2e() { # NAME ONNX MANIFEST "OLD ARGS" "NEW ARGS": end to end with $OLD_MF and this binary alternating, twice each
+ab_e2e() { # NAME ONNX MANIFEST "OLD ARGS" "NEW ARGS": end to end with $OLD_MF, $MID_MF if set (with the new args) and
+  # this binary alternating, AB_RUNS (2) times each
   local name=$1 onnx=$2 man=$3 old=$4 new=$5 r
   local keep="^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation"
-  for r in 1 2; do
+  for r in $(seq "${AB_RUNS:-2}"); do
     # shellcheck disable=SC2086  # (the argument strings split into arguments)
     echo "== $name old run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages $old 2>&1 | grep -E "$keep"
+    if [ -n "${MID_MF:-}" ]; then
+      # shellcheck disable=SC2086
+      echo "== $name mid ($MID_MF) run $r"; MF=$MID_MF e2e "$name-mid-$r" "$onnx" "$man" --cuda-stages $new 2>&1 | grep -E "$keep"
+    fi
     # shellcheck disable=SC2086
     echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages $new 2>&1 | grep -E "$keep"
   done
+}
+
+same_h264() { # NAME ONNX MANIFEST "OLD ARGS" "NEW ARGS": the 1080p H.264 composites of $OLD_MF and this binary, decoded
+  # and compared frame by frame
+  local name=$1 onnx=$2 man=$3 old=$4 new=$5 v
+  rm -rf /tmp/i4 && mkdir -p /tmp/i4
+  # shellcheck disable=SC2086
+  T 120 "$OLD_MF" convert "$CLIP" -o /tmp/i4/old.mp4 -k composite -b green --model "$onnx" --manifest "$man" --device cuda --cuda-stages $old 2>&1 | tail -1
+  # shellcheck disable=SC2086
+  T 120 matteflow convert "$CLIP" -o /tmp/i4/new.mp4 -k composite -b green --model "$onnx" --manifest "$man" --device cuda --cuda-stages $new 2>&1 | tail -1
+  for v in old new; do
+    gst-launch-1.0 -q filesrc location=/tmp/i4/$v.mp4 ! qtdemux ! h264parse ! openh264dec ! video/x-raw,format=I420 ! filesink location=/tmp/i4/$v.yuv
+  done
+  echo "H264 $name new vs old ($OLD_MF): $(python3 - /tmp/i4/old.yuv /tmp/i4/new.yuv <<'PY'
+import sys, numpy as np
+a, b = (np.fromfile(f, np.uint8) for f in sys.argv[1:3])
+n = 1920 * 1080 * 3 // 2
+if a.size != b.size:
+    print(f"sizes differ: {a.size // n} vs {b.size // n} frames")
+else:
+    d = np.abs(a.astype(int) - b.astype(int)).reshape(-1, n)
+    print(f"{a.size // n} frames; identical frames {int((d.max(1) == 0).sum())}; max {d.max()} levels, mean {d.mean():.5f}")
+PY
+)"
+  rm -rf /tmp/i4
+}
+
+same_masks() { # NAME ONNX MANIFEST MF_A "ARGS_A" MF_B "ARGS_B": bikes_1080p's masks (GPU stages) from two binaries or
+  # argument sets, compared
+  local name=$1 onnx=$2 man=$3 a=/tmp/sm-$1-a b=/tmp/sm-$1-b
+  rm -rf "$a" "$b"
+  # shellcheck disable=SC2086  # (the argument strings split into arguments)
+  T 120 "$4" convert "$CLIP" -k mask -o "$a/" --model "$onnx" --manifest "$man" --device cuda --cuda-stages $5 2>&1 | tail -1
+  # shellcheck disable=SC2086
+  T 120 "$6" convert "$CLIP" -k mask -o "$b/" --model "$onnx" --manifest "$man" --device cuda --cuda-stages $7 2>&1 | tail -1
+  echo "MASKS $name bikes_1080p $6 $7 vs $4 $5: $(python3 "$ROOT/scripts/compare-masks.py" "$a" "$b")"
+  rm -rf "$a" "$b"
 }
 
 nginx_start() { # DIR PORT: nginx-rtmp from the bundle on 127.0.0.1:PORT (application "live"); fails loudly
@@ -564,28 +606,23 @@ PY
         gpu_bench "$name-alone-graph" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
         gpu_bench "$name-alone-nograph" "$onnx" "$man" 0 --batch 1 --device-only --no-cuda-graph 2>&1 | grep -E "IO binding|rc "
         ab_e2e "$name" "$onnx" "$man" --cuda-graph ""
-        rm -rf /tmp/i4 && mkdir -p /tmp/i4
-        T 120 "$OLD_MF" convert "$CLIP" -o /tmp/i4/old.mp4 -k composite -b green --model "$onnx" --manifest "$man" --device cuda --cuda-stages --cuda-graph 2>&1 | tail -1
-        T 120 matteflow convert "$CLIP" -o /tmp/i4/new.mp4 -k composite -b green --model "$onnx" --manifest "$man" --device cuda --cuda-stages 2>&1 | tail -1
-        for v in old new; do
-          gst-launch-1.0 -q filesrc location=/tmp/i4/$v.mp4 ! qtdemux ! h264parse ! openh264dec ! video/x-raw,format=I420 ! filesink location=/tmp/i4/$v.yuv
-        done
-        echo "H264 $name new (I420 from the GPU) vs old (RGBA, CPU videoconvert): $(python3 - /tmp/i4/old.yuv /tmp/i4/new.yuv <<'PY'
-import sys, numpy as np
-a, b = (np.fromfile(f, np.uint8) for f in sys.argv[1:3])
-n = 1920 * 1080 * 3 // 2
-if a.size != b.size:
-    print(f"sizes differ: {a.size // n} vs {b.size // n} frames")
-else:
-    d = np.abs(a.astype(int) - b.astype(int)).reshape(-1, n)
-    print(f"{a.size // n} frames; identical frames {int((d.max(1) == 0).sum())}; max {d.max()} levels, mean {d.mean():.5f}")
-PY
-)"
-        rm -rf /tmp/i4
-        rm -rf "/tmp/gm-$name-graph" "/tmp/gm-$name-nograph"
-        T 120 matteflow convert "$CLIP" -k mask -o "/tmp/gm-$name-graph/" --model "$onnx" --manifest "$man" --device cuda --cuda-stages 2>&1 | tail -1
-        T 120 matteflow convert "$CLIP" -k mask -o "/tmp/gm-$name-nograph/" --model "$onnx" --manifest "$man" --device cuda --cuda-stages --no-cuda-graph 2>&1 | tail -1
-        echo "MASKS $name bikes_1080p graphs vs none: $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/gm-$name-nograph" "/tmp/gm-$name-graph")"
+        same_h264 "$name" "$onnx" "$man" --cuda-graph ""
+        same_masks "$name" "$onnx" "$man" matteflow --no-cuda-graph matteflow ""
+      done
+      ;;
+    one-stream)
+      # Issue 15, tenth session: the GPU stages' kernels run on the model's own stream (no waits between streams
+      # around each run). Per model (ops_models; E2E_ONLY picks): the model alone (graphs, batch 1); end to end
+      # alternating the previous binary ($OLD_MF), $MID_MF if set and this one, AB_RUNS (3) times each; the H.264
+      # files of old and new decoded and compared (identical frames expected: only the streams changed); their
+      # masks compared.
+      local m name onnx man
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
+        AB_RUNS=${AB_RUNS:-3} ab_e2e "$name" "$onnx" "$man" "" ""
+        same_h264 "$name" "$onnx" "$man" "" ""
+        same_masks "$name" "$onnx" "$man" "$OLD_MF" "" matteflow ""
       done
       ;;
     element-net)

@@ -65,6 +65,11 @@ impl GpuCompositor {
         Ok(GpuCompositor { gpu, kind: k, colour, background, bg: None, bg_size: None, blur, blur_small: None, canvas: None })
     }
 
+    /// Launches from now on go to `gpu`'s stream.
+    pub fn set_gpu(&mut self, gpu: Gpu) {
+        self.gpu = gpu;
+    }
+
     /// Brings the background for the next frame to the device (nothing for colour or transparent ones; an image
     /// only when the frame size changes; a video's next frame every time). The upload is ordered on the stream
     /// after the composites already queued, so each frame blends over its own background frame.

@@ -227,6 +227,17 @@ impl GpuStages {
         self.std_over_scale = std::array::from_fn(|c| manifest.input.std[c] / manifest.input.scale);
     }
 
+    /// Puts the stages' kernels on the stream the model runs on, where the session runs on a stream of ours: the
+    /// preprocessing, the run and the mask steps then follow each other on one stream, with no waits between
+    /// streams before and after each run (IS-Net end to end on the H200: 179.4–180.0 fps against 178.6–178.8,
+    /// the same frames out).
+    fn follow_model_stream(&mut self, seg: &OnnxSegmenter) {
+        if let Some(ours) = seg.compute_stream().filter(|s| s.cu_stream() != self.gpu.stream.cu_stream()) {
+            self.gpu = self.gpu.on_stream(ours);
+            self.compositor.set_gpu(self.gpu.clone());
+        }
+    }
+
     /// A set of `batch` device frames of `bytes` each: a free one, a new one while fewer than FRAME_SETS exist,
     /// or else the next one a download gives back.
     fn take_set(&mut self, bytes: usize, batch: usize) -> Result<Vec<CudaSlice<u8>>> {
@@ -384,6 +395,7 @@ impl GpuStages {
     /// each frame's `data`. Frames of one call must share a size.
     pub fn submit(&mut self, seg: &mut OnnxSegmenter, frames: &mut [Frame], batch: usize) -> Result<(GpuTimes, Queued)> {
         let t0 = Instant::now();
+        self.follow_model_stream(seg);
         let k = frames.len();
         let (w, h) = same_size(frames.iter().map(|f| (f.width, f.height)), k, batch)?;
         let mut set = self.take_set((w * h * 4) as usize, batch)?;
@@ -416,6 +428,7 @@ impl GpuStages {
     /// another thread, which may use it for later frames too).
     pub fn mask(&mut self, seg: &mut OnnxSegmenter, frame: Pixels, w: u32, h: u32) -> Result<(CudaSlice<u8>, GpuTimes)> {
         let t0 = Instant::now();
+        self.follow_model_stream(seg);
         let mut set = self.take_set((w * h * 4) as usize, 1)?;
         // One mask per call, waited for (the caller's frame is read before this returns, and the live budget
         // takes the call's time as the model's).
