@@ -105,6 +105,11 @@ enum Cmd {
         /// this shows what idle gaps cost: clocks, wake-ups)
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
+        /// Also time the queued runs with the GPU's L2 cache flushed before each (a write of twice its size on the
+        /// run's stream, outside the timed span): the model as a pipeline runs it, with the frame kernels' data in
+        /// the cache instead of the last run's
+        #[arg(long)]
+        flush_l2: bool,
         /// After the timed runs of the first batch size, one more run between cuProfilerStart and cuProfilerStop:
         /// `ncu --profile-from-start off` then times exactly one steady-state run (scripts/gpu-bench.sh ncu-*)
         #[arg(long)]
@@ -736,7 +741,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
             anyhow::ensure!(bad == 0, "{bad} kernel(s) disagree with the CPU beyond tolerance");
         }
-        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms, profile_run } => {
+        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms, flush_l2, profile_run } => {
             let _dog = matteflow::cuda::bench::Watchdog::start("gpu-bench", timeout);
             // The CUDA context first (current on this thread), so memory in use is measured from before the model.
             let _gpu = matteflow::cuda::Gpu::open(0)?;
@@ -757,6 +762,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 device_id: 0,
                 host_path: !device_only,
                 pause: std::time::Duration::from_millis(pause_ms),
+                flush_l2,
                 profile_run,
             };
             let rows = matteflow::cuda::bench::run(&mut seg, &o)?;

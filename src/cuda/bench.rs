@@ -34,6 +34,8 @@ pub struct BenchOptions {
     pub host_path: bool,
     /// Idle time before each timed run.
     pub pause: Duration,
+    /// Also time the queued runs with the L2 cache flushed before each.
+    pub flush_l2: bool,
     /// One extra run of the first batch size inside cuProfilerStart/Stop (for `ncu --profile-from-start off`).
     pub profile_run: bool,
 }
@@ -170,7 +172,8 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
                 t.push(t0.elapsed());
             }
         }
-        let queued = queued_runs(seg, &mut io, o)?;
+        let queued = queued_runs(seg, &mut io, o, false)?;
+        let cold = if o.flush_l2 { queued_runs(seg, &mut io, o, true)? } else { None };
         if o.profile_run && rows.iter().all(|r: &BenchRow| !r.path.contains("IO binding")) {
             // SAFETY: plain driver calls on the current context; they only mark the profiled range.
             unsafe { cudarc::driver::sys::cuProfilerStart() }.result().map_err(|e| Error::Cuda(format!("cuProfilerStart: {e}")))?;
@@ -184,20 +187,35 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
             let note = format!("GPU time per run (CUDA events); the host took {:.2} ms to queue one", host.as_secs_f64() * 1e3);
             rows.push(row("ORT CUDA EP, IO binding, runs queued (no host wait)", b, stats(gpu), o, note));
         }
+        if let Some((gpu, _)) = cold {
+            let note = "GPU time per run (CUDA events); before each, a write of twice the L2 cache's size on the same stream".to_string();
+            rows.push(row("ORT CUDA EP, IO binding, runs queued, L2 flushed before each", b, stats(gpu), o, note));
+        }
     }
     Ok(rows)
 }
 
 /// The runs the way the GPU stages make them: queued back to back on the session's own stream with no host
-/// wait between them, each between two events. Returns each run's GPU time and the host's mean time to queue
-/// one; None where the session has no stream of ours (its runs always end in a wait).
-fn queued_runs(seg: &mut OnnxSegmenter, io: &mut DeviceIo, o: &BenchOptions) -> Result<Option<(Vec<Duration>, Duration)>> {
+/// wait between them, each between two events; with `flush_l2`, a write of twice the L2 cache's size before each
+/// (outside the events), as the GPU stages' frame kernels come between the runs. Returns each run's GPU time and
+/// the host's mean time to queue one; None where the session has no stream of ours (its runs always end in a wait).
+fn queued_runs(seg: &mut OnnxSegmenter, io: &mut DeviceIo, o: &BenchOptions, flush_l2: bool) -> Result<Option<(Vec<Duration>, Duration)>> {
     let Some(ours) = seg.compute_stream() else { return Ok(None) };
     let cuda = |x: cudarc::driver::DriverError| Error::Cuda(format!("queued runs: {x}"));
     let mark = || ours.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda);
+    let mut flush = match flush_l2 {
+        true => {
+            let l2 = ours.context().attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE).map_err(cuda)?;
+            Some(ours.alloc_zeros::<u8>(2 * l2.max(1) as usize).map_err(cuda)?)
+        }
+        false => None,
+    };
     ours.synchronize().map_err(cuda)?;
     let (mut events, mut host) = (Vec::with_capacity(o.runs), Duration::ZERO);
     for _ in 0..o.runs.max(1) {
+        if let Some(f) = flush.as_mut() {
+            ours.memset_zeros(f).map_err(cuda)?;
+        }
         let start = mark()?;
         let t0 = Instant::now();
         seg.run_device_on(io, &ours)?;
