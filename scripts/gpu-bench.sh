@@ -10,7 +10,7 @@
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
-#                                     e2e-steady wa queued queued-jobs i420 one-stream
+#                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -85,7 +85,7 @@ e2e() { # LABEL ONNX MANIFEST ARGS...: 1080p file conversion, GPU memory and loa
   awk -F', ' '{ if ($1 > m) m = $1; u += $2; n++ } END { if (n) printf "GPU memory peak %d MiB, mean utilisation %.0f%% (%d samples)\n", m, u / n, n }' "$W/smi-$label.csv"
 }
 
-ops_models() { # NAME|ONNX|MANIFEST of steps queued, i420 and one-stream (IS-Net, step wa's lite-ops / general-ops) that exist and E2E_ONLY picks
+ops_models() { # NAME|ONNX|MANIFEST of steps queued, i420, one-stream and model-probe (IS-Net, step wa's lite-ops / general-ops) that exist and E2E_ONLY picks
   local m name onnx man
   for m in "isnet|$ISNET|isnet" "lite-ops|$MODELS/birefnet-lite-ops.onnx|birefnet-lite" "general-ops|$MODELS/birefnet-general-ops.onnx|birefnet-general"; do
     IFS='|' read -r name onnx man <<< "$m"
@@ -623,6 +623,20 @@ PY
         AB_RUNS=${AB_RUNS:-3} ab_e2e "$name" "$onnx" "$man" "" ""
         same_h264 "$name" "$onnx" "$man" "" ""
         same_masks "$name" "$onnx" "$man" "$OLD_MF" "" matteflow ""
+      done
+      ;;
+    model-probe)
+      # Issue 15: why the model's runs take longer inside the pipeline (IS-Net on the H200: 5.45 ms against 5.12
+      # alone). Per model (ops_models; E2E_ONLY picks): the model alone on random input and on bikes_1080p's first
+      # frame (--input-image), each with and without the L2 cache flushed before each run; then end to end once.
+      local m name onnx man frame=/tmp/probe-frame.png
+      gst-launch-1.0 -q filesrc location="$CLIP" ! qtdemux ! h264parse ! openh264dec ! videoconvert ! pngenc snapshot=true \
+        ! filesink location="$frame"
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        gpu_bench "$name-random" "$onnx" "$man" 0 --batch 1 --device-only --flush-l2 2>&1 | grep -E "queued|rc "
+        gpu_bench "$name-frame" "$onnx" "$man" 0 --batch 1 --device-only --flush-l2 --input-image "$frame" 2>&1 | grep -E "queued|rc "
+        e2e "$name-probe" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "model on|steady|after its first"
       done
       ;;
     element-net)

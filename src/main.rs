@@ -110,6 +110,10 @@ enum Cmd {
         /// the cache instead of the last run's
         #[arg(long)]
         flush_l2: bool,
+        /// Feed the model this picture (any still-image format; preprocessed as the CPU stages do) instead of
+        /// random values
+        #[arg(long, value_name = "PATH")]
+        input_image: Option<PathBuf>,
         /// After the timed runs of the first batch size, one more run between cuProfilerStart and cuProfilerStop:
         /// `ncu --profile-from-start off` then times exactly one steady-state run (scripts/gpu-bench.sh ncu-*)
         #[arg(long)]
@@ -741,7 +745,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
             anyhow::ensure!(bad == 0, "{bad} kernel(s) disagree with the CPU beyond tolerance");
         }
-        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms, flush_l2, profile_run } => {
+        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms, flush_l2, input_image, profile_run } => {
             let _dog = matteflow::cuda::bench::Watchdog::start("gpu-bench", timeout);
             // The CUDA context first (current on this thread), so memory in use is measured from before the model.
             let _gpu = matteflow::cuda::Gpu::open(0)?;
@@ -763,6 +767,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 host_path: !device_only,
                 pause: std::time::Duration::from_millis(pause_ms),
                 flush_l2,
+                input: input_image.as_deref().map(|p| matteflow::cuda::bench::input_from_image(p, &seg.model().manifest)).transpose()?,
                 profile_run,
             };
             let rows = matteflow::cuda::bench::run(&mut seg, &o)?;

@@ -36,12 +36,27 @@ pub struct BenchOptions {
     pub pause: Duration,
     /// Also time the queued runs with the L2 cache flushed before each.
     pub flush_l2: bool,
+    /// The model input of one frame (from [`input_from_image`]); None: random values.
+    pub input: Option<Vec<f32>>,
     /// One extra run of the first batch size inside cuProfilerStart/Stop (for `ncu --profile-from-start off`).
     pub profile_run: bool,
 }
 
 pub fn gpu_mem_used_mib() -> f64 {
     cudarc::driver::result::mem_get_info().map(|(free, total)| (total - free) as f64 / 1048576.0).unwrap_or(f64::NAN)
+}
+
+/// The model input the CPU stages make of the picture at `path` (any format the `image` crate reads), for
+/// timing the model on a real frame instead of random values.
+pub fn input_from_image(path: &std::path::Path, manifest: &crate::model::Manifest) -> Result<Vec<f32>> {
+    use crate::preprocess::Preprocess;
+    let picture = image::open(path)
+        .map_err(|e| Error::config(format!("--input-image {}: cannot read it as a picture: {e}", path.display())))?
+        .to_rgba8();
+    let (w, h) = picture.dimensions();
+    let mut out = ModelInput::default();
+    crate::preprocess::CpuPreprocess::new(manifest).run(picture.as_raw(), w, h, &mut out)?;
+    Ok(out.data)
 }
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -92,7 +107,14 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
     // checked against, on the same session.)
     seg.configure_batch(1, false);
     let fixed = seg.declared_batch().max(1) as usize;
-    let input = ModelInput { data: random(frame_len, 7), shape: shape1, geometry: None };
+    let data = match &o.input {
+        Some(d) if d.len() != frame_len => {
+            return Err(Error::config(format!("the input picture made {} values; the model takes {frame_len} a frame", d.len())))
+        }
+        Some(d) => d.clone(),
+        None => random(frame_len, 7),
+    };
+    let input = ModelInput { data, shape: shape1, geometry: None };
     let mut host_mask = LowResMask::default();
     let host_run = |seg: &mut OnnxSegmenter, mask: &mut LowResMask| seg.run_batch(&[&input], std::slice::from_mut(mask));
     host_run(seg, &mut host_mask)?;
@@ -181,7 +203,10 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
             unsafe { cudarc::driver::sys::cuProfilerStop() }.result().map_err(|e| Error::Cuda(format!("cuProfilerStop: {e}")))?;
         }
         let _ = mask;
-        let pause = if o.pause.is_zero() { String::new() } else { format!("; {} ms idle before each run", o.pause.as_millis()) };
+        let mut pause = if o.pause.is_zero() { String::new() } else { format!("; {} ms idle before each run", o.pause.as_millis()) };
+        if o.input.is_some() {
+            pause += "; input: the picture given";
+        }
         rows.push(row("ORT CUDA EP, IO binding on device buffers", b, stats(t), o, format!("max |device − host| of frame 0: {max_err:.2e}{pause}")));
         if let Some((gpu, host)) = queued {
             let note = format!("GPU time per run (CUDA events); the host took {:.2} ms to queue one", host.as_secs_f64() * 1e3);
@@ -283,5 +308,41 @@ impl Drop for Watchdog {
         if let Some(tx) = self.0.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preprocess::{CpuPreprocess, Preprocess};
+
+    fn isnet() -> crate::model::Manifest {
+        crate::model::Manifest::from_toml(include_str!("../../models/isnet.toml"), "isnet.toml").unwrap()
+    }
+
+    #[test]
+    fn an_input_picture_becomes_what_the_cpu_stages_make_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("frame.png");
+        let (w, h) = (96u32, 54u32);
+        let picture = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([(x * 2) as u8, (y * 4) as u8, ((x + y) % 256) as u8, 255]));
+        picture.save(&path).unwrap();
+        let m = isnet();
+        let got = input_from_image(&path, &m).unwrap();
+        let mut want = ModelInput::default();
+        CpuPreprocess::new(&m).run(picture.as_raw(), w, h, &mut want).unwrap();
+        let [mh, mw] = m.input.size;
+        assert_eq!(got.len(), 3 * mh as usize * mw as usize, "one frame of the model's input");
+        assert_eq!(got, want.data);
+        assert!(got.iter().any(|v| *v != got[0]), "the picture's content, not a constant");
+    }
+
+    #[test]
+    fn an_input_that_is_not_a_picture_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.png");
+        std::fs::write(&path, b"not a picture").unwrap();
+        let e = input_from_image(&path, &isnet()).unwrap_err().to_string();
+        assert!(e.contains("--input-image") && e.contains("notes.png") && e.contains("cannot read it as a picture"), "{e}");
     }
 }
