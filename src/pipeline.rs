@@ -880,6 +880,29 @@ pub fn decode_encode_only(input: &str, format: Format, location: &std::path::Pat
     decode_alone(input, if i420 { "I420" } else { "RGBA" }, Some((format, location, gpu)))
 }
 
+/// When the decoded frames leave for the encoder (or the sink): the first, the last, how many.
+#[derive(Default)]
+struct Seen {
+    first: Option<Instant>,
+    last: Option<Instant>,
+    frames: u64,
+}
+
+impl Seen {
+    fn frame(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
+        (self.last, self.frames) = (Some(now), self.frames + 1);
+    }
+
+    /// The time from the first frame to the last and the frames after the first, where there are two or more.
+    fn first_to_last(&self) -> Option<(Duration, u64)> {
+        match (self.first, self.last) {
+            (Some(a), Some(b)) if self.frames > 1 => Some((b - a, self.frames - 1)),
+            _ => None,
+        }
+    }
+}
+
 fn decode_alone(input: &str, frames: &str, encode: Option<(Format, &std::path::Path, bool)>) -> Result<EndsTime> {
     gst::init()?;
     let uri = source::input_uri(input)?;
@@ -903,15 +926,11 @@ fn decode_alone(input: &str, frames: &str, encode: Option<(Format, &std::path::P
         }
     }
     source::link_video_pads(&decode, &convert);
-    // When the decoded frames leave for the encoder (or the sink): the first, the last, how many.
-    let seen: Arc<Mutex<(Option<Instant>, Option<Instant>, u64)>> = Arc::default();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     if let Some(pad) = caps.static_pad("src") {
         let seen = seen.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            let mut s = seen.lock().unwrap();
-            let now = Instant::now();
-            s.0.get_or_insert(now);
-            (s.1, s.2) = (Some(now), s.2 + 1);
+            seen.lock().unwrap_or_else(|p| p.into_inner()).frame(Instant::now());
             gst::PadProbeReturn::Ok
         });
     }
@@ -925,10 +944,7 @@ fn decode_alone(input: &str, frames: &str, encode: Option<(Format, &std::path::P
         match msg.view() {
             gst::MessageView::Eos(_) => {
                 let wall = t.elapsed();
-                let first_to_last = match *seen.lock().unwrap() {
-                    (Some(a), Some(b), n) if n > 1 => Some((b - a, n - 1)),
-                    _ => None,
-                };
+                let first_to_last = seen.lock().unwrap_or_else(|p| p.into_inner()).first_to_last();
                 break Ok(EndsTime { wall, first_to_last });
             }
             gst::MessageView::Error(e) => break Err(source::explain_decode_error(input, &e)),
@@ -937,4 +953,21 @@ fn decode_alone(input: &str, frames: &str, encode: Option<(Format, &std::path::P
     };
     let _ = pipeline.set_state(gst::State::Null);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ends_rate_is_timed_from_the_first_frame_to_the_last() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.first_to_last(), None, "no frames");
+        let t0 = Instant::now();
+        seen.frame(t0);
+        assert_eq!(seen.first_to_last(), None, "one frame has no interval");
+        seen.frame(t0 + Duration::from_millis(5));
+        seen.frame(t0 + Duration::from_millis(12));
+        assert_eq!(seen.first_to_last(), Some((Duration::from_millis(12), 2)));
+    }
 }
