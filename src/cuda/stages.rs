@@ -230,7 +230,9 @@ impl GpuStages {
     /// Puts the stages' kernels on the stream the model runs on, where the session runs on a stream of ours: the
     /// preprocessing, the run and the mask steps then follow each other on one stream, with no waits between
     /// streams before and after each run (IS-Net end to end on the H200: 179.4–180.0 fps against 178.6–178.8,
-    /// the same frames out).
+    /// the same frames out). Handles that share one session (`batch --jobs N`) then launch on one stream from
+    /// several threads: they must run without CUDA graphs ([`OnnxSegmenter::without_graphs`], as batch does), whose
+    /// capture on that stream would take in another thread's kernels.
     fn follow_model_stream(&mut self, seg: &OnnxSegmenter) {
         if let Some(ours) = seg.compute_stream().filter(|s| s.cu_stream() != self.gpu.stream.cu_stream()) {
             self.gpu = self.gpu.on_stream(ours);
