@@ -875,7 +875,7 @@ pub fn decode_only(input: &str) -> Result<EndsTime> {
 
 /// The input decoded to RGBA (or, with `i420`, to the I420 the GPU stages hand an H.264/VP9 encoder) and encoded
 /// as `format` into `location` by the encoder chain a conversion builds (`gpu`: where it may encode on the GPU),
-/// no matting: the pipeline's ceiling from its two ends. Returns the wall time.
+/// no matting: the pipeline's ceiling from its two ends.
 pub fn decode_encode_only(input: &str, format: Format, location: &std::path::Path, gpu: bool, i420: bool) -> Result<EndsTime> {
     decode_alone(input, if i420 { "I420" } else { "RGBA" }, Some((format, location, gpu)))
 }

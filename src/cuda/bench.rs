@@ -203,11 +203,11 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
             unsafe { cudarc::driver::sys::cuProfilerStop() }.result().map_err(|e| Error::Cuda(format!("cuProfilerStop: {e}")))?;
         }
         let _ = mask;
-        let mut pause = if o.pause.is_zero() { String::new() } else { format!("; {} ms idle before each run", o.pause.as_millis()) };
+        let mut how = if o.pause.is_zero() { String::new() } else { format!("; {} ms idle before each run", o.pause.as_millis()) };
         if o.input.is_some() {
-            pause += "; input: the picture given";
+            how += "; input: the picture given";
         }
-        rows.push(row("ORT CUDA EP, IO binding on device buffers", b, stats(t), o, format!("max |device − host| of frame 0: {max_err:.2e}{pause}")));
+        rows.push(row("ORT CUDA EP, IO binding on device buffers", b, stats(t), o, format!("max |device − host| of frame 0: {max_err:.2e}{how}")));
         if let Some((gpu, host)) = queued {
             let note = format!("GPU time per run (CUDA events); the host took {:.2} ms to queue one", host.as_secs_f64() * 1e3);
             rows.push(row("ORT CUDA EP, IO binding, runs queued (no host wait)", b, stats(gpu), o, note));

@@ -281,9 +281,15 @@ impl OnnxSegmenter {
         let options = io.runs.get(queued.is_some(), graph).map_err(&rt)?;
         let mut outputs = match queued {
             Some((after, ours)) => {
-                ours.join(after).map_err(cuda("ordering the run after its input"))?;
+                // (The GPU stages queue on the session's own stream: stream order does it, no events.)
+                let other = after.cu_stream() != ours.cu_stream();
+                if other {
+                    ours.join(after).map_err(cuda("ordering the run after its input"))?;
+                }
                 let outputs = session.run_binding_with_options(binding, options).map_err(&rt)?;
-                after.join(ours).map_err(cuda("ordering the mask steps after the run"))?;
+                if other {
+                    after.join(ours).map_err(cuda("ordering the mask steps after the run"))?;
+                }
                 outputs
             }
             None => session.run_binding_with_options(binding, options).map_err(&rt)?,
