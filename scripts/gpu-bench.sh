@@ -10,7 +10,7 @@
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
-#                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe
+#                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe own-graphs
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -98,7 +98,7 @@ ops_models() { # NAME|ONNX|MANIFEST of steps queued, i420, one-stream and model-
 ab_e2e() { # NAME ONNX MANIFEST "OLD ARGS" "NEW ARGS": end to end with $OLD_MF, $MID_MF if set (with the new args) and
   # this binary alternating, AB_RUNS (2) times each
   local name=$1 onnx=$2 man=$3 old=$4 new=$5 r
-  local keep="^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation"
+  local keep="^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation|CUDA graph"
   for r in $(seq "${AB_RUNS:-2}"); do
     # shellcheck disable=SC2086  # (the argument strings split into arguments)
     echo "== $name old run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages $old 2>&1 | grep -E "$keep"
@@ -620,6 +620,25 @@ PY
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
         gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "IO binding|rc "
+        AB_RUNS=${AB_RUNS:-3} ab_e2e "$name" "$onnx" "$man" "" ""
+        same_h264 "$name" "$onnx" "$man" "" ""
+        same_masks "$name" "$onnx" "$man" "$OLD_MF" "" matteflow ""
+      done
+      ;;
+    own-graphs)
+      # Issue 15, eleventh session: device runs replay a CUDA graph of matteflow's own, queued without a host wait
+      # (ONNX Runtime's graphs wait for each replay to end). Per model (ops_models; E2E_ONLY picks): the model
+      # alone at BATCHES (1) with $OLD_MF (ONNX Runtime's graphs) and this binary (its row's note says whether the
+      # replayed run matches the host run); end to end alternating them AB_RUNS (3) times each; the H.264 files
+      # and the masks of old and new compared.
+      local m name onnx man b
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        for b in ${BATCHES:-1}; do
+          MF=$OLD_MF gpu_bench "$name-old-b$b" "$onnx" "$man" 0 --batch "$b" --device-only 2>&1 | grep -E "IO binding|rc "
+          RUST_LOG=matteflow=info gpu_bench "$name-new-b$b" "$onnx" "$man" 0 --batch "$b" --device-only 2>&1 | grep -E "IO binding|CUDA graph|rc "
+        done
+        [ -n "${NO_E2E:-}" ] && continue
         AB_RUNS=${AB_RUNS:-3} ab_e2e "$name" "$onnx" "$man" "" ""
         same_h264 "$name" "$onnx" "$man" "" ""
         same_masks "$name" "$onnx" "$man" "$OLD_MF" "" matteflow ""

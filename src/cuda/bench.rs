@@ -103,8 +103,8 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
 
     // Host tensors: what the pipeline does without --cuda-stages (copy in, run, copy out, sigmoid on the CPU).
     // A model exported with a fixed batch N > 1 takes the frame padded to N (as the pipeline does).
-    // (Where the session captures CUDA graphs, host runs use none: they are the reference the device runs are
-    // checked against, on the same session.)
+    // (Host runs never use CUDA graphs: they are the reference the device runs, replayed from one, are checked
+    // against, on the same session.)
     seg.configure_batch(1, false);
     let fixed = seg.declared_batch().max(1) as usize;
     let data = match &o.input {
@@ -157,33 +157,37 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
         }
         let mut t = Vec::new();
         let mut mask = seg.run_device(&mut io)?;
-        // Check frame 0 against the host run.
+        // Frame 0 against the host run: the first device run, and (below) the last, a CUDA graph's replay where the
+        // device runs use one.
         let n = (mask.width * mask.height) as usize;
-        let down = |e: cudarc::driver::DriverError| Error::Cuda(format!("download: {e}"));
-        // SAFETY: the mask holds `batch` frames of n values of its element type.
-        let got: Vec<f32> = match mask.elem {
-            TensorElem::F32 => {
-                let mut g = vec![0f32; n];
-                unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut g, mask.frame(0)) }.map_err(down)?;
-                g
-            }
-            TensorElem::F16 => {
-                let mut g = vec![0u16; n];
-                unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut g, mask.frame(0)) }.map_err(down)?;
-                g.into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect()
-            }
-        };
-        let max_err = got
-            .iter()
-            .zip(&host_mask.data)
-            .map(|(g, h)| {
-                let p = if mask.sigmoid { 1.0 / (1.0 + (-g).exp()) } else { *g };
-                (p.clamp(0.0, 1.0) - h).abs()
-            })
-            .fold(0f32, f32::max);
         if host_mask.data.len() != n {
             return Err(Error::Runtime(format!("device mask has {n} values, host mask {}", host_mask.data.len())));
         }
+        let max_err = |mask: &crate::infer::DeviceMask| -> Result<f32> {
+            let down = |e: cudarc::driver::DriverError| Error::Cuda(format!("download: {e}"));
+            // SAFETY: the mask holds `batch` frames of n values of its element type.
+            let got: Vec<f32> = match mask.elem {
+                TensorElem::F32 => {
+                    let mut g = vec![0f32; n];
+                    unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut g, mask.frame(0)) }.map_err(down)?;
+                    g
+                }
+                TensorElem::F16 => {
+                    let mut g = vec![0u16; n];
+                    unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut g, mask.frame(0)) }.map_err(down)?;
+                    g.into_iter().map(|b| half::f16::from_bits(b).to_f32()).collect()
+                }
+            };
+            Ok(got
+                .iter()
+                .zip(&host_mask.data)
+                .map(|(g, h)| {
+                    let p = if mask.sigmoid { 1.0 / (1.0 + (-g).exp()) } else { *g };
+                    (p.clamp(0.0, 1.0) - h).abs()
+                })
+                .fold(0f32, f32::max))
+        };
+        let first_err = max_err(&mask)?;
         for i in 0..o.warmup + o.runs {
             if !o.pause.is_zero() {
                 std::thread::sleep(o.pause);
@@ -202,12 +206,12 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
             mask = seg.run_device(&mut io)?;
             unsafe { cudarc::driver::sys::cuProfilerStop() }.result().map_err(|e| Error::Cuda(format!("cuProfilerStop: {e}")))?;
         }
-        let _ = mask;
+        let last_err = max_err(&mask)?;
         let mut how = if o.pause.is_zero() { String::new() } else { format!("; {} ms idle before each run", o.pause.as_millis()) };
         if o.input.is_some() {
             how += "; input: the picture given";
         }
-        rows.push(row("ORT CUDA EP, IO binding on device buffers", b, stats(t), o, format!("max |device − host| of frame 0: {max_err:.2e}{how}")));
+        rows.push(row("ORT CUDA EP, IO binding on device buffers", b, stats(t), o, format!("max |device − host| of frame 0: {first_err:.2e} (first run), {last_err:.2e} (last){how}")));
         if let Some((gpu, host)) = queued {
             let note = format!("GPU time per run (CUDA events); the host took {:.2} ms to queue one", host.as_secs_f64() * 1e3);
             rows.push(row("ORT CUDA EP, IO binding, runs queued (no host wait)", b, stats(gpu), o, note));

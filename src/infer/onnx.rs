@@ -13,6 +13,7 @@ use crate::runtime::{self, Provider, ProviderOptions};
 
 pub mod deform_im2col;
 mod device;
+mod graph;
 mod ops;
 pub mod window_attention;
 pub use device::{ort_run_time, outside_capture, DeviceIo, DeviceMask};
@@ -40,8 +41,8 @@ pub struct OnnxSegmenter {
     /// was made: device runs are then ordered with our kernels by events, not host waits (`run_device_on`).
     /// Declared after `session`, so that it outlives it.
     stream: Option<std::sync::Arc<cudarc::driver::CudaStream>>,
-    /// The session captures CUDA graphs (on by default on the CUDA provider): device runs name their binding's
-    /// graph, host runs none (they must never be captured or replayed: their buffers change every run).
+    /// Device runs are captured into a CUDA graph of our own and replayed (on by default on the CUDA provider,
+    /// where we made the session's stream; see `device.rs`). Host runs never are: their buffers change every run.
     graphs: bool,
     /// This handle's device runs use graphs (see [`OnnxSegmenter::without_graphs`]).
     device_graphs: bool,
@@ -111,7 +112,7 @@ impl OnnxSegmenter {
         let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let stream = compute_stream(opts);
 
-        let build = |cuda_graph: bool| -> ort::Result<(Session, Provider, Vec<String>)> {
+        let build = || -> ort::Result<(Session, Provider, Vec<String>)> {
             let b = Session::builder(env)?
                 .with_optimization_level(GraphOptimizationLevel::Level3)
                 .map_err(ort::Error::<()>::from)?
@@ -122,7 +123,7 @@ impl OnnxSegmenter {
                 // matteflow's own operators (what `prepare --fp16` writes; models without them are unaffected)
                 .with_operators(operators()?)
                 .map_err(ort::Error::<()>::from)?;
-            let mut opts = ProviderOptions { cuda_graph, ..opts.clone() };
+            let mut opts = opts.clone();
             if opts.trt_profile.is_none() {
                 opts.trt_profile = runtime::trt_profile_for(&model.manifest);
             }
@@ -136,16 +137,7 @@ impl OnnxSegmenter {
         // ONNX Runtime's pool threads, started while the session is made, take this thread's name: name them
         // for what they are (the live CPU-by-thread summary), then restore ours.
         let named = ThreadName::set(c"mf-ort-pool");
-        let mut graphs = opts.cuda_graph;
-        let built = build(graphs).or_else(|e| {
-            if !graphs {
-                return Err(e);
-            }
-            // CUDA graphs need every node on the GPU: a model the CUDA EP cannot capture runs without them.
-            tracing::warn!("{model_name}: opened again without CUDA graphs, which ONNX Runtime refused: {e}");
-            graphs = false;
-            build(false)
-        });
+        let built = build();
         drop(named);
         let (session, provider, skipped) = built.map_err(|e| {
             let msg = e.to_string();
@@ -204,8 +196,9 @@ impl OnnxSegmenter {
             .collect();
         Ok(OnnxSegmenter {
             session: std::sync::Arc::new(std::sync::Mutex::new(session)),
-            stream: stream.filter(|_| provider != Provider::Cpu),
-            graphs: graphs && provider == Provider::Cuda,
+            stream: stream.clone().filter(|_| provider != Provider::Cpu),
+            // (Our graphs are captured on our stream: without one, ONNX Runtime's own, runs go without.)
+            graphs: opts.cuda_graph && provider == Provider::Cuda && stream.is_some(),
             device_graphs: true,
             model,
             provider,
@@ -298,10 +291,11 @@ impl OnnxSegmenter {
         h
     }
 
-    /// This handle's device runs without CUDA graphs, on a session that captures them: for handles that run at
-    /// once on one session (`batch --jobs N` with the GPU stages). With a graph per binding there, the masks of
-    /// one of three files at once differed from those of the file alone (max 255 levels on 0.7 % of the pixels,
-    /// H200, 2026-12-03; the cause is not found), while one file at a time gives the masks it gives without graphs.
+    /// This handle's device runs without CUDA graphs, on a session whose device runs use them: for handles that run at
+    /// once on one session (`batch --jobs N` with the GPU stages). They queue their kernels on the session's one
+    /// stream from several threads, and a capture on that stream would take in the other handles' kernels queued
+    /// meanwhile. (With ONNX Runtime's graphs, a graph per binding, the masks of one of three files at once
+    /// differed from those of the file alone: H200, 2026-12-03.)
     pub fn without_graphs(mut self) -> Self {
         self.device_graphs = false;
         self
@@ -374,17 +368,6 @@ fn infer_manifest(
     Ok(())
 }
 
-impl OnnxSegmenter {
-    /// A host run's options: where the session captures CUDA graphs, none for it (`gpu_graph_id` -1).
-    fn host_run_options(&self) -> ort::Result<ort::session::RunOptions> {
-        let mut o = ort::session::RunOptions::new()?;
-        if self.graphs {
-            o.set("gpu_graph_id", "-1")?;
-        }
-        Ok(o)
-    }
-}
-
 impl Segmenter for OnnxSegmenter {
     fn provider(&self) -> Provider {
         self.provider
@@ -402,9 +385,8 @@ impl Segmenter for OnnxSegmenter {
             feeds.push((r.input.as_str().into(), t.into()));
         }
         feeds.extend(constant_feeds(&m, rt)?);
-        let options = self.host_run_options().map_err(rt)?;
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned by an earlier panic".into()))?;
-        let outputs = session.run_with_options(feeds, &options).map_err(rt)?;
+        let outputs = session.run(feeds).map_err(rt)?;
         let mut new_states = Vec::with_capacity(m.recurrent.len());
         for r in &m.recurrent {
             let v = outputs
@@ -448,9 +430,8 @@ impl Segmenter for OnnxSegmenter {
         let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
             vec![(m.input.name.as_str().into(), tensor)];
         feeds.extend(constant_feeds(&m, rt)?);
-        let options = self.host_run_options().map_err(rt)?;
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned by an earlier panic".into()))?;
-        let outputs = session.run_with_options(feeds, &options).map_err(rt)?;
+        let outputs = session.run(feeds).map_err(rt)?;
         let value = outputs
             .get(&m.output.name)
             .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;

@@ -1,0 +1,123 @@
+//! CUDA graphs of our own for device runs: one run of a binding is captured from the stream ONNX Runtime runs
+//! the session on, and replayed after with one launch that the host does not wait for.
+//!
+//! ONNX Runtime's own graphs (`enable_cuda_graph`) replay the same kernels but wait for each replay to end
+//! (`CUDAGraphManager::Replay` synchronises the stream): the host cannot queue the next frame's run while the GPU
+//! runs this one, so the GPU idles between runs for the host's turn-around, and more so when the encoder's
+//! threads take the cores (IS-Net on the H200: 5.45 ms a run inside the pipeline against 5.12 alone, tenth
+//! session).
+//!
+//! A run is captured in relaxed mode (ONNX Runtime may grow its memory arena meanwhile) and kept only if
+//! every node of the graph stays on the device: kernels, memsets, device-to-device copies, events. A copy from
+//! or to host memory, or a host callback, would replay with a host buffer that the run has given back; such a
+//! run, or one that fails to capture, runs without a graph from then on.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys;
+use cudarc::driver::{CudaGraph, CudaStream};
+
+/// The run that is captured: the first warms up (cuDNN's algorithm search, the arena's first allocations), the
+/// second runs with the output bound at its final address; the third is captured.
+pub(super) const CAPTURE_AT: u32 = 3;
+
+/// Captures what `run` queues on `stream` into a graph, without running it. Returns `run`'s result and the
+/// graph, or why there is none (the run's work then did not happen: run it again).
+pub(super) fn capture<T, E: std::fmt::Display>(stream: &Arc<CudaStream>, run: impl FnOnce() -> Result<T, E>) -> (Option<T>, Result<CudaGraph, String>) {
+    if let Err(e) = stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) {
+        return (None, Err(format!("the capture did not start ({e})")));
+    }
+    let ran = run();
+    let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    match (ran, ended) {
+        (Err(e), _) => (None, Err(format!("the run failed while captured ({e})"))),
+        (Ok(_), Err(e)) => (None, Err(format!("the capture failed ({e})"))),
+        (Ok(_), Ok(None)) => (None, Err("the capture made no graph".into())),
+        (Ok(t), Ok(Some(g))) => match device_only(&g) {
+            Ok(_) => (Some(t), Ok(g)),
+            Err(why) => (None, Err(why)),
+        },
+    }
+}
+
+/// The graph's node count, if every node stays on the device; else which node does not.
+pub(super) fn device_only(g: &CudaGraph) -> Result<usize, String> {
+    use sys::CUgraphNodeType as T;
+    let graph = g.cu_graph();
+    let err = |what: &str, r: sys::CUresult| format!("{what}: {r:?}");
+    let mut n = 0usize;
+    // SAFETY: a null array asks for the count only.
+    let r = unsafe { sys::cuGraphGetNodes(graph, std::ptr::null_mut(), &mut n) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(err("listing the graph's nodes", r));
+    }
+    let mut nodes: Vec<sys::CUgraphNode> = vec![std::ptr::null_mut(); n];
+    // SAFETY: room for `n` nodes.
+    let r = unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut n) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(err("listing the graph's nodes", r));
+    }
+    for node in &nodes[..n] {
+        // Read as a plain number: a node type newer than these bindings is not a valid value of their enum.
+        let mut ty = 0u32;
+        // SAFETY: the driver writes one enum value (32 bits) there.
+        let r = unsafe { sys::cuGraphNodeGetType(*node, (&mut ty as *mut u32).cast()) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(err("reading a node's type", r));
+        }
+        match ty {
+            t if t == T::CU_GRAPH_NODE_TYPE_KERNEL as u32
+                || t == T::CU_GRAPH_NODE_TYPE_MEMSET as u32
+                || t == T::CU_GRAPH_NODE_TYPE_EMPTY as u32
+                || t == T::CU_GRAPH_NODE_TYPE_WAIT_EVENT as u32
+                || t == T::CU_GRAPH_NODE_TYPE_EVENT_RECORD as u32 => {}
+            t if t == T::CU_GRAPH_NODE_TYPE_MEMCPY as u32 => copy_on_device(*node)?,
+            t if t == T::CU_GRAPH_NODE_TYPE_HOST as u32 => return Err("the run calls back to the host".into()),
+            t => return Err(format!("the run has a node of type {t}, which replays are not checked for")),
+        }
+    }
+    Ok(n)
+}
+
+/// Whether a copy node's source and destination are both device memory.
+fn copy_on_device(node: sys::CUgraphNode) -> Result<(), String> {
+    let mut p = std::mem::MaybeUninit::<sys::CUDA_MEMCPY3D>::uninit();
+    // SAFETY: the driver fills the whole struct.
+    let r = unsafe { sys::cuGraphMemcpyNodeGetParams(node, p.as_mut_ptr()) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("reading a copy's parameters: {r:?}"));
+    }
+    let p = p.as_ptr();
+    // SAFETY: filled above; the memory types are read as plain numbers (see device_only), the rest as is.
+    let (src_ty, dst_ty, src, dst) = unsafe {
+        (
+            std::ptr::addr_of!((*p).srcMemoryType).cast::<u32>().read(),
+            std::ptr::addr_of!((*p).dstMemoryType).cast::<u32>().read(),
+            std::ptr::addr_of!((*p).srcDevice).read(),
+            std::ptr::addr_of!((*p).dstDevice).read(),
+        )
+    };
+    for (ty, ptr, side) in [(src_ty, src, "from"), (dst_ty, dst, "to")] {
+        if !on_device(ty, ptr) {
+            return Err(format!("the run copies {side} host memory"));
+        }
+    }
+    Ok(())
+}
+
+/// A copy end of memory type `ty` at `ptr` is device memory (a unified address is asked about).
+fn on_device(ty: u32, ptr: sys::CUdeviceptr) -> bool {
+    use sys::CUmemorytype as M;
+    if ty == M::CU_MEMORYTYPE_DEVICE as u32 || ty == M::CU_MEMORYTYPE_ARRAY as u32 {
+        return true;
+    }
+    if ty != M::CU_MEMORYTYPE_UNIFIED as u32 {
+        return false;
+    }
+    let mut kind = 0u32;
+    // SAFETY: the attribute is one CUmemorytype (32 bits); memory CUDA does not know is an error, not a write.
+    let r = unsafe {
+        sys::cuPointerGetAttribute((&mut kind as *mut u32).cast(), sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, ptr)
+    };
+    r == sys::CUresult::CUDA_SUCCESS && kind == M::CU_MEMORYTYPE_DEVICE as u32
+}
