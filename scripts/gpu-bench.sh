@@ -11,6 +11,7 @@
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
 #                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe own-graphs
+#                                     encoder-bound
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -98,7 +99,7 @@ ops_models() { # NAME|ONNX|MANIFEST of steps queued, i420, one-stream and model-
 ab_e2e() { # NAME ONNX MANIFEST "OLD ARGS" "NEW ARGS": end to end with $OLD_MF, $MID_MF if set (with the new args) and
   # this binary alternating, AB_RUNS (2) times each
   local name=$1 onnx=$2 man=$3 old=$4 new=$5 r
-  local keep="^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation|CUDA graph"
+  local keep="^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation|CUDA graph|queued behind|had finished"
   for r in $(seq "${AB_RUNS:-2}"); do
     # shellcheck disable=SC2086  # (the argument strings split into arguments)
     echo "== $name old run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages $old 2>&1 | grep -E "$keep"
@@ -644,6 +645,20 @@ PY
         same_masks "$name" "$onnx" "$man" "$OLD_MF" "" matteflow ""
       done
       ;;
+    encoder-bound)
+      # Issue 15: is the end to end rate bound by the H.264 encoder on the CPU (the H200 has no NVENC: x264)? Per
+      # model (ops_models; E2E_ONLY picks): bench as measured (composite); with the mask as the output (flat
+      # pictures: x264 has far less to do, the GPU as much); on 8 of the cores (the encoder has less); composite again.
+      local m name onnx man keep="encode alone|model on|queued behind|had finished|steady"
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        local b=(matteflow bench "$CLIP" --device cuda --model "$onnx" --manifest "$man" -f h264 -b green --runs 1 --cuda-stages)
+        echo "== $name composite"; T 120 "${b[@]}" -k composite 2>&1 | grep -E "$keep"
+        echo "== $name mask"; T 120 "${b[@]}" -k mask 2>&1 | grep -E "$keep"
+        echo "== $name composite, 8 cores"; T 120 taskset -c 0-7 "${b[@]}" -k composite 2>&1 | grep -E "$keep"
+        echo "== $name composite again"; T 120 "${b[@]}" -k composite 2>&1 | grep -E "$keep"
+      done
+      ;;
     model-probe)
       # Issue 15: why the model's runs take longer inside the pipeline (IS-Net on the H200: 5.45 ms against 5.12
       # alone). Per model (ops_models; E2E_ONLY picks): the model alone on random input and on bikes_1080p's first
@@ -656,11 +671,11 @@ PY
         IFS='|' read -r name onnx man <<< "$m"
         gpu_bench "$name-random" "$onnx" "$man" 0 --batch 1 --device-only --flush-l2 2>&1 | grep -E "queued|rc "
         gpu_bench "$name-frame" "$onnx" "$man" 0 --batch 1 --device-only --flush-l2 --input-image "$frame" 2>&1 | grep -E "queued|rc "
-        e2e "$name-probe" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "model on|steady|after its first"
+        e2e "$name-probe" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "model on|queued behind|had finished|steady|after its first"
         # The same with no decoder on the GPU (openh264 on the CPU, frames uploaded): is it NVDEC's work in our context?
         echo "== $name, decoded on the CPU"
         GST_PLUGIN_FEATURE_RANK=nvh264dec:NONE e2e "$name-probe-cpudec" "$onnx" "$man" --cuda-stages --host-decode 2>&1 \
-          | grep -E "model on|steady"
+          | grep -E "model on|queued behind|had finished|steady"
       done
       ;;
     element-net)

@@ -513,7 +513,7 @@ fn finish_frames(plan: &Plan, shared: Arc<Shared>, rx: crossbeam_channel::Receiv
         t.composite += composite_time;
         t.postprocess += download_time;
         let model = finisher.model_time();
-        (t.model_gpu, t.model_gpu_frames) = (t.model_gpu + model.time, t.model_gpu_frames + model.frames);
+        t.model_gpu = model;
     }
 }
 

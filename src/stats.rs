@@ -24,10 +24,10 @@ pub struct StageTimes {
     /// When the last inference call ended (from the pipeline's start): what follows is the drain (the last
     /// frames' composite, download and encoder flush).
     pub last_infer_done: Duration,
-    /// GPU stages: the model's own time on the GPU (CUDA events around each run, the first call left out) and
-    /// the frames it covers. There the host only queues the run, so `infer` is the time to queue it.
-    pub model_gpu: Duration,
-    pub model_gpu_frames: u64,
+    /// GPU stages: the model's own time on the GPU (CUDA events around each run, the first call left out), the
+    /// frames it covers, and the same over the runs queued behind unfinished work (see `ModelTime`). There the
+    /// host only queues the run, so `infer` is the time to queue it.
+    pub model_gpu: crate::engine::ModelTime,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -105,8 +105,18 @@ impl Report {
                 fps
             );
         }
-        if s.model_gpu_frames > 0 {
-            t += &format!("model on the GPU after the first call (CUDA events): {:.2} ms/frame\n", ms(s.model_gpu, s.model_gpu_frames));
+        let g = &s.model_gpu;
+        if g.frames > 0 {
+            t += &format!("model on the GPU after the first call (CUDA events): {:.2} ms/frame\n", ms(g.time, g.frames));
+            let runs = g.calls.saturating_sub(1);
+            if g.behind_frames > 0 {
+                t += &format!(
+                    "  over the {} of {runs} runs queued behind unfinished GPU work (no wait for the host inside): {:.2} ms/frame\n",
+                    g.behind_calls,
+                    ms(g.behind_time, g.behind_frames)
+                );
+            }
+            t += &format!("  the GPU had finished all it was given before {} of {runs} runs\n", runs - g.behind_calls);
         }
         if let Some((pre_post, fps)) = self.steady() {
             t += &format!(
@@ -136,6 +146,14 @@ mod tests {
     use super::*;
 
     fn report(model_gpu_ms: u64, frames: u64) -> Report {
+        let model_gpu = crate::engine::ModelTime {
+            calls: frames + 1,
+            frames,
+            time: Duration::from_millis(model_gpu_ms),
+            behind_calls: frames.saturating_sub(2),
+            behind_frames: frames.saturating_sub(2),
+            behind_time: Duration::from_millis(model_gpu_ms.saturating_sub(20)),
+        };
         let stages = StageTimes {
             infer: Duration::from_millis(40),
             infer_calls: 10,
@@ -143,8 +161,7 @@ mod tests {
             first_infer_frames: 1,
             first_infer_done: Duration::from_millis(100),
             last_infer_done: Duration::from_millis(190),
-            model_gpu: Duration::from_millis(model_gpu_ms),
-            model_gpu_frames: frames,
+            model_gpu,
             ..Default::default()
         };
         Report { frames: 10, width: 64, height: 48, wall: Duration::from_millis(200), stages, ..Default::default() }
@@ -154,6 +171,9 @@ mod tests {
     fn the_table_gives_the_models_gpu_time_where_the_gpu_stages_measured_it() {
         let t = report(81, 9).table();
         assert!(t.contains("model on the GPU after the first call (CUDA events): 9.00 ms/frame"), "{t}");
+        // 7 of the 9 timed runs were queued behind work: 61 ms over 7 frames; the GPU waited before the other 2.
+        assert!(t.contains("over the 7 of 9 runs queued behind unfinished GPU work (no wait for the host inside): 8.71 ms/frame"), "{t}");
+        assert!(t.contains("the GPU had finished all it was given before 2 of 9 runs"), "{t}");
         // The host's own infer line stays (after the first call: 36 ms over 9 frames).
         assert!(t.contains("after it: infer 4.00 ms/frame"), "{t}");
         let host = report(0, 0).table();

@@ -412,7 +412,10 @@ impl GpuStages {
         let timed = || st.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e("event", x));
         let started = timed()?;
         let inf = self.infer(seg, prepared?)?;
-        let model = (started, timed()?);
+        // Queued behind work the GPU had not finished: the GPU goes from that work to the run with no wait for the
+        // host in between, so the events time the model alone. (Else the host's launch is inside them too.)
+        let behind = started.try_is_complete().is_ok_and(|done| !done);
+        let model = ModelRun { events: (started, timed()?), behind };
         let t1 = Instant::now();
         let mut alpha = self.alpha.take().ok_or_else(|| Error::Cuda("no alpha buffer".into()))?;
         let composited = (0..k).try_for_each(|i| {
@@ -466,8 +469,14 @@ pub struct Queued {
     set: Vec<CudaSlice<u8>>,
     k: usize,
     give_back: Sender<Vec<CudaSlice<u8>>>,
-    /// Events on the stages' stream just before and after the model's run.
-    model: Option<(CudaEvent, CudaEvent)>,
+    model: Option<ModelRun>,
+}
+
+/// Events on the stages' stream just before and after one model run, and whether the run was queued behind
+/// work the GPU had not finished.
+struct ModelRun {
+    events: (CudaEvent, CudaEvent),
+    behind: bool,
 }
 
 /// Where finished frames go down to the host: a stream of its own (downloads overlap the next inference call),
@@ -523,8 +532,9 @@ impl Queued {
     /// Downloads the frames on `d`'s stream (which waits for the composites: the device frames carry their last
     /// write as an event) into each frame's `data`, as RGBA or, where `d` converts, as I420 in the first bytes
     /// of `data` (the layout returned); the device frames go back for reuse. Returns the time it took, the
-    /// model's time on the GPU (from its events) and the I420 layout, if the frames went down as I420.
-    pub fn download(self, d: &mut Downloader, frames: &mut [Frame]) -> Result<(Duration, Option<Duration>, Option<super::i420::I420Out>)> {
+    /// model's time on the GPU (from its events, and whether the run was queued behind unfinished work: see
+    /// `submit`) and the I420 layout, if the frames went down as I420.
+    pub fn download(self, d: &mut Downloader, frames: &mut [Frame]) -> Result<(Duration, Option<(Duration, bool)>, Option<super::i420::I420Out>)> {
         let t = Instant::now();
         if frames.len() != self.k {
             return Err(Error::Cuda(format!("{} frames to download for a call of {}", frames.len(), self.k)));
@@ -560,7 +570,10 @@ impl Queued {
         let copied = stream.record_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC)).map_err(|x| e("event", x))?;
         copied.synchronize().map_err(|x| e("sync", x))?;
         // Both events are behind the composites the download waited for: complete, no wait here.
-        let model = self.model.as_ref().and_then(|(a, b)| a.elapsed_ms(b).ok()).map(|ms| Duration::from_secs_f64(ms as f64 / 1e3));
+        let model = self.model.as_ref().and_then(|m| {
+            let ms = m.events.0.elapsed_ms(&m.events.1).ok()?;
+            Some((Duration::from_secs_f64(ms as f64 / 1e3), m.behind))
+        });
         drop(self);
         for (f, p) in frames.iter_mut().zip(d.staging.iter()) {
             f.data[..bytes].copy_from_slice(p.as_slice().map_err(|x| e("download", x))?);

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
 
+pub use ordered::ModelTime;
 pub use settings::MatteSettings;
 
 use crate::composite::{Background, Composite, CpuComposite};

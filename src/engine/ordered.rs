@@ -88,12 +88,29 @@ pub enum Finisher {
 }
 
 /// The model's time on the GPU over the device calls after the first (whose run holds the provider's warm-up),
-/// and their frames.
-#[derive(Debug, Default, Clone, Copy)]
+/// and their frames; and the same over the calls whose run was queued behind work the GPU had not finished
+/// (`behind`: timed with no wait for the host inside). The other calls found the GPU idle, waiting for the host.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct ModelTime {
     pub calls: u64,
     pub frames: u64,
     pub time: Duration,
+    pub behind_calls: u64,
+    pub behind_frames: u64,
+    pub behind_time: Duration,
+}
+
+impl ModelTime {
+    /// Adds one call's run of `frames` frames (the first call is counted, not timed).
+    fn add(&mut self, run: Option<(Duration, bool)>, frames: u64) {
+        if let Some((t, behind)) = run.filter(|_| self.calls > 0) {
+            (self.time, self.frames) = (self.time + t, self.frames + frames);
+            if behind {
+                (self.behind_time, self.behind_frames, self.behind_calls) = (self.behind_time + t, self.behind_frames + frames, self.behind_calls + 1);
+            }
+        }
+        self.calls += 1;
+    }
 }
 
 impl Finisher {
@@ -122,10 +139,7 @@ impl Finisher {
             }
             (Finisher::Device(down, model), Matted::Device(mut frames, queued)) => {
                 let (_, gpu, i420) = queued.download(down, &mut frames)?;
-                if let Some(t) = gpu.filter(|_| model.calls > 0) {
-                    (model.time, model.frames) = (model.time + t, model.frames + frames.len() as u64);
-                }
-                model.calls += 1;
+                model.add(gpu, frames.len() as u64);
                 let mut out = Vec::with_capacity(frames.len());
                 for f in frames {
                     let mut b = to_buffer(f, None);
