@@ -283,23 +283,26 @@ impl OnnxSegmenter {
                 let _only_us = CAPTURE.write().unwrap_or_else(|p| p.into_inner());
                 // Captured without the wait at the end (a captured stream cannot be waited for).
                 let options = io.runs.options(true).map_err(&rt)?;
-                match super::graph::capture(ours, || session.run_binding_with_options(binding, options)) {
-                    (_, Ok(g)) => {
+                // (The first launch is part of the check: a graph the driver will not launch is no graph.)
+                let launched = |g: cudarc::driver::CudaGraph| g.launch().map(|_| g).map_err(|e| format!("its first launch failed ({e})"));
+                match super::graph::capture(ours, || session.run_binding_with_options(binding, options)).and_then(launched) {
+                    Ok(g) => {
                         tracing::info!("{}: device runs replay a CUDA graph of their own ({} nodes)", m.name, super::graph::device_only(&g).unwrap_or(0));
                         io.runs.graph = Some(Graph(g));
+                        replayed = true;
                     }
-                    (_, Err(why)) => {
+                    Err(why) => {
                         tracing::warn!("{}: device runs go on without a CUDA graph: {why}", m.name);
                         io.runs.refused = true;
                     }
                 }
             }
-            if let Some(Graph(g)) = &io.runs.graph {
+            if let Some(Graph(g)) = io.runs.graph.as_ref().filter(|_| !replayed) {
                 g.launch().map_err(cuda("launching the model's CUDA graph"))?;
-                if queued.is_none() {
-                    ours.synchronize().map_err(cuda("waiting for the model's CUDA graph"))?;
-                }
                 replayed = true;
+            }
+            if replayed && queued.is_none() {
+                ours.synchronize().map_err(cuda("waiting for the model's CUDA graph"))?;
             }
         }
         let ran = match replayed {

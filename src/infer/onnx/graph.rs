@@ -8,7 +8,8 @@
 //! session).
 //!
 //! A run is captured in relaxed mode (ONNX Runtime may grow its memory arena meanwhile) and kept only if
-//! every node of the graph stays on the device: kernels, memsets, device-to-device copies, events. A copy from
+//! every node of the graph stays on the device: kernels, memsets, device-to-device copies, events, stream-ordered
+//! allocations freed inside the graph. A copy from
 //! or to host memory, or a host callback, would replay with a host buffer that the run has given back; such a
 //! run, or one that fails to capture, runs without a graph from then on.
 
@@ -21,23 +22,18 @@ use cudarc::driver::{CudaGraph, CudaStream};
 /// second runs with the output bound at its final address; the third is captured.
 pub(super) const CAPTURE_AT: u32 = 3;
 
-/// Captures what `run` queues on `stream` into a graph, without running it. Returns `run`'s result and the
-/// graph, or why there is none (the run's work then did not happen: run it again).
-pub(super) fn capture<T, E: std::fmt::Display>(stream: &Arc<CudaStream>, run: impl FnOnce() -> Result<T, E>) -> (Option<T>, Result<CudaGraph, String>) {
-    if let Err(e) = stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) {
-        return (None, Err(format!("the capture did not start ({e})")));
-    }
-    let ran = run();
+/// Captures what `run` queues on `stream` into a graph, without running it, and checks the graph
+/// ([`device_only`]). Without a graph (the reason returned), `run`'s work did not happen: run it again.
+pub(super) fn capture<T, E: std::fmt::Display>(stream: &Arc<CudaStream>, run: impl FnOnce() -> Result<T, E>) -> Result<CudaGraph, String> {
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+        .map_err(|e| format!("the capture did not start ({e})"))?;
+    let ran = run().map(drop).map_err(|e| format!("the run failed while captured ({e})"));
     let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
-    match (ran, ended) {
-        (Err(e), _) => (None, Err(format!("the run failed while captured ({e})"))),
-        (Ok(_), Err(e)) => (None, Err(format!("the capture failed ({e})"))),
-        (Ok(_), Ok(None)) => (None, Err("the capture made no graph".into())),
-        (Ok(t), Ok(Some(g))) => match device_only(&g) {
-            Ok(_) => (Some(t), Ok(g)),
-            Err(why) => (None, Err(why)),
-        },
-    }
+    ran?;
+    let g = ended.map_err(|e| format!("the capture failed ({e})"))?.ok_or("the capture made no graph")?;
+    device_only(&g)?;
+    Ok(g)
 }
 
 /// The graph's node count, if every node stays on the device; else which node does not.
@@ -57,6 +53,9 @@ pub(super) fn device_only(g: &CudaGraph) -> Result<usize, String> {
     if r != sys::CUresult::CUDA_SUCCESS {
         return Err(err("listing the graph's nodes", r));
     }
+    // Stream-ordered allocations (cuDNN's and cuBLAS's workspaces, for one) become allocation and free nodes:
+    // fine where each is freed inside the graph, which a relaunch needs.
+    let (mut allocs, mut frees) = (0usize, 0usize);
     for node in &nodes[..n] {
         // Read as a plain number: a node type newer than these bindings is not a valid value of their enum.
         let mut ty = 0u32;
@@ -72,9 +71,14 @@ pub(super) fn device_only(g: &CudaGraph) -> Result<usize, String> {
                 || t == T::CU_GRAPH_NODE_TYPE_WAIT_EVENT as u32
                 || t == T::CU_GRAPH_NODE_TYPE_EVENT_RECORD as u32 => {}
             t if t == T::CU_GRAPH_NODE_TYPE_MEMCPY as u32 => copy_on_device(*node)?,
+            t if t == T::CU_GRAPH_NODE_TYPE_MEM_ALLOC as u32 => allocs += 1,
+            t if t == T::CU_GRAPH_NODE_TYPE_MEM_FREE as u32 => frees += 1,
             t if t == T::CU_GRAPH_NODE_TYPE_HOST as u32 => return Err("the run calls back to the host".into()),
             t => return Err(format!("the run has a node of type {t}, which replays are not checked for")),
         }
+    }
+    if allocs != frees {
+        return Err(format!("the run allocates {allocs} buffers on the stream and frees {frees} of them"));
     }
     Ok(n)
 }
