@@ -8,10 +8,10 @@
 //! session).
 //!
 //! A run is captured in relaxed mode (ONNX Runtime may grow its memory arena meanwhile) and kept only if
-//! every node of the graph stays on the device: kernels, memsets, device-to-device copies, events, stream-ordered
-//! allocations freed inside the graph. A copy from
-//! or to host memory, or a host callback, would replay with a host buffer that the run has given back; such a
-//! run, or one that fails to capture, runs without a graph from then on.
+//! every node of the graph replays as captured: kernels, memsets, device-to-device copies and copies from
+//! page-locked memory (see [`copy_replayable`]), events, stream-ordered allocations freed inside the graph. A
+//! copy from pageable memory or to the host, or a host callback, would not; such a run, or one that fails to
+//! capture, runs without a graph from then on.
 
 use std::sync::Arc;
 
@@ -70,7 +70,7 @@ pub(super) fn device_only(g: &CudaGraph) -> Result<usize, String> {
                 || t == T::CU_GRAPH_NODE_TYPE_EMPTY as u32
                 || t == T::CU_GRAPH_NODE_TYPE_WAIT_EVENT as u32
                 || t == T::CU_GRAPH_NODE_TYPE_EVENT_RECORD as u32 => {}
-            t if t == T::CU_GRAPH_NODE_TYPE_MEMCPY as u32 => copy_on_device(*node)?,
+            t if t == T::CU_GRAPH_NODE_TYPE_MEMCPY as u32 => copy_replayable(*node)?,
             t if t == T::CU_GRAPH_NODE_TYPE_MEM_ALLOC as u32 => allocs += 1,
             t if t == T::CU_GRAPH_NODE_TYPE_MEM_FREE as u32 => frees += 1,
             t if t == T::CU_GRAPH_NODE_TYPE_HOST as u32 => return Err("the run calls back to the host".into()),
@@ -83,8 +83,10 @@ pub(super) fn device_only(g: &CudaGraph) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Whether a copy node's source and destination are both device memory.
-fn copy_on_device(node: sys::CUgraphNode) -> Result<(), String> {
+/// Whether a copy node replays as captured: device to device, or from page-locked host memory to the device
+/// (ONNX Runtime's kernels stage small parameters — pads, scales, shapes — through its pinned arena, whose
+/// buffers keep their values as long as the session runs nothing else: what its own graphs rely on too).
+fn copy_replayable(node: sys::CUgraphNode) -> Result<(), String> {
     let mut p = std::mem::MaybeUninit::<sys::CUDA_MEMCPY3D>::uninit();
     // SAFETY: the driver fills the whole struct.
     let r = unsafe { sys::cuGraphMemcpyNodeGetParams(node, p.as_mut_ptr()) };
@@ -93,35 +95,37 @@ fn copy_on_device(node: sys::CUgraphNode) -> Result<(), String> {
     }
     let p = p.as_ptr();
     // SAFETY: filled above; the memory types are read as plain numbers (see device_only), the rest as is.
-    let (src_ty, dst_ty, src, dst) = unsafe {
+    let (src_ty, dst_ty, src, src_host, dst) = unsafe {
         (
             std::ptr::addr_of!((*p).srcMemoryType).cast::<u32>().read(),
             std::ptr::addr_of!((*p).dstMemoryType).cast::<u32>().read(),
             std::ptr::addr_of!((*p).srcDevice).read(),
+            std::ptr::addr_of!((*p).srcHost).read() as sys::CUdeviceptr,
             std::ptr::addr_of!((*p).dstDevice).read(),
         )
     };
-    for (ty, ptr, side) in [(src_ty, src, "from"), (dst_ty, dst, "to")] {
-        if !on_device(ty, ptr) {
-            return Err(format!("the run copies {side} host memory"));
-        }
+    use sys::CUmemorytype as M;
+    if memory_type(dst_ty, dst) != Some(M::CU_MEMORYTYPE_DEVICE as u32) {
+        return Err("the run copies to host memory".into());
     }
-    Ok(())
+    let src_ptr = if src_ty == M::CU_MEMORYTYPE_HOST as u32 { src_host } else { src };
+    match memory_type(src_ty, src_ptr) {
+        Some(t) if t == M::CU_MEMORYTYPE_DEVICE as u32 || t == M::CU_MEMORYTYPE_HOST as u32 => Ok(()),
+        _ => Err("the run copies from pageable host memory".into()),
+    }
 }
 
-/// A copy end of memory type `ty` at `ptr` is device memory (a unified address is asked about).
-fn on_device(ty: u32, ptr: sys::CUdeviceptr) -> bool {
+/// What a copy end of memory type `ty` at `ptr` is: device (arrays count as device) or page-locked host memory,
+/// as CUDA knows it; None for memory CUDA does not know (pageable host memory).
+fn memory_type(ty: u32, ptr: sys::CUdeviceptr) -> Option<u32> {
     use sys::CUmemorytype as M;
     if ty == M::CU_MEMORYTYPE_DEVICE as u32 || ty == M::CU_MEMORYTYPE_ARRAY as u32 {
-        return true;
-    }
-    if ty != M::CU_MEMORYTYPE_UNIFIED as u32 {
-        return false;
+        return Some(M::CU_MEMORYTYPE_DEVICE as u32);
     }
     let mut kind = 0u32;
     // SAFETY: the attribute is one CUmemorytype (32 bits); memory CUDA does not know is an error, not a write.
     let r = unsafe {
         sys::cuPointerGetAttribute((&mut kind as *mut u32).cast(), sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, ptr)
     };
-    r == sys::CUresult::CUDA_SUCCESS && kind == M::CU_MEMORYTYPE_DEVICE as u32
+    (r == sys::CUresult::CUDA_SUCCESS).then_some(kind)
 }
