@@ -10,7 +10,7 @@
 #                                     smooth-check live-gpu chroma-check
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
-#                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe own-graphs
+#                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe
 #                                     encoder-bound
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
@@ -626,29 +626,11 @@ PY
         same_masks "$name" "$onnx" "$man" "$OLD_MF" "" matteflow ""
       done
       ;;
-    own-graphs)
-      # Issue 15, eleventh session: device runs replay a CUDA graph of matteflow's own, queued without a host wait
-      # (ONNX Runtime's graphs wait for each replay to end). Per model (ops_models; E2E_ONLY picks): the model
-      # alone at BATCHES (1) with $OLD_MF (ONNX Runtime's graphs) and this binary (its row's note says whether the
-      # replayed run matches the host run); end to end alternating them AB_RUNS (3) times each; the H.264 files
-      # and the masks of old and new compared.
-      local m name onnx man b
-      for m in $(ops_models); do
-        IFS='|' read -r name onnx man <<< "$m"
-        for b in ${BATCHES:-1}; do
-          MF=$OLD_MF gpu_bench "$name-old-b$b" "$onnx" "$man" 0 --batch "$b" --device-only 2>&1 | grep -E "IO binding|rc "
-          RUST_LOG=matteflow=info gpu_bench "$name-new-b$b" "$onnx" "$man" 0 --batch "$b" --device-only 2>&1 | grep -E "IO binding|CUDA graph|rc "
-        done
-        [ -n "${NO_E2E:-}" ] && continue
-        AB_RUNS=${AB_RUNS:-3} ab_e2e "$name" "$onnx" "$man" "" ""
-        same_h264 "$name" "$onnx" "$man" "" ""
-        same_masks "$name" "$onnx" "$man" "$OLD_MF" "" matteflow ""
-      done
-      ;;
     encoder-bound)
       # Issue 15: is the end to end rate bound by the H.264 encoder on the CPU (the H200 has no NVENC: x264)? Per
-      # model (ops_models; E2E_ONLY picks): bench as measured (composite); with the mask as the output (flat
-      # pictures: x264 has far less to do, the GPU as much); on 8 of the cores (the encoder has less); composite again.
+      # model (ops_models; E2E_ONLY picks): bench as measured (composite); with the mask as the output (other
+      # pictures for x264, no composite on the GPU); on 8 of the cores (the encoder has less); composite again. The
+      # report's "the GPU had finished all it was given before N runs" says how often the GPU waited for the host.
       local m name onnx man keep="encode alone|model on|queued behind|had finished|steady"
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"

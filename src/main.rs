@@ -181,11 +181,11 @@ struct ModelArgs {
     /// TensorRT: engine and timing cache folder
     #[arg(long, value_name = "DIR")]
     trt_cache: Option<PathBuf>,
-    /// CUDA: run without CUDA graphs. They are on by default for the model's device runs (the GPU stages and
-    /// gpu-bench): each binding and input size captures its third run into a graph and replays it after, queued
-    /// without a host wait; host runs use none, and a run that cannot be captured goes on without. Graphs take
-    /// ONNX Runtime's launch cost off the host: on an H200 the prepared BiRefNet lite went from 96–98 to 113–114
-    /// fps end to end (1080p) with ONNX Runtime's own graphs, masks identical (docs/BENCHMARKS.md, 2026-12-03)
+    /// CUDA: run without ONNX Runtime's CUDA graphs. They are on by default for the model's device runs (the GPU
+    /// stages and gpu-bench; each binding and input size captures its own, host runs none; a model the CUDA EP
+    /// cannot capture is opened again without). With the GPU stages, which queue the runs on the GPU, graphs
+    /// take ONNX Runtime's launch cost off the host: on an H200 the prepared BiRefNet lite went from 96–98 to
+    /// 113–114 fps end to end (1080p), masks identical (docs/BENCHMARKS.md, 2026-12-03)
     #[arg(long)]
     no_cuda_graph: bool,
     /// (CUDA graphs are on by default; kept so that older command lines still run.)

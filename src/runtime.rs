@@ -187,10 +187,9 @@ pub struct ProviderOptions {
     /// TensorRT optimisation profile for dynamic inputs: (min, opt, max) in TensorRT's
     /// "name:1x3x64x64" syntax. Filled from the manifest when the model is dynamic.
     pub trt_profile: Option<(String, String, String)>,
-    /// CUDA EP (on by default): the model's device runs as CUDA graphs of matteflow's own: each IO binding and
-    /// input size captures one run (its third) and replays it after, queued without a host wait (ONNX Runtime's
-    /// own graphs wait for every replay to end). Host-tensor runs use none. A run that cannot be captured (nodes
-    /// on the CPU, host copies) runs without (see `infer/onnx/device.rs`).
+    /// CUDA EP (on by default): ONNX Runtime's CUDA graphs for the model's device runs: each IO binding and
+    /// input size captures its own graph (on its second run) and replays it after; host-tensor runs use none. A
+    /// model the CUDA EP cannot capture (nodes on the CPU) is opened again without (see `OnnxSegmenter::open`).
     pub cuda_graph: bool,
     /// CUDA EP: prefer NHWC kernels (tensor-core friendly convolutions, fewer layout transposes).
     pub cuda_nhwc: bool,
@@ -306,6 +305,10 @@ pub fn register(
                 if let Some(st) = stream {
                     // SAFETY: as above.
                     cuda = unsafe { cuda.with_compute_stream(st.cu_stream() as *mut ()) };
+                }
+                // (Not behind TensorRT, which takes the nodes it can and leaves CUDA the rest.)
+                if opts.cuda_graph && chosen != Provider::TensorRt {
+                    cuda = cuda.with_cuda_graph(true);
                 }
                 if opts.cuda_nhwc {
                     cuda = cuda.with_prefer_nhwc(true);

@@ -103,8 +103,8 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
 
     // Host tensors: what the pipeline does without --cuda-stages (copy in, run, copy out, sigmoid on the CPU).
     // A model exported with a fixed batch N > 1 takes the frame padded to N (as the pipeline does).
-    // (Host runs never use CUDA graphs: they are the reference the device runs, replayed from one, are checked
-    // against, on the same session.)
+    // (Where the session captures CUDA graphs, host runs use none: they are the reference the device runs are
+    // checked against, on the same session.)
     seg.configure_batch(1, false);
     let fixed = seg.declared_batch().max(1) as usize;
     let data = match &o.input {

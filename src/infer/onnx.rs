@@ -13,7 +13,6 @@ use crate::runtime::{self, Provider, ProviderOptions};
 
 pub mod deform_im2col;
 mod device;
-mod graph;
 mod ops;
 pub mod window_attention;
 pub use device::{ort_run_time, outside_capture, DeviceIo, DeviceMask};
@@ -41,8 +40,8 @@ pub struct OnnxSegmenter {
     /// was made: device runs are then ordered with our kernels by events, not host waits (`run_device_on`).
     /// Declared after `session`, so that it outlives it.
     stream: Option<std::sync::Arc<cudarc::driver::CudaStream>>,
-    /// Device runs are captured into a CUDA graph of our own and replayed (on by default on the CUDA provider,
-    /// where we made the session's stream; see `device.rs`). Host runs never are: their buffers change every run.
+    /// The session captures CUDA graphs (on by default on the CUDA provider): device runs name their binding's
+    /// graph, host runs none (they must never be captured or replayed: their buffers change every run).
     graphs: bool,
     /// This handle's device runs use graphs (see [`OnnxSegmenter::without_graphs`]).
     device_graphs: bool,
@@ -112,7 +111,7 @@ impl OnnxSegmenter {
         let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let stream = compute_stream(opts);
 
-        let build = || -> ort::Result<(Session, Provider, Vec<String>)> {
+        let build = |cuda_graph: bool| -> ort::Result<(Session, Provider, Vec<String>)> {
             let b = Session::builder(env)?
                 .with_optimization_level(GraphOptimizationLevel::Level3)
                 .map_err(ort::Error::<()>::from)?
@@ -123,7 +122,7 @@ impl OnnxSegmenter {
                 // matteflow's own operators (what `prepare --fp16` writes; models without them are unaffected)
                 .with_operators(operators()?)
                 .map_err(ort::Error::<()>::from)?;
-            let mut opts = opts.clone();
+            let mut opts = ProviderOptions { cuda_graph, ..opts.clone() };
             if opts.trt_profile.is_none() {
                 opts.trt_profile = runtime::trt_profile_for(&model.manifest);
             }
@@ -137,7 +136,16 @@ impl OnnxSegmenter {
         // ONNX Runtime's pool threads, started while the session is made, take this thread's name: name them
         // for what they are (the live CPU-by-thread summary), then restore ours.
         let named = ThreadName::set(c"mf-ort-pool");
-        let built = build();
+        let mut graphs = opts.cuda_graph;
+        let built = build(graphs).or_else(|e| {
+            if !graphs {
+                return Err(e);
+            }
+            // CUDA graphs need every node on the GPU: a model the CUDA EP cannot capture runs without them.
+            tracing::warn!("{model_name}: opened again without CUDA graphs, which ONNX Runtime refused: {e}");
+            graphs = false;
+            build(false)
+        });
         drop(named);
         let (session, provider, skipped) = built.map_err(|e| {
             let msg = e.to_string();
@@ -196,9 +204,8 @@ impl OnnxSegmenter {
             .collect();
         Ok(OnnxSegmenter {
             session: std::sync::Arc::new(std::sync::Mutex::new(session)),
-            stream: stream.clone().filter(|_| provider != Provider::Cpu),
-            // (Our graphs are captured on our stream: without one, ONNX Runtime's own, runs go without.)
-            graphs: opts.cuda_graph && provider == Provider::Cuda && stream.is_some(),
+            stream: stream.filter(|_| provider != Provider::Cpu),
+            graphs: graphs && provider == Provider::Cuda,
             device_graphs: true,
             model,
             provider,
@@ -291,11 +298,10 @@ impl OnnxSegmenter {
         h
     }
 
-    /// This handle's device runs without CUDA graphs, on a session whose device runs use them: for handles that run at
-    /// once on one session (`batch --jobs N` with the GPU stages). They queue their kernels on the session's one
-    /// stream from several threads, and a capture on that stream would take in the other handles' kernels queued
-    /// meanwhile. (With ONNX Runtime's graphs, a graph per binding, the masks of one of three files at once
-    /// differed from those of the file alone: H200, 2026-12-03.)
+    /// This handle's device runs without CUDA graphs, on a session that captures them: for handles that run at
+    /// once on one session (`batch --jobs N` with the GPU stages). With a graph per binding there, the masks of
+    /// one of three files at once differed from those of the file alone (max 255 levels on 0.7 % of the pixels,
+    /// H200, 2026-12-03; the cause is not found), while one file at a time gives the masks it gives without graphs.
     pub fn without_graphs(mut self) -> Self {
         self.device_graphs = false;
         self
@@ -368,6 +374,17 @@ fn infer_manifest(
     Ok(())
 }
 
+impl OnnxSegmenter {
+    /// A host run's options: where the session captures CUDA graphs, none for it (`gpu_graph_id` -1).
+    fn host_run_options(&self) -> ort::Result<ort::session::RunOptions> {
+        let mut o = ort::session::RunOptions::new()?;
+        if self.graphs {
+            o.set("gpu_graph_id", "-1")?;
+        }
+        Ok(o)
+    }
+}
+
 impl Segmenter for OnnxSegmenter {
     fn provider(&self) -> Provider {
         self.provider
@@ -385,8 +402,9 @@ impl Segmenter for OnnxSegmenter {
             feeds.push((r.input.as_str().into(), t.into()));
         }
         feeds.extend(constant_feeds(&m, rt)?);
+        let options = self.host_run_options().map_err(rt)?;
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned by an earlier panic".into()))?;
-        let outputs = session.run(feeds).map_err(rt)?;
+        let outputs = session.run_with_options(feeds, &options).map_err(rt)?;
         let mut new_states = Vec::with_capacity(m.recurrent.len());
         for r in &m.recurrent {
             let v = outputs
@@ -430,8 +448,9 @@ impl Segmenter for OnnxSegmenter {
         let mut feeds: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
             vec![(m.input.name.as_str().into(), tensor)];
         feeds.extend(constant_feeds(&m, rt)?);
+        let options = self.host_run_options().map_err(rt)?;
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned by an earlier panic".into()))?;
-        let outputs = session.run(feeds).map_err(rt)?;
+        let outputs = session.run_with_options(feeds, &options).map_err(rt)?;
         let value = outputs
             .get(&m.output.name)
             .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;

@@ -84,31 +84,26 @@ pub struct DeviceIo {
     runs: DeviceRuns,
 }
 
-/// One binding's device runs: how many so far, its CUDA graph once captured (see `graph.rs`; one per binding
-/// and input shape, since a graph keeps the addresses it was captured with), and the run options made on first
-/// use (for the runs [`OnnxSegmenter::run_device_on`] only queues, no wait for the GPU at the end).
+/// The run options of one binding's device runs, made on first use: the CUDA graph its runs capture and
+/// replay where the session captures graphs (`gpu_graph_id`: one per binding and input shape, since a graph
+/// keeps the addresses it was captured with — two bindings on one session, as `--jobs` makes, must not share
+/// one), and for the runs [`OnnxSegmenter::run_device_on`] only queues, no wait for the GPU at the end.
 #[derive(Default)]
 struct DeviceRuns {
+    graph: i32,
+    /// Runs so far (ONNX Runtime captures a graph on its second run).
     count: u32,
-    graph: Option<Graph>,
-    /// The capture was tried and gave no graph that replays: runs go without.
-    refused: bool,
     waited: Option<RunOptions>,
     queued: Option<RunOptions>,
 }
 
-/// A captured run. Moved with its binding to the thread that runs it (the element's state moves between
-/// GStreamer's threads), used by one thread at a time.
-struct Graph(cudarc::driver::CudaGraph);
+/// The next binding's CUDA graph id (0 is ONNX Runtime's default, -1 its "no graph").
+static NEXT_GRAPH: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(1);
 
-// SAFETY: the graph's handles are the driver's, valid on any thread of the process; cudarc makes the context
-// current before each call on them. Not `Sync`: one thread launches it at a time.
-unsafe impl Send for Graph {}
-
-/// Held for writing while a device run is captured. A capture on our stream takes in what any thread queues on
-/// it, and a call that synchronises the whole device (an allocation, a pageable copy) meanwhile may fail: our
-/// other threads make such calls inside [`outside_capture`]. (GStreamer's CUDA decoder allocates its pool when
-/// it starts, before the model's first run.)
+/// Held for writing across the runs that may capture a CUDA graph. ONNX Runtime captures in CUDA's global mode:
+/// meanwhile, a call of another thread that may synchronise the device (an allocation, a pageable copy) fails and
+/// spoils the capture. Our other threads make such calls inside [`outside_capture`]. (GStreamer's CUDA decoder
+/// allocates its pool when it starts, before the model's first run.)
 static CAPTURE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Runs `f` (CUDA calls that may synchronise: allocations, pageable copies) while no CUDA graph is being captured.
@@ -118,13 +113,24 @@ pub fn outside_capture<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl DeviceRuns {
-    /// The options of a run that waits for the GPU at its end, or (`queued`) does not.
-    fn options(&mut self, queued: bool) -> ort::Result<&RunOptions> {
+    /// For a new binding (or a new input shape): a graph of its own.
+    fn renew(&mut self) {
+        *self = DeviceRuns { graph: NEXT_GRAPH.fetch_add(1, Ordering::Relaxed), ..Default::default() };
+    }
+
+    /// `graph`: where the session captures graphs, whether this binding's runs use one (else `gpu_graph_id` -1).
+    fn get(&mut self, queued: bool, graph: Option<bool>) -> ort::Result<&RunOptions> {
+        let id = self.graph;
         let slot = if queued { &mut self.queued } else { &mut self.waited };
         if slot.is_none() {
             let mut o = RunOptions::new()?;
             if queued {
                 o.disable_device_sync()?;
+            }
+            match graph {
+                Some(true) => o.set("gpu_graph_id", id.to_string())?,
+                Some(false) => o.set("gpu_graph_id", "-1")?,
+                None => {}
             }
             *slot = Some(o);
         }
@@ -228,7 +234,7 @@ impl OnnxSegmenter {
             }
         }
         io.input_shape = shape;
-        io.runs = DeviceRuns::default();
+        io.runs.renew();
         io.input_elem = in_elem;
         io.output_elem = out_elem;
         let ptr = input.data_ptr_mut() as u64;
@@ -258,7 +264,7 @@ impl OnnxSegmenter {
             return Err(Error::Runtime("run_device before device_input".into()));
         };
         let cuda = |what: &'static str| move |x: cudarc::driver::DriverError| Error::Cuda(format!("{what}: {x}"));
-        let queued = match (after, self.stream.as_ref()) {
+        let queued = match (after, self.stream.as_deref()) {
             (Some(after), Some(ours)) => Some((after, ours)),
             (Some(after), None) => {
                 after.synchronize().map_err(cuda("sync"))?;
@@ -266,69 +272,35 @@ impl OnnxSegmenter {
             }
             (None, _) => None,
         };
-        // (The GPU stages queue on the session's own stream: stream order does it, no events.)
-        let other = queued.filter(|(after, ours)| after.cu_stream() != ours.cu_stream());
         let mut session = self.session.lock().map_err(|_| Error::Runtime("inference session poisoned".into()))?;
         let t0 = Instant::now();
+        // ONNX Runtime captures on a binding's second run; the first three are guarded (see CAPTURE).
+        let graph = self.graphs.then_some(self.device_graphs);
+        let _capturing = (graph == Some(true) && io.runs.count < 3).then(|| CAPTURE.write().unwrap_or_else(|p| p.into_inner()));
         io.runs.count += 1;
-        if let Some((after, ours)) = other {
-            ours.join(after).map_err(cuda("ordering the run after its input"))?;
-        }
-        // Our CUDA graph of this binding's run (graph.rs): replayed once captured, captured at its turn. The
-        // output is bound by then (its address is in the graph), and is the mask.
-        let graphs = self.stream.as_ref().filter(|_| self.graphs && self.device_graphs && io.output_bound && !io.runs.refused);
-        let mut replayed = false;
-        if let Some(ours) = graphs {
-            if io.runs.graph.is_none() && io.runs.count >= super::graph::CAPTURE_AT {
-                let _only_us = CAPTURE.write().unwrap_or_else(|p| p.into_inner());
-                // Captured without the wait at the end (a captured stream cannot be waited for).
-                let options = io.runs.options(true).map_err(&rt)?;
-                // (The first launch is part of the check: a graph the driver will not launch is no graph.)
-                let launched = |g: cudarc::driver::CudaGraph| g.launch().map(|_| g).map_err(|e| format!("its first launch failed ({e})"));
-                match super::graph::capture(ours, || session.run_binding_with_options(binding, options)).and_then(launched) {
-                    Ok(g) => {
-                        tracing::info!("{}: device runs replay a CUDA graph of their own ({} nodes)", m.name, super::graph::device_only(&g).unwrap_or(0));
-                        io.runs.graph = Some(Graph(g));
-                        replayed = true;
-                    }
-                    Err(why) => {
-                        tracing::warn!("{}: device runs go on without a CUDA graph: {why}", m.name);
-                        io.runs.refused = true;
-                    }
+        let options = io.runs.get(queued.is_some(), graph).map_err(&rt)?;
+        let mut outputs = match queued {
+            Some((after, ours)) => {
+                // (The GPU stages queue on the session's own stream: stream order does it, no events.)
+                let other = after.cu_stream() != ours.cu_stream();
+                if other {
+                    ours.join(after).map_err(cuda("ordering the run after its input"))?;
                 }
+                let outputs = session.run_binding_with_options(binding, options).map_err(&rt)?;
+                if other {
+                    after.join(ours).map_err(cuda("ordering the mask steps after the run"))?;
+                }
+                outputs
             }
-            if let Some(Graph(g)) = io.runs.graph.as_ref().filter(|_| !replayed) {
-                g.launch().map_err(cuda("launching the model's CUDA graph"))?;
-                replayed = true;
-            }
-            if replayed && queued.is_none() {
-                ours.synchronize().map_err(cuda("waiting for the model's CUDA graph"))?;
-            }
-        }
-        let ran = match replayed {
-            true => None,
-            false => {
-                let options = io.runs.options(queued.is_some()).map_err(&rt)?;
-                Some(session.run_binding_with_options(binding, options).map_err(&rt)?)
-            }
+            None => session.run_binding_with_options(binding, options).map_err(&rt)?,
         };
-        if let Some((after, ours)) = other {
-            after.join(ours).map_err(cuda("ordering the mask steps after the run"))?;
-        }
         ORT_RUN_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         ORT_RUNS.fetch_add(1, Ordering::Relaxed);
-        let value = ran
-            .map(|mut outputs| {
-                let v = outputs
-                    .remove(&m.output.name)
-                    .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
-                v.downcast::<ort::value::DynTensorValueType>().map_err(&rt)
-            })
-            .transpose()?;
-        let t = match (&value, &io.output) {
-            (Some(t), _) | (None, Some(t)) => t,
-            (None, None) => return Err(Error::Runtime("a replayed run with no bound output".into())),
-        };
+        let value = outputs
+            .remove(&m.output.name)
+            .ok_or_else(|| Error::Runtime(format!("model {} produced no output '{}'", m.name, m.output.name)))?;
+        drop(outputs);
+        let t = value.downcast::<ort::value::DynTensorValueType>().map_err(&rt)?;
         let elem = io.output_elem;
         let dims: Vec<i64> = t.shape().to_vec();
         let batch = io.input_shape[0];
@@ -342,28 +314,27 @@ impl OnnxSegmenter {
                 )))
             }
         };
+        let ptr = t.data_ptr() as u64;
         let out = DeviceMask {
-            ptr: t.data_ptr() as u64,
+            ptr,
             elem,
             width: w as u32,
             height: h as u32,
             batch: batch as u32,
             sigmoid: m.output.activation == Activation::Sigmoid,
         };
-        match value {
-            // The bound output: its buffer is the bound tensor's (or the first run's, valid until this run).
-            Some(_) | None if io.output_bound => io.first_output = None,
-            Some(t) => {
-                // Keep this run's buffer alive for the caller until the next run, and bind a tensor of this shape
-                // for the next runs: fixed addresses from then on.
-                let alloc = io.allocator.as_ref().unwrap();
-                let mut fixed = DynTensor::new(alloc, elem_type(elem), dims.iter().map(|d| *d as usize).collect::<Vec<_>>()).map_err(&rt)?;
-                binding.bind_output(m.output.name.as_str(), &mut fixed).map_err(&rt)?;
-                io.first_output = Some(t);
-                io.output = Some(fixed);
-                io.output_bound = true;
-            }
-            None => {}
+        if io.output_bound {
+            // The first run's buffer (if any) was valid until this run.
+            io.first_output = None;
+        } else {
+            // Keep this run's buffer alive for the caller until the next run, and bind a tensor of this shape
+            // for the next runs: fixed addresses from then on.
+            let alloc = io.allocator.as_ref().unwrap();
+            let mut fixed = DynTensor::new(alloc, elem_type(elem), dims.iter().map(|d| *d as usize).collect::<Vec<_>>()).map_err(&rt)?;
+            binding.bind_output(m.output.name.as_str(), &mut fixed).map_err(&rt)?;
+            io.first_output = Some(t);
+            io.output = Some(fixed);
+            io.output_bound = true;
         }
         Ok(out)
     }
