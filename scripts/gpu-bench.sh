@@ -644,8 +644,8 @@ PY
     model-probe)
       # Issue 15: why the model's runs take longer inside the pipeline (IS-Net on the H200: 5.45 ms against 5.12
       # alone). Per model (ops_models; E2E_ONLY picks): the model alone on random input and on bikes_1080p's first
-      # frame (--input-image), each with and without the L2 cache flushed before each run; then end to end once with
-      # the GPU's decoder and once with openh264 on the CPU.
+      # frame (--input-image), each with and without the L2 cache flushed before each run; with the clip decoded
+      # beside it (--decode-beside); then end to end once with the GPU's decoder and once with openh264 on the CPU.
       local m name onnx man frame=/tmp/probe-frame.png
       gst-launch-1.0 -q filesrc location="$CLIP" ! qtdemux ! h264parse ! openh264dec ! videoconvert ! pngenc snapshot=true \
         ! filesink location="$frame"
@@ -653,6 +653,9 @@ PY
         IFS='|' read -r name onnx man <<< "$m"
         gpu_bench "$name-random" "$onnx" "$man" 0 --batch 1 --device-only --flush-l2 2>&1 | grep -E "queued|rc "
         gpu_bench "$name-frame" "$onnx" "$man" 0 --batch 1 --device-only --flush-l2 --input-image "$frame" 2>&1 | grep -E "queued|rc "
+        # The model alone with the clip decoded beside it in the same process and CUDA context (nvh264dec, paced at
+        # the model's rate): the decoder's share of the model's extra time inside the pipeline.
+        gpu_bench "$name-decode-beside" "$onnx" "$man" 0 --batch 1 --device-only --decode-beside "$CLIP" 2>&1 | grep -E "queued|rc "
         e2e "$name-probe" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "model on|queued behind|had finished|steady|after its first"
         # The same with no decoder on the GPU (openh264 on the CPU, frames uploaded): is it NVDEC's work in our context?
         echo "== $name, decoded on the CPU"

@@ -118,6 +118,10 @@ enum Cmd {
         /// `ncu --profile-from-start off` then times exactly one steady-state run (scripts/gpu-bench.sh ncu-*)
         #[arg(long)]
         profile_run: bool,
+        /// Also time the queued runs while this clip is decoded beside them as the GPU stages' pipeline decodes
+        /// (nvh264dec into CUDA memory of the same context, paced at the model's rate, looped)
+        #[arg(long, value_name = "CLIP")]
+        decode_beside: Option<PathBuf>,
     },
     /// Rewrite an ONNX model (BiRefNet and kin) once into the graph ONNX Runtime's CUDA provider runs fastest,
     /// same outputs (shape arithmetic folded, Swin's window shuffles as one row Gather, attention biases moved,
@@ -745,7 +749,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
             anyhow::ensure!(bad == 0, "{bad} kernel(s) disagree with the CPU beyond tolerance");
         }
-        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms, flush_l2, input_image, profile_run } => {
+        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms, flush_l2, input_image, profile_run, decode_beside } => {
             let _dog = matteflow::cuda::bench::Watchdog::start("gpu-bench", timeout);
             // The CUDA context first (current on this thread), so memory in use is measured from before the model.
             let _gpu = matteflow::cuda::Gpu::open(0)?;
@@ -769,6 +773,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 flush_l2,
                 input: input_image.as_deref().map(|p| matteflow::cuda::bench::input_from_image(p, &seg.model().manifest)).transpose()?,
                 profile_run,
+                decode_beside,
             };
             let rows = matteflow::cuda::bench::run(&mut seg, &o)?;
             print!("{}", matteflow::cuda::bench::table(&name, &rows));

@@ -2,6 +2,8 @@
 //! model (IO binding on device buffers), next to the host-tensor path the CPU stages use. Fresh random input
 //! for every check; the device result is compared with the host result on the same input.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -40,6 +42,8 @@ pub struct BenchOptions {
     pub input: Option<Vec<f32>>,
     /// One extra run of the first batch size inside cuProfilerStart/Stop (for `ncu --profile-from-start off`).
     pub profile_run: bool,
+    /// Also time the queued runs with this clip decoded beside them (see [`DecodeBeside`]).
+    pub decode_beside: Option<std::path::PathBuf>,
 }
 
 pub fn gpu_mem_used_mib() -> f64 {
@@ -198,8 +202,18 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
                 t.push(t0.elapsed());
             }
         }
-        let queued = queued_runs(seg, &mut io, o, false)?;
-        let cold = if o.flush_l2 { queued_runs(seg, &mut io, o, true)? } else { None };
+        let queued = queued_runs(seg, &mut io, o.runs, false)?;
+        let cold = if o.flush_l2 { queued_runs(seg, &mut io, o.runs, true)? } else { None };
+        // A decoder beside the runs, paced at the model's rate (about a second of runs, after its first frames).
+        let beside = match (&o.decode_beside, &queued) {
+            (Some(clip), Some((gpu, _))) => {
+                let decoder = DecodeBeside::start(clip, o.device_id, Duration::from_secs_f64(stats(gpu.clone()).0 / 1e3))?;
+                let timed = queued_runs(seg, &mut io, o.runs.max(200), false);
+                let decoded = decoder.stop();
+                Some((timed?, decoded?))
+            }
+            _ => None,
+        };
         if o.profile_run && rows.iter().all(|r: &BenchRow| !r.path.contains("IO binding")) {
             // SAFETY: plain driver calls on the current context; they only mark the profiled range.
             unsafe { cudarc::driver::sys::cuProfilerStart() }.result().map_err(|e| Error::Cuda(format!("cuProfilerStart: {e}")))?;
@@ -216,6 +230,10 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
             let note = format!("GPU time per run (CUDA events); the host took {:.2} ms to queue one", host.as_secs_f64() * 1e3);
             rows.push(row("ORT CUDA EP, IO binding, runs queued (no host wait)", b, stats(gpu), o, note));
         }
+        if let Some((Some((gpu, _)), (frames, fps))) = beside {
+            let note = format!("GPU time per run (CUDA events); beside them nvh264dec decoded {frames} frames at {fps:.0} fps into CUDA memory of this context");
+            rows.push(row("ORT CUDA EP, IO binding, runs queued, a decoder beside", b, stats(gpu), o, note));
+        }
         if let Some((gpu, _)) = cold {
             let note = "GPU time per run (CUDA events); before each, a write of twice the L2 cache's size on the same stream".to_string();
             rows.push(row("ORT CUDA EP, IO binding, runs queued, L2 flushed before each", b, stats(gpu), o, note));
@@ -228,7 +246,7 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
 /// wait between them, each between two events; with `flush_l2`, a write of twice the L2 cache's size before each
 /// (outside the events), as the GPU stages' frame kernels come between the runs. Returns each run's GPU time and
 /// the host's mean time to queue one; None where the session has no stream of ours (its runs always end in a wait).
-fn queued_runs(seg: &mut OnnxSegmenter, io: &mut DeviceIo, o: &BenchOptions, flush_l2: bool) -> Result<Option<(Vec<Duration>, Duration)>> {
+fn queued_runs(seg: &mut OnnxSegmenter, io: &mut DeviceIo, runs: usize, flush_l2: bool) -> Result<Option<(Vec<Duration>, Duration)>> {
     let Some(ours) = seg.compute_stream() else { return Ok(None) };
     let cuda = |x: cudarc::driver::DriverError| Error::Cuda(format!("queued runs: {x}"));
     let mark = || ours.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda);
@@ -240,8 +258,8 @@ fn queued_runs(seg: &mut OnnxSegmenter, io: &mut DeviceIo, o: &BenchOptions, flu
         false => None,
     };
     ours.synchronize().map_err(cuda)?;
-    let (mut events, mut host) = (Vec::with_capacity(o.runs), Duration::ZERO);
-    for _ in 0..o.runs.max(1) {
+    let (mut events, mut host) = (Vec::with_capacity(runs), Duration::ZERO);
+    for _ in 0..runs.max(1) {
         if let Some(f) = flush.as_mut() {
             ours.memset_zeros(f).map_err(cuda)?;
         }
@@ -255,6 +273,79 @@ fn queued_runs(seg: &mut OnnxSegmenter, io: &mut DeviceIo, o: &BenchOptions, flu
     let ms = |(a, b): &(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)| a.elapsed_ms(b).map(|ms| Duration::from_secs_f64(ms as f64 / 1e3)).map_err(cuda);
     let gpu = events.iter().map(ms).collect::<Result<Vec<_>>>()?;
     Ok(Some((gpu, host / events.len() as u32)))
+}
+
+/// A decoder working beside the model's runs as in the pipeline: the clip through decodebin (nvh264dec) into
+/// CUDA memory of our context, each frame mapped and let go, one every `period`, the clip looped. What the GPU
+/// stages' runs have beside them that the model alone has not.
+struct DecodeBeside {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(u64, f64)>>,
+}
+
+impl DecodeBeside {
+    /// Starts decoding and returns once the first frames are out (or fails, naming why).
+    fn start(clip: &std::path::Path, device_id: i32, period: Duration) -> Result<DecodeBeside> {
+        use gstreamer as gst;
+        use gstreamer::prelude::*;
+        gst::init().map_err(|e| Error::Gst(format!("GStreamer: {e}")))?;
+        let gpu = super::Gpu::open(device_id.max(0) as usize)?;
+        let cuda = super::gst_cuda::GstCuda::new(&gpu)?;
+        let path = clip.canonicalize().map_err(|e| Error::config(format!("--decode-beside {}: {e}", clip.display())))?;
+        let uri = gst::glib::filename_to_uri(&path, None).map_err(|e| Error::config(format!("--decode-beside {}: {e}", clip.display())))?;
+        let (pipeline, sink) = super::gst_cuda::decode_pipeline(&cuda, &uri, 4)?;
+        pipeline.set_state(gst::State::Playing).map_err(|e| Error::Gst(format!("the decoder beside did not start: {e}")))?;
+        let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::Builder::new()
+            .name("mf-decode-beside".into())
+            .spawn(move || {
+                let _keep = (gpu, cuda);
+                let t0 = Instant::now();
+                let looped = (|| -> Result<u64> {
+                    let mut n = 0u64;
+                    while !stop2.load(Ordering::Relaxed) {
+                        match sink.try_pull_sample(gst::ClockTime::from_mseconds(200)) {
+                            Some(sample) => {
+                                drop(super::gst_cuda::CudaFrame::map(&sample)?);
+                                n += 1;
+                                seen2.store(n, Ordering::Relaxed);
+                                if let Some(wait) = (t0 + period * n as u32).checked_duration_since(Instant::now()) {
+                                    std::thread::sleep(wait);
+                                }
+                            }
+                            None if sink.is_eos() => {
+                                pipeline
+                                    .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO)
+                                    .map_err(|e| Error::Gst(format!("the decoder beside could not loop the clip: {e}")))?;
+                            }
+                            None => {}
+                        }
+                    }
+                    Ok(n)
+                })();
+                let _ = pipeline.set_state(gst::State::Null);
+                let n = looped?;
+                Ok((n, n as f64 / t0.elapsed().as_secs_f64().max(1e-9)))
+            })
+            .map_err(|e| Error::Runtime(format!("decoder thread: {e}")))?;
+        let d = DecodeBeside { stop, thread };
+        let t = Instant::now();
+        while seen.load(Ordering::Relaxed) < 5 {
+            if d.thread.is_finished() || t.elapsed() > Duration::from_secs(20) {
+                let (n, _) = d.stop()?;
+                return Err(Error::Gst(format!("the decoder beside gave {n} frames in {:.0} s: is nvh264dec there (matteflow doctor)?", t.elapsed().as_secs_f64())));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(d)
+    }
+
+    /// Stops it: the frames it decoded and at what rate.
+    fn stop(self) -> Result<(u64, f64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| Error::Runtime("the decoder thread panicked".into()))?
+    }
 }
 
 /// The rows as a markdown table.
