@@ -302,28 +302,7 @@ impl DecodeBeside {
             .spawn(move || {
                 let _keep = (gpu, cuda);
                 let t0 = Instant::now();
-                let looped = (|| -> Result<u64> {
-                    let mut n = 0u64;
-                    while !stop2.load(Ordering::Relaxed) {
-                        match sink.try_pull_sample(gst::ClockTime::from_mseconds(200)) {
-                            Some(sample) => {
-                                drop(super::gst_cuda::CudaFrame::map(&sample)?);
-                                n += 1;
-                                seen2.store(n, Ordering::Relaxed);
-                                if let Some(wait) = (t0 + period * n as u32).checked_duration_since(Instant::now()) {
-                                    std::thread::sleep(wait);
-                                }
-                            }
-                            None if sink.is_eos() => {
-                                pipeline
-                                    .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO)
-                                    .map_err(|e| Error::Gst(format!("the decoder beside could not loop the clip: {e}")))?;
-                            }
-                            None => {}
-                        }
-                    }
-                    Ok(n)
-                })();
+                let looped = decode_loop(&pipeline, &sink, period, &stop2, &seen2);
                 let _ = pipeline.set_state(gst::State::Null);
                 let n = looped?;
                 Ok((n, n as f64 / t0.elapsed().as_secs_f64().max(1e-9)))
@@ -346,6 +325,39 @@ impl DecodeBeside {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().map_err(|_| Error::Runtime("the decoder thread panicked".into()))?
     }
+}
+
+/// [`DecodeBeside`]'s thread: pulls and maps frames, one every `period`, looping the clip, until `stop`; `seen`
+/// counts them. Returns how many.
+fn decode_loop(
+    pipeline: &gstreamer::Pipeline,
+    sink: &gstreamer_app::AppSink,
+    period: Duration,
+    stop: &AtomicBool,
+    seen: &AtomicU64,
+) -> Result<u64> {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    let (t0, mut n) = (Instant::now(), 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        match sink.try_pull_sample(gst::ClockTime::from_mseconds(200)) {
+            Some(sample) => {
+                drop(super::gst_cuda::CudaFrame::map(&sample)?);
+                n += 1;
+                seen.store(n, Ordering::Relaxed);
+                if let Some(wait) = (t0 + period * n as u32).checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            None if sink.is_eos() => {
+                pipeline
+                    .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO)
+                    .map_err(|e| Error::Gst(format!("the decoder beside could not loop the clip: {e}")))?;
+            }
+            None => {}
+        }
+    }
+    Ok(n)
 }
 
 /// The rows as a markdown table.

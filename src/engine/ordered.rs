@@ -177,3 +177,22 @@ pub(crate) fn to_buffer(f: Frame, wider: Option<Vec<u8>>) -> gst::Buffer {
     b.set_duration(dur);
     buffer
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ModelTime;
+    use std::time::Duration;
+
+    #[test]
+    fn model_time_leaves_the_first_call_out_and_splits_the_runs_queued_behind_work() {
+        let mut m = ModelTime::default();
+        let ms = Duration::from_millis;
+        m.add(Some((ms(900), true)), 1); // warm-up: counted, not timed
+        m.add(Some((ms(5), true)), 1);
+        m.add(Some((ms(7), false)), 1); // found the GPU idle: the host's launch is inside its events
+        m.add(Some((ms(10), true)), 2);
+        m.add(None, 1); // no events (a run that was not timed)
+        assert_eq!((m.calls, m.frames, m.time), (5, 4, ms(22)));
+        assert_eq!((m.behind_calls, m.behind_frames, m.behind_time), (2, 3, ms(15)));
+    }
+}
