@@ -11,7 +11,7 @@
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
 #                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe
-#                                     encoder-bound
+#                                     encoder-bound timeline beside bursts contexts connections
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -77,13 +77,27 @@ profile() { # LABEL ONNX MANIFEST: ONNX Runtime per-node profile of 5 device run
   [ -n "$f" ] && python3 "$ROOT/scripts/ort_profile_summary.py" "$f" --json "$W/profsum-$label.json" && rm -f "$f"
 }
 
-e2e() { # LABEL ONNX MANIFEST ARGS...: 1080p file conversion, GPU memory and load sampled alongside
+smi_start() { # LABEL: sample the GPU's memory, load, SM clock and power every 100 ms into $W/smi-LABEL.csv
+  nvidia-smi --query-gpu=memory.used,utilization.gpu,clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits \
+    -lms 100 > "$W/smi-$1.csv" &
+  SMI=$!
+}
+
+smi_stop() { # LABEL: stop the sampler; print the peak memory, mean load, and the SM clock and power while busy
+  kill "$SMI" 2>/dev/null; wait "$SMI" 2>/dev/null
+  sort -t, -k3 -n "$W/smi-$1.csv" | awk -F', ' '
+    { if ($1 > m) m = $1; u += $2; n++ }
+    $2 >= 50 { c[b++] = $3; p += $4; if ($5 > t) t = $5 }
+    END { if (n) printf "GPU memory peak %d MiB, mean utilisation %.0f%% (%d samples)", m, u / n, n
+          if (b) printf "; while busy (%d samples): SM clock min %d, median %d, max %d MHz; power %.0f W; up to %d C", b, c[0], c[int(b / 2)], c[b - 1], p / b, t
+          if (n) printf "\n" }'
+}
+
+e2e() { # LABEL ONNX MANIFEST ARGS...: 1080p file conversion, GPU memory, load, clock and power sampled alongside
   local label=$1 onnx=$2 man=$3; shift 3
-  nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader,nounits -lms 250 > "$W/smi-$label.csv" &
-  local smi=$!
+  smi_start "$label"
   T 120 "${MF:-matteflow}" bench "$CLIP" --device cuda --model "$onnx" --manifest "$man" -f h264 -k composite -b green --runs 1 "$@"
-  kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
-  awk -F', ' '{ if ($1 > m) m = $1; u += $2; n++ } END { if (n) printf "GPU memory peak %d MiB, mean utilisation %.0f%% (%d samples)\n", m, u / n, n }' "$W/smi-$label.csv"
+  smi_stop "$label"
 }
 
 ops_models() { # NAME|ONNX|MANIFEST of steps queued, i420, one-stream and model-probe (IS-Net, step wa's lite-ops / general-ops) that exist and E2E_ONLY picks
@@ -641,6 +655,112 @@ PY
         echo "== $name composite again"; T 120 "${b[@]}" -k composite 2>&1 | grep -E "$keep"
       done
       ;;
+    timeline)
+      # Issue 15: where the frame's GPU time goes in the pipeline (IS-Net: 5.69 ms a frame at 175.6 fps against
+      # 5.13 ms for the model alone). Per model (ops_models; E2E_ONLY picks), the GPU's clock and power sampled
+      # alongside each: the model alone (RUNS runs, then 400 queued: first and last tenth); the same with the clip
+      # decoded beside it; end to end alternating the previous binary ($OLD_MF), this one, and this one with the
+      # model's stream at the default priority, AB_RUNS (2) times each. The report's "stages' stream" line splits
+      # the frame's time on the stream: preprocess, model, postprocess + composite, and the gaps between calls.
+      local m name onnx man r keep="model on|queued behind|had finished|stages' stream|steady|utilisation"
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        smi_start "$name-alone"
+        gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "queued|rc "
+        RUNS=400 gpu_bench "$name-alone-long" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "queued|rc "
+        smi_stop "$name-alone"
+        smi_start "$name-beside"
+        gpu_bench "$name-decode-beside" "$onnx" "$man" 0 --batch 1 --device-only --beside "decode:$CLIP" 2>&1 | grep -E "queued|rc "
+        smi_stop "$name-beside"
+        for r in $(seq "${AB_RUNS:-2}"); do
+          echo "== $name old ($OLD_MF) run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
+          echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
+          echo "== $name new, the model's stream at the default priority, run $r"
+          MATTEFLOW_STREAM_PRIORITY=0 e2e "$name-newp0-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
+        done
+      done
+      ;;
+    beside)
+      # Issue 15: what beside the model's runs slows them (IS-Net: 5.48 ms with the clip decoded beside it, 5.13
+      # alone). Per model (ops_models; E2E_ONLY picks): the model alone, then its queued runs with each of these
+      # beside them in the same CUDA context, paced at the model's rate (gpu-bench --beside): the pipeline's
+      # decoding; nvh264dec into CUDA memory, into system memory; openh264 on the CPU, and that uploaded into
+      # CUDA memory; one 1080p NV12 frame's memset, device-to-device copy, upload, cuMemAlloc + cuMemFree.
+      local m name onnx man w src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=4 sync=false"
+      local cudamem="video/x-raw(memory:CUDAMemory)"
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "queued|rc "
+        for w in "decode:$CLIP" "gst:$src ! nvh264dec ! $cudamem ! $snk" "gst:$src ! nvh264dec ! video/x-raw ! $snk" \
+          "gst:$src ! openh264dec ! video/x-raw ! $snk" "gst:$src ! openh264dec ! cudaupload ! $cudamem ! $snk" \
+          memset copy upload alloc; do
+          echo "== beside: $w"
+          gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only --beside "$w" 2>&1 | grep -E "beside|rc |rror"
+        done
+      done
+      ;;
+    bursts)
+      # Issue 15: is the cost of work beside the model's runs per item, or per run it lands in? (IS-Net: one 1080p
+      # memset beside each run makes the run 5.47 ms against 5.13.) Per model (ops_models; E2E_ONLY picks): the
+      # model alone; with memsets beside one at a time, 4 and 16 back to back (gpu-bench --beside NxSPEC); the
+      # pipeline's decoding one frame at a time and 8 at a time; the same without CUDA graphs.
+      local m name onnx man w g
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        for g in "" --no-cuda-graph; do
+          echo "== alone $g"
+          gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only $g 2>&1 | grep -E "queued|rc "
+          for w in memset 4xmemset 16xmemset "decode:$CLIP" "8xdecode:$CLIP"; do
+            echo "== beside: $w $g"
+            gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only $g --beside "$w" 2>&1 | grep -E "beside|rc |rror"
+          done
+        done
+      done
+      ;;
+    contexts)
+      # Issue 15: which work beside the model's runs slows them, and does it last? (IS-Net: a 1080p memset on
+      # another stream of the context, even 16 back to back every 16 runs, makes every run 5.46 ms against 5.13;
+      # an upload or an allocation does not.) Per model (ops_models; E2E_ONLY picks): the model alone; beside
+      # it: a memset; our I420 kernel; a memset on the legacy default stream; a memset in a context of its own;
+      # nvh264dec in the pipeline's context, and in a context of its own (into CUDA memory, into system memory).
+      # Each also times the runs again after the work beside has stopped.
+      local m name onnx man w src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=4 sync=false"
+      local cudamem="video/x-raw(memory:CUDAMemory)"
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "queued|rc "
+        for w in memset kernel memset-null memset-ctx "decode:$CLIP" "gst-own:$src ! nvh264dec ! $cudamem ! $snk" \
+          "gst-own:$src ! nvh264dec ! video/x-raw ! $snk"; do
+          echo "== beside: $w"
+          gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only --beside "$w" 2>&1 | grep -E "beside|rc |rror"
+        done
+      done
+      ;;
+    connections)
+      # Issue 15: once a kernel has run on a second stream of the model's CUDA context (the decoder's, the
+      # downloads'), every later graph run of IS-Net takes 5.43 ms against 5.11, for good; a second context
+      # does not do it. Is it the context's second hardware queue? Per model (ops_models; E2E_ONLY picks): with
+      # CUDA_DEVICE_MAX_CONNECTIONS=1 (one queue for all its streams) the model alone, with a memset and with the
+      # pipeline's decoding beside it; then end to end alternating the previous binary ($OLD_MF) and this one,
+      # with one queue and with the default (8), AB_RUNS (2) times each.
+      local m name onnx man r w keep="model on|queued behind|had finished|stages' stream|steady|utilisation"
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        echo "== alone, one queue"
+        CUDA_DEVICE_MAX_CONNECTIONS=1 gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "queued|rc "
+        for w in memset "decode:$CLIP"; do
+          echo "== beside: $w, one queue"
+          CUDA_DEVICE_MAX_CONNECTIONS=1 gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only --beside "$w" 2>&1 | grep -E "beside|rc |rror"
+        done
+        for r in $(seq "${AB_RUNS:-2}"); do
+          echo "== $name old ($OLD_MF) run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
+          echo "== $name old ($OLD_MF), one queue, run $r"
+          CUDA_DEVICE_MAX_CONNECTIONS=1 MF=$OLD_MF e2e "$name-old1-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
+          echo "== $name new, one queue, run $r"
+          CUDA_DEVICE_MAX_CONNECTIONS=1 e2e "$name-new1-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
+        done
+      done
+      ;;
     model-probe)
       # Issue 15: why the model's runs take longer inside the pipeline (IS-Net on the H200: 5.45 ms against 5.12
       # alone). Per model (ops_models; E2E_ONLY picks): the model alone on random input and on bikes_1080p's first
@@ -655,7 +775,7 @@ PY
         gpu_bench "$name-frame" "$onnx" "$man" 0 --batch 1 --device-only --flush-l2 --input-image "$frame" 2>&1 | grep -E "queued|rc "
         # The model alone with the clip decoded beside it in the same process and CUDA context (nvh264dec, paced at
         # the model's rate): the decoder's share of the model's extra time inside the pipeline.
-        gpu_bench "$name-decode-beside" "$onnx" "$man" 0 --batch 1 --device-only --decode-beside "$CLIP" 2>&1 | grep -E "queued|rc "
+        gpu_bench "$name-decode-beside" "$onnx" "$man" 0 --batch 1 --device-only --beside "decode:$CLIP" 2>&1 | grep -E "queued|rc "
         e2e "$name-probe" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "model on|queued behind|had finished|steady|after its first"
         # The same with no decoder on the GPU (openh264 on the CPU, frames uploaded): is it NVDEC's work in our context?
         echo "== $name, decoded on the CPU"

@@ -118,10 +118,13 @@ enum Cmd {
         /// `ncu --profile-from-start off` then times exactly one steady-state run (scripts/gpu-bench.sh ncu-*)
         #[arg(long)]
         profile_run: bool,
-        /// Also time the queued runs while this clip is decoded beside them as the GPU stages' pipeline decodes
-        /// (nvh264dec into CUDA memory of the same context, paced at the model's rate, looped)
-        #[arg(long, value_name = "CLIP")]
-        decode_beside: Option<PathBuf>,
+        /// Also time the queued runs with other work beside them in the same CUDA context, paced at the model's
+        /// rate: `decode:CLIP` (the clip decoded as the GPU stages' pipeline decodes it: nvh264dec into CUDA
+        /// memory, looped), `gst:DESCRIPTION` (a gst-launch description ending in `appsink name=sink`, CUDA
+        /// elements given this context), or one 1080p NV12 frame's worth of `memset`, `copy` (device to device),
+        /// `upload` (from page-locked memory) or `alloc` (cuMemAlloc and cuMemFree) on a stream of its own
+        #[arg(long, value_name = "SPEC")]
+        beside: Option<String>,
     },
     /// Rewrite an ONNX model (BiRefNet and kin) once into the graph ONNX Runtime's CUDA provider runs fastest,
     /// same outputs (shape arithmetic folded, Swin's window shuffles as one row Gather, attention biases moved,
@@ -749,7 +752,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
             anyhow::ensure!(bad == 0, "{bad} kernel(s) disagree with the CPU beyond tolerance");
         }
-        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms, flush_l2, input_image, profile_run, decode_beside } => {
+        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms, flush_l2, input_image, profile_run, beside } => {
             let _dog = matteflow::cuda::bench::Watchdog::start("gpu-bench", timeout);
             // The CUDA context first (current on this thread), so memory in use is measured from before the model.
             let _gpu = matteflow::cuda::Gpu::open(0)?;
@@ -773,7 +776,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 flush_l2,
                 input: input_image.as_deref().map(|p| matteflow::cuda::bench::input_from_image(p, &seg.model().manifest)).transpose()?,
                 profile_run,
-                decode_beside,
+                beside,
             };
             let rows = matteflow::cuda::bench::run(&mut seg, &o)?;
             print!("{}", matteflow::cuda::bench::table(&name, &rows));

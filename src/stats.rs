@@ -117,6 +117,17 @@ impl Report {
                 );
             }
             t += &format!("  the GPU had finished all it was given before {} of {runs} runs\n", runs - g.behind_calls);
+            let stream = [g.pre_time, g.time, g.post_time, g.gap_time].map(|d| ms(d, g.frames));
+            t += &format!(
+                "  the stages' stream per frame: preprocess {:.2}, model {:.2}, postprocess + composite {:.2}, between calls {:.2} ms \
+                 (together {:.2} ms: {:.1} fps)\n",
+                stream[0],
+                stream[1],
+                stream[2],
+                stream[3],
+                stream.iter().sum::<f64>(),
+                1e3 / stream.iter().sum::<f64>().max(1e-9)
+            );
         }
         if let Some((pre_post, fps)) = self.steady() {
             t += &format!(
@@ -153,6 +164,9 @@ mod tests {
             behind_calls: frames.saturating_sub(2),
             behind_frames: frames.saturating_sub(2),
             behind_time: Duration::from_millis(model_gpu_ms.saturating_sub(20)),
+            pre_time: Duration::from_millis(frames),
+            post_time: Duration::from_millis(2 * frames),
+            gap_time: Duration::from_millis(9),
         };
         let stages = StageTimes {
             infer: Duration::from_millis(40),
@@ -174,6 +188,8 @@ mod tests {
         // 7 of the 9 timed runs were queued behind work: 61 ms over 7 frames; the GPU waited before the other 2.
         assert!(t.contains("over the 7 of 9 runs queued behind unfinished GPU work (no wait for the host inside): 8.71 ms/frame"), "{t}");
         assert!(t.contains("the GPU had finished all it was given before 2 of 9 runs"), "{t}");
+        // The stream over the same 9 frames: 1 + 9 + 2 + 1 ms a frame.
+        assert!(t.contains("preprocess 1.00, model 9.00, postprocess + composite 2.00, between calls 1.00 ms (together 13.00 ms: 76.9 fps)"), "{t}");
         // The host's own infer line stays (after the first call: 36 ms over 9 frames).
         assert!(t.contains("after it: infer 4.00 ms/frame"), "{t}");
         let host = report(0, 0).table();

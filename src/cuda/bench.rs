@@ -42,8 +42,8 @@ pub struct BenchOptions {
     pub input: Option<Vec<f32>>,
     /// One extra run of the first batch size inside cuProfilerStart/Stop (for `ncu --profile-from-start off`).
     pub profile_run: bool,
-    /// Also time the queued runs with this clip decoded beside them (see [`DecodeBeside`]).
-    pub decode_beside: Option<std::path::PathBuf>,
+    /// Also time the queued runs with this work beside them (see [`Beside`]).
+    pub beside: Option<String>,
 }
 
 pub fn gpu_mem_used_mib() -> f64 {
@@ -204,13 +204,15 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
         }
         let queued = queued_runs(seg, &mut io, o.runs, false)?;
         let cold = if o.flush_l2 { queued_runs(seg, &mut io, o.runs, true)? } else { None };
-        // A decoder beside the runs, paced at the model's rate (about a second of runs, after its first frames).
-        let beside = match (&o.decode_beside, &queued) {
-            (Some(clip), Some((gpu, _))) => {
-                let decoder = DecodeBeside::start(clip, o.device_id, Duration::from_secs_f64(stats(gpu.clone()).0 / 1e3))?;
+        // Other work beside the runs, paced at the model's rate (about a second of runs, after its first items).
+        let beside = match (&o.beside, &queued) {
+            (Some(spec), Some((gpu, _))) => {
+                let work = Beside::start(spec, o.device_id, Duration::from_secs_f64(stats(gpu.clone()).0 / 1e3))?;
                 let timed = queued_runs(seg, &mut io, o.runs.max(200), false);
-                let decoded = decoder.stop();
-                Some((timed?, decoded?))
+                let done = work.stop();
+                // And once it has stopped: does what it left behind still slow the runs?
+                let after = queued_runs(seg, &mut io, o.runs.max(200), false)?;
+                Some((timed?, done?, spec.clone(), after))
             }
             _ => None,
         };
@@ -227,12 +229,21 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
         }
         rows.push(row("ORT CUDA EP, IO binding on device buffers", b, stats(t), o, format!("max |device − host| of frame 0: {first_err:.2e} (first run), {last_err:.2e} (last){how}")));
         if let Some((gpu, host)) = queued {
-            let note = format!("GPU time per run (CUDA events); the host took {:.2} ms to queue one", host.as_secs_f64() * 1e3);
+            let mut note = format!("GPU time per run (CUDA events); the host took {:.2} ms to queue one", host.as_secs_f64() * 1e3);
+            if gpu.len() >= 100 {
+                // Over a long series: does the GPU slow as it keeps at it (clocks, heat)?
+                let tenth = gpu.len() / 10;
+                let (first, last) = (stats(gpu[..tenth].to_vec()).0, stats(gpu[gpu.len() - tenth..].to_vec()).0);
+                note += &format!("; median of the first {tenth} runs {first:.2} ms, of the last {tenth} {last:.2} ms");
+            }
             rows.push(row("ORT CUDA EP, IO binding, runs queued (no host wait)", b, stats(gpu), o, note));
         }
-        if let Some((Some((gpu, _)), (frames, fps))) = beside {
-            let note = format!("GPU time per run (CUDA events); beside them nvh264dec decoded {frames} frames at {fps:.0} fps into CUDA memory of this context");
-            rows.push(row("ORT CUDA EP, IO binding, runs queued, a decoder beside", b, stats(gpu), o, note));
+        if let Some((Some((gpu, _)), (n, rate), spec, after)) = beside {
+            let note = format!("GPU time per run (CUDA events); beside them, in this CUDA context: {spec}, {n} times at {rate:.0} a second");
+            rows.push(row("ORT CUDA EP, IO binding, runs queued, other work beside", b, stats(gpu), o, note));
+            if let Some((gpu, _)) = after {
+                rows.push(row("ORT CUDA EP, IO binding, runs queued, after the work beside stopped", b, stats(gpu), o, format!("GPU time per run (CUDA events); {spec} had stopped")));
+            }
         }
         if let Some((gpu, _)) = cold {
             let note = "GPU time per run (CUDA events); before each, a write of twice the L2 cache's size on the same stream".to_string();
@@ -275,64 +286,116 @@ fn queued_runs(seg: &mut OnnxSegmenter, io: &mut DeviceIo, runs: usize, flush_l2
     Ok(Some((gpu, host / events.len() as u32)))
 }
 
-/// A decoder working beside the model's runs as in the pipeline: the clip through decodebin (nvh264dec) into
-/// CUDA memory of our context, each frame mapped and let go, one every `period`, the clip looped. What the GPU
-/// stages' runs have beside them that the model alone has not.
-struct DecodeBeside {
+/// Work beside the model's runs in the same CUDA context, one item every `period` on a thread of its own: what
+/// the GPU stages' runs have beside them that the model alone has not, and pieces of it. `spec`:
+/// `decode:CLIP` — the clip decoded as the pipeline decodes it (nvh264dec into CUDA memory; each frame mapped
+/// and let go; looped); `gst:DESCRIPTION` — any pipeline ending in `appsink name=sink` (CUDA elements get this
+/// context; CUDA frames are mapped); `memset`, `copy`, `upload`, `alloc` — one 1080p NV12 frame's worth of that
+/// on a stream of its own (a memset, a device-to-device copy, a copy from page-locked memory, a cuMemAlloc and
+/// cuMemFree), waited for. `NxSPEC` does N items back to back every N periods.
+struct Beside {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Result<(u64, f64)>>,
 }
 
-impl DecodeBeside {
-    /// Starts decoding and returns once the first frames are out (or fails, naming why).
-    fn start(clip: &std::path::Path, device_id: i32, period: Duration) -> Result<DecodeBeside> {
-        use gstreamer as gst;
-        use gstreamer::prelude::*;
-        gst::init().map_err(|e| Error::Gst(format!("GStreamer: {e}")))?;
-        let gpu = super::Gpu::open(device_id.max(0) as usize)?;
-        let cuda = super::gst_cuda::GstCuda::new(&gpu)?;
-        let path = clip.canonicalize().map_err(|e| Error::config(format!("--decode-beside {}: {e}", clip.display())))?;
-        let uri = gst::glib::filename_to_uri(&path, None).map_err(|e| Error::config(format!("--decode-beside {}: {e}", clip.display())))?;
-        let (pipeline, sink) = super::gst_cuda::decode_pipeline(&cuda, &uri, 4)?;
-        pipeline.set_state(gst::State::Playing).map_err(|e| Error::Gst(format!("the decoder beside did not start: {e}")))?;
+/// One 1080p NV12 frame's bytes.
+const FRAME_BYTES: usize = 1920 * 1080 * 3 / 2;
+
+impl Beside {
+    /// Starts the work and returns once its first items are done (or fails, naming why).
+    fn start(spec: &str, device_id: i32, period: Duration) -> Result<Beside> {
+        // `NxSPEC`: N items back to back every N periods (bursts) instead of one every period.
+        let (burst, spec) = match spec.split_once('x') {
+            Some((n, rest)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => (n.parse::<u32>().unwrap_or(1).max(1), rest),
+            _ => (1, spec),
+        };
         let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
         let (stop2, seen2) = (stop.clone(), seen.clone());
+        let gpu = super::Gpu::open(device_id.max(0) as usize)?;
+        let work: Box<dyn FnOnce() -> Result<u64> + Send> = match spec.split_once(':') {
+            Some(("decode" | "gst" | "gst-own", _)) => {
+                let (pipeline, sink, cuda) = beside_pipeline(spec, &gpu, 4.max(2 * burst))?;
+                Box::new(move || {
+                    use gstreamer::prelude::*;
+                    let _keep = cuda;
+                    let looped = decode_loop(&pipeline, &sink, period, burst, &stop2, &seen2);
+                    let _ = pipeline.set_state(gstreamer::State::Null);
+                    looped
+                })
+            }
+            _ => {
+                let kind = match spec {
+                    "memset" | "memset-null" | "memset-ctx" | "kernel" | "copy" | "upload" | "alloc" => spec.to_string(),
+                    _ => {
+                        return Err(Error::config(format!(
+                            "--beside {spec}: say decode:CLIP, gst:DESCRIPTION, gst-own:DESCRIPTION, memset, memset-null, memset-ctx, kernel, copy, upload or alloc"
+                        )))
+                    }
+                };
+                Box::new(move || synthetic_loop(&kind, &gpu, period, burst, &stop2, &seen2))
+            }
+        };
         let thread = std::thread::Builder::new()
-            .name("mf-decode-beside".into())
+            .name("mf-beside".into())
             .spawn(move || {
-                let _keep = (gpu, cuda);
                 let t0 = Instant::now();
-                let looped = decode_loop(&pipeline, &sink, period, &stop2, &seen2);
-                let _ = pipeline.set_state(gst::State::Null);
-                let n = looped?;
+                let n = work()?;
                 Ok((n, n as f64 / t0.elapsed().as_secs_f64().max(1e-9)))
             })
-            .map_err(|e| Error::Runtime(format!("decoder thread: {e}")))?;
-        let d = DecodeBeside { stop, thread };
+            .map_err(|e| Error::Runtime(format!("thread beside: {e}")))?;
+        let b = Beside { stop, thread };
         let t = Instant::now();
         while seen.load(Ordering::Relaxed) < 5 {
-            if d.thread.is_finished() || t.elapsed() > Duration::from_secs(20) {
-                let (n, _) = d.stop()?;
-                return Err(Error::Gst(format!("the decoder beside gave {n} frames in {:.0} s: is nvh264dec there (matteflow doctor)?", t.elapsed().as_secs_f64())));
+            if b.thread.is_finished() || t.elapsed() > Duration::from_secs(20) {
+                let (n, _) = b.stop()?;
+                return Err(Error::Gst(format!("--beside {spec} did {n} items in {:.0} s: is its decoder there (matteflow doctor)?", t.elapsed().as_secs_f64())));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(d)
+        Ok(b)
     }
 
-    /// Stops it: the frames it decoded and at what rate.
+    /// Stops it: how many items it did, and at what rate.
     fn stop(self) -> Result<(u64, f64)> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().map_err(|_| Error::Runtime("the decoder thread panicked".into()))?
+        self.thread.join().map_err(|_| Error::Runtime("the thread beside panicked".into()))?
     }
 }
 
-/// [`DecodeBeside`]'s thread: pulls and maps frames, one every `period`, looping the clip, until `stop`; `seen`
-/// counts them. Returns how many.
+/// The playing pipeline of a `decode:` or `gst:` spec, its appsink, and the CUDA context handed to its elements.
+fn beside_pipeline(spec: &str, gpu: &super::Gpu, max_buffers: u32) -> Result<(gstreamer::Pipeline, gstreamer_app::AppSink, super::gst_cuda::GstCuda)> {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    gst::init().map_err(|e| Error::Gst(format!("GStreamer: {e}")))?;
+    let cuda = super::gst_cuda::GstCuda::new(gpu)?;
+    let (pipeline, sink) = match spec.split_once(':') {
+        Some(("decode", clip)) => {
+            let path = std::path::Path::new(clip).canonicalize().map_err(|e| Error::config(format!("--beside {spec}: {e}")))?;
+            let uri = gst::glib::filename_to_uri(&path, None).map_err(|e| Error::config(format!("--beside {spec}: {e}")))?;
+            super::gst_cuda::decode_pipeline(&cuda, &uri, max_buffers)?
+        }
+        _ => {
+            let desc = spec.split_once(':').map_or("", |(_, d)| d);
+            let bad = |m: String| Error::config(format!("--beside {spec}: {m}"));
+            let p = gst::parse::launch(desc).map_err(|e| bad(e.to_string()))?.downcast::<gst::Pipeline>().map_err(|_| bad("not a pipeline".into()))?;
+            if spec.starts_with("gst:") {
+                cuda.attach(&p);
+            }
+            let sink = p.by_name("sink").and_then(|s| s.downcast::<gstreamer_app::AppSink>().ok()).ok_or_else(|| bad("no appsink named sink".into()))?;
+            (p, sink)
+        }
+    };
+    pipeline.set_state(gst::State::Playing).map_err(|e| Error::Gst(format!("--beside {spec} did not start: {e}")))?;
+    Ok((pipeline, sink, cuda))
+}
+
+/// [`Beside`]'s pipeline loop: pulls frames (mapping those in CUDA memory), one every `period` (or `burst` at a
+/// time every `burst` periods), looping the clip, until `stop`; `seen` counts them. Returns how many.
 fn decode_loop(
     pipeline: &gstreamer::Pipeline,
     sink: &gstreamer_app::AppSink,
     period: Duration,
+    burst: u32,
     stop: &AtomicBool,
     seen: &AtomicU64,
 ) -> Result<u64> {
@@ -342,19 +405,98 @@ fn decode_loop(
     while !stop.load(Ordering::Relaxed) {
         match sink.try_pull_sample(gst::ClockTime::from_mseconds(200)) {
             Some(sample) => {
-                drop(super::gst_cuda::CudaFrame::map(&sample)?);
+                let on_gpu = sample.caps().and_then(|c| c.features(0).map(|f| f.contains("memory:CUDAMemory"))).unwrap_or(false);
+                if on_gpu {
+                    drop(super::gst_cuda::CudaFrame::map(&sample)?);
+                }
                 n += 1;
                 seen.store(n, Ordering::Relaxed);
-                if let Some(wait) = (t0 + period * n as u32).checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
+                if n % burst as u64 == 0 {
+                    pace(t0, period, n);
                 }
             }
             None if sink.is_eos() => {
                 pipeline
                     .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO)
-                    .map_err(|e| Error::Gst(format!("the decoder beside could not loop the clip: {e}")))?;
+                    .map_err(|e| Error::Gst(format!("the pipeline beside could not loop the clip: {e}")))?;
             }
             None => {}
+        }
+    }
+    Ok(n)
+}
+
+/// Sleeps until item `n`'s time (`t0 + n · period`), if it has not passed.
+fn pace(t0: Instant, period: Duration, n: u64) {
+    if let Some(wait) = (t0 + period * n as u32).checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+}
+
+/// [`Beside`]'s synthetic loop: one frame's worth of `kind` on a stream of its own, waited for, one every
+/// `period` (or `burst` back to back every `burst` periods), until `stop`; `seen` counts them. Returns how many.
+fn synthetic_loop(kind: &str, gpu: &super::Gpu, period: Duration, burst: u32, stop: &AtomicBool, seen: &AtomicU64) -> Result<u64> {
+    let cuda = |x: cudarc::driver::DriverError| Error::Cuda(format!("--beside {kind}: {x}"));
+    let st = gpu.ctx.new_stream().map_err(cuda)?;
+    let src = st.alloc_zeros::<u8>(FRAME_BYTES).map_err(cuda)?;
+    let mut dst = st.alloc_zeros::<u8>(FRAME_BYTES).map_err(cuda)?;
+    // SAFETY: page-locked host memory, zeroed below before any read.
+    let mut host = unsafe { gpu.ctx.alloc_pinned::<u8>(FRAME_BYTES) }.map_err(cuda)?;
+    host.as_mut_slice().map_err(cuda)?.fill(0);
+    let (w, h) = (1920u32, 1080u32);
+    let rgba = st.alloc_zeros::<u8>((w * h * 4) as usize).map_err(cuda)?;
+    let conv = super::i420::I420Out::for_size(w, h).ok_or_else(|| Error::Cuda("no I420 layout for 1080p".into()))?.conv;
+    let on = gpu.on_stream(st.clone());
+    // `memset-ctx`: a context of its own on the same device, with a frame there.
+    let (mut other, mut other_buf) = (std::ptr::null_mut(), 0);
+    if kind == "memset-ctx" {
+        // SAFETY: a new context on this device, made current for this thread only; freed at the end.
+        unsafe {
+            let mut dev = 0;
+            cudarc::driver::sys::cuCtxGetDevice(&mut dev).result().map_err(cuda)?;
+            cudarc::driver::sys::cuCtxCreate_v4(&mut other, std::ptr::null_mut(), 0, dev).result().map_err(cuda)?;
+            cudarc::driver::sys::cuMemAlloc_v2(&mut other_buf, FRAME_BYTES).result().map_err(cuda)?;
+        }
+    }
+    let (t0, mut n) = (Instant::now(), 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        match kind {
+            "memset" => st.memset_zeros(&mut dst).map_err(cuda)?,
+            "kernel" => on.rgba_to_i420(&rgba, w, h, &conv, &mut dst)?,
+            // SAFETY: `dst` holds FRAME_BYTES; on the legacy default stream, waited for at once.
+            "memset-null" => unsafe {
+                let (p, _g) = cudarc::driver::DevicePtrMut::device_ptr_mut(&mut dst, &st);
+                cudarc::driver::sys::cuMemsetD8Async(p, 0, FRAME_BYTES, std::ptr::null_mut()).result().map_err(cuda)?;
+                cudarc::driver::sys::cuStreamSynchronize(std::ptr::null_mut()).result().map_err(cuda)?;
+            },
+            // SAFETY: `other_buf` holds FRAME_BYTES in the other context, current on this thread.
+            "memset-ctx" => unsafe {
+                cudarc::driver::sys::cuMemsetD8Async(other_buf, 0, FRAME_BYTES, std::ptr::null_mut()).result().map_err(cuda)?;
+                cudarc::driver::sys::cuStreamSynchronize(std::ptr::null_mut()).result().map_err(cuda)?;
+            },
+            "copy" => st.memcpy_dtod(&src, &mut dst).map_err(cuda)?,
+            "upload" => st.memcpy_htod(&host, &mut dst).map_err(cuda)?,
+            _ => {
+                let mut p = 0;
+                // SAFETY: a plain allocation of FRAME_BYTES in the current context, freed at once.
+                unsafe {
+                    cudarc::driver::sys::cuMemAlloc_v2(&mut p, FRAME_BYTES).result().map_err(cuda)?;
+                    cudarc::driver::sys::cuMemFree_v2(p).result().map_err(cuda)?;
+                }
+            }
+        }
+        n += 1;
+        if n % burst as u64 == 0 {
+            st.synchronize().map_err(cuda)?;
+            seen.store(n, Ordering::Relaxed);
+            pace(t0, period, n);
+        }
+    }
+    if !other.is_null() {
+        // SAFETY: the buffer and context made above; nothing else uses them.
+        unsafe {
+            cudarc::driver::sys::cuMemFree_v2(other_buf);
+            cudarc::driver::sys::cuCtxDestroy_v2(other);
         }
     }
     Ok(n)

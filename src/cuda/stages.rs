@@ -401,21 +401,23 @@ impl GpuStages {
         let k = frames.len();
         let (w, h) = same_size(frames.iter().map(|f| (f.width, f.height)), k, batch)?;
         let mut set = self.take_set((w * h * 4) as usize, batch)?;
+        // The stream's timeline of this call (read once the frames are downloaded): before the preprocessing,
+        // around the model, after the composites.
+        let st = self.gpu.stream.clone();
+        let timed = || st.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e("event", x));
+        let before = timed()?;
         let pixels: Vec<Pixels> = frames.iter().map(Pixels::of).collect();
         let prepared = self.prepare(seg, &pixels, w, h, &mut set, batch);
         drop(pixels);
         // The decoder's buffers go back to its pool as soon as the preprocessing has read them, so it decodes
         // the next frames meanwhile.
         self.releaser.release(&self.gpu.stream, frames.iter_mut().filter_map(|f| f.cuda.take()).collect())?;
-        // The model's time on the GPU, between two events on the stream (read once the frames are downloaded).
-        let st = self.gpu.stream.clone();
-        let timed = || st.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e("event", x));
         let started = timed()?;
         let inf = self.infer(seg, prepared?)?;
         // Queued behind work the GPU had not finished: the GPU goes from that work to the run with no wait for the
         // host in between, so the events time the model alone. (Else the host's launch is inside them too.)
         let behind = started.try_is_complete().is_ok_and(|done| !done);
-        let model = ModelRun { events: (started, timed()?), behind };
+        let ended = timed()?;
         let t1 = Instant::now();
         let mut alpha = self.alpha.take().ok_or_else(|| Error::Cuda("no alpha buffer".into()))?;
         let composited = (0..k).try_for_each(|i| {
@@ -424,6 +426,7 @@ impl GpuStages {
         });
         self.alpha = Some(alpha);
         composited?;
+        let model = ModelRun { events: [before, started, ended, timed()?], behind };
         let queued = Queued { set, k, give_back: self.give_back.clone(), model: Some(model) };
         let times = GpuTimes { preprocess: inf.prep.preprocessed - t0, infer: t1 - inf.prep.preprocessed, post_composite: t1.elapsed() };
         Ok((times, queued))
@@ -472,11 +475,24 @@ pub struct Queued {
     model: Option<ModelRun>,
 }
 
-/// Events on the stages' stream just before and after one model run, and whether the run was queued behind
-/// work the GPU had not finished.
+/// Events on the stages' stream of one inference call: before its preprocessing, before and after the model run,
+/// after its composites; and whether the run was queued behind work the GPU had not finished.
 struct ModelRun {
-    events: (CudaEvent, CudaEvent),
+    events: [CudaEvent; 4],
     behind: bool,
+}
+
+/// One inference call on the stages' stream, from its events: the model's GPU time, whether it was queued behind
+/// unfinished work, the preprocessing's and the postprocessing + composites' GPU time, and the time from the
+/// previous call's composites to this call's preprocessing (idle, or work of other streams it waited for; None
+/// for the first call a downloader sees).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallTimes {
+    pub model: Duration,
+    pub behind: bool,
+    pub pre: Duration,
+    pub post: Duration,
+    pub gap: Option<Duration>,
 }
 
 /// Where finished frames go down to the host: a stream of its own (downloads overlap the next inference call),
@@ -494,13 +510,15 @@ pub struct Downloader {
     layout: Option<((u32, u32), Option<super::i420::I420Out>)>,
     /// Device I420 frames, one per batch slot.
     converted: Vec<CudaSlice<u8>>,
+    /// The last downloaded call's event after its composites (the start of the next call's gap).
+    last_done: Option<CudaEvent>,
 }
 
 impl Downloader {
     /// Downloads on a new stream of `gpu`'s device; `i420`: frames go down as I420 where they can.
     pub fn new(gpu: &Gpu, i420: bool) -> Result<Downloader> {
         let stream = gpu.ctx.new_stream().map_err(|x| e("stream", x))?;
-        Ok(Downloader { gpu: gpu.on_stream(stream), staging: Vec::new(), i420, layout: None, converted: Vec::new() })
+        Ok(Downloader { gpu: gpu.on_stream(stream), staging: Vec::new(), i420, layout: None, converted: Vec::new(), last_done: None })
     }
 
     /// The I420 layout frames of `w` × `h` go down in, if any.
@@ -534,7 +552,7 @@ impl Queued {
     /// of `data` (the layout returned); the device frames go back for reuse. Returns the time it took, the
     /// model's time on the GPU (from its events, and whether the run was queued behind unfinished work: see
     /// `submit`) and the I420 layout, if the frames went down as I420.
-    pub fn download(self, d: &mut Downloader, frames: &mut [Frame]) -> Result<(Duration, Option<(Duration, bool)>, Option<super::i420::I420Out>)> {
+    pub fn download(mut self, d: &mut Downloader, frames: &mut [Frame]) -> Result<(Duration, Option<CallTimes>, Option<super::i420::I420Out>)> {
         let t = Instant::now();
         if frames.len() != self.k {
             return Err(Error::Cuda(format!("{} frames to download for a call of {}", frames.len(), self.k)));
@@ -569,11 +587,17 @@ impl Queued {
         // frame, and a thread polling the driver that long may slow the model thread's launches.
         let copied = stream.record_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC)).map_err(|x| e("event", x))?;
         copied.synchronize().map_err(|x| e("sync", x))?;
-        // Both events are behind the composites the download waited for: complete, no wait here.
-        let model = self.model.as_ref().and_then(|m| {
-            let ms = m.events.0.elapsed_ms(&m.events.1).ok()?;
-            Some((Duration::from_secs_f64(ms as f64 / 1e3), m.behind))
+        // The events are all behind the composites the download waited for: complete, no wait here.
+        let span = |a: &CudaEvent, b: &CudaEvent| a.elapsed_ms(b).ok().map(|ms| Duration::from_secs_f64(ms.max(0.0) as f64 / 1e3));
+        let run = self.model.take();
+        let model = run.as_ref().and_then(|m| {
+            let [before, started, ended, done] = &m.events;
+            let gap = d.last_done.as_ref().and_then(|last| span(last, before));
+            Some(CallTimes { model: span(started, ended)?, behind: m.behind, pre: span(before, started)?, post: span(ended, done)?, gap })
         });
+        if let Some(ModelRun { events: [_, _, _, done], .. }) = run {
+            d.last_done = Some(done);
+        }
         drop(self);
         for (f, p) in frames.iter_mut().zip(d.staging.iter()) {
             f.data[..bytes].copy_from_slice(p.as_slice().map_err(|x| e("download", x))?);

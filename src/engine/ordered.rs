@@ -11,7 +11,7 @@ use gstreamer as gst;
 
 use super::{Matter, MatteSettings, Placement, StepTimes};
 use crate::composite::{Composite, CpuComposite};
-use crate::cuda::stages::{Downloader, Queued};
+use crate::cuda::stages::{CallTimes, Downloader, Queued};
 use crate::error::{Error, Result};
 use crate::source::Frame;
 
@@ -90,6 +90,8 @@ pub enum Finisher {
 /// The model's time on the GPU over the device calls after the first (whose run holds the provider's warm-up),
 /// and their frames; and the same over the calls whose run was queued behind work the GPU had not finished
 /// (`behind`: timed with no wait for the host inside). The other calls found the GPU idle, waiting for the host.
+/// Over the same calls, the rest of the stages' stream: the preprocessing, the postprocessing + composites, and
+/// the gaps between one call's composites and the next call's preprocessing.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct ModelTime {
     pub calls: u64,
@@ -98,16 +100,21 @@ pub struct ModelTime {
     pub behind_calls: u64,
     pub behind_frames: u64,
     pub behind_time: Duration,
+    pub pre_time: Duration,
+    pub post_time: Duration,
+    pub gap_time: Duration,
 }
 
 impl ModelTime {
-    /// Adds one call's run of `frames` frames (the first call is counted, not timed).
-    fn add(&mut self, run: Option<(Duration, bool)>, frames: u64) {
-        if let Some((t, behind)) = run.filter(|_| self.calls > 0) {
-            (self.time, self.frames) = (self.time + t, self.frames + frames);
-            if behind {
-                (self.behind_time, self.behind_frames, self.behind_calls) = (self.behind_time + t, self.behind_frames + frames, self.behind_calls + 1);
+    /// Adds one call's times for `frames` frames (the first call is counted, not timed).
+    fn add(&mut self, run: Option<CallTimes>, frames: u64) {
+        if let Some(r) = run.filter(|_| self.calls > 0) {
+            (self.time, self.frames) = (self.time + r.model, self.frames + frames);
+            if r.behind {
+                (self.behind_time, self.behind_frames, self.behind_calls) = (self.behind_time + r.model, self.behind_frames + frames, self.behind_calls + 1);
             }
+            (self.pre_time, self.post_time) = (self.pre_time + r.pre, self.post_time + r.post);
+            self.gap_time += r.gap.unwrap_or_default();
         }
         self.calls += 1;
     }
@@ -181,18 +188,21 @@ pub(crate) fn to_buffer(f: Frame, wider: Option<Vec<u8>>) -> gst::Buffer {
 #[cfg(test)]
 mod tests {
     use super::ModelTime;
+    use crate::cuda::stages::CallTimes;
     use std::time::Duration;
 
     #[test]
     fn model_time_leaves_the_first_call_out_and_splits_the_runs_queued_behind_work() {
         let mut m = ModelTime::default();
         let ms = Duration::from_millis;
-        m.add(Some((ms(900), true)), 1); // warm-up: counted, not timed
-        m.add(Some((ms(5), true)), 1);
-        m.add(Some((ms(7), false)), 1); // found the GPU idle: the host's launch is inside its events
-        m.add(Some((ms(10), true)), 2);
+        let call = |model, behind, gap| Some(CallTimes { model: ms(model), behind, pre: ms(1), post: ms(2), gap: gap.map(ms) });
+        m.add(call(900, true, None), 1); // warm-up: counted, not timed
+        m.add(call(5, true, Some(3)), 1);
+        m.add(call(7, false, Some(4)), 1); // found the GPU idle: the host's launch is inside its events
+        m.add(call(10, true, Some(0)), 2);
         m.add(None, 1); // no events (a run that was not timed)
         assert_eq!((m.calls, m.frames, m.time), (5, 4, ms(22)));
         assert_eq!((m.behind_calls, m.behind_frames, m.behind_time), (2, 3, ms(15)));
+        assert_eq!((m.pre_time, m.post_time, m.gap_time), (ms(3), ms(6), ms(7)));
     }
 }
