@@ -11,7 +11,7 @@
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
 #                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe
-#                                     encoder-bound timeline beside bursts contexts connections
+#                                     encoder-bound timeline beside bursts contexts connections decoder idle
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -659,8 +659,8 @@ PY
       # Issue 15: where the frame's GPU time goes in the pipeline (IS-Net: 5.69 ms a frame at 175.6 fps against
       # 5.13 ms for the model alone). Per model (ops_models; E2E_ONLY picks), the GPU's clock and power sampled
       # alongside each: the model alone (RUNS runs, then 400 queued: first and last tenth); the same with the clip
-      # decoded beside it; end to end alternating the previous binary ($OLD_MF), this one, and this one with the
-      # model's stream at the default priority, AB_RUNS (2) times each. The report's "stages' stream" line splits
+      # decoded beside it; end to end alternating the previous binary ($OLD_MF) and this one, AB_RUNS (2) times
+      # each. The report's "stages' stream" line splits
       # the frame's time on the stream: preprocess, model, postprocess + composite, and the gaps between calls.
       local m name onnx man r keep="model on|queued behind|had finished|stages' stream|steady|utilisation"
       for m in $(ops_models); do
@@ -675,8 +675,6 @@ PY
         for r in $(seq "${AB_RUNS:-2}"); do
           echo "== $name old ($OLD_MF) run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
           echo "== $name new run $r"; e2e "$name-new-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
-          echo "== $name new, the model's stream at the default priority, run $r"
-          MATTEFLOW_STREAM_PRIORITY=0 e2e "$name-newp0-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
         done
       done
       ;;
@@ -758,6 +756,44 @@ PY
           CUDA_DEVICE_MAX_CONNECTIONS=1 MF=$OLD_MF e2e "$name-old1-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
           echo "== $name new, one queue, run $r"
           CUDA_DEVICE_MAX_CONNECTIONS=1 e2e "$name-new1-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
+        done
+      done
+      ;;
+    decoder)
+      # Issue 15: nvh264dec in a context of its own slows the model's runs only while it decodes (IS-Net 5.48 ms
+      # against 5.10): its GPU work, or the switches between the contexts? Nsight Compute over the decoder alone
+      # (its kernels by GPU time); then per model (ops_models; E2E_ONLY picks) the decoder in its own context
+      # beside the runs one frame at a time and 8 at a time, into system memory and into CUDA memory.
+      local m name onnx man w src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=20 sync=false"
+      local cudamem="video/x-raw(memory:CUDAMemory)"
+      T 200 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --page raw --print-units base \
+        --launch-count 600 --log-file "$W/ncu-decoder.csv" gst-launch-1.0 -q $src ! nvh264dec ! "$cudamem" ! fakesink | tail -3
+      python3 "$ROOT/scripts/ncu_summary.py" "$W/ncu-decoder.csv" --label decoder --top 12
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "queued|rc "
+        for w in "gst-own:$src ! nvh264dec ! video/x-raw ! $snk" "8xgst-own:$src ! nvh264dec ! video/x-raw ! $snk" \
+          "gst-own:$src ! nvh264dec ! $cudamem ! $snk" "8xgst-own:$src ! nvh264dec ! $cudamem ! $snk"; do
+          echo "== beside: $w"
+          gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only --beside "$w" 2>&1 | grep -E "beside|rc |rror"
+        done
+      done
+      ;;
+    idle)
+      # Issue 15: the runs slowed by work on another stream of the context (IS-Net 5.43 ms against 5.11, for
+      # good once it has happened): do they still slow when each is launched only once the GPU has finished the
+      # one before (gpu-bench --wait-idle)? Per model (ops_models; E2E_ONLY picks): alone, and with a memset and
+      # with the pipeline's decoding beside, each queued back to back and launched on an idle stream.
+      local m name onnx man w g
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        for g in "" --wait-idle; do
+          echo "== alone $g"
+          gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only $g 2>&1 | grep -E "queued|rc "
+          for w in memset "decode:$CLIP"; do
+            echo "== beside: $w $g"
+            gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only $g --beside "$w" 2>&1 | grep -E "beside|rc |rror"
+          done
         done
       done
       ;;

@@ -125,6 +125,10 @@ enum Cmd {
         /// `upload` (from page-locked memory) or `alloc` (cuMemAlloc and cuMemFree) on a stream of its own
         #[arg(long, value_name = "SPEC")]
         beside: Option<String>,
+        /// The queued runs each launched only once the stream has finished the one before (the host waits
+        /// for it): the GPU is idle for the launch's latency before each run
+        #[arg(long)]
+        wait_idle: bool,
     },
     /// Rewrite an ONNX model (BiRefNet and kin) once into the graph ONNX Runtime's CUDA provider runs fastest,
     /// same outputs (shape arithmetic folded, Swin's window shuffles as one row Gather, attention biases moved,
@@ -752,7 +756,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
             }
             anyhow::ensure!(bad == 0, "{bad} kernel(s) disagree with the CPU beyond tolerance");
         }
-        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms, flush_l2, input_image, profile_run, beside } => {
+        Cmd::GpuBench { model, batch, runs, gflop, device_only, json, timeout, pause_ms, flush_l2, input_image, profile_run, beside, wait_idle } => {
             let _dog = matteflow::cuda::bench::Watchdog::start("gpu-bench", timeout);
             // The CUDA context first (current on this thread), so memory in use is measured from before the model.
             let _gpu = matteflow::cuda::Gpu::open(0)?;
@@ -777,6 +781,7 @@ fn run(cli: Cli, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
                 input: input_image.as_deref().map(|p| matteflow::cuda::bench::input_from_image(p, &seg.model().manifest)).transpose()?,
                 profile_run,
                 beside,
+                wait_idle,
             };
             let rows = matteflow::cuda::bench::run(&mut seg, &o)?;
             print!("{}", matteflow::cuda::bench::table(&name, &rows));

@@ -44,6 +44,8 @@ pub struct BenchOptions {
     pub profile_run: bool,
     /// Also time the queued runs with this work beside them (see [`Beside`]).
     pub beside: Option<String>,
+    /// Each queued run launched only once the stream has finished the one before.
+    pub wait_idle: bool,
 }
 
 pub fn gpu_mem_used_mib() -> f64 {
@@ -202,16 +204,16 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
                 t.push(t0.elapsed());
             }
         }
-        let queued = queued_runs(seg, &mut io, o.runs, false)?;
-        let cold = if o.flush_l2 { queued_runs(seg, &mut io, o.runs, true)? } else { None };
+        let queued = queued_runs(seg, &mut io, o.runs, false, o.wait_idle)?;
+        let cold = if o.flush_l2 { queued_runs(seg, &mut io, o.runs, true, o.wait_idle)? } else { None };
         // Other work beside the runs, paced at the model's rate (about a second of runs, after its first items).
         let beside = match (&o.beside, &queued) {
             (Some(spec), Some((gpu, _))) => {
                 let work = Beside::start(spec, o.device_id, Duration::from_secs_f64(stats(gpu.clone()).0 / 1e3))?;
-                let timed = queued_runs(seg, &mut io, o.runs.max(200), false);
+                let timed = queued_runs(seg, &mut io, o.runs.max(200), false, o.wait_idle);
                 let done = work.stop();
                 // And once it has stopped: does what it left behind still slow the runs?
-                let after = queued_runs(seg, &mut io, o.runs.max(200), false)?;
+                let after = queued_runs(seg, &mut io, o.runs.max(200), false, o.wait_idle)?;
                 Some((timed?, done?, spec.clone(), after))
             }
             _ => None,
@@ -230,6 +232,9 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
         rows.push(row("ORT CUDA EP, IO binding on device buffers", b, stats(t), o, format!("max |device − host| of frame 0: {first_err:.2e} (first run), {last_err:.2e} (last){how}")));
         if let Some((gpu, host)) = queued {
             let mut note = format!("GPU time per run (CUDA events); the host took {:.2} ms to queue one", host.as_secs_f64() * 1e3);
+            if o.wait_idle {
+                note += "; each launched once the stream had finished the one before";
+            }
             if gpu.len() >= 100 {
                 // Over a long series: does the GPU slow as it keeps at it (clocks, heat)?
                 let tenth = gpu.len() / 10;
@@ -255,9 +260,10 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
 
 /// The runs the way the GPU stages make them: queued back to back on the session's own stream with no host
 /// wait between them, each between two events; with `flush_l2`, a write of twice the L2 cache's size before each
-/// (outside the events), as the GPU stages' frame kernels come between the runs. Returns each run's GPU time and
-/// the host's mean time to queue one; None where the session has no stream of ours (its runs always end in a wait).
-fn queued_runs(seg: &mut OnnxSegmenter, io: &mut DeviceIo, runs: usize, flush_l2: bool) -> Result<Option<(Vec<Duration>, Duration)>> {
+/// (outside the events), as the GPU stages' frame kernels come between the runs; with `wait_idle`, each launched
+/// only once the stream has finished the one before. Returns each run's GPU time and the host's mean time to
+/// queue one; None where the session has no stream of ours (its runs always end in a wait).
+fn queued_runs(seg: &mut OnnxSegmenter, io: &mut DeviceIo, runs: usize, flush_l2: bool, wait_idle: bool) -> Result<Option<(Vec<Duration>, Duration)>> {
     let Some(ours) = seg.compute_stream() else { return Ok(None) };
     let cuda = |x: cudarc::driver::DriverError| Error::Cuda(format!("queued runs: {x}"));
     let mark = || ours.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(cuda);
@@ -273,6 +279,9 @@ fn queued_runs(seg: &mut OnnxSegmenter, io: &mut DeviceIo, runs: usize, flush_l2
     for _ in 0..runs.max(1) {
         if let Some(f) = flush.as_mut() {
             ours.memset_zeros(f).map_err(cuda)?;
+        }
+        if wait_idle {
+            ours.synchronize().map_err(cuda)?;
         }
         let start = mark()?;
         let t0 = Instant::now();

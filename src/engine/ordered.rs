@@ -195,7 +195,7 @@ mod tests {
     fn model_time_leaves_the_first_call_out_and_splits_the_runs_queued_behind_work() {
         let mut m = ModelTime::default();
         let ms = Duration::from_millis;
-        let call = |model, behind, gap| Some(CallTimes { model: ms(model), behind, pre: ms(1), post: ms(2), gap: gap.map(ms) });
+        let call = |model, behind, gap: Option<u64>| Some(CallTimes { model: ms(model), behind, pre: ms(1), post: ms(2), gap: gap.map(ms) });
         m.add(call(900, true, None), 1); // warm-up: counted, not timed
         m.add(call(5, true, Some(3)), 1);
         m.add(call(7, false, Some(4)), 1); // found the GPU idle: the host's launch is inside its events

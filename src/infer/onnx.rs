@@ -326,17 +326,7 @@ fn compute_stream(opts: &ProviderOptions) -> Option<std::sync::Arc<cudarc::drive
     if !crate::cuda::driver_present() || !<ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available().unwrap_or(false) {
         return None;
     }
-    // At the device's greatest priority: where kernels of other streams (the decoder's copies, the downloads'
-    // conversion) wait to run beside it, the model's go first. MATTEFLOW_STREAM_PRIORITY=0 leaves it at the default.
-    let high = std::env::var("MATTEFLOW_STREAM_PRIORITY").map_or(true, |v| v != "0");
-    let stream = |c: std::sync::Arc<cudarc::driver::CudaContext>| match high {
-        true => {
-            c.bind_to_thread()?;
-            c.new_stream_with_priority(cudarc::driver::result::stream::get_priority_range()?.1)
-        }
-        false => c.new_stream(),
-    };
-    match cudarc::driver::CudaContext::new(id.max(0) as usize).and_then(stream) {
+    match cudarc::driver::CudaContext::new(id.max(0) as usize).and_then(|c| c.new_stream()) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::debug!("no CUDA stream of our own for ONNX Runtime ({e}); it makes its own");
