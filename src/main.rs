@@ -121,8 +121,11 @@ enum Cmd {
         /// Also time the queued runs with other work beside them in the same CUDA context, paced at the model's
         /// rate: `decode:CLIP` (the clip decoded as the GPU stages' pipeline decodes it: nvh264dec into CUDA
         /// memory, looped), `gst:DESCRIPTION` (a gst-launch description ending in `appsink name=sink`, CUDA
-        /// elements given this context), or one 1080p NV12 frame's worth of `memset`, `copy` (device to device),
-        /// `upload` (from page-locked memory) or `alloc` (cuMemAlloc and cuMemFree) on a stream of its own
+        /// elements given this context; `gst-own:` leaves them their own), or one 1080p NV12 frame's worth of
+        /// `memset`, `kernel` (RGBA → I420), `copy` (device to device), `upload` (from page-locked memory) or
+        /// `alloc` (cuMemAlloc and cuMemFree) on a stream of its own, `memset-null` on the legacy default stream,
+        /// `memset-ctx` in a context of its own; `NxSPEC`: N at a time every N runs. The runs are timed again
+        /// once it has stopped
         #[arg(long, value_name = "SPEC")]
         beside: Option<String>,
         /// The queued runs each launched only once the stream has finished the one before (the host waits

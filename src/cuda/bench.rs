@@ -299,9 +299,12 @@ fn queued_runs(seg: &mut OnnxSegmenter, io: &mut DeviceIo, runs: usize, flush_l2
 /// the GPU stages' runs have beside them that the model alone has not, and pieces of it. `spec`:
 /// `decode:CLIP` — the clip decoded as the pipeline decodes it (nvh264dec into CUDA memory; each frame mapped
 /// and let go; looped); `gst:DESCRIPTION` — any pipeline ending in `appsink name=sink` (CUDA elements get this
-/// context; CUDA frames are mapped); `memset`, `copy`, `upload`, `alloc` — one 1080p NV12 frame's worth of that
-/// on a stream of its own (a memset, a device-to-device copy, a copy from page-locked memory, a cuMemAlloc and
-/// cuMemFree), waited for. `NxSPEC` does N items back to back every N periods.
+/// context; CUDA frames are mapped), `gst-own:` the same with GStreamer's own context; `memset`, `kernel`,
+/// `copy`, `upload`, `alloc` — one 1080p NV12 frame's worth of that on a stream of its own (a memset, our RGBA →
+/// I420 kernel, a device-to-device copy, a copy from page-locked memory, a cuMemAlloc and cuMemFree), waited for;
+/// `memset-null` on the legacy default stream, `memset-ctx` in a context of its own. `NxSPEC` does N items back
+/// to back every N periods. What it showed (IS-Net, H200): any kernel on another stream of the model's context
+/// makes every later graph run ~0.3 ms slower (docs/BENCHMARKS.md, twelfth session).
 struct Beside {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Result<(u64, f64)>>,
