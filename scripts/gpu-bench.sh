@@ -100,6 +100,19 @@ e2e() { # LABEL ONNX MANIFEST ARGS...: 1080p file conversion, GPU memory, load, 
   smi_stop "$label"
 }
 
+beside_each() { # NAME ONNX MANIFEST "EXTRA ARGS" SPEC...: the model alone, then its queued runs with each SPEC
+  # beside them (gpu-bench --beside; the runs also timed again once it has stopped)
+  local name=$1 onnx=$2 man=$3 extra=$4 w; shift 4
+  echo "== alone $extra"
+  # shellcheck disable=SC2086  # (the extra arguments split into arguments)
+  gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only $extra 2>&1 | grep -E "queued|rc "
+  for w in "$@"; do
+    echo "== beside: $w $extra"
+    # shellcheck disable=SC2086
+    gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only $extra --beside "$w" 2>&1 | grep -E "beside|rc |rror"
+  done
+}
+
 ops_models() { # NAME|ONNX|MANIFEST of steps queued, i420, one-stream and model-probe (IS-Net, step wa's lite-ops / general-ops) that exist and E2E_ONLY picks
   local m name onnx man
   for m in "isnet|$ISNET|isnet" "lite-ops|$MODELS/birefnet-lite-ops.onnx|birefnet-lite" "general-ops|$MODELS/birefnet-general-ops.onnx|birefnet-general"; do
@@ -660,8 +673,8 @@ PY
       # 5.13 ms for the model alone). Per model (ops_models; E2E_ONLY picks), the GPU's clock and power sampled
       # alongside each: the model alone (RUNS runs, then 400 queued: first and last tenth); the same with the clip
       # decoded beside it; end to end alternating the previous binary ($OLD_MF) and this one, AB_RUNS (2) times
-      # each. The report's "stages' stream" line splits
-      # the frame's time on the stream: preprocess, model, postprocess + composite, and the gaps between calls.
+      # each. The report's "stages' stream" line splits the frame's time on the stream: preprocess, model,
+      # postprocess + composite, and the gaps between calls.
       local m name onnx man r keep="model on|queued behind|had finished|stages' stream|steady|utilisation"
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
@@ -684,17 +697,13 @@ PY
       # beside them in the same CUDA context, paced at the model's rate (gpu-bench --beside): the pipeline's
       # decoding; nvh264dec into CUDA memory, into system memory; openh264 on the CPU, and that uploaded into
       # CUDA memory; one 1080p NV12 frame's memset, device-to-device copy, upload, cuMemAlloc + cuMemFree.
-      local m name onnx man w src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=4 sync=false"
+      local m name onnx man src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=20 sync=false"
       local cudamem="video/x-raw(memory:CUDAMemory)"
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
-        gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "queued|rc "
-        for w in "decode:$CLIP" "gst:$src ! nvh264dec ! $cudamem ! $snk" "gst:$src ! nvh264dec ! video/x-raw ! $snk" \
-          "gst:$src ! openh264dec ! video/x-raw ! $snk" "gst:$src ! openh264dec ! cudaupload ! $cudamem ! $snk" \
-          memset copy upload alloc; do
-          echo "== beside: $w"
-          gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only --beside "$w" 2>&1 | grep -E "beside|rc |rror"
-        done
+        beside_each "$name" "$onnx" "$man" "" "decode:$CLIP" "gst:$src ! nvh264dec ! $cudamem ! $snk" \
+          "gst:$src ! nvh264dec ! video/x-raw ! $snk" "gst:$src ! openh264dec ! video/x-raw ! $snk" \
+          "gst:$src ! openh264dec ! cudaupload ! $cudamem ! $snk" memset copy upload alloc
       done
       ;;
     bursts)
@@ -702,16 +711,11 @@ PY
       # memset beside each run makes the run 5.47 ms against 5.13.) Per model (ops_models; E2E_ONLY picks): the
       # model alone; with memsets beside one at a time, 4 and 16 back to back (gpu-bench --beside NxSPEC); the
       # pipeline's decoding one frame at a time and 8 at a time; the same without CUDA graphs.
-      local m name onnx man w g
+      local m name onnx man g
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
         for g in "" --no-cuda-graph; do
-          echo "== alone $g"
-          gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only $g 2>&1 | grep -E "queued|rc "
-          for w in memset 4xmemset 16xmemset "decode:$CLIP" "8xdecode:$CLIP"; do
-            echo "== beside: $w $g"
-            gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only $g --beside "$w" 2>&1 | grep -E "beside|rc |rror"
-          done
+          beside_each "$name" "$onnx" "$man" "$g" memset 4xmemset 16xmemset "decode:$CLIP" "8xdecode:$CLIP"
         done
       done
       ;;
@@ -722,16 +726,12 @@ PY
       # it: a memset; our I420 kernel; a memset on the legacy default stream; a memset in a context of its own;
       # nvh264dec in the pipeline's context, and in a context of its own (into CUDA memory, into system memory).
       # Each also times the runs again after the work beside has stopped.
-      local m name onnx man w src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=4 sync=false"
+      local m name onnx man src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=20 sync=false"
       local cudamem="video/x-raw(memory:CUDAMemory)"
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
-        gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "queued|rc "
-        for w in memset kernel memset-null memset-ctx "decode:$CLIP" "gst-own:$src ! nvh264dec ! $cudamem ! $snk" \
-          "gst-own:$src ! nvh264dec ! video/x-raw ! $snk"; do
-          echo "== beside: $w"
-          gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only --beside "$w" 2>&1 | grep -E "beside|rc |rror"
-        done
+        beside_each "$name" "$onnx" "$man" "" memset kernel memset-null memset-ctx "decode:$CLIP" \
+          "gst-own:$src ! nvh264dec ! $cudamem ! $snk" "gst-own:$src ! nvh264dec ! video/x-raw ! $snk"
       done
       ;;
     connections)
@@ -739,17 +739,13 @@ PY
       # downloads'), every later graph run of IS-Net takes 5.43 ms against 5.11, for good; a second context
       # does not do it. Is it the context's second hardware queue? Per model (ops_models; E2E_ONLY picks): with
       # CUDA_DEVICE_MAX_CONNECTIONS=1 (one queue for all its streams) the model alone, with a memset and with the
-      # pipeline's decoding beside it; then end to end alternating the previous binary ($OLD_MF) and this one,
-      # with one queue and with the default (8), AB_RUNS (2) times each.
-      local m name onnx man r w keep="model on|queued behind|had finished|stages' stream|steady|utilisation"
+      # pipeline's decoding beside it; then end to end, AB_RUNS (2) times: the previous binary ($OLD_MF) with the
+      # default queues (8) and with one, this one with one.
+      local m name onnx man r keep="model on|queued behind|had finished|stages' stream|steady|utilisation"
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
-        echo "== alone, one queue"
-        CUDA_DEVICE_MAX_CONNECTIONS=1 gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "queued|rc "
-        for w in memset "decode:$CLIP"; do
-          echo "== beside: $w, one queue"
-          CUDA_DEVICE_MAX_CONNECTIONS=1 gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only --beside "$w" 2>&1 | grep -E "beside|rc |rror"
-        done
+        echo "== one queue"
+        CUDA_DEVICE_MAX_CONNECTIONS=1 beside_each "$name" "$onnx" "$man" "" memset "decode:$CLIP"
         for r in $(seq "${AB_RUNS:-2}"); do
           echo "== $name old ($OLD_MF) run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages 2>&1 | grep -E "$keep"
           echo "== $name old ($OLD_MF), one queue, run $r"
@@ -764,19 +760,16 @@ PY
       # against 5.10): its GPU work, or the switches between the contexts? Nsight Compute over the decoder alone
       # (its kernels by GPU time); then per model (ops_models; E2E_ONLY picks) the decoder in its own context
       # beside the runs one frame at a time and 8 at a time, into system memory and into CUDA memory.
-      local m name onnx man w src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=20 sync=false"
+      local m name onnx man src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=20 sync=false"
       local cudamem="video/x-raw(memory:CUDAMemory)"
       T 200 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --page raw --print-units base \
         --launch-count 600 --log-file "$W/ncu-decoder.csv" gst-launch-1.0 -q $src ! nvh264dec ! "$cudamem" ! fakesink | tail -3
       python3 "$ROOT/scripts/ncu_summary.py" "$W/ncu-decoder.csv" --label decoder --top 12
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
-        gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only 2>&1 | grep -E "queued|rc "
-        for w in "gst-own:$src ! nvh264dec ! video/x-raw ! $snk" "8xgst-own:$src ! nvh264dec ! video/x-raw ! $snk" \
-          "gst-own:$src ! nvh264dec ! $cudamem ! $snk" "8xgst-own:$src ! nvh264dec ! $cudamem ! $snk"; do
-          echo "== beside: $w"
-          gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only --beside "$w" 2>&1 | grep -E "beside|rc |rror"
-        done
+        beside_each "$name" "$onnx" "$man" "" "gst-own:$src ! nvh264dec ! video/x-raw ! $snk" \
+          "8xgst-own:$src ! nvh264dec ! video/x-raw ! $snk" "gst-own:$src ! nvh264dec ! $cudamem ! $snk" \
+          "8xgst-own:$src ! nvh264dec ! $cudamem ! $snk"
       done
       ;;
     idle)
@@ -784,16 +777,11 @@ PY
       # good once it has happened): do they still slow when each is launched only once the GPU has finished the
       # one before (gpu-bench --wait-idle)? Per model (ops_models; E2E_ONLY picks): alone, and with a memset and
       # with the pipeline's decoding beside, each queued back to back and launched on an idle stream.
-      local m name onnx man w g
+      local m name onnx man g
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
         for g in "" --wait-idle; do
-          echo "== alone $g"
-          gpu_bench "$name-alone" "$onnx" "$man" 0 --batch 1 --device-only $g 2>&1 | grep -E "queued|rc "
-          for w in memset "decode:$CLIP"; do
-            echo "== beside: $w $g"
-            gpu_bench "$name-beside" "$onnx" "$man" 0 --batch 1 --device-only $g --beside "$w" 2>&1 | grep -E "beside|rc |rror"
-          done
+          beside_each "$name" "$onnx" "$man" "$g" memset "decode:$CLIP"
         done
       done
       ;;
