@@ -43,6 +43,9 @@ OUT=${OUT:-$ROOT/out/gpu-bench}
 CLIP=${CLIP:-$KIT/files/bikes_1080p.mp4}
 RAWCLIP=${RAWCLIP:-$KIT/files/raw_320.mkv}   # raw video in Matroska: no decoder, so the cudaupload branch
 ISNET=${ISNET:-$KIT/files/isnet-medium.onnx}
+# gst-launch pieces of the pipelines the beside steps run next to the model (gpu-bench --beside gst:…)
+SRC="filesrc location=$CLIP ! qtdemux ! h264parse" SNK="appsink name=sink max-buffers=20 sync=false"
+CUDAMEM="video/x-raw(memory:CUDAMemory)"
 BIREFNET_REPO=${BIREFNET_REPO:-$ROOT/.gpu/birefnet}
 WHEELS=${WHEELS:-$ROOT/.gpu/whl}
 RUNS=${RUNS:-20}
@@ -697,13 +700,12 @@ PY
       # beside them in the same CUDA context, paced at the model's rate (gpu-bench --beside): the pipeline's
       # decoding; nvh264dec into CUDA memory, into system memory; openh264 on the CPU, and that uploaded into
       # CUDA memory; one 1080p NV12 frame's memset, device-to-device copy, upload, cuMemAlloc + cuMemFree.
-      local m name onnx man src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=20 sync=false"
-      local cudamem="video/x-raw(memory:CUDAMemory)"
+      local m name onnx man
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
-        beside_each "$name" "$onnx" "$man" "" "decode:$CLIP" "gst:$src ! nvh264dec ! $cudamem ! $snk" \
-          "gst:$src ! nvh264dec ! video/x-raw ! $snk" "gst:$src ! openh264dec ! video/x-raw ! $snk" \
-          "gst:$src ! openh264dec ! cudaupload ! $cudamem ! $snk" memset copy upload alloc
+        beside_each "$name" "$onnx" "$man" "" "decode:$CLIP" "gst:$SRC ! nvh264dec ! $CUDAMEM ! $SNK" \
+          "gst:$SRC ! nvh264dec ! video/x-raw ! $SNK" "gst:$SRC ! openh264dec ! video/x-raw ! $SNK" \
+          "gst:$SRC ! openh264dec ! cudaupload ! $CUDAMEM ! $SNK" memset copy upload alloc
       done
       ;;
     bursts)
@@ -726,12 +728,11 @@ PY
       # it: a memset; our I420 kernel; a memset on the legacy default stream; a memset in a context of its own;
       # nvh264dec in the pipeline's context, and in a context of its own (into CUDA memory, into system memory).
       # Each also times the runs again after the work beside has stopped.
-      local m name onnx man src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=20 sync=false"
-      local cudamem="video/x-raw(memory:CUDAMemory)"
+      local m name onnx man
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
         beside_each "$name" "$onnx" "$man" "" memset kernel memset-null memset-ctx "decode:$CLIP" \
-          "gst-own:$src ! nvh264dec ! $cudamem ! $snk" "gst-own:$src ! nvh264dec ! video/x-raw ! $snk"
+          "gst-own:$SRC ! nvh264dec ! $CUDAMEM ! $SNK" "gst-own:$SRC ! nvh264dec ! video/x-raw ! $SNK"
       done
       ;;
     connections)
@@ -760,16 +761,15 @@ PY
       # against 5.10): its GPU work, or the switches between the contexts? Nsight Compute over the decoder alone
       # (its kernels by GPU time); then per model (ops_models; E2E_ONLY picks) the decoder in its own context
       # beside the runs one frame at a time and 8 at a time, into system memory and into CUDA memory.
-      local m name onnx man src="filesrc location=$CLIP ! qtdemux ! h264parse" snk="appsink name=sink max-buffers=20 sync=false"
-      local cudamem="video/x-raw(memory:CUDAMemory)"
+      local m name onnx man
       T 200 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --page raw --print-units base \
-        --launch-count 600 --log-file "$W/ncu-decoder.csv" gst-launch-1.0 -q $src ! nvh264dec ! "$cudamem" ! fakesink | tail -3
+        --launch-count 600 --log-file "$W/ncu-decoder.csv" gst-launch-1.0 -q $SRC ! nvh264dec ! "$CUDAMEM" ! fakesink | tail -3
       python3 "$ROOT/scripts/ncu_summary.py" "$W/ncu-decoder.csv" --label decoder --top 12
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
-        beside_each "$name" "$onnx" "$man" "" "gst-own:$src ! nvh264dec ! video/x-raw ! $snk" \
-          "8xgst-own:$src ! nvh264dec ! video/x-raw ! $snk" "gst-own:$src ! nvh264dec ! $cudamem ! $snk" \
-          "8xgst-own:$src ! nvh264dec ! $cudamem ! $snk"
+        beside_each "$name" "$onnx" "$man" "" "gst-own:$SRC ! nvh264dec ! video/x-raw ! $SNK" \
+          "8xgst-own:$SRC ! nvh264dec ! video/x-raw ! $SNK" "gst-own:$SRC ! nvh264dec ! $CUDAMEM ! $SNK" \
+          "8xgst-own:$SRC ! nvh264dec ! $CUDAMEM ! $SNK"
       done
       ;;
     idle)
