@@ -11,7 +11,7 @@
 #                                     ncu-lite ncu-general ncu-isnet prep-lite prep-general prep2 prep-quality
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
 #                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe
-#                                     encoder-bound timeline beside bursts contexts connections decoder idle
+#                                     encoder-bound timeline beside bursts contexts connections decoder idle other-streams
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -783,6 +783,24 @@ PY
         for g in "" --wait-idle; do
           beside_each "$name" "$onnx" "$man" "$g" memset "decode:$CLIP"
         done
+      done
+      ;;
+    other-streams)
+      # Issue 15: the penalty inside the pipeline itself. Per model (ops_models; E2E_ONLY picks), end to end with
+      # (a) openh264 on the CPU and PNG out: no kernel on any stream but the model's (the download's conversion to
+      # I420 runs only for H.264 and VP9); (b) openh264 and H.264 out: that conversion, on the download stream;
+      # (c) nvh264dec and PNG out: the decoder's conversion on its stream. The report's stages' stream line gives
+      # the model's time in each (PNG and openh264 are slow: the runs mostly find the GPU idle).
+      local m name onnx man keep="model on|stages' stream|steady"
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        local b=(matteflow bench "$CLIP" --device cuda --model "$onnx" --manifest "$man" -k composite -b green --runs 1 --cuda-stages)
+        echo "== $name (a) CPU decode, PNG out"
+        GST_PLUGIN_FEATURE_RANK=nvh264dec:NONE,nvh264sldec:NONE T 200 "${b[@]}" -f png --host-decode 2>&1 | grep -E "$keep"
+        echo "== $name (b) CPU decode, H.264 out"
+        GST_PLUGIN_FEATURE_RANK=nvh264dec:NONE,nvh264sldec:NONE T 200 "${b[@]}" -f h264 --host-decode 2>&1 | grep -E "$keep"
+        echo "== $name (c) nvh264dec, PNG out"
+        T 200 "${b[@]}" -f png 2>&1 | grep -E "$keep"
       done
       ;;
     model-probe)
