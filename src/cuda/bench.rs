@@ -204,20 +204,7 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
                 t.push(t0.elapsed());
             }
         }
-        let queued = queued_runs(seg, &mut io, o.runs, false, o.wait_idle)?;
-        let cold = if o.flush_l2 { queued_runs(seg, &mut io, o.runs, true, o.wait_idle)? } else { None };
-        // Other work beside the runs, paced at the model's rate (about a second of runs, after its first items).
-        let beside = match (&o.beside, &queued) {
-            (Some(spec), Some((gpu, _))) => {
-                let work = Beside::start(spec, o.device_id, Duration::from_secs_f64(stats(gpu.clone()).0 / 1e3))?;
-                let timed = queued_runs(seg, &mut io, o.runs.max(200), false, o.wait_idle);
-                let done = work.stop();
-                // And once it has stopped: does what it left behind still slow the runs?
-                let after = queued_runs(seg, &mut io, o.runs.max(200), false, o.wait_idle)?;
-                Some((timed?, done?, spec.clone(), after))
-            }
-            _ => None,
-        };
+        let queued = queued_rows(seg, &mut io, o, b)?;
         if o.profile_run && rows.iter().all(|r: &BenchRow| !r.path.contains("IO binding")) {
             // SAFETY: plain driver calls on the current context; they only mark the profiled range.
             unsafe { cudarc::driver::sys::cuProfilerStart() }.result().map_err(|e| Error::Cuda(format!("cuProfilerStart: {e}")))?;
@@ -230,30 +217,52 @@ pub fn run(seg: &mut OnnxSegmenter, o: &BenchOptions) -> Result<Vec<BenchRow>> {
             how += "; input: the picture given";
         }
         rows.push(row("ORT CUDA EP, IO binding on device buffers", b, stats(t), o, format!("max |device − host| of frame 0: {first_err:.2e} (first run), {last_err:.2e} (last){how}")));
-        if let Some((gpu, host)) = queued {
-            let mut note = format!("GPU time per run (CUDA events); the host took {:.2} ms to queue one", host.as_secs_f64() * 1e3);
-            if o.wait_idle {
-                note += "; each launched once the stream had finished the one before";
-            }
-            if gpu.len() >= 100 {
-                // Over a long series: does the GPU slow as it keeps at it (clocks, heat)?
-                let tenth = gpu.len() / 10;
-                let (first, last) = (stats(gpu[..tenth].to_vec()).0, stats(gpu[gpu.len() - tenth..].to_vec()).0);
-                note += &format!("; median of the first {tenth} runs {first:.2} ms, of the last {tenth} {last:.2} ms");
-            }
-            rows.push(row("ORT CUDA EP, IO binding, runs queued (no host wait)", b, stats(gpu), o, note));
+        rows.extend(queued);
+    }
+    Ok(rows)
+}
+
+/// The rows of batch `b`'s runs queued on the session's stream (see [`queued_runs`]): as they are, with the work
+/// `o.beside` names beside them and after it, and with the L2 cache flushed before each (`o.flush_l2`).
+fn queued_rows(seg: &mut OnnxSegmenter, io: &mut DeviceIo, o: &BenchOptions, b: usize) -> Result<Vec<BenchRow>> {
+    let queued = queued_runs(seg, io, o.runs, false, o.wait_idle)?;
+    let cold = if o.flush_l2 { queued_runs(seg, io, o.runs, true, o.wait_idle)? } else { None };
+    // Other work beside the runs, paced at the model's rate (about a second of runs, after its first items).
+    let beside = match (&o.beside, &queued) {
+        (Some(spec), Some((gpu, _))) => {
+            let work = Beside::start(spec, o.device_id, Duration::from_secs_f64(stats(gpu.clone()).0 / 1e3))?;
+            let timed = queued_runs(seg, io, o.runs.max(200), false, o.wait_idle);
+            let done = work.stop();
+            // And once it has stopped: does what it left behind still slow the runs?
+            let after = queued_runs(seg, io, o.runs.max(200), false, o.wait_idle)?;
+            Some((timed?, done?, spec.clone(), after))
         }
-        if let Some((Some((gpu, _)), (n, rate), spec, after)) = beside {
-            let note = format!("GPU time per run (CUDA events); beside them, in this CUDA context: {spec}, {n} times at {rate:.0} a second");
-            rows.push(row("ORT CUDA EP, IO binding, runs queued, other work beside", b, stats(gpu), o, note));
-            if let Some((gpu, _)) = after {
-                rows.push(row("ORT CUDA EP, IO binding, runs queued, after the work beside stopped", b, stats(gpu), o, format!("GPU time per run (CUDA events); {spec} had stopped")));
-            }
+        _ => None,
+    };
+    let mut rows = Vec::new();
+    if let Some((gpu, host)) = queued {
+        let mut note = format!("GPU time per run (CUDA events); the host took {:.2} ms to queue one", host.as_secs_f64() * 1e3);
+        if o.wait_idle {
+            note += "; each launched once the stream had finished the one before";
         }
-        if let Some((gpu, _)) = cold {
-            let note = "GPU time per run (CUDA events); before each, a write of twice the L2 cache's size on the same stream".to_string();
-            rows.push(row("ORT CUDA EP, IO binding, runs queued, L2 flushed before each", b, stats(gpu), o, note));
+        if gpu.len() >= 100 {
+            // Over a long series: does the GPU slow as it keeps at it (clocks, heat)?
+            let tenth = gpu.len() / 10;
+            let (first, last) = (stats(gpu[..tenth].to_vec()).0, stats(gpu[gpu.len() - tenth..].to_vec()).0);
+            note += &format!("; median of the first {tenth} runs {first:.2} ms, of the last {tenth} {last:.2} ms");
         }
+        rows.push(row("ORT CUDA EP, IO binding, runs queued (no host wait)", b, stats(gpu), o, note));
+    }
+    if let Some((Some((gpu, _)), (n, rate), spec, after)) = beside {
+        let note = format!("GPU time per run (CUDA events); beside them, in this CUDA context: {spec}, {n} times at {rate:.0} a second");
+        rows.push(row("ORT CUDA EP, IO binding, runs queued, other work beside", b, stats(gpu), o, note));
+        if let Some((gpu, _)) = after {
+            rows.push(row("ORT CUDA EP, IO binding, runs queued, after the work beside stopped", b, stats(gpu), o, format!("GPU time per run (CUDA events); {spec} had stopped")));
+        }
+    }
+    if let Some((gpu, _)) = cold {
+        let note = "GPU time per run (CUDA events); before each, a write of twice the L2 cache's size on the same stream".to_string();
+        rows.push(row("ORT CUDA EP, IO binding, runs queued, L2 flushed before each", b, stats(gpu), o, note));
     }
     Ok(rows)
 }
