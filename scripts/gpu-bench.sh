@@ -12,6 +12,7 @@
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
 #                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe
 #                                     encoder-bound timeline beside bursts contexts connections decoder idle other-streams
+#                                     own-stream
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -622,6 +623,20 @@ PY
           --manifest "$ROOT/models/isnet.toml" 2>&1 | tail -1
         echo "JOBS $n: $(ls "/tmp/jobs-alone/$n" | wc -l) frames alone, $(ls "/tmp/jobs-out/$n" 2>/dev/null | wc -l) with --jobs 3; $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/jobs-alone/$n" "/tmp/jobs-out/$n")"
       done
+      ;;
+    own-stream)
+      # Issue 15, thirteenth session: the GPU stages convert finished frames to I420 on the model's stream (in
+      # `submit`) instead of the download stream, whose kernel slowed every later replay of the model's CUDA graph.
+      # Per model (ops_models; E2E_ONLY picks): end to end alternating with $OLD_MF (which converts on the download
+      # stream); the two binaries' H.264 files decoded and compared frame by frame (the same conversion: identical);
+      # then this binary in step other-streams' three pipelines ((b) should now match (a)).
+      local m name onnx man
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        ab_e2e "$name" "$onnx" "$man" "" ""
+        same_h264 "$name" "$onnx" "$man" "" ""
+      done
+      step other-streams
       ;;
     i420)
       # Issue 15, ninth session: the GPU stages' finished frames go down as I420 for x264 (converted on the GPU as

@@ -434,7 +434,7 @@ fn matte_frames(
     // Frames per inference call: up to `batch` consecutive frames (or a shared batching thread gathers across
     // files instead).
     let batch = if batcher.is_some() { 1 } else { segmenter.configure_batch(cfg.batch, true) };
-    let (settings, place) = (plan.settings.clone(), plan.place.clone());
+    let (settings, place, format) = (plan.settings.clone(), plan.place.clone(), plan.format);
     move || {
         let opened = Matter::open(segmenter, &settings, &place).and_then(|mut m| {
             if let Some(b) = batcher {
@@ -446,6 +446,8 @@ fn matte_frames(
             Ok(m) => Ordered::new(m, batch),
             Err(e) => return shared.fail(e),
         };
+        // An encoder that takes 4:2:0 gets I420 frames from the GPU stages (converted there as videoconvert would).
+        engine.set_i420(matches!(format, Format::H264 | Format::Vp9));
         if place.is_device() {
             tracing::info!("preprocess, mask steps and compositing run on the GPU (IO binding)");
         }
@@ -486,9 +488,7 @@ fn matte_frames(
 /// go on to their own thread for the encoder, so that a download (or composite) never waits behind an encoder
 /// that is busy: the device frames go back for the next inference call as soon as they are downloaded.
 fn finish_frames(plan: &Plan, shared: Arc<Shared>, rx: crossbeam_channel::Receiver<Matted>, tx: crossbeam_channel::Sender<Vec<gst::Buffer>>) -> impl FnOnce() + Send {
-    // An encoder that takes 4:2:0 gets I420 frames from the GPU stages (converted there as videoconvert would).
-    let i420 = matches!(plan.format, Format::H264 | Format::Vp9);
-    let finisher = Finisher::open(&plan.settings, &plan.place, i420);
+    let finisher = Finisher::open(&plan.settings, &plan.place);
     move || {
         let mut finisher = match finisher {
             Ok(f) => f,

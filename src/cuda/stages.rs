@@ -14,6 +14,7 @@ use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, 
 
 use super::composite::GpuCompositor;
 use super::gst_cuda::CudaFrame;
+use super::i420::I420Out;
 use super::{FrameFormat, Gpu, TensorElem};
 use crate::config::{BackgroundSpec, OutputKind};
 use crate::error::{Error, Result};
@@ -35,6 +36,14 @@ struct Smoothing {
 
 /// Sets of device frames in use at once: one being composited, one being downloaded.
 const FRAME_SETS: usize = 2;
+
+/// One inference call's device frames: the composites (RGBA), and where frames go down as I420, their
+/// conversions (one per batch slot, made when first needed).
+#[derive(Default)]
+struct FrameSet {
+    rgba: Vec<CudaSlice<u8>>,
+    i420: Vec<CudaSlice<u8>>,
+}
 
 /// Where one frame's pixels are when it reaches the GPU stages.
 pub enum Pixels<'a> {
@@ -79,11 +88,15 @@ pub struct GpuStages {
     /// one inference call and comes back (through `returned`) once its frames are downloaded, so with the
     /// download on another thread ([`Queued::download`]) the next call runs while the last one's frames travel
     /// to host memory.
-    free: Vec<Vec<CudaSlice<u8>>>,
+    free: Vec<FrameSet>,
     sets: usize,
     set_bytes: usize,
-    give_back: Sender<Vec<CudaSlice<u8>>>,
-    returned: Receiver<Vec<CudaSlice<u8>>>,
+    give_back: Sender<FrameSet>,
+    returned: Receiver<FrameSet>,
+    /// Whether finished frames go down as I420 where their size allows it (an encoder that takes 4:2:0 next),
+    /// and the I420 layout of the last frame size (`None` inside: that size stays RGBA).
+    i420: bool,
+    layout: Option<((u32, u32), Option<I420Out>)>,
     alpha: Option<CudaSlice<u8>>,
     /// Compositing, on the same stream (the ordered path composites right after the mask steps).
     compositor: GpuCompositor,
@@ -193,6 +206,8 @@ impl GpuStages {
             set_bytes: 0,
             give_back,
             returned,
+            i420: false,
+            layout: None,
             alpha: None,
             compositor,
             post: *post,
@@ -240,9 +255,47 @@ impl GpuStages {
         }
     }
 
+    /// Whether finished frames go down as I420 where their size allows it (an encoder that takes 4:2:0 next:
+    /// see [`Queued::download`]).
+    pub fn set_i420(&mut self, on: bool) {
+        self.i420 = on;
+    }
+
+    /// The I420 layout frames of `w` × `h` go down in, if any.
+    fn layout_for(&mut self, w: u32, h: u32) -> Option<I420Out> {
+        if !self.i420 {
+            return None;
+        }
+        if self.layout.as_ref().is_none_or(|(size, _)| *size != (w, h)) {
+            let l = I420Out::for_size(w, h);
+            if l.is_none() {
+                tracing::info!("{w}x{h} frames go down from the GPU as RGBA (I420 on the GPU takes even sizes)");
+            }
+            self.layout = Some(((w, h), l));
+        }
+        self.layout.as_ref().and_then(|(_, l)| l.clone())
+    }
+
+    /// Converts the call's `k` composites to I420 where they go down so, on the model's stream: a kernel on any
+    /// other stream of the model's context slows every later CUDA-graph replay of the model (IS-Net on the H200:
+    /// 5.11 → 5.43 ms, for the rest of the process; BENCHMARKS, twelfth session), whereas copies do not, so the
+    /// download stream only copies. Returns the layout, if the frames were converted.
+    fn convert_i420(&mut self, set: &mut FrameSet, k: usize, w: u32, h: u32) -> Result<Option<I420Out>> {
+        let Some(l) = self.layout_for(w, h) else { return Ok(None) };
+        let bytes = l.size();
+        set.i420.retain(|c| c.len() == bytes);
+        while set.i420.len() < k {
+            set.i420.push(self.gpu.stream.alloc_zeros::<u8>(bytes).map_err(|x| e("alloc", x))?);
+        }
+        for (rgba, out) in set.rgba.iter().zip(set.i420.iter_mut()).take(k) {
+            self.gpu.rgba_to_i420(rgba, w, h, &l.conv, out)?;
+        }
+        Ok(Some(l))
+    }
+
     /// A set of `batch` device frames of `bytes` each: a free one, a new one while fewer than FRAME_SETS exist,
     /// or else the next one a download gives back.
-    fn take_set(&mut self, bytes: usize, batch: usize) -> Result<Vec<CudaSlice<u8>>> {
+    fn take_set(&mut self, bytes: usize, batch: usize) -> Result<FrameSet> {
         if self.set_bytes != bytes {
             // A new frame size: the old sets go (those still downloading are dropped when they come back).
             self.free.clear();
@@ -250,7 +303,7 @@ impl GpuStages {
             self.set_bytes = bytes;
             self.alpha = Some(self.gpu.stream.alloc_zeros::<u8>(bytes / 4).map_err(|x| e("alloc", x))?);
         }
-        let current = |set: &Vec<CudaSlice<u8>>| set.first().is_some_and(|f| f.len() == bytes);
+        let current = |set: &FrameSet| set.rgba.first().is_some_and(|f| f.len() == bytes);
         self.free.extend(self.returned.try_iter().filter(current));
         loop {
             if let Some(set) = self.free.pop() {
@@ -258,7 +311,8 @@ impl GpuStages {
             }
             if self.sets < FRAME_SETS {
                 self.sets += 1;
-                return (0..batch).map(|_| self.gpu.stream.alloc_zeros::<u8>(bytes).map_err(|x| e("alloc", x))).collect();
+                let rgba = (0..batch).map(|_| self.gpu.stream.alloc_zeros::<u8>(bytes).map_err(|x| e("alloc", x))).collect::<Result<_>>()?;
+                return Ok(FrameSet { rgba, i420: Vec::new() });
             }
             // Sets of an earlier frame size are dropped.
             match self.returned.recv() {
@@ -407,7 +461,7 @@ impl GpuStages {
         let timed = || st.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|x| e("event", x));
         let before = timed()?;
         let pixels: Vec<Pixels> = frames.iter().map(Pixels::of).collect();
-        let prepared = self.prepare(seg, &pixels, w, h, &mut set, batch);
+        let prepared = self.prepare(seg, &pixels, w, h, &mut set.rgba, batch);
         drop(pixels);
         // The decoder's buffers go back to its pool as soon as the preprocessing has read them, so it decodes
         // the next frames meanwhile.
@@ -422,12 +476,13 @@ impl GpuStages {
         let mut alpha = self.alpha.take().ok_or_else(|| Error::Cuda("no alpha buffer".into()))?;
         let composited = (0..k).try_for_each(|i| {
             self.alpha_of(&inf, i, &mut alpha, w, h)?;
-            self.compositor.run(&mut set[i], &alpha, w, h)
+            self.compositor.run(&mut set.rgba[i], &alpha, w, h)
         });
         self.alpha = Some(alpha);
         composited?;
+        let layout = self.convert_i420(&mut set, k, w, h)?;
         let model = ModelRun { events: [before, started, ended, timed()?], behind };
-        let queued = Queued { set, k, give_back: self.give_back.clone(), model: Some(model) };
+        let queued = Queued { set, k, layout, give_back: self.give_back.clone(), model: Some(model) };
         let times = GpuTimes { preprocess: inf.prep.preprocessed - t0, infer: t1 - inf.prep.preprocessed, post_composite: t1.elapsed() };
         Ok((times, queued))
     }
@@ -440,12 +495,12 @@ impl GpuStages {
         let mut set = self.take_set((w * h * 4) as usize, 1)?;
         // One mask per call, waited for (the caller's frame is read before this returns, and the live budget
         // takes the call's time as the model's).
-        let inf = self.prepare(seg, &[frame], w, h, &mut set, 1).and_then(|p| {
+        let inf = self.prepare(seg, &[frame], w, h, &mut set.rgba, 1).and_then(|p| {
             self.gpu.stream.synchronize().map_err(|x| e("sync", x))?;
             Ok(Inferred { mask: seg.run_device(&mut self.io)?, prep: p })
         });
         // The device frame only carried the upload; it goes back for the next call.
-        drop(Queued { set, k: 1, give_back: self.give_back.clone(), model: None });
+        drop(Queued { set, k: 1, layout: None, give_back: self.give_back.clone(), model: None });
         let inf = inf?;
         let t1 = Instant::now();
         let mut alpha = self.gpu.stream.alloc_zeros::<u8>((w * h) as usize).map_err(|x| e("alloc", x))?;
@@ -469,9 +524,11 @@ fn same_size(mut sizes: impl Iterator<Item = (u32, u32)>, k: usize, batch: usize
 
 /// One inference call's composited frames, still on the GPU (queued behind the kernels that make them).
 pub struct Queued {
-    set: Vec<CudaSlice<u8>>,
+    set: FrameSet,
     k: usize,
-    give_back: Sender<Vec<CudaSlice<u8>>>,
+    /// The I420 layout of `set.i420`, where the frames go down as I420.
+    layout: Option<I420Out>,
+    give_back: Sender<FrameSet>,
     model: Option<ModelRun>,
 }
 
@@ -495,45 +552,23 @@ pub struct CallTimes {
     pub gap: Option<Duration>,
 }
 
-/// Where finished frames go down to the host: a stream of its own (downloads overlap the next inference call),
-/// page-locked staging buffers (a download into pageable memory is a staged, blocking copy inside the driver, at
-/// a fraction of the bus speed), and, for an encoder that takes 4:2:0, the conversion to I420 on the device
-/// first ([`super::i420`]): 12 bits a pixel cross the bus instead of 32, and the CPU's `videoconvert` has
-/// nothing left to do.
+/// Where finished frames go down to the host: a stream of its own (downloads overlap the next inference call)
+/// and page-locked staging buffers (a download into pageable memory is a staged, blocking copy inside the
+/// driver, at a fraction of the bus speed). Frames the stages converted to I420 ([`GpuStages::set_i420`]) go
+/// down as I420: 12 bits a pixel cross the bus instead of 32, and the CPU's `videoconvert` has nothing left to
+/// do. Only copies run on this stream (see [`GpuStages::convert_i420`]).
 pub struct Downloader {
-    /// The kernels, on the download stream.
-    gpu: Gpu,
+    stream: Arc<CudaStream>,
     staging: Vec<PinnedHostSlice<u8>>,
-    /// Whether to convert to I420 where the frame size allows it.
-    i420: bool,
-    /// The I420 layout of the last frame size (`None` inside: that size stays RGBA).
-    layout: Option<((u32, u32), Option<super::i420::I420Out>)>,
-    /// Device I420 frames, one per batch slot.
-    converted: Vec<CudaSlice<u8>>,
     /// The last downloaded call's event after its composites (the start of the next call's gap).
     last_done: Option<CudaEvent>,
 }
 
 impl Downloader {
-    /// Downloads on a new stream of `gpu`'s device; `i420`: frames go down as I420 where they can.
-    pub fn new(gpu: &Gpu, i420: bool) -> Result<Downloader> {
+    /// Downloads on a new stream of `gpu`'s device.
+    pub fn new(gpu: &Gpu) -> Result<Downloader> {
         let stream = gpu.ctx.new_stream().map_err(|x| e("stream", x))?;
-        Ok(Downloader { gpu: gpu.on_stream(stream), staging: Vec::new(), i420, layout: None, converted: Vec::new(), last_done: None })
-    }
-
-    /// The I420 layout frames of `w` × `h` go down in, if any.
-    fn layout_for(&mut self, w: u32, h: u32) -> Option<super::i420::I420Out> {
-        if !self.i420 {
-            return None;
-        }
-        if self.layout.as_ref().is_none_or(|(size, _)| *size != (w, h)) {
-            let l = super::i420::I420Out::for_size(w, h);
-            if l.is_none() {
-                tracing::info!("{w}x{h} frames go down from the GPU as RGBA (I420 on the GPU takes even sizes)");
-            }
-            self.layout = Some(((w, h), l));
-        }
-        self.layout.as_ref().and_then(|(_, l)| l.clone())
+        Ok(Downloader { stream, staging: Vec::new(), last_done: None })
     }
 
     /// `n` buffers of `bytes` each in `v`, reusing those of that size.
@@ -548,40 +583,28 @@ impl Downloader {
 
 impl Queued {
     /// Downloads the frames on `d`'s stream (which waits for the composites: the device frames carry their last
-    /// write as an event) into each frame's `data`, as RGBA or, where `d` converts, as I420 in the first bytes
-    /// of `data` (the layout returned); the device frames go back for reuse. Returns the time it took, the
-    /// model's time on the GPU (from its events, and whether the run was queued behind unfinished work: see
-    /// `submit`) and the I420 layout, if the frames went down as I420.
-    pub fn download(mut self, d: &mut Downloader, frames: &mut [Frame]) -> Result<(Duration, Option<CallTimes>, Option<super::i420::I420Out>)> {
+    /// write as an event) into each frame's `data`, as RGBA or, where the stages converted them, as I420 in the
+    /// first bytes of `data` (the layout returned); the device frames go back for reuse. Returns the time it
+    /// took, the model's time on the GPU (from its events, and whether the run was queued behind unfinished
+    /// work: see `submit`) and the I420 layout, if the frames went down as I420.
+    pub fn download(mut self, d: &mut Downloader, frames: &mut [Frame]) -> Result<(Duration, Option<CallTimes>, Option<I420Out>)> {
         let t = Instant::now();
         if frames.len() != self.k {
             return Err(Error::Cuda(format!("{} frames to download for a call of {}", frames.len(), self.k)));
         }
-        let (w, h) = frames.first().map_or((0, 0), |f| (f.width, f.height));
-        let rgba_bytes = self.set.first().map_or(0, |s| s.len());
-        let layout = d.layout_for(w, h);
+        let rgba_bytes = self.set.rgba.first().map_or(0, |s| s.len());
+        let layout = self.layout.take();
         let bytes = layout.as_ref().map_or(rgba_bytes, |l| l.size());
-        let stream = d.gpu.stream.clone();
+        let stream = d.stream.clone();
         // SAFETY: page-locked host memory of `bytes`, written by the copies below before it is read.
         let pinned = || unsafe { stream.context().alloc_pinned_with_flags::<u8>(bytes, 0) }.map_err(|x| e("pinned alloc", x));
-        crate::infer::outside_capture(|| {
-            Downloader::ensure(&mut d.staging, self.k, bytes, |p| p.len(), pinned)?;
-            match layout {
-                Some(_) => Downloader::ensure(&mut d.converted, self.k, bytes, |c| c.len(), || stream.alloc_zeros::<u8>(bytes).map_err(|x| e("alloc", x))),
-                None => Ok(()),
-            }
-        })?;
-        for (i, (dev, f)) in self.set.iter().zip(frames.iter()).enumerate() {
+        crate::infer::outside_capture(|| Downloader::ensure(&mut d.staging, self.k, bytes, |p| p.len(), pinned))?;
+        let sources = if layout.is_some() { &self.set.i420 } else { &self.set.rgba };
+        for (i, (dev, f)) in sources.iter().zip(frames.iter()).enumerate() {
             if f.data.len() != rgba_bytes {
                 return Err(Error::Cuda(format!("frame buffer of {} bytes for a {rgba_bytes}-byte RGBA frame", f.data.len())));
             }
-            match &layout {
-                Some(l) => {
-                    d.gpu.rgba_to_i420(dev, w, h, &l.conv, &mut d.converted[i])?;
-                    stream.memcpy_dtoh(&d.converted[i], &mut d.staging[i]).map_err(|x| e("download", x))?;
-                }
-                None => stream.memcpy_dtoh(dev, &mut d.staging[i]).map_err(|x| e("download", x))?,
-            }
+            stream.memcpy_dtoh(dev, &mut d.staging[i]).map_err(|x| e("download", x))?;
         }
         // Waits asleep (a blocking-sync event), not spinning: with the model queued ahead this wait lasts about a
         // frame, and a thread polling the driver that long may slow the model thread's launches.
@@ -611,7 +634,7 @@ impl Drop for Queued {
     /// thread stops), so the inference thread waiting for a free set never waits for ever.
     fn drop(&mut self) {
         let set = std::mem::take(&mut self.set);
-        if !set.is_empty() {
+        if !set.rgba.is_empty() {
             let _ = self.give_back.send(set);
         }
     }

@@ -126,7 +126,7 @@ impl State {
         let manifest = seg.model().manifest.clone();
         let place = Placement::resolve(s.stages, seg.provider(), &manifest, &applied)?;
         let policy = if s.budget.is_zero() {
-            let finisher = Finisher::open(&applied, &place, false)?;
+            let finisher = Finisher::open(&applied, &place)?;
             Policy::Ordered(OrderedPolicy { stages: Stages::Closed(seg, batch), finisher, held: Vec::new() })
         } else {
             let comp = Compositor::open(&applied, &place)?;
@@ -300,7 +300,7 @@ impl State {
     fn set_background(&mut self, new: &MatteSettings) -> Result<()> {
         match &mut self.policy {
             Policy::Ordered(o) => {
-                let finisher = Finisher::open(new, &self.place, false)?;
+                let finisher = Finisher::open(new, &self.place)?;
                 if let Stages::Open(ordered) = &mut o.stages {
                     ordered.matter_mut().set_background(new)?;
                 }

@@ -43,6 +43,14 @@ impl Ordered {
         self.batch = batch.max(1);
     }
 
+    /// With `on` (an encoder that takes 4:2:0 next), the device stages convert finished frames to I420 where their
+    /// size allows it (as `videoconvert` would), and the finisher downloads those; the host's frames stay RGBA.
+    pub fn set_i420(&mut self, on: bool) {
+        if let Matter::Device(m) = &mut self.matter {
+            m.stages.set_i420(on);
+        }
+    }
+
     pub fn matter_mut(&mut self) -> &mut Matter {
         &mut self.matter
     }
@@ -121,13 +129,12 @@ impl ModelTime {
 }
 
 impl Finisher {
-    /// The finisher for `ordered`'s stages; on the device, downloads get a stream of their own, and with
-    /// `i420` (an encoder that takes 4:2:0 next) frames go down as I420 where their size allows; such buffers
-    /// carry a `VideoMeta` saying so.
-    pub fn open(s: &MatteSettings, place: &Placement, i420: bool) -> Result<Finisher> {
+    /// The finisher for `ordered`'s stages; on the device, downloads get a stream of their own, and frames the
+    /// stages converted to I420 ([`Ordered::set_i420`]) go down so, in buffers that carry a `VideoMeta` saying so.
+    pub fn open(s: &MatteSettings, place: &Placement) -> Result<Finisher> {
         Ok(match place {
             Placement::Host => Finisher::Host(super::host_compositor(s)?),
-            Placement::Device(gpu) => Finisher::Device(Downloader::new(gpu, i420)?, ModelTime::default()),
+            Placement::Device(gpu) => Finisher::Device(Downloader::new(gpu)?, ModelTime::default()),
         })
     }
 
