@@ -12,7 +12,7 @@
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
 #                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe
 #                                     encoder-bound timeline beside bursts contexts connections decoder idle other-streams
-#                                     own-stream
+#                                     own-stream nvdec
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -130,7 +130,7 @@ ops_models() { # NAME|ONNX|MANIFEST of steps queued, i420, one-stream and model-
 ab_e2e() { # NAME ONNX MANIFEST "OLD ARGS" "NEW ARGS": end to end with $OLD_MF, $MID_MF if set (with the new args) and
   # this binary alternating, AB_RUNS (2) times each
   local name=$1 onnx=$2 man=$3 old=$4 new=$5 r
-  local keep="^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation|CUDA graph|queued behind|had finished"
+  local keep="^(decode wait|preprocess|infer|postprocess|encode push)|after it|model on|steady|end to end:|alone|utilisation|CUDA graph|queued behind|had finished|NVDEC"
   for r in $(seq "${AB_RUNS:-2}"); do
     # shellcheck disable=SC2086  # (the argument strings split into arguments)
     echo "== $name old run $r"; MF=$OLD_MF e2e "$name-old-$r" "$onnx" "$man" --cuda-stages $old 2>&1 | grep -E "$keep"
@@ -153,7 +153,10 @@ same_h264() { # NAME ONNX MANIFEST "OLD ARGS" "NEW ARGS": the 1080p H.264 compos
   T 120 matteflow convert "$CLIP" -o /tmp/i4/new.mp4 -k composite -b green --model "$onnx" --manifest "$man" --device cuda --cuda-stages $new 2>&1 | tail -1
   for v in old new; do
     gst-launch-1.0 -q filesrc location=/tmp/i4/$v.mp4 ! qtdemux ! h264parse ! openh264dec ! video/x-raw,format=I420 ! filesink location=/tmp/i4/$v.yuv
+    # the frames' presentation times as the file gives them
+    gst-launch-1.0 -v filesrc location=/tmp/i4/$v.mp4 ! qtdemux ! fakesink silent=false 2>&1 | grep -o "pts: [0-9:.]*" | sort > /tmp/i4/$v.pts
   done
+  echo "PTS $name new vs old: $(wc -l < /tmp/i4/new.pts) vs $(wc -l < /tmp/i4/old.pts) frames; $(cmp -s /tmp/i4/old.pts /tmp/i4/new.pts && echo identical || echo DIFFER)"
   echo "H264 $name new vs old ($OLD_MF): $(python3 - /tmp/i4/old.yuv /tmp/i4/new.yuv <<'PY'
 import sys, numpy as np
 a, b = (np.fromfile(f, np.uint8) for f in sys.argv[1:3])
@@ -624,6 +627,25 @@ PY
         echo "JOBS $n: $(ls "/tmp/jobs-alone/$n" | wc -l) frames alone, $(ls "/tmp/jobs-out/$n" 2>/dev/null | wc -l) with --jobs 3; $(python3 "$ROOT/scripts/compare-masks.py" "/tmp/jobs-alone/$n" "/tmp/jobs-out/$n")"
       done
       ;;
+    nvdec)
+      # Issue 15, thirteenth session: H.264 decoded by NVDEC directly and mapped on the model's stream (cuda::nvdec,
+      # the default now) against GStreamer's nvh264dec (the same binary with MATTEFLOW_NVDEC=0). Per model
+      # (ops_models; E2E_ONLY picks): the composites' H.264 of both decoded and compared frame by frame, with their
+      # timestamps, on the clip and on a copy with B-frames (reordered by the decoder); end to end alternating
+      # (AB_RUNS); then step other-streams ((c) is NVDEC now).
+      local m name onnx man gstdec=/tmp/mf-gstdec bclip=/tmp/bikes_1080p_bframes.mp4
+      printf '#!/bin/sh\nMATTEFLOW_NVDEC=0 exec matteflow "$@"\n' > $gstdec && chmod +x $gstdec
+      gst-launch-1.0 -q filesrc location="$CLIP" ! qtdemux ! h264parse ! avdec_h264 ! x264enc speed-preset=veryfast bitrate=8000 bframes=3 b-adapt=false \
+        ! h264parse ! mp4mux ! filesink location=$bclip || gst-launch-1.0 -q filesrc location="$CLIP" ! qtdemux ! h264parse ! openh264dec \
+        ! x264enc speed-preset=veryfast bitrate=8000 bframes=3 b-adapt=false ! h264parse ! mp4mux ! filesink location=$bclip
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        OLD_MF=$gstdec same_h264 "$name" "$onnx" "$man" "" ""
+        CLIP=$bclip OLD_MF=$gstdec same_h264 "$name-bframes" "$onnx" "$man" "" ""
+        OLD_MF=$gstdec ab_e2e "$name" "$onnx" "$man" "" ""
+      done
+      step other-streams
+      ;;
     own-stream)
       # Issue 15, thirteenth session: the GPU stages convert finished frames to I420 on the model's stream (in
       # `submit`) instead of the download stream, whose kernel slowed every later replay of the model's CUDA graph.
@@ -806,7 +828,7 @@ PY
       # I420 runs only for H.264 and VP9); (b) openh264 and H.264 out: that conversion, on the download stream;
       # (c) nvh264dec and PNG out: the decoder's conversion on its stream. The report's stages' stream line gives
       # the model's time in each (PNG and openh264 are slow: the runs mostly find the GPU idle).
-      local m name onnx man keep="model on|stages' stream|steady"
+      local m name onnx man keep="model on|stages' stream|steady|NVDEC"
       for m in $(ops_models); do
         IFS='|' read -r name onnx man <<< "$m"
         local b=(matteflow bench "$CLIP" --device cuda --model "$onnx" --manifest "$man" -k composite -b green --runs 1 --cuda-stages)

@@ -550,7 +550,7 @@ fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         // Which sound a live run carries, and how its video is decoded, are said at start, also without -v.
-        0 => "warn,matteflow::live::audio=info,matteflow::live::decode=info",
+        0 => "warn,matteflow::live::audio=info,matteflow::live::decode=info,matteflow::cuda::nvdec=info",
         1 => "info,ort=warn",
         _ => "debug",
     };

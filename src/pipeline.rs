@@ -173,7 +173,7 @@ impl Plan {
 fn convert_with(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Option<BatchClient>, ctl: RunControl<'_>) -> Result<Report> {
     gst::init()?;
     let plan = Plan::settle(cfg, &segmenter, batcher.is_some())?;
-    let graph = Graph::build(cfg, &plan)?;
+    let graph = Graph::build(cfg, &plan, segmenter.compute_stream())?;
     let shared = Arc::new(Shared::new());
     watch_frame_rate(&graph.pipeline, shared.variable_rate.clone());
     let start = Instant::now();
@@ -185,7 +185,7 @@ fn convert_with(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Option<B
     let (tx_matted, rx_matted) = crossbeam_channel::bounded::<Matted>(cfg.queue.max(1));
     let (tx_done, rx_done) = crossbeam_channel::bounded::<Vec<gst::Buffer>>(cfg.queue.max(1));
     let mut threads = vec![
-        spawn("mf-pull", pull_frames(graph.appsink.clone(), graph.on_device, shared.clone(), tx_frames))?,
+        spawn("mf-pull", pull_frames(&graph, cfg, shared.clone(), tx_frames))?,
         spawn("mf-infer", matte_frames(cfg, &plan, segmenter, batcher, shared.clone(), rx_frames, tx_matted, start))?,
         spawn("mf-finish", finish_frames(&plan, shared.clone(), rx_matted, tx_done))?,
         spawn("mf-push", push_frames(&plan, cfg, graph.appsrc.clone(), shared.clone(), rx_done))?,
@@ -233,13 +233,17 @@ struct Graph {
     /// Where an image input's frames enter (instead of a decoder).
     image_src: Option<gst_app::AppSrc>,
     on_device: bool,
+    /// Where H.264 and HEVC are decoded by NVDEC directly ([`crate::cuda::nvdec`]): the model's stream, which
+    /// the decoded pictures are mapped on.
+    nvdec: Option<Arc<cudarc::driver::CudaStream>>,
     has_audio: Arc<AtomicBool>,
     /// The output's final name, for errors.
     output: std::path::PathBuf,
 }
 
 impl Graph {
-    fn build(cfg: &ConvertConfig, plan: &Plan) -> Result<Graph> {
+    /// `model_stream`: the model's CUDA stream, where it runs on one of ours (NVDEC maps its pictures there).
+    fn build(cfg: &ConvertConfig, plan: &Plan, model_stream: Option<Arc<cudarc::driver::CudaStream>>) -> Result<Graph> {
         let pipeline = gst::Pipeline::new();
         // With the GPU stages, decoded frames stay in CUDA memory when GStreamer's nvcodec can give them in our
         // context; otherwise they are decoded to system memory and uploaded.
@@ -263,9 +267,13 @@ impl Graph {
             None => gst::ElementFactory::make("uridecodebin").property("uri", &plan.uri).build()?,
         };
         pipeline.add(&decode)?;
+        let nvdec = model_stream.filter(|_| device_decode && nvdec_usable());
         let (video_head, appsink) = if device_decode {
             crate::cuda::gst_cuda::prefer_cuda_output(&decode);
-            let sink = crate::cuda::gst_cuda::device_appsink(cfg.queue.max(1) as u32);
+            if nvdec.is_some() {
+                stop_at_nvdec_codecs(&decode);
+            }
+            let sink = crate::cuda::gst_cuda::device_appsink(cfg.queue.max(1) as u32, nvdec.is_some());
             pipeline.add(&sink)?;
             (sink.clone().upcast::<gst::Element>(), sink)
         } else {
@@ -274,7 +282,7 @@ impl Graph {
         let on_gpu = matches!(plan.provider, crate::runtime::Provider::Cuda | crate::runtime::Provider::TensorRt);
         let enc = sink::build(&pipeline, plan.format, &plan.staged.temp_path, 1 << 20, on_gpu)?;
         hold_h264_encoder(&pipeline);
-        let graph = Graph { pipeline, decode, video_head, appsink, appsrc: enc.appsrc, image_src, on_device: device_decode, has_audio: Default::default(), output: plan.staged.final_path.clone() };
+        let graph = Graph { pipeline, decode, video_head, appsink, appsrc: enc.appsrc, image_src, on_device: device_decode, nvdec, has_audio: Default::default(), output: plan.staged.final_path.clone() };
         match &graph.image_src {
             Some(src) => src.link(&graph.video_head)?,
             None => graph.link_pads(enc.audio_sink, &cfg.input, cfg.video_stream),
@@ -353,6 +361,15 @@ fn describe_video_pad(pad: &gst::Pad) -> String {
 /// Links a decoded video pad to the video branch. Device decoding: a decoder that can give CUDA memory feeds
 /// the appsink directly, any other goes through videoconvert ! cudaupload.
 fn link_video(pipeline: &gst::Pipeline, pad: &gst::Pad, head: &gst::Element, on_device: bool) -> bool {
+    if let Some(parser) = crate::cuda::nvdec::parser_for(&pad.current_caps().unwrap_or_else(|| pad.query_caps(None))) {
+        return match au_branch(pipeline, parser, head) {
+            Ok(p) => pad.link(&p).is_ok(),
+            Err(e) => {
+                tracing::warn!("cannot link the parser for NVDEC: {e}");
+                false
+            }
+        };
+    }
     let sink_pad = if on_device {
         match crate::cuda::gst_cuda::device_sink_pad(pipeline, pad, head) {
             Ok(p) => p,
@@ -367,6 +384,35 @@ fn link_video(pipeline: &gst::Pipeline, pad: &gst::Pad, head: &gst::Element, on_
     pad.link(&sink_pad).is_ok()
 }
 
+/// Whether H.264 and HEVC go to NVDEC directly (see [`crate::cuda::nvdec`]), else why not, in the log.
+fn nvdec_usable() -> bool {
+    match crate::cuda::nvdec::available() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!("NVDEC is not driven directly ({e}): GStreamer's decoders decode");
+            false
+        }
+    }
+}
+
+/// Makes `decodebin` expose H.264 and HEVC streams that NVDEC decodes here (8-bit 4:2:0 profiles, or no
+/// profile said) before any decoder: they are parsed and decoded by [`crate::cuda::nvdec`].
+fn stop_at_nvdec_codecs(decodebin: &gst::Element) {
+    decodebin.connect("autoplug-continue", false, |args| {
+        let go_on = args.get(2).and_then(|c| c.get::<gst::Caps>().ok()).is_none_or(|c| crate::cuda::nvdec::parser_for(&c).is_none());
+        Some(go_on.to_value())
+    });
+}
+
+/// parser ! byte-stream access units ! `sink`, added and started; returns the parser's sink pad.
+fn au_branch(pipeline: &gst::Pipeline, parser: &str, sink: &gst::Element) -> Result<gst::Pad> {
+    let parse = gst::ElementFactory::make(parser).build()?;
+    pipeline.add(&parse)?;
+    parse.link(sink)?;
+    parse.sync_state_with_parent()?;
+    Ok(parse.static_pad("sink").unwrap())
+}
+
 fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) {
     if let Ok(fake) = gst::ElementFactory::make("fakesink").property("sync", false).property("async", false).build() {
         let _ = pipeline.add(&fake);
@@ -376,14 +422,19 @@ fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) {
 }
 
 /// Thread 1: pulls decoded frames (and notes the stream's format and duration on the first).
-fn pull_frames(appsink: gst_app::AppSink, on_device: bool, shared: Arc<Shared>, tx: crossbeam_channel::Sender<Frame>) -> impl FnOnce() + Send {
+fn pull_frames(graph: &Graph, cfg: &ConvertConfig, shared: Arc<Shared>, tx: crossbeam_channel::Sender<Frame>) -> impl FnOnce() + Send {
+    let (appsink, on_device) = (graph.appsink.clone(), graph.on_device);
+    // Decoded pictures in use at once: those queued for the model, a call's group, and the last call's until
+    // the GPU has read them.
+    let surfaces = (cfg.queue.max(1) + 2 * cfg.batch.max(1) + 4) as u32;
+    let mut nvdec = graph.nvdec.clone().map(|s| crate::cuda::nvdec::AuSource::new(s, surfaces));
     move || {
         let mut index = 0u64;
         let mut wait = Duration::ZERO;
         while !shared.stopped() {
             let t = Instant::now();
             let pulled = if on_device {
-                source::pull_cuda_frame(&appsink, index, Duration::from_millis(100))
+                source::pull_cuda_frame(&appsink, nvdec.as_mut(), index, Duration::from_millis(100))
             } else {
                 source::pull_frame(&appsink, index, Duration::from_millis(100))
             };
@@ -958,6 +1009,46 @@ fn decode_alone(input: &str, frames: &str, encode: Option<(Format, &std::path::P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With NVDEC driven directly, decodebin stops before any H.264 decoder and the device appsink gets the
+    /// clip's access units as Annex B byte-stream, one a buffer, the first with its parameter sets and an IDR
+    /// picture (what cuvidParseVideoData needs), in the clip's order and number.
+    #[test]
+    fn h264_reaches_the_device_appsink_as_access_units_before_any_decoder() {
+        gst::init().unwrap();
+        let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/media/carphone_pristine.mp4");
+        let uri = gst::glib::filename_to_uri(&clip, None).unwrap();
+        let pipeline = gst::Pipeline::new();
+        let dec = gst::ElementFactory::make("uridecodebin").property("uri", uri.as_str()).build().unwrap();
+        stop_at_nvdec_codecs(&dec);
+        let sink = crate::cuda::gst_cuda::device_appsink(4, true);
+        pipeline.add_many([&dec, sink.upcast_ref()]).unwrap();
+        let (weak, head) = (pipeline.downgrade(), sink.clone().upcast::<gst::Element>());
+        dec.connect_pad_added(move |_, pad| {
+            if source::pad_media_type(pad).is_some_and(|t| t.starts_with("video/")) {
+                assert!(link_video(&weak.upgrade().unwrap(), pad, &head, true), "{:?}", pad.current_caps());
+            }
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let mut units = Vec::new();
+        while let Some(s) = sink.try_pull_sample(gst::ClockTime::from_seconds(10)) {
+            let caps = s.caps().unwrap();
+            assert!(crate::cuda::nvdec::AuSource::takes(caps), "{caps}");
+            let st = caps.structure(0).unwrap();
+            assert_eq!((st.get::<&str>("stream-format").unwrap(), st.get::<&str>("alignment").unwrap()), ("byte-stream", "au"));
+            let b = s.buffer().unwrap();
+            units.push((b.map_readable().unwrap().to_vec(), b.pts()));
+        }
+        pipeline.set_state(gst::State::Null).unwrap();
+        assert_eq!(units.len(), 120, "carphone has 120 frames");
+        // NAL unit types after each start code.
+        let nal_types = |d: &[u8]| -> Vec<u8> { d.windows(4).filter(|w| w[..3] == [0, 0, 1]).map(|w| w[3] & 0x1f).collect() };
+        let (first, _) = &units[0];
+        assert!(first.starts_with(&[0, 0, 0, 1]) || first.starts_with(&[0, 0, 1]), "{:?}", &first[..8]);
+        let t = nal_types(first);
+        assert!(t.contains(&7) && t.contains(&8) && t.contains(&5), "SPS, PPS and an IDR slice first: {t:?}");
+        assert!(units.iter().all(|(d, pts)| d.len() > 4 && pts.is_some()));
+    }
 
     #[test]
     fn the_ends_rate_is_timed_from_the_first_frame_to_the_last() {

@@ -141,10 +141,35 @@ pub fn pull_frame(appsink: &gst_app::AppSink, index: u64, timeout: Duration) -> 
     Some(frame_from_sample(sample, index))
 }
 
-/// Pulls the next frame decoded into CUDA memory (the device appsink of `cuda::gst_cuda`).
-pub fn pull_cuda_frame(appsink: &gst_app::AppSink, index: u64, timeout: Duration) -> Option<Result<Frame>> {
-    let sample = appsink.try_pull_sample(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))?;
-    Some(cuda_frame_from_sample(sample, index))
+/// Pulls the next frame decoded into CUDA memory (the device appsink of `cuda::gst_cuda`). With `nvdec`, samples
+/// of access units are decoded there (and its frames come first); at the end of the stream it gives the
+/// pictures it still holds.
+pub fn pull_cuda_frame(appsink: &gst_app::AppSink, nvdec: Option<&mut crate::cuda::nvdec::AuSource>, index: u64, timeout: Duration) -> Option<Result<Frame>> {
+    let Some(n) = nvdec else {
+        let sample = appsink.try_pull_sample(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))?;
+        return Some(cuda_frame_from_sample(sample, index));
+    };
+    loop {
+        if let Some((cuda, pts, duration)) = n.next() {
+            return Some(device_frame(cuda, index, pts, duration));
+        }
+        let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64)) else {
+            if !appsink.is_eos() {
+                return None;
+            }
+            if let Err(e) = n.finish() {
+                return Some(Err(e));
+            }
+            let (cuda, pts, duration) = n.next()?;
+            return Some(device_frame(cuda, index, pts, duration));
+        };
+        if !sample.caps().is_some_and(crate::cuda::nvdec::AuSource::takes) {
+            return Some(cuda_frame_from_sample(sample, index));
+        }
+        if let Err(e) = n.push(&sample) {
+            return Some(Err(e));
+        }
+    }
 }
 
 /// A sample's timestamp as running time (its segment applied; the timestamp as is without a time segment).
@@ -159,7 +184,11 @@ pub fn running_pts(sample: &gst::Sample) -> Option<gst::ClockTime> {
 fn cuda_frame_from_sample(sample: gst::Sample, index: u64) -> Result<Frame> {
     let cuda = crate::cuda::gst_cuda::CudaFrame::map(&sample)?;
     let src = sample.buffer().ok_or_else(|| Error::Gst("decoded sample without buffer".into()))?;
-    let (pts, duration) = (running_pts(&sample), src.duration());
+    device_frame(cuda, index, running_pts(&sample), src.duration())
+}
+
+/// A frame whose pixels are on the device (`cuda`), with a host buffer for the finished frame.
+pub fn device_frame(cuda: crate::cuda::gst_cuda::CudaFrame, index: u64, pts: Option<gst::ClockTime>, duration: Option<gst::ClockTime>) -> Result<Frame> {
     let (w, h) = (cuda.width, cuda.height);
     let data = gst::Buffer::with_size((w * h * 4) as usize)
         .map_err(|e| Error::Gst(format!("cannot allocate a frame: {e}")))?

@@ -99,10 +99,15 @@ pub fn device_caps() -> gst::Caps {
     gst::Caps::builder("video/x-raw").features([CAPS_FEATURE_CUDA]).field("format", "NV12").build()
 }
 
-/// An appsink for NV12 frames in CUDA memory. It tells the decoder it reads `GstVideoMeta` (the plane offsets
-/// and pitch of the decoder's buffers are only known from it).
-pub fn device_appsink(max_buffers: u32) -> gst_app::AppSink {
-    let sink = gst_app::AppSink::builder().caps(&device_caps()).max_buffers(max_buffers).drop(false).sync(false).build();
+/// An appsink for NV12 frames in CUDA memory (and with `access_units`, H.264/HEVC access units for
+/// [`super::nvdec`]). It tells the decoder it reads `GstVideoMeta` (the plane offsets and pitch of the
+/// decoder's buffers are only known from it).
+pub fn device_appsink(max_buffers: u32, access_units: bool) -> gst_app::AppSink {
+    let mut caps = device_caps();
+    if access_units {
+        caps.make_mut().append(super::nvdec::au_caps());
+    }
+    let sink = gst_app::AppSink::builder().caps(&caps).max_buffers(max_buffers).drop(false).sync(false).build();
     sink.static_pad("sink").unwrap().add_probe(gst::PadProbeType::QUERY_DOWNSTREAM, |_, info| {
         if let Some(gst::PadProbeData::Query(q)) = info.data.as_mut() {
             if let gst::QueryViewMut::Allocation(a) = q.view_mut() {
@@ -198,7 +203,7 @@ pub fn decode_pipeline(cuda: &GstCuda, uri: &str, max_buffers: u32) -> Result<(g
     cuda.attach(&pipeline);
     let dec = gst::ElementFactory::make("uridecodebin").property("uri", uri).build()?;
     prefer_cuda_output(&dec);
-    let sink = device_appsink(max_buffers);
+    let sink = device_appsink(max_buffers, false);
     pipeline.add_many([&dec, sink.upcast_ref()])?;
     let weak = pipeline.downgrade();
     let s = sink.clone().upcast::<gst::Element>();
@@ -228,8 +233,7 @@ struct CudaMemoryHead {
 
 /// One decoded NV12 frame in CUDA memory, mapped for device access until dropped.
 pub struct CudaFrame {
-    buffer: gst::Buffer,
-    map: gst::ffi::GstMapInfo,
+    hold: Hold,
     /// Device address of the Y plane's first byte.
     pub ptr: u64,
     /// Bytes per row of both planes.
@@ -240,6 +244,13 @@ pub struct CudaFrame {
     pub color: super::nv12::YuvColor,
     pub width: u32,
     pub height: u32,
+}
+
+/// What keeps a frame's device memory valid: a GStreamer buffer mapped for CUDA, or a decoder's mapped picture
+/// (`cuda::nvdec`), unmapped when dropped.
+enum Hold {
+    Gst(gst::Buffer, gst::ffi::GstMapInfo),
+    Surface(#[allow(dead_code)] Box<dyn std::any::Any + Send + Sync>),
 }
 
 // SAFETY: the mapping belongs to the buffer we hold a reference to; GstBuffer is thread-safe to move.
@@ -289,16 +300,23 @@ impl CudaFrame {
             color: super::nv12::YuvColor::from_info(&info),
             width: info.width(),
             height: info.height(),
-            buffer,
-            map,
+            hold: Hold::Gst(buffer, map),
         })
+    }
+
+    /// A frame at device address `ptr` (NV12, rows of `pitch` bytes, the UV plane `uv_offset` bytes after the
+    /// Y plane) that stays valid while `hold` lives (dropped with the frame).
+    pub fn of_surface(ptr: u64, pitch: usize, uv_offset: usize, color: super::nv12::YuvColor, width: u32, height: u32, hold: Box<dyn std::any::Any + Send + Sync>) -> CudaFrame {
+        CudaFrame { hold: Hold::Surface(hold), ptr, pitch, uv_offset, color, width, height }
     }
 }
 
 impl Drop for CudaFrame {
     fn drop(&mut self) {
-        // SAFETY: mapped in `map` on this buffer; unmapped exactly once.
-        unsafe { gst::ffi::gst_buffer_unmap(self.buffer.as_ptr() as *mut _, &mut self.map) };
+        if let Hold::Gst(buffer, map) = &mut self.hold {
+            // SAFETY: mapped in `map` on this buffer; unmapped exactly once.
+            unsafe { gst::ffi::gst_buffer_unmap(buffer.as_ptr() as *mut _, map) };
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod i420;
 pub mod nv12;
 pub mod nv12_check;
 pub mod nv12_frames;
+pub mod nvdec;
 pub mod selftest;
 pub mod stages;
 

@@ -159,7 +159,7 @@ pub fn build(spec: &InputSpec, cap: Capture, cuda: Option<&GstCuda>) -> Result<L
     let (head, appsink) = match cuda {
         Some(c) => {
             c.attach(&pipeline);
-            let sink = gst_cuda::device_appsink(2);
+            let sink = gst_cuda::device_appsink(2, false);
             pipeline.add(&sink)?;
             (None, sink)
         }
@@ -358,7 +358,7 @@ mod tests {
         let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/media/carphone_pristine.mp4");
         let uri = crate::source::input_uri(clip.to_str().unwrap()).unwrap();
         let pipeline = gst::Pipeline::new();
-        let sink = gst_cuda::device_appsink(2);
+        let sink = gst_cuda::device_appsink(2, false);
         pipeline.add(&sink).unwrap();
         let dec = uri_source(&pipeline, &uri, &sink, &Arc::new(AtomicBool::new(true))).unwrap();
         let refused: Arc<Mutex<Option<String>>> = Default::default();
