@@ -40,6 +40,7 @@ type MapFrame = unsafe extern "C" fn(CUvideodecoder, c_int, *mut c_ulonglong, *m
 type UnmapFrame = unsafe extern "C" fn(CUvideodecoder, c_ulonglong) -> Status;
 type DecoderCaps = unsafe extern "C" fn(*mut CUVIDDECODECAPS) -> Status;
 type LockCreate = unsafe extern "C" fn(*mut CUvideoctxlock, *mut c_void) -> Status;
+type LockDestroy = unsafe extern "C" fn(CUvideoctxlock) -> Status;
 
 /// The entry points of libnvcuvid.so.1 (the library stays loaded for the process).
 struct Api {
@@ -53,6 +54,7 @@ struct Api {
     unmap: UnmapFrame,
     caps: DecoderCaps,
     lock_create: LockCreate,
+    lock_destroy: LockDestroy,
     _lib: libloading::Library,
 }
 
@@ -78,6 +80,7 @@ fn api() -> std::result::Result<&'static Api, String> {
                 unmap: f!("cuvidUnmapVideoFrame64"),
                 caps: f!("cuvidGetDecoderCaps"),
                 lock_create: f!("cuvidCtxLockCreate"),
+                lock_destroy: f!("cuvidCtxLockDestroy"),
                 _lib: lib,
             })
         }
@@ -128,11 +131,14 @@ fn err(m: impl std::fmt::Display) -> Error {
     Error::Cuda(format!("NVDEC: {m}; decode with GStreamer instead with MATTEFLOW_NVDEC=0"))
 }
 
-/// One decoder and the count of its pictures mapped now (at most `surfaces`).
+/// One decoder and the count of its pictures mapped now (at most `surfaces`). Its calls are made one at a time
+/// (`calls`): pictures are decoded and mapped on the decoding thread and unmapped on the frames' last thread.
 struct Decoder {
     api: &'static Api,
     handle: CUvideodecoder,
     ctx: Arc<CudaContext>,
+    _lock: Arc<CtxLock>,
+    calls: Mutex<()>,
     mapped: Mutex<u32>,
     unmapped: Condvar,
     surfaces: u32,
@@ -151,6 +157,23 @@ impl Drop for Decoder {
     }
 }
 
+/// The context lock NVDEC takes around its own CUDA calls (`vidLock`), destroyed after its decoder.
+struct CtxLock(CUvideoctxlock);
+
+// SAFETY: an opaque handle the driver locks internally.
+unsafe impl Send for CtxLock {}
+// SAFETY: as above.
+unsafe impl Sync for CtxLock {}
+
+impl Drop for CtxLock {
+    fn drop(&mut self) {
+        if let Ok(api) = api() {
+            // SAFETY: created by cuvidCtxLockCreate; its decoder (which holds an Arc of this) is gone.
+            unsafe { (api.lock_destroy)(self.0) };
+        }
+    }
+}
+
 /// A mapped picture: unmapped (from whichever thread drops the frame last) once the GPU has read it (the
 /// frame releaser waits for the stream's event before dropping).
 struct Mapped {
@@ -162,8 +185,10 @@ impl Drop for Mapped {
     fn drop(&mut self) {
         let d = &self.decoder;
         let _ = d.ctx.bind_to_thread();
+        let _one = d.calls.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: mapped by cuvidMapVideoFrame64 on this decoder, unmapped once.
         unsafe { (d.api.unmap)(d.handle, self.ptr) };
+        drop(_one);
         *d.mapped.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
         d.unmapped.notify_all();
     }
@@ -174,7 +199,7 @@ struct State {
     api: &'static Api,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    lock: CUvideoctxlock,
+    lock: Arc<CtxLock>,
     surfaces: u32,
     decoder: Option<Arc<Decoder>>,
     /// The display size and the output surface's height (the UV plane's offset), and the colour.
@@ -211,6 +236,7 @@ impl Nvdec {
         let mut lock: CUvideoctxlock = std::ptr::null_mut();
         // SAFETY: out-parameter; our context.
         check("cuvidCtxLockCreate", unsafe { (api.lock_create)(&mut lock, ctx.cu_ctx() as *mut c_void) }).map_err(err)?;
+        let lock = Arc::new(CtxLock(lock));
         let color = caps_color(caps);
         let state = Box::new(State { api, ctx, stream, lock, surfaces: surfaces.clamp(2, 32), decoder: None, size: (0, 0, 0), color, ready: VecDeque::new(), error: None });
         let mut nv = Nvdec { api, parser: std::ptr::null_mut(), state };
@@ -219,7 +245,8 @@ impl Nvdec {
         p.CodecType = codec;
         p.ulMaxNumDecodeSurfaces = 1;
         p.ulClockRate = 1_000_000_000;
-        p.ulMaxDisplayDelay = 0;
+        // Two pictures held before display: decoding runs ahead of mapping (the SDK's recommended 2–4).
+        p.ulMaxDisplayDelay = 2;
         p.pUserData = &mut *nv.state as *mut State as *mut c_void;
         p.pfnSequenceCallback = Some(on_sequence);
         p.pfnDecodePicture = Some(on_decode);
@@ -328,10 +355,10 @@ unsafe extern "C" fn on_sequence(user: *mut c_void, fmt: *mut CUVIDEOFORMAT) -> 
         (ci.display_area.left, ci.display_area.top, ci.display_area.right, ci.display_area.bottom) = (area.left as _, area.top as _, area.right as _, area.bottom as _);
         (ci.ulTargetWidth, ci.ulTargetHeight) = (w as _, h as _);
         ci.ulNumOutputSurfaces = s.surfaces as _;
-        ci.vidLock = s.lock;
+        ci.vidLock = s.lock.0;
         let mut handle: CUvideodecoder = std::ptr::null_mut();
         check("cuvidCreateDecoder", (s.api.create_decoder)(&mut handle, &mut ci))?;
-        let d = Decoder { api: s.api, handle, ctx: s.ctx.clone(), mapped: Mutex::new(0), unmapped: Condvar::new(), surfaces: s.surfaces };
+        let d = Decoder { api: s.api, handle, ctx: s.ctx.clone(), _lock: s.lock.clone(), calls: Mutex::new(()), mapped: Mutex::new(0), unmapped: Condvar::new(), surfaces: s.surfaces };
         s.decoder = Some(Arc::new(d));
         s.size = (w, h, (h + 1) & !1);
         tracing::info!("decoding {:?} {w}x{h} with NVDEC, mapped on the model's stream", f.codec);
@@ -342,6 +369,7 @@ unsafe extern "C" fn on_sequence(user: *mut c_void, fmt: *mut CUVIDEOFORMAT) -> 
 unsafe extern "C" fn on_decode(user: *mut c_void, pic: *mut CUVIDPICPARAMS) -> c_int {
     with_state(user, |s| {
         let d = s.decoder.as_ref().ok_or("a picture before its sequence header")?;
+        let _one = d.calls.lock().unwrap_or_else(|p| p.into_inner());
         check("cuvidDecodePicture", (s.api.decode)(d.handle, pic))?;
         Ok(1)
     })
@@ -356,7 +384,11 @@ unsafe extern "C" fn on_display(user: *mut c_void, disp: *mut CUVIDPARSERDISPINF
         (vpp.progressive_frame, vpp.top_field_first) = (info.progressive_frame, info.top_field_first);
         vpp.output_stream = s.stream.cu_stream() as _;
         let (mut ptr, mut pitch) = (0u64, 0u32);
-        if let Err(e) = check("cuvidMapVideoFrame", (s.api.map)(d.handle, info.picture_index, &mut ptr, &mut pitch, &mut vpp)) {
+        let mapped = {
+            let _one = d.calls.lock().unwrap_or_else(|p| p.into_inner());
+            check("cuvidMapVideoFrame", (s.api.map)(d.handle, info.picture_index, &mut ptr, &mut pitch, &mut vpp))
+        };
+        if let Err(e) = mapped {
             *d.mapped.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
             return Err(e);
         }
