@@ -12,7 +12,7 @@
 #                                     peers-fixed-l peers-fixed-t prep3 final15 batch15 epopt graph-check e2e-ab element-net
 #                                     e2e-steady wa queued queued-jobs i420 one-stream model-probe
 #                                     encoder-bound timeline beside bursts contexts connections decoder idle other-streams
-#                                     own-stream nvdec
+#                                     own-stream nvdec nvdec-beside
 #
 # Needs (on the GPU machine): the runtime bundle of scripts/gpu-bundle.sh at $KIT/files/bundle, ONNX Runtime
 # GPU at $KIT/ort, a 1080p clip ($CLIP), the BiRefNet checkout ($BIREFNET_REPO), IS-Net ($ISNET), and for the
@@ -645,6 +645,18 @@ PY
         OLD_MF=$gstdec ab_e2e "$name" "$onnx" "$man" "" ""
       done
       step other-streams
+      ;;
+    nvdec-beside)
+      # Issue 15, thirteenth session: with NVDEC driven directly and its pictures mapped on the model's stream, the
+      # model in the pipeline still took 5.48 ms (5.20 with CPU decoding). What slows it: NVDEC decoding at all,
+      # or the map (a kernel on the model's stream, launched from another thread)? Per model (ops_models;
+      # E2E_ONLY picks): the model alone; beside it our NVDEC decoding only (no map), mapping on the model's
+      # stream, mapping on a stream of its own; nvh264dec for reference.
+      local m name onnx man
+      for m in $(ops_models); do
+        IFS='|' read -r name onnx man <<< "$m"
+        beside_each "$name" "$onnx" "$man" "" "nvdec-nomap:$CLIP" "nvdec:$CLIP" "nvdec-own:$CLIP" "decode:$CLIP"
+      done
       ;;
     own-stream)
       # Issue 15, thirteenth session: the GPU stages convert finished frames to I420 on the model's stream (in

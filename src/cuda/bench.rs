@@ -230,7 +230,7 @@ fn queued_rows(seg: &mut OnnxSegmenter, io: &mut DeviceIo, o: &BenchOptions, b: 
     // Other work beside the runs, paced at the model's rate (about a second of runs, after its first items).
     let beside = match (&o.beside, &queued) {
         (Some(spec), Some((gpu, _))) => {
-            let work = Beside::start(spec, o.device_id, Duration::from_secs_f64(stats(gpu.clone()).0 / 1e3))?;
+            let work = Beside::start(spec, o.device_id, seg.compute_stream(), Duration::from_secs_f64(stats(gpu.clone()).0 / 1e3))?;
             let timed = queued_runs(seg, io, o.runs.max(200), false, o.wait_idle);
             let done = work.stop();
             // And once it has stopped: does what it left behind still slow the runs?
@@ -324,7 +324,7 @@ const FRAME_BYTES: usize = 1920 * 1080 * 3 / 2;
 
 impl Beside {
     /// Starts the work and returns once its first items are done (or fails, naming why).
-    fn start(spec: &str, device_id: i32, period: Duration) -> Result<Beside> {
+    fn start(spec: &str, device_id: i32, model_stream: Option<Arc<cudarc::driver::CudaStream>>, period: Duration) -> Result<Beside> {
         // `NxSPEC`: N items back to back every N periods (bursts) instead of one every period.
         let (burst, spec) = match spec.split_once('x') {
             Some((n, rest)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => (n.parse::<u32>().unwrap_or(1).max(1), rest),
@@ -334,6 +334,21 @@ impl Beside {
         let (stop2, seen2) = (stop.clone(), seen.clone());
         let gpu = super::Gpu::open(device_id.max(0) as usize)?;
         let work: Box<dyn FnOnce() -> Result<u64> + Send> = match spec.split_once(':') {
+            Some((kind @ ("nvdec" | "nvdec-own" | "nvdec-nomap"), clip)) => {
+                let model = model_stream.ok_or_else(|| Error::config(format!("--beside {spec}: the session runs on no stream of ours")))?;
+                let stream = match kind {
+                    "nvdec-own" => model.context().new_stream().map_err(|e| Error::Cuda(format!("--beside {spec}: {e}")))?,
+                    _ => model,
+                };
+                let (pipeline, sink) = au_pipeline(clip)?;
+                let map = kind != "nvdec-nomap";
+                Box::new(move || {
+                    use gstreamer::prelude::*;
+                    let looped = nvdec_loop(&pipeline, &sink, &stream, map, period, burst, &stop2, &seen2);
+                    let _ = pipeline.set_state(gstreamer::State::Null);
+                    looped
+                })
+            }
             Some(("decode" | "gst" | "gst-own", _)) => {
                 let (pipeline, sink, cuda) = beside_pipeline(spec, &gpu, 4.max(2 * burst))?;
                 Box::new(move || {
@@ -349,7 +364,7 @@ impl Beside {
                     "memset" | "memset-null" | "memset-ctx" | "kernel" | "copy" | "upload" | "alloc" => spec.to_string(),
                     _ => {
                         return Err(Error::config(format!(
-                            "--beside {spec}: say decode:CLIP, gst:DESCRIPTION, gst-own:DESCRIPTION, memset, memset-null, memset-ctx, kernel, copy, upload or alloc"
+                            "--beside {spec}: say decode:CLIP, nvdec:CLIP, nvdec-own:CLIP, nvdec-nomap:CLIP, gst:DESCRIPTION, gst-own:DESCRIPTION, memset, memset-null, memset-ctx, kernel, copy, upload or alloc"
                         )))
                     }
                 };
@@ -437,6 +452,68 @@ fn decode_loop(
                 }
             }
             None if sink.is_eos() => {
+                pipeline
+                    .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO)
+                    .map_err(|e| Error::Gst(format!("the pipeline beside could not loop the clip: {e}")))?;
+            }
+            None => {}
+        }
+    }
+    Ok(n)
+}
+
+/// A playing pipeline giving `clip`'s H.264 access units (byte-stream) to an appsink, for [`nvdec_loop`].
+fn au_pipeline(clip: &str) -> Result<(gstreamer::Pipeline, gstreamer_app::AppSink)> {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    gst::init().map_err(|e| Error::Gst(format!("GStreamer: {e}")))?;
+    let desc = format!("filesrc location=\"{clip}\" ! parsebin ! h264parse ! appsink name=sink max-buffers=8 sync=false");
+    let bad = |m: String| Error::config(format!("--beside nvdec:{clip}: {m}"));
+    let p = gst::parse::launch(&desc).map_err(|e| bad(e.to_string()))?.downcast::<gst::Pipeline>().map_err(|_| bad("not a pipeline".into()))?;
+    let sink = p.by_name("sink").and_then(|s| s.downcast::<gstreamer_app::AppSink>().ok()).ok_or_else(|| bad("no appsink".into()))?;
+    sink.set_caps(Some(&super::nvdec::au_caps()));
+    p.set_state(gst::State::Playing).map_err(|e| bad(format!("did not start: {e}")))?;
+    Ok((p, sink))
+}
+
+/// [`Beside`]'s NVDEC loop: the clip's access units decoded by [`super::nvdec`] (pictures mapped on `stream` and
+/// let go once the stream has done the map, or with `map` false not mapped), one picture every `period` (or
+/// `burst` every `burst` periods), looping the clip with a new decoder, until `stop`; `seen` counts them.
+#[allow(clippy::too_many_arguments)]
+fn nvdec_loop(
+    pipeline: &gstreamer::Pipeline,
+    sink: &gstreamer_app::AppSink,
+    stream: &Arc<cudarc::driver::CudaStream>,
+    map: bool,
+    period: Duration,
+    burst: u32,
+    stop: &AtomicBool,
+    seen: &AtomicU64,
+) -> Result<u64> {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    let fresh = || {
+        let s = super::nvdec::AuSource::new(stream.clone(), 8);
+        if map { s } else { s.without_maps() }
+    };
+    let (t0, mut n, mut dec) = (Instant::now(), 0u64, fresh());
+    let cuda = |x: cudarc::driver::DriverError| Error::Cuda(format!("--beside nvdec: {x}"));
+    while !stop.load(Ordering::Relaxed) {
+        match sink.try_pull_sample(gst::ClockTime::from_mseconds(200)) {
+            Some(sample) => {
+                dec.push(&sample)?;
+                while let Some((frame, _, _)) = dec.next() {
+                    stream.record_event(None).map_err(cuda)?.synchronize().map_err(cuda)?;
+                    drop(frame);
+                }
+                n += 1;
+                seen.store(n, Ordering::Relaxed);
+                if n % burst as u64 == 0 {
+                    pace(t0, period, n);
+                }
+            }
+            None if sink.is_eos() => {
+                dec = fresh();
                 pipeline
                     .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO)
                     .map_err(|e| Error::Gst(format!("the pipeline beside could not loop the clip: {e}")))?;

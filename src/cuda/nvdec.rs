@@ -199,6 +199,8 @@ struct State {
     api: &'static Api,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Whether pictures are mapped (else only decoded and let go: a benchmark's decoding alone).
+    map: bool,
     lock: Arc<CtxLock>,
     surfaces: u32,
     decoder: Option<Arc<Decoder>>,
@@ -224,6 +226,11 @@ impl Nvdec {
     /// A decoder for `caps` (video/x-h264 or video/x-h265, byte-stream AUs) whose pictures are mapped on
     /// `stream` (the model's), at most `surfaces` mapped at once (a further map waits for one to be unmapped).
     pub fn new(caps: &gst::CapsRef, stream: Arc<CudaStream>, surfaces: u32) -> Result<Nvdec> {
+        Nvdec::open(caps, stream, surfaces, true)
+    }
+
+    /// As [`Nvdec::new`]; without `map`, pictures are decoded and not mapped (nothing comes out).
+    fn open(caps: &gst::CapsRef, stream: Arc<CudaStream>, surfaces: u32, map: bool) -> Result<Nvdec> {
         let api = api().map_err(err)?;
         let s = caps.structure(0).ok_or_else(|| err("no caps"))?;
         let codec = match s.name().as_str() {
@@ -238,7 +245,7 @@ impl Nvdec {
         check("cuvidCtxLockCreate", unsafe { (api.lock_create)(&mut lock, ctx.cu_ctx() as *mut c_void) }).map_err(err)?;
         let lock = Arc::new(CtxLock(lock));
         let color = caps_color(caps);
-        let state = Box::new(State { api, ctx, stream, lock, surfaces: surfaces.clamp(2, 32), decoder: None, size: (0, 0, 0), color, ready: VecDeque::new(), error: None });
+        let state = Box::new(State { api, ctx, stream, map, lock, surfaces: surfaces.clamp(2, 32), decoder: None, size: (0, 0, 0), color, ready: VecDeque::new(), error: None });
         let mut nv = Nvdec { api, parser: std::ptr::null_mut(), state };
         // SAFETY: zeroed is the documented default of every field; the callbacks get `state` (boxed: it stays put).
         let mut p: CUVIDPARSERPARAMS = unsafe { std::mem::zeroed() };
@@ -377,7 +384,7 @@ unsafe extern "C" fn on_decode(user: *mut c_void, pic: *mut CUVIDPICPARAMS) -> c
 
 unsafe extern "C" fn on_display(user: *mut c_void, disp: *mut CUVIDPARSERDISPINFO) -> c_int {
     with_state(user, |s| {
-        let Some(info) = disp.as_ref() else { return Ok(1) };
+        let Some(info) = disp.as_ref().filter(|_| s.map) else { return Ok(1) };
         let d = s.decoder.clone().ok_or("a picture before its sequence header")?;
         wait_for_surface(&d)?;
         let mut vpp: CUVIDPROCPARAMS = std::mem::zeroed();
@@ -420,6 +427,7 @@ fn wait_for_surface(d: &Decoder) -> std::result::Result<(), String> {
 pub struct AuSource {
     stream: Arc<CudaStream>,
     surfaces: u32,
+    map: bool,
     dec: Option<Nvdec>,
     duration: Option<gst::ClockTime>,
     ready: VecDeque<(CudaFrame, Option<gst::ClockTime>)>,
@@ -429,7 +437,12 @@ pub struct AuSource {
 impl AuSource {
     /// Maps on `stream` (the model's), at most `surfaces` frames in use at once.
     pub fn new(stream: Arc<CudaStream>, surfaces: u32) -> AuSource {
-        AuSource { stream, surfaces, dec: None, duration: None, ready: VecDeque::new(), flushed: false }
+        AuSource { stream, surfaces, map: true, dec: None, duration: None, ready: VecDeque::new(), flushed: false }
+    }
+
+    /// Decodes without mapping the pictures: no frames come out (for benchmarks of decoding alone).
+    pub fn without_maps(self) -> AuSource {
+        AuSource { map: false, ..self }
     }
 
     /// Whether a sample's caps are access units for this decoder (else they are decoded frames).
@@ -441,7 +454,7 @@ impl AuSource {
     pub fn push(&mut self, sample: &gst::Sample) -> Result<()> {
         let caps = sample.caps().ok_or_else(|| err("a sample without caps"))?;
         if self.dec.is_none() {
-            self.dec = Some(Nvdec::new(caps, self.stream.clone(), self.surfaces)?);
+            self.dec = Some(Nvdec::open(caps, self.stream.clone(), self.surfaces, self.map)?);
             let fps = caps.structure(0).and_then(|s| s.get::<gst::Fraction>("framerate").ok()).filter(|f| f.numer() > 0 && f.denom() > 0);
             self.duration = fps.and_then(|f| gst::ClockTime::SECOND.nseconds().checked_mul(f.denom() as u64).map(|n| gst::ClockTime::from_nseconds(n / f.numer() as u64)));
         }
