@@ -150,7 +150,7 @@ pub fn pull_cuda_frame(appsink: &gst_app::AppSink, nvdec: Option<&mut crate::cud
         return Some(cuda_frame_from_sample(sample, index));
     };
     loop {
-        if let Some((cuda, pts, duration)) = n.next() {
+        if let Some((cuda, pts, duration)) = n.next_frame() {
             return Some(device_frame(cuda, index, pts, duration));
         }
         let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64)) else {
@@ -160,7 +160,7 @@ pub fn pull_cuda_frame(appsink: &gst_app::AppSink, nvdec: Option<&mut crate::cud
             if let Err(e) = n.finish() {
                 return Some(Err(e));
             }
-            let (cuda, pts, duration) = n.next()?;
+            let (cuda, pts, duration) = n.next_frame()?;
             return Some(device_frame(cuda, index, pts, duration));
         };
         if !sample.caps().is_some_and(crate::cuda::nvdec::AuSource::takes) {

@@ -502,7 +502,7 @@ fn nvdec_loop(
         match sink.try_pull_sample(gst::ClockTime::from_mseconds(200)) {
             Some(sample) => {
                 dec.push(&sample)?;
-                while let Some((frame, _, _)) = dec.next() {
+                while let Some((frame, _, _)) = dec.next_frame() {
                     stream.record_event(None).map_err(cuda)?.synchronize().map_err(cuda)?;
                     drop(frame);
                 }

@@ -206,6 +206,8 @@ struct State {
     decoder: Option<Arc<Decoder>>,
     /// The display size and the output surface's height (the UV plane's offset), and the colour.
     size: (u32, u32, u32),
+    /// The coded size the decoder was made for.
+    coded: (u32, u32),
     color: YuvColor,
     /// Decoded frames in display order, waiting for the puller.
     ready: VecDeque<(CudaFrame, Option<gst::ClockTime>)>,
@@ -245,7 +247,7 @@ impl Nvdec {
         check("cuvidCtxLockCreate", unsafe { (api.lock_create)(&mut lock, ctx.cu_ctx() as *mut c_void) }).map_err(err)?;
         let lock = Arc::new(CtxLock(lock));
         let color = caps_color(caps);
-        let state = Box::new(State { api, ctx, stream, map, lock, surfaces: surfaces.clamp(2, 32), decoder: None, size: (0, 0, 0), color, ready: VecDeque::new(), error: None });
+        let state = Box::new(State { api, ctx, stream, map, lock, surfaces: surfaces.clamp(2, 32), decoder: None, size: (0, 0, 0), coded: (0, 0), color, ready: VecDeque::new(), error: None });
         let mut nv = Nvdec { api, parser: std::ptr::null_mut(), state };
         // SAFETY: zeroed is the documented default of every field; the callbacks get `state` (boxed: it stays put).
         let mut p: CUVIDPARSERPARAMS = unsafe { std::mem::zeroed() };
@@ -336,12 +338,10 @@ unsafe extern "C" fn on_sequence(user: *mut c_void, fmt: *mut CUVIDEOFORMAT) -> 
         let f = &*fmt;
         let area = f.display_area;
         let (w, h) = ((area.right - area.left) as u32, (area.bottom - area.top) as u32);
-        if s.decoder.is_some() {
-            if (w, h) == (s.size.0, s.size.1) {
-                return Ok(f.min_num_decode_surfaces as c_int + 4);
-            }
-            return Err(format!("the picture size changes mid-stream ({}x{} to {w}x{h})", s.size.0, s.size.1));
+        if s.decoder.is_some() && (w, h, f.coded_width, f.coded_height) == (s.size.0, s.size.1, s.coded.0, s.coded.1) {
+            return Ok(f.min_num_decode_surfaces as c_int + 4);
         }
+        // A new size (or the first): a new decoder. The old one lives on while its frames are mapped.
         if f.chroma_format != cudaVideoChromaFormat::cudaVideoChromaFormat_420 || f.bit_depth_luma_minus8 != 0 {
             return Err(format!("only 8-bit 4:2:0 is decoded here (this stream: {:?}, {} bits)", f.chroma_format, 8 + f.bit_depth_luma_minus8));
         }
@@ -368,6 +368,7 @@ unsafe extern "C" fn on_sequence(user: *mut c_void, fmt: *mut CUVIDEOFORMAT) -> 
         let d = Decoder { api: s.api, handle, ctx: s.ctx.clone(), _lock: s.lock.clone(), calls: Mutex::new(()), mapped: Mutex::new(0), unmapped: Condvar::new(), surfaces: s.surfaces };
         s.decoder = Some(Arc::new(d));
         s.size = (w, h, (h + 1) & !1);
+        s.coded = (f.coded_width, f.coded_height);
         tracing::info!("decoding {:?} {w}x{h} with NVDEC, mapped on the model's stream", f.codec);
         Ok(decode_surfaces as c_int)
     })
@@ -476,7 +477,7 @@ impl AuSource {
     }
 
     /// The next decoded frame: its pixels on the device, presentation time and duration.
-    pub fn next(&mut self) -> Option<(CudaFrame, Option<gst::ClockTime>, Option<gst::ClockTime>)> {
+    pub fn next_frame(&mut self) -> Option<(CudaFrame, Option<gst::ClockTime>, Option<gst::ClockTime>)> {
         self.ready.pop_front().map(|(f, pts)| (f, pts, self.duration))
     }
 }
