@@ -173,7 +173,9 @@ impl Plan {
 fn convert_with(cfg: &ConvertConfig, segmenter: OnnxSegmenter, batcher: Option<BatchClient>, ctl: RunControl<'_>) -> Result<Report> {
     gst::init()?;
     let plan = Plan::settle(cfg, &segmenter, batcher.is_some())?;
-    let graph = Graph::build(cfg, &plan, segmenter.compute_stream())?;
+    // NVDEC maps its pictures on the model's stream, which the GPU stages follow; a shared batching thread
+    // (`batch --jobs`) runs the model elsewhere, so its files keep GStreamer's decoders.
+    let graph = Graph::build(cfg, &plan, segmenter.compute_stream().filter(|_| batcher.is_none()))?;
     let shared = Arc::new(Shared::new());
     watch_frame_rate(&graph.pipeline, shared.variable_rate.clone());
     let start = Instant::now();
