@@ -227,12 +227,8 @@ unsafe impl Send for Nvdec {}
 impl Nvdec {
     /// A decoder for `caps` (video/x-h264 or video/x-h265, byte-stream AUs) whose pictures are mapped on
     /// `stream` (the model's), at most `surfaces` mapped at once (a further map waits for one to be unmapped).
-    pub fn new(caps: &gst::CapsRef, stream: Arc<CudaStream>, surfaces: u32) -> Result<Nvdec> {
-        Nvdec::open(caps, stream, surfaces, true)
-    }
-
-    /// As [`Nvdec::new`]; without `map`, pictures are decoded and not mapped (nothing comes out).
-    fn open(caps: &gst::CapsRef, stream: Arc<CudaStream>, surfaces: u32, map: bool) -> Result<Nvdec> {
+    /// Without `map`, pictures are decoded and not mapped (nothing comes out).
+    pub fn new(caps: &gst::CapsRef, stream: Arc<CudaStream>, surfaces: u32, map: bool) -> Result<Nvdec> {
         let api = api().map_err(err)?;
         let s = caps.structure(0).ok_or_else(|| err("no caps"))?;
         let codec = match s.name().as_str() {
@@ -266,8 +262,8 @@ impl Nvdec {
     }
 
     /// Feeds one access unit (`None`: the end of the stream, flushing the pictures held for reordering) with its
-    /// presentation time; returns the frames that became ready, in display order.
-    pub fn push(&mut self, au: Option<(&[u8], Option<gst::ClockTime>)>) -> Result<Vec<(CudaFrame, Option<gst::ClockTime>)>> {
+    /// presentation time; the frames that became ready wait for [`Nvdec::pop`], in display order.
+    pub fn push(&mut self, au: Option<(&[u8], Option<gst::ClockTime>)>) -> Result<()> {
         // SAFETY: zeroed is a valid empty packet.
         let mut pkt: CUVIDSOURCEDATAPACKET = unsafe { std::mem::zeroed() };
         match au {
@@ -288,8 +284,12 @@ impl Nvdec {
         if let Some(e) = self.state.error.take() {
             return Err(err(e));
         }
-        check("cuvidParseVideoData", status).map_err(err)?;
-        Ok(self.state.ready.drain(..).collect())
+        check("cuvidParseVideoData", status).map_err(err)
+    }
+
+    /// The next decoded frame in display order, with its presentation time.
+    pub fn pop(&mut self) -> Option<(CudaFrame, Option<gst::ClockTime>)> {
+        self.state.ready.pop_front()
     }
 }
 
@@ -431,14 +431,13 @@ pub struct AuSource {
     map: bool,
     dec: Option<Nvdec>,
     duration: Option<gst::ClockTime>,
-    ready: VecDeque<(CudaFrame, Option<gst::ClockTime>)>,
     flushed: bool,
 }
 
 impl AuSource {
     /// Maps on `stream` (the model's), at most `surfaces` frames in use at once.
     pub fn new(stream: Arc<CudaStream>, surfaces: u32) -> AuSource {
-        AuSource { stream, surfaces, map: true, dec: None, duration: None, ready: VecDeque::new(), flushed: false }
+        AuSource { stream, surfaces, map: true, dec: None, duration: None, flushed: false }
     }
 
     /// Decodes without mapping the pictures: no frames come out (for benchmarks of decoding alone).
@@ -455,7 +454,7 @@ impl AuSource {
     pub fn push(&mut self, sample: &gst::Sample) -> Result<()> {
         let caps = sample.caps().ok_or_else(|| err("a sample without caps"))?;
         if self.dec.is_none() {
-            self.dec = Some(Nvdec::open(caps, self.stream.clone(), self.surfaces, self.map)?);
+            self.dec = Some(Nvdec::new(caps, self.stream.clone(), self.surfaces, self.map)?);
             let fps = caps.structure(0).and_then(|s| s.get::<gst::Fraction>("framerate").ok()).filter(|f| f.numer() > 0 && f.denom() > 0);
             self.duration = fps.and_then(|f| gst::ClockTime::SECOND.nseconds().checked_mul(f.denom() as u64).map(|n| gst::ClockTime::from_nseconds(n / f.numer() as u64)));
         }
@@ -463,22 +462,22 @@ impl AuSource {
         let map = buffer.map_readable().map_err(|e| err(format!("an access unit cannot be read ({e})")))?;
         let pts = crate::source::running_pts(sample);
         let dec = self.dec.as_mut().ok_or_else(|| err("no decoder"))?;
-        self.ready.extend(dec.push(Some((map.as_slice(), pts)))?);
-        Ok(())
+        dec.push(Some((map.as_slice(), pts)))
     }
 
     /// At the end of the stream: the pictures the decoder still holds (once).
     pub fn finish(&mut self) -> Result<()> {
         if let (Some(dec), false) = (self.dec.as_mut(), self.flushed) {
             self.flushed = true;
-            self.ready.extend(dec.push(None)?);
+            dec.push(None)?;
         }
         Ok(())
     }
 
     /// The next decoded frame: its pixels on the device, presentation time and duration.
     pub fn next_frame(&mut self) -> Option<(CudaFrame, Option<gst::ClockTime>, Option<gst::ClockTime>)> {
-        self.ready.pop_front().map(|(f, pts)| (f, pts, self.duration))
+        let duration = self.duration;
+        self.dec.as_mut()?.pop().map(|(f, pts)| (f, pts, duration))
     }
 }
 

@@ -570,15 +570,6 @@ impl Downloader {
         let stream = gpu.ctx.new_stream().map_err(|x| e("stream", x))?;
         Ok(Downloader { stream, staging: Vec::new(), last_done: None })
     }
-
-    /// `n` buffers of `bytes` each in `v`, reusing those of that size.
-    fn ensure<T>(v: &mut Vec<T>, n: usize, bytes: usize, len: impl Fn(&T) -> usize, alloc: impl Fn() -> Result<T>) -> Result<()> {
-        v.retain(|b| len(b) == bytes);
-        while v.len() < n {
-            v.push(alloc()?);
-        }
-        Ok(())
-    }
 }
 
 impl Queued {
@@ -598,7 +589,11 @@ impl Queued {
         let stream = d.stream.clone();
         // SAFETY: page-locked host memory of `bytes`, written by the copies below before it is read.
         let pinned = || unsafe { stream.context().alloc_pinned_with_flags::<u8>(bytes, 0) }.map_err(|x| e("pinned alloc", x));
-        crate::infer::outside_capture(|| Downloader::ensure(&mut d.staging, self.k, bytes, |p| p.len(), pinned))?;
+        // One staging buffer per frame, reused while the size stays.
+        d.staging.retain(|p| p.len() == bytes);
+        while d.staging.len() < self.k {
+            d.staging.push(crate::infer::outside_capture(pinned)?);
+        }
         let sources = if layout.is_some() { &self.set.i420 } else { &self.set.rgba };
         for (i, (dev, f)) in sources.iter().zip(frames.iter()).enumerate() {
             if f.data.len() != rgba_bytes {
